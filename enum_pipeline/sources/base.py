@@ -1,0 +1,83 @@
+"""What every source yields: project records, and one verdict for every scope it read."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from datetime import datetime
+from typing import Any, Protocol
+
+
+@dataclass(frozen=True)
+class ProjectRecord:
+    """One project as a source saw it.
+
+    ``project_key`` is the stable identity (e.g. ``fs:/abs/path`` or ``github:github.com:12345``);
+    ``scope_key`` names the scope that yielded it (a root folder, an organisation) and
+    ``location`` is its place inside that scope (a path, a ``group/subgroup/name``), used to match
+    protected sub-scopes.
+    """
+
+    project_key: str
+    scope_key: str
+    source_kind: str
+    name: str
+    location: str
+    vcs: str | None = None
+    path: str | None = None
+    remote_url: str | None = None
+    normalized_remote: str | None = None
+    default_branch: str | None = None
+    head_commit: str | None = None
+    last_commit_at: datetime | None = None
+    markers: tuple[str, ...] = ()
+    attributes: dict[str, Any] = field(default_factory=dict)
+
+    def content_hash(self) -> str:
+        """A digest of everything but identity, so a flush can tell changed rows from unchanged."""
+        payload = asdict(self)
+        payload.pop("project_key")
+        payload["last_commit_at"] = (
+            self.last_commit_at.isoformat() if self.last_commit_at is not None else None
+        )
+        payload["markers"] = sorted(self.markers)
+        raw = json.dumps(payload, sort_keys=True, default=str, ensure_ascii=False)
+        return hashlib.sha1(raw.encode("utf-8", "surrogateescape")).hexdigest()
+
+
+@dataclass(frozen=True)
+class ScopeVerdict:
+    """How a source ended one scope.
+
+    ``complete`` is True only when the source provably read the whole scope. An incomplete scope
+    protects every project under it from cleanup; a complete scope may still list
+    ``protected`` locations (e.g. an unreadable sub-folder) whose projects are kept.
+    ``fingerprint`` carries facts a later run compares (e.g. the device id of a root folder).
+    """
+
+    scope_key: str
+    source_kind: str
+    complete: bool
+    seen: int = 0
+    reason: str | None = None
+    protected: tuple[str, ...] = ()
+    fingerprint: dict[str, Any] = field(default_factory=dict)
+
+
+ScanItem = ProjectRecord | ScopeVerdict
+
+
+class Source(Protocol):
+    """A source of projects. ``scan`` yields records and ends every scope with a verdict."""
+
+    kind: str
+
+    def scope_keys(self) -> list[str]:
+        """The scopes this source will read, known before scanning starts."""
+        ...
+
+    def scan(self) -> Iterator[ScanItem]:
+        """Yield every project found, and exactly one ``ScopeVerdict`` per scope key."""
+        ...

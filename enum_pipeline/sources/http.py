@@ -1,0 +1,448 @@
+"""Shared HTTP machinery for the code-host sources (GitHub, GitLab, Gitea).
+
+One page is one ``GET`` that must end in parsed JSON or a :class:`PageError`. Transient failures
+(5xx, timeouts, connection errors, invalid or truncated JSON) are retried with exponential backoff
+and jitter; rate limits (``Retry-After``, ``x-ratelimit-remaining: 0`` + ``x-ratelimit-reset``,
+GitLab ``RateLimit-Reset``, GitHub secondary limits) are waited out. Every page has a budget of
+``max_retries`` retries and ``max_wait_seconds`` of total waiting; past either, the page fails.
+
+Credentials travel only in request headers. Nothing here logs a header, and every URL that reaches
+a log line or an error message goes through :func:`safe_url` (``redact_url`` plus scrubbing of
+the known secret values).
+"""
+
+from __future__ import annotations
+
+import email.utils
+import hashlib
+import json
+import logging
+import os
+import random
+import re
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+from urllib.parse import urljoin, urlsplit
+
+import httpx
+
+from enum_pipeline.sources.remotes import redact_url
+
+log = logging.getLogger(__name__)
+
+USER_AGENT = "enum-pipeline/0.1 (+https://github.com/dagster-io)"
+DEFAULT_TIMEOUT = httpx.Timeout(30.0, connect=10.0)
+TRANSIENT_STATUSES = frozenset({408, 500, 502, 503, 504, 520, 521, 522, 523, 524})
+# GitHub asks clients hit by a secondary rate limit without a Retry-After to wait a minute.
+SECONDARY_LIMIT_DEFAULT_WAIT = 60.0
+# Epoch-based resets get a small margin for clock skew between us and the server.
+RESET_MARGIN_SECONDS = 1.0
+REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
+MAX_REDIRECTS = 5
+
+_RATE_LIMIT_BODY = re.compile(r"rate limit", re.IGNORECASE)
+
+
+class PageError(Exception):
+    """A page that could not be read: ``url`` is already redacted, ``reason`` says why."""
+
+    def __init__(self, url: str, reason: str, status: int | None = None) -> None:
+        super().__init__(f"{url}: {reason}")
+        self.url = url
+        self.reason = reason
+        self.status = status
+
+
+@dataclass(frozen=True)
+class Page:
+    """A JSON page that was read: ``url`` is the URL requested (not redacted, keep internal)."""
+
+    url: str
+    status: int
+    headers: httpx.Headers
+    data: Any
+    from_cache: bool = False
+
+
+def read_token(env_name: str | None, *, logger: logging.Logger | None = None) -> str | None:
+    """Return the token held in environment variable ``env_name``, or None (with a warning)."""
+    if not env_name:
+        return None
+    value = os.environ.get(env_name, "").strip()
+    if not value:
+        (logger or log).warning(
+            "environment variable %s is not set or empty: requests are unauthenticated", env_name
+        )
+        return None
+    return value
+
+
+def web_host(base_url: str) -> str:
+    """The lower-cased ``host[:port]`` of a URL, without user info."""
+    parts = urlsplit(base_url)
+    host = (parts.hostname or "").lower()
+    if parts.port is not None:
+        host = f"{host}:{parts.port}"
+    return host
+
+
+def same_origin(url: str, base_url: str) -> bool:
+    """True when ``url`` has the scheme, host and port of ``base_url``."""
+    a, b = urlsplit(url), urlsplit(base_url)
+
+    def origin(p: Any) -> tuple[str, str, int | None]:
+        default = {"http": 80, "https": 443}.get(p.scheme.lower())
+        return (p.scheme.lower(), (p.hostname or "").lower(), p.port or default)
+
+    return origin(a) == origin(b)
+
+
+_LINK_PART = re.compile(r"<([^>]*)>((?:\s*;\s*[^;,]+(?:=(?:\"[^\"]*\"|[^;,]*))?)*)")
+_REL = re.compile(r";\s*rel\s*=\s*(?:\"([^\"]*)\"|([^;,\s]+))", re.IGNORECASE)
+
+
+def parse_link_header(value: str | None, base: str | None = None) -> dict[str, str]:
+    """Parse an RFC 8288 ``Link`` header into ``{rel: absolute url}``."""
+    links: dict[str, str] = {}
+    if not value:
+        return links
+    for match in _LINK_PART.finditer(value):
+        target, params = match.group(1).strip(), match.group(2)
+        if base:
+            target = urljoin(base, target)
+        for rel_match in _REL.finditer(params):
+            rels = rel_match.group(1) if rel_match.group(1) is not None else rel_match.group(2)
+            for rel in rels.split():
+                links.setdefault(rel.lower(), target)
+    return links
+
+
+def parse_int_header(headers: Mapping[str, str], *names: str) -> int | None:
+    """The first of ``names`` present in ``headers`` as an int, or None."""
+    for name in names:
+        raw = headers.get(name)
+        if raw is None or not str(raw).strip():
+            continue
+        try:
+            return int(str(raw).strip())
+        except ValueError:
+            continue
+    return None
+
+
+class HttpClient:
+    """A JSON GET client with bounded retries, rate-limit waits and an ETag cache.
+
+    ``client`` may be injected (it is then never closed here); otherwise one is created on first
+    use and closed by :meth:`close`. The ETag cache outlives :meth:`close`, so a source that keeps
+    its ``HttpClient`` between scans sends ``If-None-Match`` and serves 304s from memory.
+    """
+
+    def __init__(
+        self,
+        *,
+        client: httpx.Client | None = None,
+        max_retries: int = 5,
+        max_wait_seconds: float = 300.0,
+        sleep: Callable[[float], None] = time.sleep,
+        clock: Callable[[], float] = time.time,
+        backoff_base: float = 1.0,
+        backoff_max: float = 60.0,
+        timeout: httpx.Timeout | float = DEFAULT_TIMEOUT,
+        etag_cache_bytes: int = 64 * 1024 * 1024,
+        rng: random.Random | None = None,
+        logger: logging.Logger | None = None,
+    ) -> None:
+        self._client = client
+        self._owns_client = client is None
+        self.max_retries = max(0, int(max_retries))
+        self.max_wait_seconds = float(max_wait_seconds)
+        self._sleep = sleep
+        self._clock = clock
+        self.backoff_base = backoff_base
+        self.backoff_max = backoff_max
+        self._timeout = timeout
+        self._rng = rng or random.Random()
+        self._log = logger or log
+        self._secrets: tuple[str, ...] = ()
+        self._etag_cache: OrderedDict[str, tuple[str, bytes, dict[str, str]]] = OrderedDict()
+        self._etag_cache_bytes = etag_cache_bytes
+        self._etag_cache_size = 0
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    def set_secrets(self, secrets: Iterable[str | None]) -> None:
+        """Values never to appear in a log line or error message (tokens)."""
+        self._secrets = tuple(s for s in secrets if s)
+
+    def _http(self) -> httpx.Client:
+        if self._client is None:
+            self._client = httpx.Client(
+                timeout=self._timeout, follow_redirects=False, headers={"User-Agent": USER_AGENT}
+            )
+            self._owns_client = True
+        return self._client
+
+    def close(self) -> None:
+        """Close the underlying client if this object created it (the ETag cache is kept)."""
+        if self._owns_client and self._client is not None:
+            self._client.close()
+            self._client = None
+
+    # -- helpers -----------------------------------------------------------------------------
+
+    def scrub(self, text: str) -> str:
+        """Remove every known secret value from ``text``."""
+        for secret in self._secrets:
+            text = text.replace(secret, "***")
+        return text
+
+    def safe_url(self, url: str | httpx.URL) -> str:
+        """A URL fit for logs and error messages: credentials redacted, secrets scrubbed."""
+        return self.scrub(redact_url(str(url)))
+
+    def _cache_key(self, url: str, headers: Mapping[str, str]) -> str:
+        # The answer depends on who asks: key the cache by the credentials too (hashed).
+        auth = "\n".join(f"{k}:{v}" for k, v in sorted(headers.items()))
+        return url + "\n" + hashlib.sha256(auth.encode()).hexdigest()
+
+    def _cache_put(self, key: str, etag: str, body: bytes, headers: httpx.Headers) -> None:
+        if len(body) > self._etag_cache_bytes:
+            return
+        self._cache_drop(key)
+        keep = {k.lower(): v for k, v in headers.items() if k.lower() != "set-cookie"}
+        self._etag_cache[key] = (etag, body, keep)
+        self._etag_cache_size += len(body)
+        while self._etag_cache_size > self._etag_cache_bytes and self._etag_cache:
+            _, (_, old, _) = self._etag_cache.popitem(last=False)
+            self._etag_cache_size -= len(old)
+
+    def _cache_drop(self, key: str) -> None:
+        old = self._etag_cache.pop(key, None)
+        if old is not None:
+            self._etag_cache_size -= len(old[1])
+
+    def _backoff(self, attempt: int) -> float:
+        """Exponential backoff with "equal jitter": half fixed, half random."""
+        ceiling = min(self.backoff_max, self.backoff_base * (2**attempt))
+        return ceiling / 2 + self._rng.uniform(0, ceiling / 2)
+
+    def _rate_limit_wait(self, response: httpx.Response) -> float | None:
+        """Seconds the server asks us to wait, or None if this is not a rate-limit answer."""
+        status = response.status_code
+        headers = response.headers
+        remaining = headers.get("x-ratelimit-remaining", headers.get("ratelimit-remaining"))
+        exhausted = remaining is not None and remaining.strip() == "0"
+        retry_after = _parse_retry_after(headers.get("retry-after"), self._clock)
+        if status == 403:
+            body = _safe_text(response)
+            if not (retry_after is not None or exhausted or _RATE_LIMIT_BODY.search(body)):
+                return None
+        elif status != 429:
+            return None
+        if retry_after is not None:
+            return retry_after
+        reset = _parse_reset(
+            headers.get("x-ratelimit-reset") or headers.get("ratelimit-reset"), self._clock
+        )
+        if reset is not None and (exhausted or status == 429):
+            return reset
+        if status == 403:
+            return SECONDARY_LIMIT_DEFAULT_WAIT
+        return -1.0  # a 429 without hints: use the backoff
+
+    def _send(self, url: str, headers: Mapping[str, str]) -> httpx.Response:
+        """GET, following redirects only within the origin (credentials never leave it)."""
+        for _ in range(MAX_REDIRECTS + 1):
+            response = self._http().get(url, headers=headers, follow_redirects=False)
+            location = response.headers.get("location")
+            if response.status_code not in REDIRECT_STATUSES or not location:
+                return response
+            target = urljoin(url, location)
+            if not same_origin(target, url):
+                raise PageError(
+                    self.safe_url(url),
+                    f"HTTP {response.status_code} redirect to another origin "
+                    f"({self.safe_url(target)}); not followed with credentials",
+                    response.status_code,
+                )
+            url = target
+        raise PageError(self.safe_url(url), f"more than {MAX_REDIRECTS} redirects")
+
+    # -- the one public verb -----------------------------------------------------------------
+
+    def get_json(
+        self,
+        url: str,
+        *,
+        params: Mapping[str, Any] | None = None,
+        headers: Mapping[str, str] | None = None,
+        expect: type | None = None,
+    ) -> Page:
+        """GET ``url`` and return its parsed JSON, retrying as configured, or raise PageError.
+
+        ``expect`` (e.g. ``list``) makes a body of another JSON type count as invalid.
+        """
+        full_url = str(httpx.URL(url, params=params) if params else httpx.URL(url))
+        shown = self.safe_url(full_url)
+        request_headers = dict(headers or {})
+        cache_key = self._cache_key(full_url, request_headers)
+        waited = 0.0
+        attempt = 0
+        while True:
+            error: str
+            wait: float | None = None
+            cached = self._etag_cache.get(cache_key)
+            send_headers = dict(request_headers)
+            if cached is not None:
+                send_headers["If-None-Match"] = cached[0]
+            try:
+                response = self._send(full_url, send_headers)
+            except httpx.TimeoutException as exc:
+                error = f"timeout ({type(exc).__name__})"
+            except httpx.TransportError as exc:
+                error = f"connection error ({type(exc).__name__}: {self.scrub(str(exc))[:200]})"
+            else:
+                status = response.status_code
+                if status == 304 and cached is not None:
+                    data = _decode(cached[1], expect)
+                    if data is not _INVALID:
+                        self._etag_cache.move_to_end(cache_key)
+                        return Page(full_url, 200, httpx.Headers(cached[2]), data, True)
+                    self._cache_drop(cache_key)
+                    error = "cached body no longer decodes"
+                elif 200 <= status < 300:
+                    data = _decode(response.content, expect)
+                    if data is not _INVALID:
+                        etag = response.headers.get("etag")
+                        if etag:
+                            self._cache_put(cache_key, etag, response.content, response.headers)
+                        return Page(full_url, status, response.headers, data)
+                    kind = "JSON" if expect is None else f"JSON {expect.__name__}"
+                    error = f"HTTP {status} with invalid or truncated {kind} body"
+                else:
+                    limit_wait = self._rate_limit_wait(response)
+                    if limit_wait is not None:
+                        error = f"rate limited (HTTP {status})"
+                        wait = None if limit_wait < 0 else limit_wait
+                    elif status in TRANSIENT_STATUSES:
+                        error = f"HTTP {status} {response.reason_phrase}".rstrip()
+                        wait = _parse_retry_after(response.headers.get("retry-after"), self._clock)
+                    else:
+                        message = self.scrub(_error_message(response))
+                        reason = f"HTTP {status} {response.reason_phrase}".rstrip()
+                        if message:
+                            reason += f": {message}"
+                        raise PageError(shown, reason, status)
+            # A transient failure: retry if the budget allows.
+            if attempt >= self.max_retries:
+                raise PageError(shown, f"{error}; gave up after {attempt + 1} attempts")
+            delay = max(self._backoff(attempt), wait or 0.0)
+            budget = self.max_wait_seconds - waited
+            if delay > budget:
+                raise PageError(
+                    shown,
+                    f"{error}; the next wait ({delay:.0f}s) exceeds the remaining wait budget "
+                    f"({max(budget, 0):.0f}s of max_wait_seconds={self.max_wait_seconds:g})",
+                )
+            self._log.warning(
+                "GET %s: %s; retry %d/%d in %.1fs",
+                shown,
+                error,
+                attempt + 1,
+                self.max_retries,
+                delay,
+            )
+            self._sleep(delay)
+            waited += delay
+            attempt += 1
+
+
+_INVALID = object()
+
+
+def _decode(body: bytes, expect: type | None) -> Any:
+    try:
+        data = json.loads(body)
+    except (ValueError, UnicodeDecodeError):
+        return _INVALID
+    if expect is not None and not isinstance(data, expect):
+        return _INVALID
+    return data
+
+
+def _safe_text(response: httpx.Response) -> str:
+    try:
+        return response.text[:4000]
+    except Exception:  # noqa: BLE001 - undecodable body: no hint to read
+        return ""
+
+
+def _error_message(response: httpx.Response) -> str:
+    """A short human message out of an error body (``message`` / ``error`` keys)."""
+    text = _safe_text(response)
+    try:
+        data = json.loads(text)
+    except ValueError:
+        return " ".join(text.split())[:200]
+    if isinstance(data, dict):
+        for key in ("message", "error", "error_description"):
+            if data.get(key):
+                return " ".join(str(data[key]).split())[:200]
+    return ""
+
+
+def _parse_retry_after(value: str | None, clock: Callable[[], float]) -> float | None:
+    """``Retry-After`` as seconds (delta-seconds or an HTTP date), or None."""
+    if value is None or not value.strip():
+        return None
+    value = value.strip()
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - clock())
+
+
+def _parse_reset(value: str | None, clock: Callable[[], float]) -> float | None:
+    """A rate-limit reset as seconds to wait: epoch seconds (GitHub, GitLab) or delta seconds."""
+    if value is None or not value.strip():
+        return None
+    try:
+        number = float(value.strip())
+    except ValueError:
+        return None
+    if number > 1_000_000_000:  # epoch seconds
+        return max(0.0, number - clock()) + RESET_MARGIN_SECONDS
+    return max(0.0, number)
+
+
+def parse_timestamp(value: Any) -> datetime | None:
+    """An ISO-8601 timestamp from an API (``...Z`` or with an offset) as an aware UTC datetime."""
+    if not isinstance(value, str) or not value.strip():
+        return None
+    try:
+        parsed = datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=UTC)
+    return parsed.astimezone(UTC)
+
+
+def describe_page_error(error: PageError, *, what: str, first_page: bool) -> str:
+    """A verdict reason for a page that failed: the page URL (redacted) and the error."""
+    hint = ""
+    if error.status == 404 and first_page:
+        hint = f"{what} not found (or not visible with these credentials); "
+    elif error.status in (401, 403):
+        hint = "authentication or authorization failed; "
+    return f"{hint}page {error.url} failed: {error.reason}"

@@ -1,0 +1,96 @@
+"""Engines for the inventory database, and schema migrations (Alembic) applied on first use."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import sqlalchemy as sa
+from alembic import command
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy.engine import Engine, make_url
+
+MIGRATIONS_DIR = Path(__file__).with_name("migrations")
+DEFAULT_SQLITE_PATH = Path(".enum_pipeline") / "inventory.sqlite"
+
+
+def default_database_url() -> str:
+    """``ENUM_PIPELINE_DATABASE_URL``, else a SQLite file under ``./.enum_pipeline/``."""
+    url = os.environ.get("ENUM_PIPELINE_DATABASE_URL")
+    if url:
+        return url
+    return f"sqlite:///{DEFAULT_SQLITE_PATH.resolve()}"
+
+
+def redact_database_url(url: str) -> str:
+    """The URL with its password hidden, for logs and metadata."""
+    return make_url(url).render_as_string(hide_password=True)
+
+
+def create_inventory_engine(url: str) -> Engine:
+    """An engine tuned for the store: SQLite in WAL mode with ``BEGIN IMMEDIATE`` transactions.
+
+    ``BEGIN IMMEDIATE`` takes SQLite's write lock at the start of every transaction, so two
+    processes that read-then-write (begin, cleanup) serialise instead of failing late.
+    """
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "sqlite":
+        database = parsed.database
+        if database and database != ":memory:":
+            Path(database).parent.mkdir(parents=True, exist_ok=True)
+        engine = sa.create_engine(url, connect_args={"timeout": 60})
+
+        @sa.event.listens_for(engine, "connect")
+        def _on_connect(dbapi_connection, _record):
+            dbapi_connection.isolation_level = None
+            cursor = dbapi_connection.cursor()
+            cursor.execute("PRAGMA journal_mode=WAL")
+            cursor.execute("PRAGMA synchronous=NORMAL")
+            cursor.execute("PRAGMA busy_timeout=60000")
+            cursor.execute("PRAGMA foreign_keys=ON")
+            cursor.close()
+
+        @sa.event.listens_for(engine, "begin")
+        def _on_begin(conn):
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+        return engine
+    return sa.create_engine(url, pool_pre_ping=True)
+
+
+def _alembic_config(url: str) -> Config:
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
+    cfg.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
+    return cfg
+
+
+def head_revision() -> str:
+    """The newest migration shipped with this version of enum_pipeline."""
+    return ScriptDirectory.from_config(_alembic_config("sqlite://")).get_current_head()
+
+
+def current_revision(engine: Engine) -> str | None:
+    """The migration the database is at, or None for an empty database."""
+    with engine.connect() as conn:
+        return MigrationContext.configure(conn).get_current_revision()
+
+
+def upgrade_schema(engine: Engine, revision: str = "head") -> None:
+    """Apply Alembic migrations up to ``revision`` (idempotent, serialised across processes)."""
+    url = engine.url.render_as_string(hide_password=False)
+    cfg = _alembic_config(url)
+    with engine.begin() as conn:
+        if conn.dialect.name == "postgresql":
+            # Two processes starting on an empty database must not both create the tables.
+            conn.exec_driver_sql("SELECT pg_advisory_xact_lock(8125001)")
+        cfg.attributes["connection"] = conn
+        command.upgrade(cfg, revision)
+
+
+def ensure_schema(engine: Engine) -> None:
+    """Bring the database to the newest schema if it is not there yet."""
+    if current_revision(engine) != head_revision():
+        upgrade_schema(engine)

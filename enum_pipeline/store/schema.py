@@ -1,0 +1,176 @@
+"""The inventory's tables (SQLAlchemy Core). Alembic migrations in ``migrations/`` create them."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import sqlalchemy as sa
+from sqlalchemy.dialects.postgresql import JSONB
+
+metadata = sa.MetaData()
+
+JSONType = sa.JSON().with_variant(JSONB(), "postgresql")
+
+RUN_STATUSES = ("active", "completed", "failed")
+CLEANUP_STATUSES = ("done", "blocked", "noop")
+
+
+class UTCDateTime(sa.TypeDecorator):
+    """Timezone-aware UTC datetimes on every backend (SQLite keeps naive strings)."""
+
+    impl = sa.DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value, dialect):
+        if value is not None and value.tzinfo is None:
+            value = value.replace(tzinfo=UTC)
+        if value is not None and dialect.name == "sqlite":
+            value = value.astimezone(UTC).replace(tzinfo=None)
+        return value
+
+    def process_result_value(self, value, dialect):
+        if value is None:
+            return None
+        if isinstance(value, str):
+            value = datetime.fromisoformat(value)
+        if value.tzinfo is None:
+            return value.replace(tzinfo=UTC)
+        return value.astimezone(UTC)
+
+
+def _project_columns() -> list[sa.Column]:
+    """Columns a source fills, shared by ``projects``, ``staged_projects``."""
+    return [
+        sa.Column("scope_key", sa.Text, nullable=False),
+        sa.Column("source_kind", sa.String(32), nullable=False),
+        sa.Column("name", sa.Text, nullable=False),
+        sa.Column("location", sa.Text, nullable=False),
+        sa.Column("vcs", sa.String(16)),
+        sa.Column("path", sa.Text),
+        sa.Column("remote_url", sa.Text),
+        sa.Column("normalized_remote", sa.Text),
+        sa.Column("default_branch", sa.Text),
+        sa.Column("head_commit", sa.String(64)),
+        sa.Column("last_commit_at", UTCDateTime()),
+        sa.Column("markers", JSONType),
+        sa.Column("attributes", JSONType),
+        sa.Column("content_hash", sa.String(64), nullable=False),
+    ]
+
+
+PROJECT_DATA_COLUMNS = [c.name for c in _project_columns()]
+
+# One row: the generation counter, and the row every writer locks to serialise begin/cleanup.
+inventory = sa.Table(
+    "inventory",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True),
+    sa.Column("last_generation", sa.BigInteger, nullable=False, server_default="0"),
+)
+
+projects = sa.Table(
+    "projects",
+    metadata,
+    sa.Column("project_key", sa.Text, primary_key=True),
+    *_project_columns(),
+    sa.Column("run_id", sa.String(64), nullable=False),
+    sa.Column("seen_generation", sa.BigInteger),
+    sa.Column("last_confirmed_run_id", sa.String(64)),
+    sa.Column("confirmed_generation", sa.BigInteger),
+    sa.Column("first_seen_at", UTCDateTime(), nullable=False),
+    sa.Column("last_seen_at", UTCDateTime(), nullable=False),
+    sa.Column("changed_at", UTCDateTime(), nullable=False),
+    sa.Column("missing_since", UTCDateTime()),
+    sa.Column("missed_runs", sa.Integer, nullable=False, server_default="0"),
+    sa.Index("ix_projects_scope_generation", "scope_key", "seen_generation"),
+    sa.Index("ix_projects_generation", "seen_generation"),
+)
+
+run_state = sa.Table(
+    "run_state",
+    metadata,
+    sa.Column("run_id", sa.String(64), primary_key=True),
+    sa.Column("generation", sa.BigInteger, nullable=False, unique=True),
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("flush_succeeded", sa.Boolean, nullable=False, server_default=sa.false()),
+    sa.Column("attempt_run_id", sa.String(64)),
+    sa.Column("host", sa.Text),
+    sa.Column("pid", sa.Integer),
+    sa.Column("pid_start", sa.BigInteger),
+    sa.Column("started_at", UTCDateTime(), nullable=False),
+    sa.Column("heartbeat_at", UTCDateTime(), nullable=False),
+    sa.Column("finished_at", UTCDateTime()),
+    sa.Column("scanned_count", sa.BigInteger, nullable=False, server_default="0"),
+    sa.Column("staged_count", sa.BigInteger, nullable=False, server_default="0"),
+    sa.Column("flushed_count", sa.BigInteger, nullable=False, server_default="0"),
+    sa.Column("confirmed_count", sa.BigInteger, nullable=False, server_default="0"),
+    sa.Column("added_count", sa.BigInteger, nullable=False, server_default="0"),
+    sa.Column("changed_count", sa.BigInteger, nullable=False, server_default="0"),
+    sa.Column("unchanged_count", sa.BigInteger, nullable=False, server_default="0"),
+    sa.Column("removed_count", sa.BigInteger, nullable=False, server_default="0"),
+    sa.Column("error", sa.Text),
+    sa.CheckConstraint(f"status IN {RUN_STATUSES!r}", name="ck_run_state_status"),
+    # I4: at most one active run per inventory, enforced by the database itself.
+    sa.Index(
+        "uq_run_state_one_active",
+        "status",
+        unique=True,
+        sqlite_where=sa.text("status = 'active'"),
+        postgresql_where=sa.text("status = 'active'"),
+    ),
+)
+
+run_scopes = sa.Table(
+    "run_scopes",
+    metadata,
+    sa.Column("run_id", sa.String(64), primary_key=True),
+    sa.Column("scope_key", sa.Text, primary_key=True),
+    sa.Column("source_kind", sa.String(32), nullable=False),
+    sa.Column("complete", sa.Boolean, nullable=False),
+    sa.Column("reason", sa.Text),
+    sa.Column("protected", JSONType),
+    sa.Column("seen_count", sa.BigInteger, nullable=False, server_default="0"),
+    sa.Column("fingerprint", JSONType),
+    sa.Column("ended_at", UTCDateTime(), nullable=False),
+    sa.Index("ix_run_scopes_scope", "scope_key"),
+)
+
+staged_projects = sa.Table(
+    "staged_projects",
+    metadata,
+    sa.Column("run_id", sa.String(64), primary_key=True),
+    sa.Column("project_key", sa.Text, primary_key=True),
+    *_project_columns(),
+)
+
+removed_projects = sa.Table(
+    "removed_projects",
+    metadata,
+    sa.Column("id", sa.BigInteger().with_variant(sa.Integer, "sqlite"), primary_key=True),
+    sa.Column("project_key", sa.Text, nullable=False),
+    sa.Column("scope_key", sa.Text, nullable=False),
+    sa.Column("removed_by_run_id", sa.String(64), nullable=False),
+    sa.Column("removed_at", UTCDateTime(), nullable=False),
+    sa.Column("row", JSONType, nullable=False),
+    sa.Column("restored_at", UTCDateTime()),
+    sa.Column("restored_by", sa.Text),
+    sa.Index("ix_removed_projects_run", "removed_by_run_id"),
+    sa.Index("ix_removed_projects_key", "project_key"),
+)
+
+cleanups = sa.Table(
+    "cleanups",
+    metadata,
+    sa.Column("run_id", sa.String(64), primary_key=True),
+    sa.Column("generation", sa.BigInteger, nullable=False),
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("candidates", sa.BigInteger, nullable=False, server_default="0"),
+    sa.Column("removed", sa.BigInteger, nullable=False, server_default="0"),
+    sa.Column("marked_missing", sa.BigInteger, nullable=False, server_default="0"),
+    sa.Column("reason", sa.Text),
+    sa.Column("details", JSONType),
+    sa.Column("approved_by", sa.Text),
+    sa.Column("approved_max", sa.BigInteger),
+    sa.Column("updated_at", UTCDateTime(), nullable=False),
+    sa.CheckConstraint(f"status IN {CLEANUP_STATUSES!r}", name="ck_cleanups_status"),
+)
