@@ -290,7 +290,9 @@ class InventoryStore:
                 self._mark_failed(conn, active["run_id"], reason, now)
             generation = last_generation + 1
             conn.execute(
-                sa.update(t.inventory).where(t.inventory.c.id == 1).values(last_generation=generation)
+                sa.update(t.inventory)
+                .where(t.inventory.c.id == 1)
+                .values(last_generation=generation)
             )
             pid = os.getpid()
             conn.execute(
@@ -605,7 +607,7 @@ class InventoryStore:
     # ------------------------------------------------------------------ complete / fail
 
     def complete(self, run_id: str) -> str:
-        """End the run: ``completed`` iff its flush was verified, else ``failed``. Returns status."""
+        """End the run: ``completed`` iff its flush was verified, else ``failed``."""
         now = utcnow()
         with self.engine.begin() as conn:
             row = self._run_row(conn, run_id, lock=True)
@@ -781,7 +783,9 @@ class InventoryStore:
             conn.execute(
                 sa.update(t.cleanups)
                 .where(t.cleanups.c.run_id == run_id)
-                .values(approved_by=approved_by, approved_max=row["candidates"], updated_at=utcnow())
+                .values(
+                    approved_by=approved_by, approved_max=row["candidates"], updated_at=utcnow()
+                )
             )
             return dict(row) | {"approved_by": approved_by, "approved_max": row["candidates"]}
 

@@ -120,9 +120,7 @@ def upgrade() -> None:
     )
     op.create_table(
         "removed_projects",
-        sa.Column(
-            "id", sa.BigInteger().with_variant(sa.Integer, "sqlite"), primary_key=True
-        ),
+        sa.Column("id", sa.BigInteger().with_variant(sa.Integer, "sqlite"), primary_key=True),
         sa.Column("project_key", sa.Text, nullable=False),
         sa.Column("scope_key", sa.Text, nullable=False),
         sa.Column("removed_by_run_id", sa.String(64), nullable=False),

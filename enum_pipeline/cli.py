@@ -1,0 +1,280 @@
+"""``enum-pipeline``: run an enumeration through Dagster, clean up, approve, restore, migrate.
+
+Exit codes of ``run``: 0 completed (cleanup ran or had nothing to do), 1 the run failed,
+2 usage or configuration error, 3 completed but the deletion guard held the cleanup back.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_BLOCKED = 0, 1, 2, 3
+
+
+def _ensure_dagster_home() -> Path:
+    """``DAGSTER_HOME``, defaulting to ``./.dagster_home`` seeded with ``./dagster.yaml``."""
+    home = os.environ.get("DAGSTER_HOME")
+    if not home:
+        home = str(Path(".dagster_home").resolve())
+        os.environ["DAGSTER_HOME"] = home
+    path = Path(home)
+    path.mkdir(parents=True, exist_ok=True)
+    if not (path / "dagster.yaml").exists() and Path("dagster.yaml").is_file():
+        shutil.copyfile("dagster.yaml", path / "dagster.yaml")
+    return path
+
+
+def _instance():
+    from dagster import DagsterInstance
+
+    _ensure_dagster_home()
+    return DagsterInstance.get()
+
+
+def _run_config(args, scan: dict | None = None) -> dict:
+    config: dict = {"loggers": {"console": {"config": {"log_level": args.log_level}}}}
+    if scan:
+        config["ops"] = {"scanned_projects": {"config": scan}}
+    return config
+
+
+def _step_errors(result) -> list[str]:
+    return [
+        f"{e.step_key}: {e.step_failure_data.error.message.strip()}"
+        for e in result.all_events
+        if e.is_step_failure and e.step_failure_data and e.step_failure_data.error
+    ]
+
+
+def _print_cleanup(data: dict) -> None:
+    print(
+        f"cleanup: {data['status']} — removed {data['removed']}, marked missing "
+        f"{data['marked_missing']}, kept because incomplete {data['kept_incomplete']}"
+        + (f" ({data['reason']})" if data.get("reason") else "")
+    )
+
+
+def _cleanup(instance, run_id: str, args, *, approve=False, dry_run=False) -> tuple[int, dict]:
+    from enum_pipeline.definitions import defs
+    from enum_pipeline.defs.sensors import cleanup_run_config
+
+    extra = {"approve": approve, "dry_run": dry_run}
+    if args.config:
+        extra["config_path"] = os.path.abspath(args.config)
+    run_config = cleanup_run_config(run_id, **extra)
+    run_config["loggers"] = {"console": {"config": {"log_level": args.log_level}}}
+    job = defs.resolve_job_def("cleanup_projects")
+    result = job.execute_in_process(
+        instance=instance,
+        run_config=run_config,
+        raise_on_error=False,
+        tags={"enum_pipeline/enumeration_run": run_id},
+    )
+    if not result.success:
+        for error in _step_errors(result):
+            print(f"cleanup failed: {error}", file=sys.stderr)
+        return EXIT_FAILED, {}
+    data = result.output_for_node("stale_projects_cleanup")
+    _print_cleanup(data)
+    if data["status"] == "blocked":
+        print(
+            f"the deletion guard held this cleanup back; review it, then approve it with:\n"
+            f"  enum-pipeline approve {run_id}",
+            file=sys.stderr,
+        )
+        return EXIT_BLOCKED, data
+    return EXIT_OK, data
+
+
+def cmd_run(args) -> int:
+    """One enumeration run through Dagster, then the cleanup the sensor would request."""
+    from enum_pipeline.config import ConfigError, load_config
+    from enum_pipeline.definitions import defs
+    from enum_pipeline.store.lifecycle import UnknownRunError, open_store
+
+    roots = [os.path.abspath(os.path.expanduser(r)) for r in args.root or []] or None
+    config_path = os.path.abspath(args.config) if args.config else None
+    try:
+        load_config(config_path, roots)
+    except ConfigError as err:
+        print(f"enum-pipeline: {err}", file=sys.stderr)
+        return EXIT_USAGE
+    scan = {}
+    if roots:
+        scan["roots"] = roots
+    if config_path:
+        scan["config_path"] = config_path
+    instance = _instance()
+    started = time.monotonic()
+    job = defs.resolve_job_def("enumerate_projects")
+    result = job.execute_in_process(
+        instance=instance, run_config=_run_config(args, scan), raise_on_error=False
+    )
+    elapsed = time.monotonic() - started
+    store = open_store()
+    try:
+        info = store.get_run(result.run_id)
+    except UnknownRunError:
+        info = None
+    if info is not None:
+        print(
+            f"run {result.run_id} (generation {info.generation}): {info.status} in {elapsed:.1f}s"
+            f" — found {info.scanned_count}, added {info.added_count}, changed "
+            f"{info.changed_count}, unchanged {info.unchanged_count}"
+        )
+        for scope in store.scopes(result.run_id):
+            if not scope["complete"]:
+                print(f"  incomplete scope {scope['scope_key']}: {scope['reason']}")
+            elif scope["protected"]:
+                print(f"  protected in {scope['scope_key']}: {', '.join(scope['protected'])}")
+    if not result.success or info is None or info.status != "completed":
+        for error in _step_errors(result):
+            print(f"enum-pipeline: {error}", file=sys.stderr)
+        if info is not None and info.error:
+            print(f"enum-pipeline: run failed: {info.error}", file=sys.stderr)
+        print("nothing was removed from the inventory", file=sys.stderr)
+        return EXIT_FAILED
+    if args.no_cleanup:
+        return EXIT_OK
+    code, _ = _cleanup(instance, result.run_id, args)
+    return code
+
+
+def cmd_cleanup(args) -> int:
+    """The cleanup of one run (as the sensor requests it), optionally approved or dry."""
+    code, _ = _cleanup(_instance(), args.run_id, args, approve=args.approve, dry_run=args.dry_run)
+    return code
+
+
+def cmd_approve(args) -> int:
+    """Approve and carry out a cleanup the deletion guard held back."""
+    code, _ = _cleanup(_instance(), args.run_id, args, approve=True)
+    return code
+
+
+def cmd_restore(args) -> int:
+    """Bring back the projects a cleanup removed."""
+    from enum_pipeline.store.lifecycle import open_store
+
+    keys = open_store().restore(args.run_id, restored_by=f"cli:{os.environ.get('USER', '?')}")
+    print(f"restored {len(keys)} projects removed by the cleanup of run {args.run_id}")
+    for key in keys[:50]:
+        print(f"  {key}")
+    return EXIT_OK
+
+
+def cmd_runs(args) -> int:
+    """The newest runs of the inventory."""
+    from enum_pipeline.store.lifecycle import open_store
+
+    store = open_store()
+    for run in store.runs(args.limit):
+        cleanup = store.cleanup_record(run.run_id)
+        print(
+            f"{run.generation:>6} {run.run_id} {run.status:<9} flush_succeeded="
+            f"{run.flush_succeeded!s:<5} found={run.scanned_count} removed={run.removed_count}"
+            f" cleanup={cleanup['status'] if cleanup else '-'}"
+            + (f" error={run.error}" if run.error else "")
+        )
+    return EXIT_OK
+
+
+def cmd_history(args) -> int:
+    """Removed projects, as JSON lines."""
+    from enum_pipeline.store.lifecycle import open_store
+
+    for row in open_store().history(args.run_id):
+        print(json.dumps(row, default=str))
+    return EXIT_OK
+
+
+def cmd_db(args) -> int:
+    """Apply or show schema migrations."""
+    from enum_pipeline.store.engine import (
+        create_inventory_engine,
+        current_revision,
+        default_database_url,
+        head_revision,
+        redact_database_url,
+        upgrade_schema,
+    )
+
+    url = default_database_url()
+    engine = create_inventory_engine(url)
+    if args.db_command == "upgrade":
+        upgrade_schema(engine)
+    print(
+        f"{redact_database_url(url)}: at revision {current_revision(engine)} "
+        f"(newest {head_revision()})"
+    )
+    return EXIT_OK
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of ``enum-pipeline``."""
+    parser = argparse.ArgumentParser(prog="enum-pipeline", description=__doc__.split("\n")[0])
+    parser.add_argument(
+        "--log-level", default="WARNING", help="Dagster console log level (default WARNING)."
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="one enumeration run, then its cleanup")
+    run.add_argument("--config", help="YAML configuration (default: ENUM_PIPELINE_CONFIG)")
+    run.add_argument("--root", action="append", help="scan this folder (repeatable)")
+    run.add_argument("--no-cleanup", action="store_true", help="skip the cleanup")
+    run.set_defaults(func=cmd_run)
+
+    cleanup = sub.add_parser("cleanup", help="clean up after a completed run")
+    cleanup.add_argument("run_id")
+    cleanup.add_argument("--config")
+    cleanup.add_argument("--dry-run", action="store_true", help="show, change nothing")
+    cleanup.add_argument("--approve", action="store_true", help="approve a blocked cleanup")
+    cleanup.set_defaults(func=cmd_cleanup)
+
+    approve = sub.add_parser("approve", help="approve a cleanup the deletion guard held back")
+    approve.add_argument("run_id")
+    approve.add_argument("--config")
+    approve.set_defaults(func=cmd_approve)
+
+    restore = sub.add_parser("restore", help="restore what the cleanup of RUN_ID removed")
+    restore.add_argument("run_id")
+    restore.set_defaults(func=cmd_restore)
+
+    runs = sub.add_parser("runs", help="list recent runs")
+    runs.add_argument("--limit", type=int, default=20)
+    runs.set_defaults(func=cmd_runs)
+
+    history = sub.add_parser("history", help="list removed projects (JSON lines)")
+    history.add_argument("run_id", nargs="?")
+    history.set_defaults(func=cmd_history)
+
+    db = sub.add_parser("db", help="schema migrations")
+    db.add_argument("db_command", choices=["upgrade", "current"])
+    db.set_defaults(func=cmd_db)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``enum-pipeline`` console script."""
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exit_:
+        return EXIT_USAGE if exit_.code else EXIT_OK
+    from enum_pipeline.store.lifecycle import StoreError
+
+    try:
+        return args.func(args)
+    except StoreError as err:
+        print(f"enum-pipeline: {err}", file=sys.stderr)
+        return EXIT_FAILED
+
+
+if __name__ == "__main__":
+    sys.exit(main())

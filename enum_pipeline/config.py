@@ -1,0 +1,167 @@
+"""Configuration: a YAML file of sources and cleanup policy, or ``ENUM_PIPELINE_ROOTS``.
+
+Environment:
+- ``ENUM_PIPELINE_CONFIG``: path of the YAML file (takes precedence);
+- ``ENUM_PIPELINE_ROOTS``: ``os.pathsep``-separated folders scanned when no file is given;
+- ``ENUM_PIPELINE_DATABASE_URL``: the inventory database (see ``store.engine``).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from enum_pipeline.sources.base import Source
+from enum_pipeline.store.policy import CleanupPolicy
+
+CONFIG_ENV = "ENUM_PIPELINE_CONFIG"
+ROOTS_ENV = "ENUM_PIPELINE_ROOTS"
+
+
+class ConfigError(Exception):
+    """The configuration is missing or invalid; the message names the key and the file."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class FilesystemSourceConfig(_Strict):
+    """Folders on disk walked for repositories."""
+
+    kind: Literal["filesystem"]
+    roots: list[str] = Field(min_length=1)
+    skip_names: list[str] | None = None
+    follow_symlinks: bool = False
+    one_file_system: bool = True
+    max_depth: int | None = Field(None, ge=0)
+
+    def build(self) -> Source:
+        from enum_pipeline.sources.filesystem import FilesystemSource
+
+        roots = [os.path.abspath(os.path.expanduser(r)) for r in self.roots]
+        return FilesystemSource(
+            roots=roots,
+            skip_names=self.skip_names,
+            follow_symlinks=self.follow_symlinks,
+            one_file_system=self.one_file_system,
+            max_depth=self.max_depth,
+        )
+
+
+class GitHubSourceConfig(_Strict):
+    """Repositories of a GitHub (or GitHub Enterprise) organisation or user."""
+
+    kind: Literal["github"]
+    owner: str = Field(min_length=1)
+    owner_type: Literal["org", "user"] = "org"
+    base_url: str = "https://api.github.com"
+    token_env: str | None = "GITHUB_TOKEN"
+    include_archived: bool = True
+    include_forks: bool = True
+
+    def build(self) -> Source:
+        from enum_pipeline.sources.github import GitHubSource
+
+        return GitHubSource(**self.model_dump(exclude={"kind"}))
+
+
+class GitLabSourceConfig(_Strict):
+    """Projects of a GitLab group (with its subgroups), on gitlab.com or self-managed."""
+
+    kind: Literal["gitlab"]
+    group: str = Field(min_length=1)
+    base_url: str = "https://gitlab.com"
+    token_env: str | None = "GITLAB_TOKEN"
+    include_subgroups: bool = True
+    include_archived: bool = True
+
+    def build(self) -> Source:
+        from enum_pipeline.sources.gitlab import GitLabSource
+
+        return GitLabSource(**self.model_dump(exclude={"kind"}))
+
+
+class GiteaSourceConfig(_Strict):
+    """Repositories of a Gitea or Forgejo organisation or user."""
+
+    kind: Literal["gitea"]
+    owner: str = Field(min_length=1)
+    base_url: str
+    owner_type: Literal["org", "user"] = "org"
+    token_env: str | None = "GITEA_TOKEN"
+
+    def build(self) -> Source:
+        from enum_pipeline.sources.gitea import GiteaSource
+
+        return GiteaSource(**self.model_dump(exclude={"kind"}))
+
+
+SourceConfig = Annotated[
+    FilesystemSourceConfig | GitHubSourceConfig | GitLabSourceConfig | GiteaSourceConfig,
+    Field(discriminator="kind"),
+]
+
+
+class PipelineConfig(_Strict):
+    """The whole configuration file."""
+
+    sources: list[SourceConfig] = Field(min_length=1)
+    cleanup: CleanupPolicy = CleanupPolicy()
+    batch_size: int = Field(1000, ge=1, le=100_000)
+
+    def build_sources(self) -> list[Source]:
+        """Instantiate every configured source."""
+        return [s.build() for s in self.sources]
+
+
+def _format_errors(err: ValidationError, origin: str) -> str:
+    lines = []
+    for e in err.errors():
+        loc = ".".join(str(p) for p in e["loc"] if not str(p).startswith("function-"))
+        lines.append(f"  {loc or '(top level)'}: {e['msg']}")
+    return f"invalid configuration in {origin}:\n" + "\n".join(lines)
+
+
+def parse_config(data: object, origin: str) -> PipelineConfig:
+    """Validate already-parsed data; errors name each bad key and ``origin``."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"invalid configuration in {origin}: the top level must be a mapping")
+    try:
+        return PipelineConfig.model_validate(data)
+    except ValidationError as err:
+        raise ConfigError(_format_errors(err, origin)) from None
+
+
+def load_config_file(path: str | os.PathLike[str]) -> PipelineConfig:
+    """Read and validate a YAML configuration file."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as err:
+        raise ConfigError(f"cannot read configuration file {path}: {err.strerror}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        raise ConfigError(f"invalid YAML in {path}: {err}") from None
+    return parse_config(data, str(path))
+
+
+def load_config(config_path: str | None = None, roots: list[str] | None = None) -> PipelineConfig:
+    """The configuration from explicit arguments, else ``ENUM_PIPELINE_CONFIG``, else roots."""
+    if roots:
+        return parse_config({"sources": [{"kind": "filesystem", "roots": roots}]}, "--root")
+    config_path = config_path or os.environ.get(CONFIG_ENV)
+    if config_path:
+        return load_config_file(config_path)
+    env_roots = [r for r in os.environ.get(ROOTS_ENV, "").split(os.pathsep) if r.strip()]
+    if env_roots:
+        return parse_config({"sources": [{"kind": "filesystem", "roots": env_roots}]}, ROOTS_ENV)
+    raise ConfigError(
+        f"no sources configured: set {CONFIG_ENV} to a YAML file or {ROOTS_ENV} to the folders "
+        "to scan (e.g. ENUM_PIPELINE_ROOTS=~/src)"
+    )

@@ -1,0 +1,275 @@
+"""Assets of one enumeration run: scan → flush (upsert, verify) → run state; and the cleanup."""
+
+from dataclasses import asdict
+
+from dagster import (
+    AssetExecutionContext,
+    AssetKey,
+    Config,
+    Failure,
+    MetadataValue,
+    OpExecutionContext,
+    Out,
+    Output,
+    asset,
+    graph_asset,
+    op,
+)
+from pydantic import Field
+
+from enum_pipeline.defs.resources import InventoryResource
+from enum_pipeline.scan import ScanSummary, stage_sources
+from enum_pipeline.store.lifecycle import FlushVerificationError
+
+GROUP = "inventory"
+PREVIEW_ROWS = 20
+
+
+class ScanConfig(Config):
+    """Run config of ``scanned_projects``: overrides of the configured sources."""
+
+    config_path: str | None = Field(
+        default=None, description="YAML configuration file (default: ENUM_PIPELINE_CONFIG)."
+    )
+    roots: list[str] | None = Field(
+        default=None, description="Scan these folders instead of the configured sources."
+    )
+
+
+def _scope_table(scopes: list[dict]) -> MetadataValue:
+    lines = ["| scope | complete | seen | reason |", "|---|---|---|---|"]
+    for s in scopes:
+        reason = (s.get("reason") or "").replace("|", "\\|").replace("\n", " ")
+        lines.append(f"| {s['scope_key']} | {s['complete']} | {s['seen']} | {reason} |")
+    return MetadataValue.md("\n".join(lines))
+
+
+@asset(group_name=GROUP, kinds={"python"})
+def scanned_projects(
+    context: AssetExecutionContext, config: ScanConfig, inventory: InventoryResource
+) -> Output[dict]:
+    """Begin the run, then stream every source into the run's durable staging table.
+
+    Every scope ends complete or incomplete; an incomplete scope protects its projects.
+    """
+    pipeline = inventory.pipeline_config(config.config_path, config.roots)
+    store = inventory.store()
+    run_id = context.run_id
+    generation = store.begin(run_id)
+    context.log.info(f"run {run_id}: generation {generation} on {inventory.display_url()}")
+
+    def progress(summary: ScanSummary) -> None:
+        context.log.info(
+            f"scan progress: {summary.scanned} projects, {len(summary.verdicts)} scopes ended, "
+            f"{summary.seconds:.0f}s"
+        )
+
+    try:
+        sources = pipeline.build_sources()
+        summary = stage_sources(
+            store,
+            run_id,
+            generation,
+            sources,
+            batch_size=pipeline.batch_size,
+            on_progress=progress,
+        )
+    except BaseException as err:
+        store.fail(run_id, f"scan failed: {type(err).__name__}: {err}")
+        raise
+    data = summary.as_dict()
+    for verdict in summary.incomplete:
+        context.log.warning(f"scope {verdict.scope_key} incomplete: {verdict.reason}")
+    return Output(
+        data,
+        metadata={
+            "run_id": run_id,
+            "generation": generation,
+            "scanned": summary.scanned,
+            "staged": summary.staged,
+            "scopes": len(summary.verdicts),
+            "incomplete_scopes": len(summary.incomplete),
+            "scan_seconds": round(summary.seconds, 3),
+            "scope_verdicts": _scope_table(data["scopes"]),
+        },
+    )
+
+
+@op(out=Out(dict))
+def upsert_projects(
+    context: OpExecutionContext, inventory: InventoryResource, scanned: dict
+) -> dict:
+    """Set-based upsert of the run's staged records into ``projects``.
+
+    In a re-execution (a new Dagster run) the staged run is resumed, never re-scanned.
+    """
+    store = inventory.store()
+    run_id = scanned["run_id"]
+    if context.run_id != run_id:
+        generation = store.resume(run_id, context.run_id)
+        context.log.info(f"resuming run {run_id} (generation {generation}) from its staging")
+    try:
+        result = store.flush(run_id)
+    except BaseException as err:
+        store.fail(run_id, f"flush failed: {type(err).__name__}: {err}")
+        raise
+    context.log.info(
+        f"flushed {result.staged}: {result.added} added, {result.changed} changed, "
+        f"{result.unchanged} unchanged"
+    )
+    return asdict(result)
+
+
+@op(out=Out(dict))
+def verify_flush(context: OpExecutionContext, inventory: InventoryResource, flushed: dict):
+    """Prove every staged record landed with this run's generation, then confirm the rows.
+
+    A failed proof marks the run failed and is recorded as ``flush_succeeded=False`` (the
+    blocking check on ``projects`` then stops the run, and the cleanup sensor skips it).
+    """
+    store = inventory.store()
+    run_id = flushed["run_id"]
+    error = None
+    try:
+        verified = store.verify_and_confirm(run_id)
+        confirmed = verified.confirmed
+    except FlushVerificationError as err:
+        store.fail(run_id, f"flush verification failed: {err}")
+        error, confirmed = str(err), 0
+    except BaseException as err:
+        store.fail(run_id, f"verify failed: {type(err).__name__}: {err}")
+        raise
+    value = {**flushed, "flush_succeeded": error is None, "confirmed": confirmed, "error": error}
+    preview = store.projects(limit=PREVIEW_ROWS)
+    yield Output(
+        value,
+        metadata={
+            "flush_succeeded": error is None,
+            "run_id": run_id,
+            "generation": flushed["generation"],
+            "staged": flushed["staged"],
+            "added": flushed["added"],
+            "changed": flushed["changed"],
+            "unchanged": flushed["unchanged"],
+            "confirmed": confirmed,
+            "dagster/row_count": store.count_projects(),
+            "error": error or "",
+            "preview": MetadataValue.md(_preview_table(preview)),
+        },
+    )
+
+
+def _preview_table(rows: list[dict]) -> str:
+    lines = ["| name | vcs | location | branch | markers |", "|---|---|---|---|---|"]
+    for r in rows:
+        markers = ", ".join(r.get("markers") or [])
+        cells = [r["name"], r["vcs"] or "", r["location"], r["default_branch"] or "", markers]
+        lines.append("| " + " | ".join(str(c).replace("|", "\\|") for c in cells) + " |")
+    return "\n".join(lines)
+
+
+@graph_asset(group_name=GROUP, kinds={"sql"})
+def projects(scanned_projects: dict) -> dict:
+    """The inventory table: the run's flush (``upsert_projects`` → ``verify_flush``)."""
+    return verify_flush(upsert_projects(scanned_projects))
+
+
+@asset(group_name=GROUP, kinds={"sql"})
+def run_state(
+    context: AssetExecutionContext, inventory: InventoryResource, projects: dict
+) -> Output[dict]:
+    """Complete the run: ``completed`` iff its flush was verified, else ``failed``."""
+    store = inventory.store()
+    run_id = projects["run_id"]
+    status = store.complete(run_id)
+    info = store.get_run(run_id)
+    metadata = {
+        "run_id": run_id,
+        "generation": info.generation,
+        "status": status,
+        "flush_succeeded": info.flush_succeeded,
+        "scanned": info.scanned_count,
+        "added": info.added_count,
+        "changed": info.changed_count,
+        "unchanged": info.unchanged_count,
+        "confirmed": info.confirmed_count,
+        "error": info.error or "",
+    }
+    if status != "completed":
+        raise Failure(f"run {run_id} ended {status}: {info.error}", metadata=metadata)
+    return Output({"run_id": run_id, "status": status}, metadata=metadata)
+
+
+class CleanupConfig(Config):
+    """Run config of ``stale_projects_cleanup``."""
+
+    run_id: str = Field(description="The enumeration run whose cleanup this is.")
+    approve: bool = Field(
+        default=False,
+        description="Approve this run's blocked cleanup, for the numbers it was blocked with.",
+    )
+    dry_run: bool = Field(default=False, description="Show what would be removed; change nothing.")
+    config_path: str | None = Field(
+        default=None,
+        description="YAML file with the cleanup policy (default: ENUM_PIPELINE_CONFIG).",
+    )
+
+
+def cleanup_policy(inventory: InventoryResource, config_path: str | None):
+    """The configured cleanup policy, or the safe defaults when no configuration is readable."""
+    from enum_pipeline.config import ConfigError
+    from enum_pipeline.store.policy import CleanupPolicy
+
+    try:
+        return inventory.pipeline_config(config_path).cleanup
+    except ConfigError:
+        return CleanupPolicy()
+
+
+@asset(group_name=GROUP, kinds={"sql"}, deps=[AssetKey("projects")])
+def stale_projects_cleanup(
+    context: AssetExecutionContext, config: CleanupConfig, inventory: InventoryResource
+) -> Output[dict]:
+    """Remove what a completed, verified run did not see (``safe_cleanup_old_projects``).
+
+    Requested only by the ``cleanup_after_confirmed_flush`` sensor or by an operator.
+    """
+    store = inventory.store()
+    policy = cleanup_policy(inventory, config.config_path)
+    approver = f"dagster run {context.run_id}" if config.approve else None
+    if config.approve:
+        store.approve_cleanup(config.run_id, approver)
+    result = store.safe_cleanup_old_projects(
+        config.run_id, policy, dry_run=config.dry_run, approved_by=approver
+    )
+    data = result.as_dict()
+    lines = [
+        "| scope | complete | total | candidates | removed | kept (protected) | note |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for s in result.scopes:
+        note = (s.blocked_reason or s.skipped_reason or "").replace("|", "\\|")
+        lines.append(
+            f"| {s.scope_key} | {s.complete} | {s.total} | {s.candidates} | {s.removed} "
+            f"| {s.protected} | {note} |"
+        )
+    if result.status == "blocked":
+        context.log.warning(
+            f"cleanup of run {config.run_id} held back by the deletion guard: {result.reason}. "
+            "Approve it with run config approve: true or `enum-pipeline approve "
+            f"{config.run_id}`."
+        )
+    return Output(
+        data,
+        metadata={
+            "run_id": config.run_id,
+            "status": result.status,
+            "dry_run": result.dry_run,
+            "candidates": result.candidates,
+            "removed": result.removed,
+            "marked_missing": result.marked_missing,
+            "kept_incomplete": result.kept_incomplete,
+            "reason": result.reason or "",
+            "scopes": MetadataValue.md("\n".join(lines)),
+        },
+    )

@@ -1,0 +1,97 @@
+"""Sensors: request the cleanup after a confirmed flush; mark failed runs; reap stopped runs."""
+
+from dagster import (
+    AssetKey,
+    DagsterRunStatus,
+    DefaultSensorStatus,
+    RunFailureSensorContext,
+    RunRequest,
+    RunStatusSensorContext,
+    SensorEvaluationContext,
+    SkipReason,
+    run_failure_sensor,
+    run_status_sensor,
+    sensor,
+)
+
+from enum_pipeline.defs.jobs import cleanup_projects, enumerate_projects
+from enum_pipeline.defs.resources import InventoryResource
+from enum_pipeline.store.lifecycle import UnknownRunError
+
+
+def cleanup_run_config(run_id: str, **extra) -> dict:
+    """Run config of ``cleanup_projects`` for enumeration run ``run_id``."""
+    return {"ops": {"stale_projects_cleanup": {"config": {"run_id": run_id, **extra}}}}
+
+
+@sensor(
+    job=cleanup_projects,
+    minimum_interval_seconds=30,
+    default_status=DefaultSensorStatus.RUNNING,
+)
+def cleanup_after_confirmed_flush(context: SensorEvaluationContext, inventory: InventoryResource):
+    """One cleanup run per confirmed flush, read from the latest ``projects`` materialization."""
+    event = context.instance.get_latest_materialization_event(AssetKey("projects"))
+    if event is None:
+        return SkipReason("no flush of projects recorded yet")
+    storage_id = event.storage_id
+    if context.cursor and int(context.cursor) >= storage_id:
+        return SkipReason(f"latest flush (event {storage_id}) was already handled")
+    metadata = event.asset_materialization.metadata
+    run_id = metadata["run_id"].value if "run_id" in metadata else None
+    if run_id is None:
+        context.update_cursor(str(storage_id))
+        return SkipReason("latest projects materialization carries no run_id")
+    if not metadata.get("flush_succeeded") or not metadata["flush_succeeded"].value:
+        context.update_cursor(str(storage_id))
+        error = metadata["error"].value if "error" in metadata else "unknown"
+        return SkipReason(f"flush of run {run_id} was not confirmed ({error}); nothing to clean")
+    try:
+        info = inventory.store().get_run(run_id)
+    except UnknownRunError:
+        context.update_cursor(str(storage_id))
+        return SkipReason(f"run {run_id} is unknown to the inventory database")
+    if info.status == "active":
+        return SkipReason(f"run {run_id} has not completed yet; waiting")
+    context.update_cursor(str(storage_id))
+    if info.status != "completed":
+        return SkipReason(f"run {run_id} ended {info.status} ({info.error}); nothing to clean")
+    return RunRequest(
+        run_key=run_id,
+        run_config=cleanup_run_config(run_id),
+        tags={"enum_pipeline/enumeration_run": run_id},
+    )
+
+
+@run_failure_sensor(monitored_jobs=[enumerate_projects], default_status=DefaultSensorStatus.RUNNING)
+def mark_failed_enumeration_runs(context: RunFailureSensorContext, inventory: InventoryResource):
+    """A failed Dagster run leaves no ``active`` run_state behind."""
+    run = context.dagster_run
+    reason = f"dagster run failed: {context.failure_event.message or 'no message'}"
+    marked = inventory.store().fail_attempt(run.run_id, reason)
+    if marked:
+        context.log.info(f"marked run_state failed for {marked}")
+
+
+@run_status_sensor(
+    run_status=DagsterRunStatus.CANCELED,
+    monitored_jobs=[enumerate_projects],
+    default_status=DefaultSensorStatus.RUNNING,
+)
+def mark_canceled_enumeration_runs(context: RunStatusSensorContext, inventory: InventoryResource):
+    """A cancelled Dagster run leaves no ``active`` run_state behind."""
+    inventory.store().fail_attempt(context.dagster_run.run_id, "dagster run was canceled")
+
+
+@sensor(minimum_interval_seconds=60, default_status=DefaultSensorStatus.RUNNING)
+def reap_abandoned_runs(context: SensorEvaluationContext, inventory: InventoryResource):
+    """Mark ``failed`` every active run whose heartbeat stopped or whose Dagster run ended."""
+
+    def attempt_finished(dagster_run_id: str) -> bool:
+        record = context.instance.get_run_by_id(dagster_run_id)
+        return record is not None and record.is_finished
+
+    reaped = inventory.store().reap(attempt_finished=attempt_finished)
+    if reaped:
+        return SkipReason(f"marked abandoned: {', '.join(reaped)}")
+    return SkipReason("no abandoned run")

@@ -1,0 +1,120 @@
+"""Shared fixtures: every store test runs on SQLite and on a real PostgreSQL server.
+
+PostgreSQL: ``ENUM_PIPELINE_TEST_PG_URL`` (default the local server, user postgres). One
+database per test session, one schema per test. With ``CI=true`` an unreachable server is a
+failure, never a skip.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import uuid
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+from sqlalchemy.engine import make_url
+
+from enum_pipeline.store.lifecycle import InventoryStore
+
+PG_ADMIN_URL = os.environ.get(
+    "ENUM_PIPELINE_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
+)
+IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
+def _pg_unavailable(reason: str):
+    if IN_CI:
+        pytest.fail(f"PostgreSQL is required in CI but unreachable: {reason}", pytrace=False)
+    pytest.skip(f"PostgreSQL unreachable ({reason}); set CI=true to make this a failure")
+
+
+@pytest.fixture(scope="session")
+def pg_database():
+    """A fresh PostgreSQL database for this test session (dropped at the end)."""
+    admin = sa.create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
+    name = f"enum_pipeline_test_{os.getpid()}_{uuid.uuid4().hex[:6]}"
+    try:
+        with admin.connect() as conn:
+            conn.exec_driver_sql(f'CREATE DATABASE "{name}"')
+    except Exception as err:  # noqa: BLE001 - any connection failure means unreachable
+        admin.dispose()
+        _pg_unavailable(str(err).splitlines()[0])
+    url = make_url(PG_ADMIN_URL).set(database=name)
+    yield url
+    with admin.connect() as conn:
+        conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    admin.dispose()
+
+
+def _pg_schema_url(pg_database) -> str:
+    schema = f"t_{uuid.uuid4().hex[:12]}"
+    engine = sa.create_engine(pg_database)
+    with engine.begin() as conn:
+        conn.exec_driver_sql(f'CREATE SCHEMA "{schema}"')
+    engine.dispose()
+    url = pg_database.update_query_dict({"options": f"-csearch_path={schema}"})
+    return url.render_as_string(hide_password=False)
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db_url(request, tmp_path: Path) -> str:
+    """A fresh, empty inventory database URL on each backend."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'inventory.sqlite'}"
+    return _pg_schema_url(request.getfixturevalue("pg_database"))
+
+
+@pytest.fixture
+def store(db_url):
+    """An ``InventoryStore`` on a fresh database."""
+    s = InventoryStore(db_url)
+    yield s
+    s.dispose()
+
+
+GIT_ENV = {
+    "GIT_CONFIG_NOSYSTEM": "1",
+    "GIT_AUTHOR_NAME": "Test",
+    "GIT_AUTHOR_EMAIL": "test@example.invalid",
+    "GIT_COMMITTER_NAME": "Test",
+    "GIT_COMMITTER_EMAIL": "test@example.invalid",
+}
+
+
+def git(*args: str, cwd: Path | str) -> str:
+    """Run a real git command for a test fixture."""
+    env = {**os.environ, **GIT_ENV, "HOME": str(cwd)}
+    return subprocess.run(
+        ["git", "-c", "init.defaultBranch=main", *args],
+        cwd=cwd,
+        env=env,
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
+
+
+def make_repo(path: Path, *, commit: bool = True, remote: str | None = None) -> Path:
+    """A real ``git init`` repository at ``path`` with one commit."""
+    path.mkdir(parents=True, exist_ok=True)
+    git("init", "-q", cwd=path)
+    if remote:
+        git("remote", "add", "origin", remote, cwd=path)
+    if commit:
+        (path / "README.md").write_text(f"# {path.name}\n")
+        git("add", "README.md", cwd=path)
+        git("commit", "-q", "-m", "init", cwd=path)
+    return path
+
+
+@pytest.fixture
+def repo_tree(tmp_path: Path) -> Path:
+    """A folder holding five real git repositories (one in a nested group folder)."""
+    root = tmp_path / "src"
+    for name in ("alpha", "beta", "gamma", "group/delta", "group/epsilon"):
+        make_repo(root / name)
+    (root / "alpha" / "pyproject.toml").write_text("[project]\nname='alpha'\n")
+    (root / "beta" / "package.json").write_text("{}\n")
+    return root

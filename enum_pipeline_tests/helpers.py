@@ -1,0 +1,95 @@
+"""Test helpers: synthetic records, one whole lifecycle, SQL-level fault injection."""
+
+from __future__ import annotations
+
+import contextlib
+import uuid
+from collections.abc import Iterable, Iterator
+
+import sqlalchemy as sa
+
+from enum_pipeline.sources.base import ProjectRecord, ScopeVerdict
+from enum_pipeline.store.lifecycle import InventoryStore
+from enum_pipeline.store.policy import CleanupPolicy
+
+SCOPE = "fs:/srv/src"
+
+
+def rec(name: str, scope: str = SCOPE, **extra) -> ProjectRecord:
+    """A filesystem-like record ``name`` under ``scope``."""
+    root = scope.split(":", 1)[1]
+    return ProjectRecord(
+        project_key=f"fs:{root}/{name}",
+        scope_key=scope,
+        source_kind="filesystem",
+        name=name.rsplit("/", 1)[-1],
+        location=f"{root}/{name}",
+        path=f"{root}/{name}",
+        vcs="git",
+        **extra,
+    )
+
+
+def key(name: str, scope: str = SCOPE) -> str:
+    """The project key ``rec(name, scope)`` gets."""
+    return rec(name, scope).project_key
+
+
+def new_run_id() -> str:
+    """A fresh run id, shaped like a Dagster run id."""
+    return str(uuid.uuid4())
+
+
+def run_once(
+    store: InventoryStore,
+    seen: dict[str, Iterable[str]],
+    *,
+    complete: dict[str, bool] | None = None,
+    protected: dict[str, tuple[str, ...]] | None = None,
+    cleanup: bool = True,
+    policy: CleanupPolicy | None = None,
+    run_id: str | None = None,
+):
+    """One whole run: begin, stage ``seen`` per scope, end scopes, flush, verify, complete,
+    and (when ``cleanup``) the cleanup. Returns ``(run_id, cleanup_result_or_None)``."""
+    run_id = run_id or new_run_id()
+    store.begin(run_id)
+    for scope, names in seen.items():
+        names = list(names)
+        store.stage(run_id, [rec(n, scope) for n in names])
+        store.end_scope(
+            run_id,
+            ScopeVerdict(
+                scope_key=scope,
+                source_kind="filesystem",
+                complete=(complete or {}).get(scope, True),
+                seen=len(names),
+                reason=None if (complete or {}).get(scope, True) else "root unreadable",
+                protected=(protected or {}).get(scope, ()),
+            ),
+        )
+    store.flush(run_id)
+    store.verify_and_confirm(run_id)
+    assert store.complete(run_id) == "completed"
+    result = store.safe_cleanup_old_projects(run_id, policy) if cleanup else None
+    return run_id, result
+
+
+@contextlib.contextmanager
+def fail_on_sql(
+    store: InventoryStore, needle: str, exc: type[Exception] = RuntimeError
+) -> Iterator[list]:
+    """Raise ``exc`` when a statement containing ``needle`` is about to run (a real mid-transaction
+    failure on either backend). Yields the list of statements that were stopped."""
+    stopped: list[str] = []
+
+    def before(conn, cursor, statement, parameters, context, executemany):
+        if needle.lower() in statement.lower():
+            stopped.append(statement)
+            raise exc(f"injected failure before: {statement[:60]}")
+
+    sa.event.listen(store.engine, "before_cursor_execute", before)
+    try:
+        yield stopped
+    finally:
+        sa.event.remove(store.engine, "before_cursor_execute", before)
