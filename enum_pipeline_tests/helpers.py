@@ -93,3 +93,69 @@ def fail_on_sql(
         yield stopped
     finally:
         sa.event.remove(store.engine, "before_cursor_execute", before)
+
+
+_FAULTS = {
+    "sqlite": {
+        "abort_upsert": [
+            "CREATE TRIGGER ep_fault_i BEFORE INSERT ON projects "
+            "BEGIN SELECT RAISE(ABORT, 'injected: disk full'); END",
+            "CREATE TRIGGER ep_fault_u BEFORE UPDATE ON projects "
+            "BEGIN SELECT RAISE(ABORT, 'injected: disk full'); END",
+        ],
+        "lose_write": [
+            "CREATE TRIGGER ep_fault_l AFTER INSERT ON projects WHEN NEW.name = '{name}' "
+            "BEGIN DELETE FROM projects WHERE project_key = NEW.project_key; END",
+        ],
+    },
+    "postgresql": {
+        "abort_upsert": [
+            "CREATE FUNCTION ep_fault() RETURNS trigger AS $$ BEGIN "
+            "RAISE EXCEPTION 'injected: disk full'; END $$ LANGUAGE plpgsql",
+            "CREATE TRIGGER ep_fault BEFORE INSERT OR UPDATE ON projects "
+            "FOR EACH ROW EXECUTE FUNCTION ep_fault()",
+        ],
+        "lose_write": [
+            "CREATE FUNCTION ep_fault() RETURNS trigger AS $$ BEGIN "
+            "DELETE FROM projects WHERE project_key = NEW.project_key; RETURN NULL; END $$ "
+            "LANGUAGE plpgsql",
+            "CREATE TRIGGER ep_fault AFTER INSERT ON projects FOR EACH ROW "
+            "WHEN (NEW.name = '{name}') EXECUTE FUNCTION ep_fault()",
+        ],
+    },
+}
+_CLEAR = {
+    "sqlite": [
+        "DROP TRIGGER IF EXISTS ep_fault_i",
+        "DROP TRIGGER IF EXISTS ep_fault_u",
+        "DROP TRIGGER IF EXISTS ep_fault_l",
+    ],
+    "postgresql": [
+        "DROP TRIGGER IF EXISTS ep_fault ON projects",
+        "DROP FUNCTION IF EXISTS ep_fault",
+    ],
+}
+
+
+def install_fault(url: str, kind: str, name: str = "") -> None:
+    """Make the database itself fail the flush: ``abort_upsert`` raises on any write to
+    ``projects``; ``lose_write`` silently drops the inserted row of project ``name``."""
+    from enum_pipeline.store.engine import create_inventory_engine, ensure_schema
+
+    engine = create_inventory_engine(url)
+    ensure_schema(engine)
+    with engine.begin() as conn:
+        for stmt in _FAULTS[engine.dialect.name][kind]:
+            conn.exec_driver_sql(stmt.replace("{name}", name))
+    engine.dispose()
+
+
+def clear_faults(url: str) -> None:
+    """Remove every fault ``install_fault`` put in."""
+    from enum_pipeline.store.engine import create_inventory_engine
+
+    engine = create_inventory_engine(url)
+    with engine.begin() as conn:
+        for stmt in _CLEAR[engine.dialect.name]:
+            conn.exec_driver_sql(stmt)
+    engine.dispose()

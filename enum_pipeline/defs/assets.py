@@ -54,7 +54,7 @@ def scanned_projects(
     """
     pipeline = inventory.pipeline_config(config.config_path, config.roots)
     store = inventory.store()
-    run_id = context.run_id
+    run_id = context.run.run_id
     generation = store.begin(run_id)
     context.log.info(f"run {run_id}: generation {generation} on {inventory.display_url()}")
 

@@ -31,10 +31,11 @@ def cleanup_run_config(run_id: str, **extra) -> dict:
 )
 def cleanup_after_confirmed_flush(context: SensorEvaluationContext, inventory: InventoryResource):
     """One cleanup run per confirmed flush, read from the latest ``projects`` materialization."""
-    event = context.instance.get_latest_materialization_event(AssetKey("projects"))
-    if event is None:
+    records = context.instance.fetch_materializations(AssetKey("projects"), limit=1).records
+    if not records:
         return SkipReason("no flush of projects recorded yet")
-    storage_id = event.storage_id
+    storage_id = records[0].storage_id
+    event = records[0].event_log_entry
     if context.cursor and int(context.cursor) >= storage_id:
         return SkipReason(f"latest flush (event {storage_id}) was already handled")
     metadata = event.asset_materialization.metadata

@@ -1,0 +1,265 @@
+"""The Dagster wiring on real instances, real git trees and both database backends."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from dagster import (
+    AssetKey,
+    DagsterInstance,
+    ReexecutionOptions,
+    RunRequest,
+    SkipReason,
+    build_run_status_sensor_context,
+    build_sensor_context,
+    execute_job,
+    instance_for_test,
+    reconstructable,
+)
+
+from enum_pipeline.definitions import defs
+from enum_pipeline.defs.resources import InventoryResource
+from enum_pipeline.defs.sensors import (
+    cleanup_after_confirmed_flush,
+    cleanup_run_config,
+    mark_failed_enumeration_runs,
+    reap_abandoned_runs,
+)
+from enum_pipeline.store import schema as t
+from enum_pipeline.store.lifecycle import InventoryStore
+from enum_pipeline_tests.helpers import clear_faults, install_fault
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def env(db_url, repo_tree, monkeypatch):
+    """Point the code location at a fresh database and the test tree."""
+    monkeypatch.setenv("ENUM_PIPELINE_DATABASE_URL", db_url)
+    monkeypatch.setenv("ENUM_PIPELINE_ROOTS", str(repo_tree))
+    monkeypatch.delenv("ENUM_PIPELINE_CONFIG", raising=False)
+    store = InventoryStore(db_url)
+    yield store
+    store.dispose()
+
+
+@pytest.fixture
+def instance():
+    with instance_for_test() as inst:
+        yield inst
+
+
+def _enumerate(instance: DagsterInstance):
+    return defs.resolve_job_def("enumerate_projects").execute_in_process(
+        instance=instance, raise_on_error=False
+    )
+
+
+def _latest_flush_metadata(instance: DagsterInstance) -> dict:
+    event = instance.get_latest_materialization_event(AssetKey("projects"))
+    return {k: v.value for k, v in event.asset_materialization.metadata.items()}
+
+
+def _sensor_tick(instance, cursor=None):
+    context = build_sensor_context(
+        instance=instance, cursor=cursor, resources={"inventory": InventoryResource()}
+    )
+    return cleanup_after_confirmed_flush.evaluate_tick(context)
+
+
+def test_enumerate_projects_materializes_a_real_git_tree(env, instance, repo_tree):
+    result = _enumerate(instance)
+    assert result.success
+    names = {r["name"] for r in env.projects()}
+    assert names == {"alpha", "beta", "gamma", "delta", "epsilon"}
+    meta = _latest_flush_metadata(instance)
+    assert meta["flush_succeeded"] is True
+    assert meta["run_id"] == result.run_id
+    assert meta["added"] == 5 and meta["dagster/row_count"] == 5
+    info = env.get_run(result.run_id)
+    assert (info.status, info.flush_succeeded, info.generation) == ("completed", True, 1)
+    checks = result.get_asset_check_evaluations()
+    assert [c.passed for c in checks] == [True]
+    alpha = next(r for r in env.projects() if r["name"] == "alpha")
+    assert "pyproject.toml" in alpha["markers"] and len(alpha["head_commit"]) == 40
+
+
+def test_sensor_requests_exactly_one_cleanup_for_a_confirmed_flush(env, instance, repo_tree):
+    result = _enumerate(instance)
+    first = _sensor_tick(instance)
+    assert [r.run_key for r in first.run_requests] == [result.run_id]
+    request: RunRequest = first.run_requests[0]
+    assert request.run_config == cleanup_run_config(result.run_id)
+    again = _sensor_tick(instance, cursor=first.cursor)
+    assert again.run_requests == [] and "already handled" in again.skip_message
+    cleanup = defs.resolve_job_def("cleanup_projects").execute_in_process(
+        instance=instance, run_config=request.run_config
+    )
+    assert cleanup.output_for_node("stale_projects_cleanup")["status"] == "noop"
+
+
+def test_sensor_requests_nothing_for_a_failed_flush(env, instance, db_url):
+    install_fault(db_url, "lose_write", name="beta")
+    result = _enumerate(instance)
+    assert not result.success
+    meta = _latest_flush_metadata(instance)
+    assert meta["flush_succeeded"] is False and "staged 5" in meta["error"]
+    tick = _sensor_tick(instance)
+    assert tick.run_requests == []
+    assert f"flush of run {result.run_id} was not confirmed" in tick.skip_message
+    info = env.get_run(result.run_id)
+    assert info.status == "failed" and "verification" in info.error
+    assert [c.passed for c in result.get_asset_check_evaluations()] == [False]
+
+
+def test_sensor_skips_while_no_flush_exists(env, instance):
+    tick = _sensor_tick(instance)
+    assert tick.run_requests == [] and "no flush" in tick.skip_message
+
+
+def test_failed_upsert_fails_the_dagster_run_and_keeps_projects(env, instance, db_url, repo_tree):
+    assert _enumerate(instance).success
+    handled = _sensor_tick(instance)
+    assert len(handled.run_requests) == 1
+    shutil.rmtree(repo_tree / "gamma")
+    install_fault(db_url, "abort_upsert")
+    result = _enumerate(instance)
+    assert not result.success
+    info = env.get_run(result.run_id)
+    assert info.status == "failed" and "injected: disk full" in info.error
+    assert len(env.project_keys()) == 5
+    tick = _sensor_tick(instance, cursor=handled.cursor)
+    assert tick.run_requests == []  # the failed run never produced a flush materialization
+    assert "already handled" in tick.skip_message
+
+
+def test_run_failure_sensor_marks_run_state_failed(env, instance, db_url):
+    install_fault(db_url, "abort_upsert")
+    result = _enumerate(instance)
+    assert not result.success
+    # As if the process died before its own except-block ran: the row is still active.
+    with env.engine.begin() as conn:
+        conn.execute(
+            t.run_state.update()
+            .where(t.run_state.c.run_id == result.run_id)
+            .values(status="active", error=None)
+        )
+    failure = next(e for e in result.all_events if e.event_type_value == "PIPELINE_FAILURE")
+    context = build_run_status_sensor_context(
+        sensor_name="mark_failed_enumeration_runs",
+        dagster_event=failure,
+        dagster_instance=instance,
+        dagster_run=instance.get_run_by_id(result.run_id),
+        resources={"inventory": InventoryResource()},
+    ).for_run_failure()
+    mark_failed_enumeration_runs(context)
+    info = env.get_run(result.run_id)
+    assert info.status == "failed" and info.error.startswith("dagster run failed")
+
+
+def test_reaper_marks_a_run_whose_dagster_run_ended(env, instance):
+    result = _enumerate(instance)
+    with env.engine.begin() as conn:
+        conn.execute(
+            t.run_state.update()
+            .where(t.run_state.c.run_id == result.run_id)
+            .values(status="active", pid=None)
+        )
+    context = build_sensor_context(instance=instance, resources={"inventory": InventoryResource()})
+    tick = reap_abandoned_runs.evaluate_tick(context)
+    assert result.run_id in tick.skip_message
+    assert env.get_run(result.run_id).status == "failed"
+
+
+def test_cleanup_removes_a_deleted_repository(env, instance, repo_tree):
+    _enumerate(instance)
+    shutil.rmtree(repo_tree / "beta")
+    second = _enumerate(instance)
+    cleanup = defs.resolve_job_def("cleanup_projects").execute_in_process(
+        instance=instance, run_config=cleanup_run_config(second.run_id)
+    )
+    data = cleanup.output_for_node("stale_projects_cleanup")
+    assert data["status"] == "done" and data["removed"] == 1
+    assert "beta" not in {r["name"] for r in env.projects()}
+    assert [h["row"]["name"] for h in env.history(second.run_id)] == ["beta"]
+
+
+def test_blocked_cleanup_fails_its_check_and_launchpad_approval_runs_it(env, instance, repo_tree):
+    _enumerate(instance)
+    for child in repo_tree.iterdir():
+        shutil.rmtree(child)
+    second = _enumerate(instance)
+    job = defs.resolve_job_def("cleanup_projects")
+    blocked = job.execute_in_process(
+        instance=instance, run_config=cleanup_run_config(second.run_id)
+    )
+    assert blocked.output_for_node("stale_projects_cleanup")["status"] == "blocked"
+    assert [c.passed for c in blocked.get_asset_check_evaluations()] == [False]
+    assert len(env.project_keys()) == 5
+    approved = job.execute_in_process(
+        instance=instance, run_config=cleanup_run_config(second.run_id, approve=True)
+    )
+    assert approved.output_for_node("stale_projects_cleanup")["removed"] == 5
+    assert env.project_keys() == set()
+
+
+def _enumerate_job():
+    return defs.resolve_job_def("enumerate_projects")
+
+
+def test_reexecution_from_failure_finishes_the_flush_without_rescanning(env, db_url, repo_tree):
+    with instance_for_test() as instance:
+        install_fault(db_url, "abort_upsert")
+        with execute_job(reconstructable(_enumerate_job), instance=instance) as first:
+            assert not first.success
+        assert env.get_run(first.run_id).status == "failed"
+        clear_faults(db_url)
+        (repo_tree / "zeta").mkdir()  # appears after the scan: a re-scan would see it
+        subprocess.run(["git", "init", "-q", str(repo_tree / "zeta")], check=True)
+        options = ReexecutionOptions.from_failure(first.run_id, instance)
+        with execute_job(
+            reconstructable(_enumerate_job), instance=instance, reexecution_options=options
+        ) as second:
+            assert second.success
+            executed = {e.step_key for e in second.all_events if e.is_step_success}
+        assert "scanned_projects" not in executed
+        info = env.get_run(first.run_id)
+        assert info.status == "completed" and info.attempt_run_id == second.run_id
+        assert "zeta" not in {r["name"] for r in env.projects()}
+        assert len(env.project_keys()) == 5
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        [
+            sys.executable,
+            "-m",
+            "dagster",
+            "definitions",
+            "validate",
+            "-m",
+            "enum_pipeline.definitions",
+        ],
+        [str(Path(sys.executable).with_name("dg")), "check", "defs"],
+    ],
+    ids=["dagster-validate", "dg-check-defs"],
+)
+def test_definitions_load_through_the_cli(command, tmp_path):
+    proc = subprocess.run(
+        command,
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        env={
+            "PATH": str(Path(sys.executable).parent),
+            "DAGSTER_HOME": str(tmp_path),
+            "HOME": str(tmp_path),
+        },
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
