@@ -13,7 +13,6 @@ from dagster import (
     DagsterInstance,
     ReexecutionOptions,
     RunRequest,
-    SkipReason,
     build_run_status_sensor_context,
     build_sensor_context,
     execute_job,
