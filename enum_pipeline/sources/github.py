@@ -1,0 +1,225 @@
+"""GitHub (and GitHub Enterprise Server) organisations and users as a source of projects.
+
+One scope per source: ``github:<web host>/<owner>``. The listing follows the ``Link: rel="next"``
+header page after page and never takes a short page for the end; the scope is complete only when
+every page was read. A page that still fails after its retries ends the scope incomplete, with
+the records already read yielded (they are real and fresh).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+from urllib.parse import quote, urlsplit
+
+import httpx
+
+from enum_pipeline.sources.base import ProjectRecord, ScanItem, ScopeVerdict
+from enum_pipeline.sources.http import (
+    USER_AGENT,
+    HttpClient,
+    PageError,
+    describe_page_error,
+    parse_link_header,
+    parse_timestamp,
+    read_token,
+    same_origin,
+    web_host,
+)
+from enum_pipeline.sources.remotes import normalize_remote, redact_url
+
+log = logging.getLogger(__name__)
+
+_OWNER_TYPES = {"org": "org", "orgs": "org", "organization": "org", "user": "user", "users": "user"}
+
+
+def github_web_host(base_url: str) -> str:
+    """The web host behind an API base URL: ``api.github.com`` → ``github.com``.
+
+    GitHub Enterprise Server (``https://ghe.example.com/api/v3``) keeps its host; GHE.com data
+    residency API hosts (``api.<tenant>.ghe.com``) lose their ``api.`` prefix.
+    """
+    host = web_host(base_url)
+    bare = host.split(":", 1)[0]
+    if bare == "api.github.com" or (bare.startswith("api.") and bare.endswith(".ghe.com")):
+        return host[len("api.") :]
+    return host
+
+
+class GitHubSource:
+    """Every repository of one GitHub organisation or user, as ``ProjectRecord``s."""
+
+    kind = "github"
+
+    def __init__(
+        self,
+        owner: str,
+        owner_type: str = "org",
+        base_url: str = "https://api.github.com",
+        token_env: str | None = "GITHUB_TOKEN",
+        include_archived: bool = True,
+        include_forks: bool = True,
+        client: httpx.Client | None = None,
+        max_retries: int = 5,
+        max_wait_seconds: float = 300,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        owner = (owner or "").strip()
+        if not owner or "/" in owner:
+            raise ValueError(f"invalid GitHub owner {owner!r}")
+        kind = _OWNER_TYPES.get((owner_type or "").strip().lower())
+        if kind is None:
+            raise ValueError(f"owner_type must be 'org' or 'user', not {owner_type!r}")
+        if urlsplit(base_url).scheme not in ("http", "https"):
+            raise ValueError(f"base_url must be an http(s) URL, not {redact_url(base_url)!r}")
+        self.owner = owner
+        self.owner_type = kind
+        self.base_url = base_url.rstrip("/")
+        self.token_env = token_env
+        self.include_archived = include_archived
+        self.include_forks = include_forks
+        self.host = github_web_host(self.base_url)
+        self.scope_key = f"github:{self.host}/{owner.lower()}"
+        self._http = HttpClient(
+            client=client,
+            max_retries=max_retries,
+            max_wait_seconds=max_wait_seconds,
+            sleep=sleep,
+            logger=log,
+        )
+
+    def __repr__(self) -> str:
+        return (
+            f"GitHubSource(owner={self.owner!r}, owner_type={self.owner_type!r}, "
+            f"base_url={redact_url(self.base_url)!r})"
+        )
+
+    def scope_keys(self) -> list[str]:
+        """The one scope this source reads: ``github:<host>/<owner>``."""
+        return [self.scope_key]
+
+    def _first_page(self) -> tuple[str, dict[str, Any]]:
+        segment = "orgs" if self.owner_type == "org" else "users"
+        url = f"{self.base_url}/{segment}/{quote(self.owner, safe='')}/repos"
+        # Oldest first: repositories created during the listing land at the end, not mid-list.
+        params: dict[str, Any] = {
+            "per_page": 100,
+            "type": "all" if self.owner_type == "org" else "owner",
+            "sort": "created",
+            "direction": "asc",
+        }
+        return url, params
+
+    def scan(self) -> Iterator[ScanItem]:
+        """Yield the owner's repositories, then one verdict for the owner's scope."""
+        token = read_token(self.token_env, logger=log)
+        self._http.set_secrets([token])
+        headers = {
+            "Accept": "application/vnd.github+json",
+            "X-GitHub-Api-Version": "2022-11-28",
+            "User-Agent": USER_AGENT,
+        }
+        if token:
+            headers["Authorization"] = f"Bearer {token}"
+
+        url, params = self._first_page()
+        what = f"{self.owner_type} {self.owner!r}"
+        seen_ids: set[str] = set()
+        visited: set[str] = set()
+        yielded = filtered = malformed = pages = 0
+        failure: str | None = None
+        try:
+            while True:
+                try:
+                    page = self._http.get_json(url, params=params, headers=headers, expect=list)
+                except PageError as exc:
+                    failure = describe_page_error(exc, what=what, first_page=pages == 0)
+                    break
+                pages += 1
+                visited.add(page.url)
+                for repo in page.data:
+                    repo_id = repo.get("id") if isinstance(repo, dict) else None
+                    if repo_id is None or not repo.get("name"):
+                        malformed += 1
+                        continue
+                    if str(repo_id) in seen_ids:
+                        continue  # the list shifted between pages: already yielded
+                    seen_ids.add(str(repo_id))
+                    if (repo.get("archived") and not self.include_archived) or (
+                        repo.get("fork") and not self.include_forks
+                    ):
+                        filtered += 1
+                        continue
+                    yield self._record(repo)
+                    yielded += 1
+                nxt = parse_link_header(page.headers.get("link"), base=page.url).get("next")
+                if nxt is None:
+                    break
+                if not same_origin(nxt, self.base_url):
+                    failure = (
+                        f"page {self._http.safe_url(page.url)}: next link points to another "
+                        f"origin ({self._http.safe_url(nxt)}); not followed with credentials"
+                    )
+                    break
+                if str(httpx.URL(nxt)) in visited:
+                    failure = f"pagination loop: next link {self._http.safe_url(nxt)} seen before"
+                    break
+                url, params = nxt, None
+        finally:
+            self._http.close()
+
+        if failure is None and malformed:
+            failure = f"{malformed} repositories without an id or name in the listing"
+        yield ScopeVerdict(
+            scope_key=self.scope_key,
+            source_kind=self.kind,
+            complete=failure is None,
+            seen=yielded,
+            reason=failure,
+            fingerprint={
+                "api_url": redact_url(self.base_url),
+                "owner_type": self.owner_type,
+                "pages": pages,
+                "listed": len(seen_ids),
+                "filtered_out": filtered,
+            },
+        )
+
+    def _record(self, repo: dict[str, Any]) -> ProjectRecord:
+        clone_url = repo.get("clone_url") or None
+        html_url = repo.get("html_url") or None
+        visibility = repo.get("visibility")
+        if not visibility and repo.get("private") is not None:
+            visibility = "private" if repo.get("private") else "public"
+        topics = repo.get("topics")
+        attributes = {
+            "id": repo.get("id"),
+            "full_name": repo.get("full_name"),
+            "html_url": redact_url(html_url) if html_url else None,
+            "ssh_url": redact_url(repo["ssh_url"]) if repo.get("ssh_url") else None,
+            "archived": bool(repo.get("archived", False)),
+            "fork": bool(repo.get("fork", False)),
+            "visibility": visibility,
+            "topics": list(topics) if isinstance(topics, list) else [],
+            "language": repo.get("language"),
+            "size": repo.get("size"),
+            "pushed_at": repo.get("pushed_at"),
+            "updated_at": repo.get("updated_at"),
+            "description": repo.get("description"),
+        }
+        name = str(repo["name"])
+        return ProjectRecord(
+            project_key=f"github:{self.host}:{repo['id']}",
+            scope_key=self.scope_key,
+            source_kind=self.kind,
+            name=name,
+            location=str(repo.get("full_name") or f"{self.owner}/{name}"),
+            vcs="git",
+            remote_url=redact_url(clone_url) if clone_url else None,
+            normalized_remote=normalize_remote(html_url or clone_url or ""),
+            default_branch=repo.get("default_branch") or None,
+            last_commit_at=parse_timestamp(repo.get("pushed_at")),
+            attributes=attributes,
+        )

@@ -1,0 +1,264 @@
+"""GiteaSource against a loopback fake of the Gitea/Forgejo REST API."""
+
+from __future__ import annotations
+
+import logging
+
+import httpx
+import pytest
+
+from enum_pipeline.sources.base import ProjectRecord, ScopeVerdict
+from enum_pipeline.sources.gitea import GiteaSource
+
+try:
+    from enum_pipeline_tests.fake_codehosts import FakeCodeHost, GiteaApp
+except ImportError:  # enum_pipeline_tests is not a package: rootdir-relative import
+    from fake_codehosts import FakeCodeHost, GiteaApp  # type: ignore[no-redef]
+
+TOKEN_ENV = "ENUM_TEST_GITEA_TOKEN"
+TOKEN = "test-only-gitea-token-NOT-REAL-0003"
+
+
+class FakeSleep:
+    """Records the waits instead of waiting."""
+
+    def __init__(self) -> None:
+        self.calls: list[float] = []
+
+    def __call__(self, seconds: float) -> None:
+        self.calls.append(seconds)
+
+
+def scan(source) -> tuple[list[ProjectRecord], list[ScopeVerdict]]:
+    items = list(source.scan())
+    records = [i for i in items if isinstance(i, ProjectRecord)]
+    verdicts = [i for i in items if isinstance(i, ScopeVerdict)]
+    assert len(verdicts) == 1 and items[-1] is verdicts[0]
+    return records, verdicts
+
+
+@pytest.fixture
+def token_env(monkeypatch):
+    monkeypatch.setenv(TOKEN_ENV, TOKEN)
+    return TOKEN
+
+
+def make(host: FakeCodeHost, owner: str = "Org", **kw) -> GiteaSource:
+    kw.setdefault("sleep", FakeSleep())
+    kw.setdefault("token_env", TOKEN_ENV)
+    return GiteaSource(owner, kw.pop("base_url", host.url), **kw)
+
+
+@pytest.fixture
+def gitea(token_env):
+    app = GiteaApp(token=TOKEN)
+    app.add_owner("Org", 250)
+    with FakeCodeHost(app) as host:
+        yield app, host
+
+
+def pages_requested(app) -> list[str]:
+    return [r.query.get("page") for r in app.requests]
+
+
+def test_full_listing(gitea):
+    app, host = gitea
+    source = make(host)
+    assert source.scope_keys() == [f"gitea:{host.host}/org"]
+    records, [verdict] = scan(source)
+    assert verdict.complete and verdict.seen == 250 and len(records) == 250
+    assert pages_requested(app) == ["1", "2", "3", "4", "5"]
+    assert all(r.query["limit"] == "50" for r in app.requests)
+    assert all(r.path.startswith("/api/v1/orgs/Org/repos") for r in app.requests)
+    assert all(r.headers.get("authorization") == f"token {TOKEN}" for r in app.requests)
+
+    repo = app.owners["org"].repos[0]
+    rec = records[0]
+    assert rec.project_key == f"gitea:{host.host}:{repo['id']}"
+    assert rec.source_kind == "gitea" and rec.vcs == "git"
+    assert rec.name == "repo-0000" and rec.location == "Org/repo-0000"
+    assert rec.normalized_remote == "gitea.example.com/Org/repo-0000"
+    assert rec.attributes["visibility"] == "public" and rec.attributes["full_name"] == rec.location
+
+
+def test_server_clamps_limit(token_env):
+    """The client asks limit=50, the server serves 30 a page: every repository is still read."""
+    app = GiteaApp(max_items=30)
+    app.add_owner("Org", 250)
+    with FakeCodeHost(app) as host:
+        records, [verdict] = scan(make(host))
+    assert verdict.complete and len(records) == 250
+    assert verdict.fingerprint["page_size"] == 30
+    assert all(r.query["limit"] == "50" for r in app.requests)
+    assert pages_requested(app) == [str(n) for n in range(1, 10)]  # 9 * 30 >= 250
+
+
+def test_clamped_without_link_or_total_reads_until_empty_page(token_env):
+    app = GiteaApp(max_items=30, send_link=False, send_total=False)
+    app.add_owner("Org", 250)
+    with FakeCodeHost(app) as host:
+        records, [verdict] = scan(make(host))
+    assert verdict.complete and len(records) == 250
+    assert pages_requested(app) == [str(n) for n in range(1, 11)]  # the 10th is empty
+
+
+def test_clamped_without_link_stops_at_total(token_env):
+    app = GiteaApp(max_items=30, send_link=False)
+    app.add_owner("Org", 240)
+    with FakeCodeHost(app) as host:
+        records, [verdict] = scan(make(host))
+    assert verdict.complete and len(records) == 240 and len(app.requests) == 8
+
+
+def test_link_from_another_root_url_is_only_a_hint(token_env):
+    app = GiteaApp(root_url="https://gitea.invalid")
+    app.add_owner("Org", 120)
+    with FakeCodeHost(app) as host:
+        records, [verdict] = scan(make(host))
+    assert verdict.complete and len(records) == 120 and len(app.requests) == 3
+
+
+def test_users_vs_orgs(token_env):
+    app = GiteaApp()
+    app.add_owner("bob", 4, kind="user")
+    with FakeCodeHost(app) as host:
+        records, [verdict] = scan(make(host, "bob", owner_type="user"))
+        assert verdict.complete and len(records) == 4
+        assert app.requests[0].path.startswith("/api/v1/users/bob/repos")
+        records, [verdict] = scan(make(host, "bob"))
+    assert records == [] and not verdict.complete
+    assert "org 'bob' not found" in verdict.reason and "/api/v1/orgs/bob/repos" in verdict.reason
+
+
+def test_empty_org_is_complete(token_env):
+    app = GiteaApp()
+    app.add_owner("Org", 0)
+    with FakeCodeHost(app) as host:
+        records, [verdict] = scan(make(host))
+    assert records == [] and verdict.complete and verdict.seen == 0
+
+
+def test_transient_502_is_retried(gitea):
+    app, host = gitea
+    app.fail_page(2, status=502, times=3)
+    sleep = FakeSleep()
+    records, [verdict] = scan(make(host, sleep=sleep))
+    assert verdict.complete and len(records) == 250 and len(sleep.calls) == 3
+
+
+def test_502_forever_on_page_2_is_incomplete(gitea):
+    app, host = gitea
+    app.fail_page(2, status=502, times=None)
+    records, [verdict] = scan(make(host, max_retries=2))
+    assert len(records) == 50 and verdict.seen == 50 and not verdict.complete
+    assert "page=2" in verdict.reason and "502" in verdict.reason
+
+
+def test_429_retry_after_is_honoured(gitea):
+    app, host = gitea
+    app.rate_limit_page(4, status=429, retry_after=9)
+    sleep = FakeSleep()
+    records, [verdict] = scan(make(host, sleep=sleep))
+    assert verdict.complete and sleep.calls == [pytest.approx(9.0)]
+
+
+def test_truncated_json(gitea):
+    app, host = gitea
+    app.truncate_page(2, times=2)
+    records, [verdict] = scan(make(host))
+    assert verdict.complete and len(records) == 250
+
+    app.truncate_page(5, times=None)
+    records, [verdict] = scan(make(host, max_retries=1))
+    assert len(records) == 200 and not verdict.complete
+    assert "truncated JSON" in verdict.reason and "page=5" in verdict.reason
+
+
+def test_slow_answer_times_out_and_is_retried(gitea):
+    app, host = gitea
+    app.slow_page(2, delay=1.0, times=1)
+    sleep = FakeSleep()
+    with httpx.Client(timeout=0.2) as client:
+        records, [verdict] = scan(make(host, sleep=sleep, client=client))
+    assert verdict.complete and len(records) == 250 and len(sleep.calls) == 1
+
+
+def test_total_mismatch_is_incomplete(token_env):
+    class Lying(GiteaApp):
+        def route(self, req, host):
+            reply = super().route(req, host)
+            reply.headers["X-Total-Count"] = "251"
+            reply.headers.pop("Link", None)
+            return reply
+
+    app = Lying()
+    app.add_owner("Org", 250)
+    with FakeCodeHost(app) as host:
+        records, [verdict] = scan(make(host))
+    assert len(records) == 250 and not verdict.complete
+    assert "X-Total-Count=251" in verdict.reason
+
+
+def test_count_changed_during_listing_is_incomplete(token_env):
+    class Shrinking(GiteaApp):
+        def route(self, req, host):
+            reply = super().route(req, host)
+            if reply.page == 1 and reply.status == 200:
+                self.owners["org"].repos.pop(0)
+            return reply
+
+    app = Shrinking()
+    app.add_owner("Org", 250)
+    with FakeCodeHost(app) as host:
+        records, [verdict] = scan(make(host))
+    assert not verdict.complete and "changed during the listing" in verdict.reason
+
+
+def test_server_ignoring_page_parameter_is_incomplete(token_env):
+    class Stuck(GiteaApp):
+        def route(self, req, host):
+            req.query["page"] = "1"
+            return super().route(req, host)
+
+    app = Stuck(send_link=False, send_total=False)
+    app.add_owner("Org", 120)
+    with FakeCodeHost(app) as host:
+        records, [verdict] = scan(make(host))
+    assert len(records) == 50 and not verdict.complete
+    assert "page parameter" in verdict.reason
+
+
+def test_rename_keeps_project_key(gitea):
+    app, host = gitea
+    source = make(host)
+    before, _ = scan(source)
+    repo = app.owners["org"].repos[123]
+    app.rename("Org", repo["id"], "new-name")
+    after, [verdict] = scan(source)
+    assert verdict.complete
+    assert {r.project_key for r in before} == {r.project_key for r in after}
+    renamed = next(r for r in after if r.attributes["id"] == repo["id"])
+    assert renamed.name == "new-name" and renamed.location == "Org/new-name"
+
+
+def test_token_sent_and_never_leaked(token_env, caplog):
+    app = GiteaApp(token=TOKEN, clone_credentials="oauth2:s3cr3t-not-real")
+    app.add_owner("Org", 80)
+    app.fail_page(2, status=504, times=None)
+    with FakeCodeHost(app) as host, caplog.at_level(logging.DEBUG):
+        records, [verdict] = scan(make(host, max_retries=1))
+    assert len(records) == 50 and not verdict.complete
+    text = repr(records) + repr(verdict) + caplog.text
+    assert TOKEN not in text and "s3cr3t" not in text
+    assert records[0].remote_url == "https://***@gitea.example.com/Org/repo-0000.git"
+
+
+def test_missing_token_env_warns(monkeypatch, caplog):
+    monkeypatch.delenv("ENUM_TEST_GITEA_MISSING", raising=False)
+    app = GiteaApp()
+    app.add_owner("Org", 2)
+    with FakeCodeHost(app) as host, caplog.at_level(logging.WARNING):
+        records, [verdict] = scan(make(host, token_env="ENUM_TEST_GITEA_MISSING"))
+    assert verdict.complete and len(records) == 2
+    assert "authorization" not in app.requests[0].headers
+    assert "ENUM_TEST_GITEA_MISSING" in caplog.text

@@ -1,0 +1,373 @@
+"""GitHubSource against a loopback fake of the GitHub REST API."""
+
+from __future__ import annotations
+
+import logging
+from datetime import UTC, datetime
+
+import httpx
+import pytest
+
+from enum_pipeline.sources.base import ProjectRecord, ScopeVerdict
+from enum_pipeline.sources.github import GitHubSource, github_web_host
+from enum_pipeline.sources.http import HttpClient, PageError, parse_link_header
+
+try:
+    from enum_pipeline_tests.fake_codehosts import FakeCodeHost, GitHubApp
+except ImportError:  # enum_pipeline_tests is not a package: rootdir-relative import
+    from fake_codehosts import FakeCodeHost, GitHubApp  # type: ignore[no-redef]
+
+TOKEN_ENV = "ENUM_TEST_GH_TOKEN"
+TOKEN = "test-only-gh-token-NOT-REAL-0001"
+
+
+class FakeSleep:
+    """Records the waits instead of waiting."""
+
+    def __init__(self) -> None:
+        self.calls: list[float] = []
+
+    def __call__(self, seconds: float) -> None:
+        self.calls.append(seconds)
+
+
+def scan(source) -> tuple[list[ProjectRecord], list[ScopeVerdict]]:
+    items = list(source.scan())
+    records = [i for i in items if isinstance(i, ProjectRecord)]
+    verdicts = [i for i in items if isinstance(i, ScopeVerdict)]
+    assert len(verdicts) == 1 and items[-1] is verdicts[0]
+    return records, verdicts
+
+
+@pytest.fixture
+def token_env(monkeypatch):
+    monkeypatch.setenv(TOKEN_ENV, TOKEN)
+    return TOKEN
+
+
+@pytest.fixture
+def github(token_env):
+    app = GitHubApp(token=TOKEN)
+    app.add_owner("Acme", 250)
+    with FakeCodeHost(app) as host:
+        yield app, host
+
+
+def make(host: FakeCodeHost, owner: str = "Acme", **kw) -> GitHubSource:
+    kw.setdefault("sleep", FakeSleep())
+    kw.setdefault("token_env", TOKEN_ENV)
+    return GitHubSource(owner, base_url=kw.pop("base_url", host.url), **kw)
+
+
+def test_full_listing_across_pages(github):
+    app, host = github
+    source = make(host)
+    assert source.scope_keys() == [f"github:{host.host}/acme"]
+    records, [verdict] = scan(source)
+    assert len(records) == 250
+    assert verdict.complete and verdict.seen == 250 and verdict.reason is None
+    assert verdict.scope_key == f"github:{host.host}/acme"
+    assert len({r.project_key for r in records}) == 250
+    # per_page=100, Link followed (github.com answers with /organizations/{id}/repos links)
+    assert [r.query.get("page", "1") for r in app.requests] == ["1", "2", "3"]
+    assert all(r.query["per_page"] == "100" for r in app.requests)
+    assert app.requests[0].path.startswith("/orgs/Acme/repos")
+    assert app.requests[1].path.startswith("/organizations/")
+
+    repo = app.owners["acme"].repos[0]
+    first = records[0]
+    assert first.project_key == f"github:{host.host}:{repo['id']}"
+    assert first.source_kind == "github" and first.vcs == "git"
+    assert first.name == "Repo-0000" and first.location == "Acme/Repo-0000"
+    assert first.remote_url == "https://github.com/Acme/Repo-0000.git"
+    assert first.normalized_remote == "github.com/Acme/Repo-0000"
+    assert first.default_branch == "main"
+    assert first.last_commit_at == datetime.fromisoformat(repo["pushed_at"]).astimezone(UTC)
+    assert first.last_commit_at.tzinfo is not None
+    attrs = first.attributes
+    assert attrs["id"] == repo["id"] and attrs["full_name"] == "Acme/Repo-0000"
+    assert attrs["visibility"] == repo["visibility"] and attrs["topics"] == ["t1", "t2"]
+    for key in ("html_url", "ssh_url", "archived", "fork", "language", "size", "pushed_at"):
+        assert key in attrs
+    for key in ("updated_at", "description"):
+        assert key in attrs
+
+
+def test_page_shorter_than_per_page_is_not_the_end(token_env):
+    """A server answering fewer items than asked is followed to its last Link."""
+    app = GitHubApp()
+    app.add_owner("Acme", 95)
+    with FakeCodeHost(app) as host:
+        records, [verdict] = scan(make(host))
+    assert len(records) == 95 and verdict.complete
+
+
+def test_enterprise_base_url(token_env):
+    app = GitHubApp(prefix="/api/v3", web_host="ghe.example.com", token=TOKEN)
+    app.add_owner("Team", 120)
+    with FakeCodeHost(app) as host:
+        source = make(host, "Team", base_url=host.url + "/api/v3/")
+        records, [verdict] = scan(source)
+    assert verdict.complete and len(records) == 120
+    assert all(r.path.startswith("/api/v3/") for r in app.requests)
+    assert records[0].normalized_remote == "ghe.example.com/Team/Repo-0000"
+    assert records[0].project_key.startswith(f"github:{host.host}:")
+
+
+@pytest.mark.parametrize(
+    ("base_url", "host"),
+    [
+        ("https://api.github.com", "github.com"),
+        ("https://ghe.example.com/api/v3", "ghe.example.com"),
+        ("https://API.acme.ghe.com", "acme.ghe.com"),
+        ("http://127.0.0.1:8080/api/v3", "127.0.0.1:8080"),
+    ],
+)
+def test_web_host(base_url, host):
+    assert github_web_host(base_url) == host
+    owner_key = GitHubSource("Org", base_url=base_url).scope_keys()[0]
+    assert owner_key == f"github:{host}/org"
+
+
+def test_users_vs_orgs(token_env):
+    app = GitHubApp()
+    app.add_owner("alice", 7, kind="user")
+    with FakeCodeHost(app) as host:
+        records, [verdict] = scan(make(host, "alice", owner_type="user"))
+        assert verdict.complete and len(records) == 7
+        assert app.requests[0].path.startswith("/users/alice/repos")
+        assert app.requests[0].query["type"] == "owner"
+
+        records, [verdict] = scan(make(host, "alice", owner_type="org"))
+    assert not verdict.complete and records == []
+    assert "not found" in verdict.reason and "/orgs/alice/repos" in verdict.reason
+    assert "404" in verdict.reason
+
+
+def test_unknown_org_is_incomplete_with_reason(github):
+    app, host = github
+    records, [verdict] = scan(make(host, "nobody"))
+    assert records == [] and not verdict.complete and verdict.seen == 0
+    assert "org 'nobody' not found" in verdict.reason
+    assert "/orgs/nobody/repos" in verdict.reason
+
+
+def test_invalid_owner_type():
+    with pytest.raises(ValueError):
+        GitHubSource("x", owner_type="team")
+
+
+def test_transient_502_is_retried(github):
+    app, host = github
+    app.fail_page(2, status=502, times=2)
+    sleep = FakeSleep()
+    records, [verdict] = scan(make(host, sleep=sleep))
+    assert verdict.complete and len(records) == 250
+    assert len(sleep.calls) == 2
+    assert sleep.calls[1] > sleep.calls[0] * 0.9  # exponential (with jitter)
+    assert app.statuses().count(502) == 2
+
+
+def test_502_forever_on_page_2_yields_page_1_and_incomplete(github):
+    app, host = github
+    app.fail_page(2, status=502, times=None)
+    sleep = FakeSleep()
+    records, [verdict] = scan(make(host, sleep=sleep, max_retries=3))
+    assert len(records) == 100  # page 1 is real and fresh
+    assert not verdict.complete
+    assert verdict.seen == 100
+    assert "502" in verdict.reason and "page=2" in verdict.reason
+    assert "gave up after 4 attempts" in verdict.reason
+    assert len(sleep.calls) == 3
+
+
+def test_429_retry_after_is_honoured(github):
+    app, host = github
+    app.rate_limit_page(2, status=429, retry_after=7)
+    sleep = FakeSleep()
+    records, [verdict] = scan(make(host, sleep=sleep))
+    assert verdict.complete and len(records) == 250
+    assert sleep.calls == [pytest.approx(7.0)]
+
+
+def test_primary_rate_limit_reset_is_honoured(github):
+    app, host = github
+    app.rate_limit_page(3, status=403, reset_in=42)
+    sleep = FakeSleep()
+    records, [verdict] = scan(make(host, sleep=sleep))
+    assert verdict.complete and len(records) == 250
+    assert len(sleep.calls) == 1 and 40 <= sleep.calls[0] <= 45
+
+
+def test_secondary_rate_limit_403(github):
+    app, host = github
+    app.rate_limit_page(
+        2, status=403, message="You have exceeded a secondary rate limit. Please wait."
+    )
+    app.rate_limit_page(3, status=403, retry_after=5, message="secondary rate limit")
+    sleep = FakeSleep()
+    records, [verdict] = scan(make(host, sleep=sleep))
+    assert verdict.complete and len(records) == 250
+    assert sleep.calls == [pytest.approx(60.0), pytest.approx(5.0)]
+
+
+def test_rate_limit_wait_beyond_cap_fails_the_page(github):
+    app, host = github
+    app.rate_limit_page(2, status=429, retry_after=1000, times=None)
+    sleep = FakeSleep()
+    records, [verdict] = scan(make(host, sleep=sleep, max_wait_seconds=300))
+    assert len(records) == 100 and not verdict.complete
+    assert "rate limited" in verdict.reason and "wait budget" in verdict.reason
+    assert sleep.calls == []
+
+
+def test_total_wait_is_capped_across_retries(github):
+    app, host = github
+    app.rate_limit_page(2, status=429, retry_after=100, times=None)
+    sleep = FakeSleep()
+    records, [verdict] = scan(make(host, sleep=sleep, max_wait_seconds=250, max_retries=10))
+    assert not verdict.complete and len(records) == 100
+    assert sum(sleep.calls) <= 250 and len(sleep.calls) == 2
+
+
+def test_truncated_json_is_retried(github):
+    app, host = github
+    app.truncate_page(2, times=1)
+    sleep = FakeSleep()
+    records, [verdict] = scan(make(host, sleep=sleep))
+    assert verdict.complete and len(records) == 250 and len(sleep.calls) == 1
+
+
+def test_truncated_json_forever_is_incomplete(github):
+    app, host = github
+    app.truncate_page(3, times=None)
+    records, [verdict] = scan(make(host, max_retries=2))
+    assert len(records) == 200 and not verdict.complete
+    assert "invalid or truncated JSON" in verdict.reason and "page=3" in verdict.reason
+
+
+def test_slow_answer_times_out_and_is_retried(github, caplog):
+    app, host = github
+    app.slow_page(2, delay=1.0, times=1)
+    sleep = FakeSleep()
+    with httpx.Client(timeout=0.2) as client, caplog.at_level(logging.WARNING):
+        records, [verdict] = scan(make(host, sleep=sleep, client=client))
+    assert verdict.complete and len(records) == 250
+    assert len(sleep.calls) == 1
+    assert "timeout" in caplog.text
+
+
+def test_etag_304_served_from_cache(token_env):
+    app = GitHubApp(etags=True)
+    app.add_owner("Acme", 250)
+    with FakeCodeHost(app) as host:
+        source = make(host)
+        first, [v1] = scan(source)
+        second, [v2] = scan(source)
+    assert v1.complete and v2.complete
+    assert first == second
+    assert app.statuses() == [200, 200, 200, 304, 304, 304]
+    assert all("if-none-match" in r.headers for r in app.requests[3:])
+
+
+def test_rename_keeps_project_key(github):
+    app, host = github
+    source = make(host)
+    before, _ = scan(source)
+    repo = app.owners["acme"].repos[17]
+    app.rename("Acme", repo["id"], "Renamed-Repo")
+    after, [verdict] = scan(source)
+    assert verdict.complete
+    assert {r.project_key for r in before} == {r.project_key for r in after}
+    renamed = next(r for r in after if r.project_key.endswith(f":{repo['id']}"))
+    assert renamed.name == "Renamed-Repo" and renamed.location == "Acme/Renamed-Repo"
+
+
+def test_filters(github):
+    app, host = github
+    records, [verdict] = scan(make(host, include_archived=False, include_forks=False))
+    assert verdict.complete
+    assert len(records) == 200 and verdict.seen == 200
+    assert not any(r.attributes["archived"] or r.attributes["fork"] for r in records)
+    assert verdict.fingerprint["listed"] == 250 and verdict.fingerprint["filtered_out"] == 50
+
+
+def test_token_sent_and_never_leaked(token_env, caplog):
+    app = GitHubApp(token=TOKEN, clone_credentials="deploy:hunter2-not-real")
+    app.add_owner("Acme", 150)
+    app.fail_page(2, status=502, times=None)
+    with FakeCodeHost(app) as host, caplog.at_level(logging.DEBUG):
+        records, [verdict] = scan(make(host, max_retries=1))
+    assert len(records) == 100 and not verdict.complete
+    assert {r.headers.get("authorization") for r in app.requests} == {f"Bearer {TOKEN}"}
+    text = repr(records) + repr(verdict) + caplog.text
+    assert TOKEN not in text
+    assert "hunter2" not in text
+    assert records[0].remote_url == "https://***@github.com/Acme/Repo-0000.git"
+
+
+def test_missing_token_env_is_unauthenticated_with_warning(monkeypatch, caplog):
+    monkeypatch.delenv("ENUM_TEST_GH_MISSING", raising=False)
+    app = GitHubApp()
+    app.add_owner("Acme", 3)
+    with FakeCodeHost(app) as host, caplog.at_level(logging.WARNING):
+        records, [verdict] = scan(make(host, token_env="ENUM_TEST_GH_MISSING"))
+    assert verdict.complete and len(records) == 3
+    assert "authorization" not in app.requests[0].headers
+    assert "ENUM_TEST_GH_MISSING" in caplog.text
+
+
+def test_bad_credentials_is_incomplete(monkeypatch, token_env):
+    monkeypatch.setenv("ENUM_TEST_GH_OTHER", "test-only-wrong-token")
+    app = GitHubApp(token=TOKEN)
+    app.add_owner("Acme", 3)
+    with FakeCodeHost(app) as host:
+        records, [verdict] = scan(make(host, token_env="ENUM_TEST_GH_OTHER"))
+    assert records == [] and not verdict.complete
+    assert "401" in verdict.reason and "authentication" in verdict.reason
+
+
+def test_next_link_to_another_origin_is_not_followed(token_env):
+    class Elsewhere(GitHubApp):
+        def route(self, req, host):
+            reply = super().route(req, host)
+            if "Link" in reply.headers:
+                reply.headers["Link"] = reply.headers["Link"].replace(host, "evil.invalid")
+            return reply
+
+    app = Elsewhere(token=TOKEN)
+    app.add_owner("Acme", 150)
+    with FakeCodeHost(app) as host:
+        records, [verdict] = scan(make(host))
+    assert len(records) == 100 and not verdict.complete
+    assert "another origin" in verdict.reason
+    assert len(app.requests) == 1
+
+
+def test_same_origin_redirect_followed_cross_origin_refused():
+    """The HTTP layer follows a redirect only within the origin (credentials stay home)."""
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/old":
+            return httpx.Response(301, headers={"Location": "/new"})
+        if request.url.path == "/new":
+            return httpx.Response(200, json=[1, 2])
+        return httpx.Response(302, headers={"Location": "https://elsewhere.invalid/x"})
+
+    http = HttpClient(client=httpx.Client(transport=httpx.MockTransport(handler)))
+    assert http.get_json("https://h.invalid/old", expect=list).data == [1, 2]
+    with pytest.raises(PageError, match="another origin"):
+        http.get_json("https://h.invalid/away", headers={"Authorization": "Bearer x"})
+
+
+def test_parse_link_header():
+    value = (
+        '<https://api.github.com/organizations/1/repos?page=2>; rel="next", '
+        '<https://api.github.com/organizations/1/repos?page=5>; rel="last"'
+    )
+    assert parse_link_header(value) == {
+        "next": "https://api.github.com/organizations/1/repos?page=2",
+        "last": "https://api.github.com/organizations/1/repos?page=5",
+    }
+    assert parse_link_header("</p?x=1>; rel=next", base="http://h/a") == {"next": "http://h/p?x=1"}
+    assert parse_link_header(None) == {}

@@ -1,0 +1,280 @@
+"""GitLabSource against a loopback fake of the GitLab REST API."""
+
+from __future__ import annotations
+
+import logging
+
+import httpx
+import pytest
+
+from enum_pipeline.sources.base import ProjectRecord, ScopeVerdict
+from enum_pipeline.sources.gitlab import GitLabSource
+
+try:
+    from enum_pipeline_tests.fake_codehosts import FakeCodeHost, GitLabApp
+except ImportError:  # enum_pipeline_tests is not a package: rootdir-relative import
+    from fake_codehosts import FakeCodeHost, GitLabApp  # type: ignore[no-redef]
+
+TOKEN_ENV = "ENUM_TEST_GL_TOKEN"
+TOKEN = "test-only-gl-token-NOT-REAL-0002"
+
+
+class FakeSleep:
+    """Records the waits instead of waiting."""
+
+    def __init__(self) -> None:
+        self.calls: list[float] = []
+
+    def __call__(self, seconds: float) -> None:
+        self.calls.append(seconds)
+
+
+def scan(source) -> tuple[list[ProjectRecord], list[ScopeVerdict]]:
+    items = list(source.scan())
+    records = [i for i in items if isinstance(i, ProjectRecord)]
+    verdicts = [i for i in items if isinstance(i, ScopeVerdict)]
+    assert len(verdicts) == 1 and items[-1] is verdicts[0]
+    return records, verdicts
+
+
+@pytest.fixture
+def token_env(monkeypatch):
+    monkeypatch.setenv(TOKEN_ENV, TOKEN)
+    return TOKEN
+
+
+def make(host: FakeCodeHost, group: str = "grp", **kw) -> GitLabSource:
+    kw.setdefault("sleep", FakeSleep())
+    kw.setdefault("token_env", TOKEN_ENV)
+    return GitLabSource(group, base_url=kw.pop("base_url", host.url), **kw)
+
+
+@pytest.fixture
+def gitlab(token_env):
+    app = GitLabApp(token=TOKEN)
+    app.add_group("grp", 250)
+    with FakeCodeHost(app) as host:
+        yield app, host
+
+
+def test_full_listing_keyset(gitlab):
+    app, host = gitlab
+    source = make(host)
+    assert source.scope_keys() == [f"gitlab:{host.host}/grp"]
+    records, [verdict] = scan(source)
+    assert verdict.complete and verdict.seen == 250 and len(records) == 250
+    assert verdict.fingerprint["pagination"] == "keyset"
+    assert len(app.requests) == 3
+    first = app.requests[0]
+    assert first.path.startswith("/api/v4/groups/grp/projects")
+    assert first.query["pagination"] == "keyset" and first.query["order_by"] == "id"
+    assert first.query["per_page"] == "100" and first.query["include_subgroups"] == "true"
+    assert "id_after" in app.requests[1].query
+    assert all(r.headers.get("private-token") == TOKEN for r in app.requests)
+
+    project = app.projects[0]
+    rec = records[0]
+    assert rec.project_key == f"gitlab:{host.host}:{project['id']}"
+    assert rec.scope_key == f"gitlab:{host.host}/grp" and rec.source_kind == "gitlab"
+    assert rec.location == "grp/proj-0000" and rec.name == "Proj 0000"
+    assert rec.remote_url == "https://gitlab.example.com/grp/proj-0000.git"
+    assert rec.normalized_remote == "gitlab.example.com/grp/proj-0000"
+    assert rec.default_branch == "main" and rec.vcs == "git"
+    attrs = rec.attributes
+    assert attrs["path_with_namespace"] == "grp/proj-0000"
+    assert attrs["namespace_full_path"] == "grp" and attrs["visibility"] == "internal"
+    assert attrs["last_activity_at"] == "2024-02-03T04:05:06.789Z"
+    assert attrs["star_count"] == project["star_count"] and attrs["topics"] == ["x"]
+
+
+def test_subgroups(token_env):
+    app = GitLabApp()
+    app.add_group("Grp", 120)
+    app.add_group("Grp/sub", 30)
+    app.add_group("Grp/sub/deeper", 5)
+    app.add_group("other", 10)
+    with FakeCodeHost(app) as host:
+        source = make(host, "Grp/sub")
+        assert source.scope_keys() == [f"gitlab:{host.host}/grp/sub"]
+        records, [verdict] = scan(source)
+        assert verdict.complete and len(records) == 35
+        assert app.requests[0].path.startswith("/api/v4/groups/Grp%2Fsub/projects")
+        assert {r.location for r in records} >= {"Grp/sub/proj-0000", "Grp/sub/deeper/proj-0004"}
+
+        records, [verdict] = scan(make(host, "Grp"))
+        assert verdict.complete and len(records) == 155
+        assert "Grp/sub/deeper/proj-0000" in {r.location for r in records}
+
+        records, [verdict] = scan(make(host, "Grp", include_subgroups=False))
+        assert verdict.complete and len(records) == 120
+        assert app.requests[-1].query["include_subgroups"] == "false"
+
+
+@pytest.mark.parametrize("offset_links", [True, False])
+def test_offset_pagination_fallback(token_env, offset_links):
+    app = GitLabApp(keyset=False, offset_links=offset_links)
+    app.add_group("grp", 250)
+    with FakeCodeHost(app) as host:
+        records, [verdict] = scan(make(host))
+    assert verdict.complete and len(records) == 250
+    assert verdict.fingerprint["pagination"] == "offset"
+    assert [r.query.get("page", "1") for r in app.requests] == ["1", "2", "3"]
+
+
+def test_offset_count_changed_during_listing_is_incomplete(token_env):
+    class Shrinking(GitLabApp):
+        def route(self, req, host):
+            reply = super().route(req, host)
+            if reply.page == 1 and reply.status == 200:
+                self.projects.pop(3)  # deleted while we read: page 2 shifts by one
+            return reply
+
+    app = Shrinking(keyset=False)
+    app.add_group("grp", 250)
+    with FakeCodeHost(app) as host:
+        records, [verdict] = scan(make(host))
+    assert len(records) == 249
+    assert not verdict.complete and "changed during the listing" in verdict.reason
+
+
+def test_offset_total_mismatch_is_incomplete(token_env):
+    class Lying(GitLabApp):
+        def route(self, req, host):
+            reply = super().route(req, host)
+            if "x-total" in reply.headers:
+                reply.headers["x-total"] = "260"
+            return reply
+
+    app = Lying(keyset=False)
+    app.add_group("grp", 250)
+    with FakeCodeHost(app) as host:
+        records, [verdict] = scan(make(host))
+    assert len(records) == 250 and not verdict.complete
+    assert "x-total=260" in verdict.reason and "250 were read" in verdict.reason
+
+
+def test_transient_502_is_retried(gitlab):
+    app, host = gitlab
+    app.fail_page(2, status=502, times=2)
+    app.fail_page(3, status=503, times=1)
+    sleep = FakeSleep()
+    records, [verdict] = scan(make(host, sleep=sleep))
+    assert verdict.complete and len(records) == 250 and len(sleep.calls) == 3
+
+
+def test_502_forever_on_page_2_is_incomplete(gitlab):
+    app, host = gitlab
+    app.fail_page(2, status=502, times=None)
+    records, [verdict] = scan(make(host, max_retries=2))
+    assert len(records) == 100 and verdict.seen == 100 and not verdict.complete
+    assert "502" in verdict.reason and "id_after=" in verdict.reason
+
+
+def test_429_ratelimit_reset_is_honoured(gitlab):
+    app, host = gitlab
+    app.rate_limit_page(2, status=429, reset_in=30, reset_header="RateLimit-Reset")
+    sleep = FakeSleep()
+    records, [verdict] = scan(make(host, sleep=sleep))
+    assert verdict.complete and len(records) == 250
+    assert len(sleep.calls) == 1 and 28 <= sleep.calls[0] <= 33
+
+
+def test_429_retry_after_is_honoured(gitlab):
+    app, host = gitlab
+    app.rate_limit_page(3, status=429, retry_after=12, reset_in=500, reset_header="RateLimit-Reset")
+    sleep = FakeSleep()
+    records, [verdict] = scan(make(host, sleep=sleep))
+    assert verdict.complete and sleep.calls == [pytest.approx(12.0)]
+
+
+def test_rate_limit_beyond_cap_is_incomplete(gitlab):
+    app, host = gitlab
+    app.rate_limit_page(2, status=429, retry_after=3600, times=None)
+    sleep = FakeSleep()
+    records, [verdict] = scan(make(host, sleep=sleep, max_wait_seconds=60))
+    assert len(records) == 100 and not verdict.complete
+    assert "rate limited" in verdict.reason and sleep.calls == []
+
+
+def test_truncated_json(gitlab):
+    app, host = gitlab
+    app.truncate_page(2, times=1)
+    records, [verdict] = scan(make(host))
+    assert verdict.complete and len(records) == 250
+
+    app.truncate_page(3, times=None)
+    records, [verdict] = scan(make(host, max_retries=1))
+    assert len(records) == 200 and not verdict.complete
+    assert "truncated JSON" in verdict.reason
+
+
+def test_slow_answer_times_out_and_is_retried(gitlab):
+    app, host = gitlab
+    app.slow_page(3, delay=1.0, times=1)
+    sleep = FakeSleep()
+    with httpx.Client(timeout=0.2) as client:
+        records, [verdict] = scan(make(host, sleep=sleep, client=client))
+    assert verdict.complete and len(records) == 250 and len(sleep.calls) == 1
+
+
+def test_unknown_group_is_incomplete(gitlab):
+    app, host = gitlab
+    records, [verdict] = scan(make(host, "no/such"))
+    assert records == [] and not verdict.complete
+    assert "group 'no/such' not found" in verdict.reason
+    assert "/api/v4/groups/no%2Fsuch/projects" in verdict.reason
+
+
+def test_exclude_archived(token_env):
+    app = GitLabApp()
+    app.add_group("grp", 10)
+    app.add_project("grp", "old", archived=True)
+    with FakeCodeHost(app) as host:
+        records, [verdict] = scan(make(host))
+        assert verdict.complete and len(records) == 11
+        records, [verdict] = scan(make(host, include_archived=False))
+    assert verdict.complete and len(records) == 10
+    assert app.requests[-1].query["archived"] == "false"
+
+
+def test_rename_keeps_project_key(gitlab):
+    app, host = gitlab
+    source = make(host)
+    before, _ = scan(source)
+    project = app.projects[42]
+    project.update(path="moved", name="Moved", path_with_namespace="grp/moved")
+    after, [verdict] = scan(source)
+    assert verdict.complete
+    assert {r.project_key for r in before} == {r.project_key for r in after}
+    moved = next(r for r in after if r.attributes["id"] == project["id"])
+    assert moved.location == "grp/moved" and moved.name == "Moved"
+
+
+def test_token_sent_and_never_leaked(token_env, caplog):
+    app = GitLabApp(token=TOKEN)
+    app.add_group("grp", 150)
+    app.fail_page(2, status=500, times=None)
+    with FakeCodeHost(app) as host, caplog.at_level(logging.DEBUG):
+        records, [verdict] = scan(make(host, max_retries=1))
+    assert len(records) == 100 and not verdict.complete
+    assert {r.headers.get("private-token") for r in app.requests} == {TOKEN}
+    assert "authorization" not in app.requests[0].headers
+    assert TOKEN not in repr(records) + repr(verdict) + caplog.text
+
+
+def test_bad_token_is_incomplete(monkeypatch, token_env):
+    monkeypatch.setenv("ENUM_TEST_GL_OTHER", "test-only-wrong")
+    app = GitLabApp(token=TOKEN)
+    app.add_group("grp", 3)
+    with FakeCodeHost(app) as host:
+        records, [verdict] = scan(make(host, token_env="ENUM_TEST_GL_OTHER"))
+    assert records == [] and not verdict.complete and "401" in verdict.reason
+
+
+def test_no_token_env(monkeypatch):
+    app = GitLabApp()
+    app.add_group("grp", 3)
+    with FakeCodeHost(app) as host:
+        records, [verdict] = scan(make(host, token_env=None))
+    assert verdict.complete and len(records) == 3
+    assert "private-token" not in app.requests[0].headers
