@@ -1,0 +1,152 @@
+"""End to end through the ``enum-pipeline`` console script, on both backends."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from dagster import DagsterInstance, DagsterRunStatus, RunsFilter
+
+from enum_pipeline.store.lifecycle import InventoryStore
+from enum_pipeline_tests.conftest import make_repo
+from enum_pipeline_tests.helpers import install_fault
+
+CLI = str(Path(sys.executable).with_name("enum-pipeline"))
+
+
+@pytest.fixture
+def cli(db_url, tmp_path):
+    """Run the CLI with a fresh Dagster home and inventory database; returns (code, output)."""
+    home = tmp_path / "dagster_home"
+    home.mkdir()
+    (home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
+    env = {
+        **os.environ,
+        "DAGSTER_HOME": str(home),
+        "ENUM_PIPELINE_DATABASE_URL": db_url,
+    }
+    for name in ("ENUM_PIPELINE_CONFIG", "ENUM_PIPELINE_ROOTS"):
+        env.pop(name, None)
+
+    def run(*args: str, extra_env: dict | None = None) -> tuple[int, str]:
+        proc = subprocess.run(
+            [CLI, *args],
+            env={**env, **(extra_env or {})},
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        return proc.returncode, proc.stdout + proc.stderr
+
+    run.home = home
+    return run
+
+
+@pytest.fixture
+def inventory(db_url):
+    store = InventoryStore(db_url)
+    yield store
+    store.dispose()
+
+
+def _names(store: InventoryStore) -> set[str]:
+    return {r["name"] for r in store.projects()}
+
+
+def _run_id(output: str) -> str:
+    return re.search(r"^run (\S+) \(generation", output, re.M).group(1)
+
+
+def test_run_delete_run_removes_the_repository_and_keeps_history(cli, inventory, repo_tree):
+    code, out = cli("run", "--root", str(repo_tree))
+    assert code == 0, out
+    assert "found 5, added 5" in out
+    assert _names(inventory) == {"alpha", "beta", "gamma", "delta", "epsilon"}
+    shutil.rmtree(repo_tree / "gamma")
+    code, out = cli("run", "--root", str(repo_tree))
+    assert code == 0, out
+    assert "removed 1" in out
+    assert "gamma" not in _names(inventory)
+    run_id = _run_id(out)
+    assert [h["row"]["name"] for h in inventory.history(run_id)] == ["gamma"]
+    with DagsterInstance.from_config(str(cli.home)) as instance:
+        runs = instance.get_runs(RunsFilter(statuses=[DagsterRunStatus.SUCCESS]))
+    assert {r.job_name for r in runs} == {"enumerate_projects", "cleanup_projects"}
+    code, out = cli("restore", run_id)
+    assert code == 0 and "restored 1" in out
+    assert "gamma" in _names(inventory)
+
+
+def test_failed_flush_removes_nothing_and_exits_1(cli, inventory, repo_tree, db_url):
+    assert cli("run", "--root", str(repo_tree))[0] == 0
+    shutil.rmtree(repo_tree / "beta")
+    install_fault(db_url, "abort_upsert")
+    code, out = cli("run", "--root", str(repo_tree))
+    assert code == 1, out
+    assert "injected: disk full" in out and "nothing was removed" in out
+    assert _names(inventory) == {"alpha", "beta", "gamma", "delta", "epsilon"}
+    assert inventory.runs(1)[0].status == "failed"
+
+
+def test_missing_root_removes_nothing_under_it(cli, inventory, tmp_path, repo_tree):
+    other = tmp_path / "other"
+    make_repo(other / "omega")
+    roots = os.pathsep.join([str(repo_tree), str(other)])
+    assert cli("run", extra_env={"ENUM_PIPELINE_ROOTS": roots})[0] == 0
+    assert "omega" in _names(inventory)
+    shutil.move(other, tmp_path / "moved-away")
+    shutil.rmtree(repo_tree / "alpha")
+    code, out = cli("run", extra_env={"ENUM_PIPELINE_ROOTS": roots})
+    assert code == 0, out
+    assert f"incomplete scope fs:{other}" in out
+    assert "omega" in _names(inventory)
+    assert "alpha" not in _names(inventory)  # the readable root is still cleaned
+
+
+def test_guard_holds_back_emptying_a_root_until_approved(cli, inventory, repo_tree):
+    assert cli("run", "--root", str(repo_tree))[0] == 0
+    for child in repo_tree.iterdir():
+        shutil.rmtree(child)
+    code, out = cli("run", "--root", str(repo_tree))
+    assert code == 3, out
+    assert "would remove all 5" in out and "enum-pipeline approve" in out
+    assert len(_names(inventory)) == 5
+    code, out = cli("approve", _run_id(out))
+    assert code == 0, out
+    assert _names(inventory) == set()
+
+
+def test_bad_config_names_the_key_and_the_file(cli, inventory, tmp_path):
+    config = tmp_path / "enum.yaml"
+    config.write_text("sources:\n  - kind: filesystem\n    rots: [/tmp]\n")
+    code, out = cli("run", "--config", str(config))
+    assert code == 2
+    assert str(config) in out and "sources.0.filesystem.roots" in out and "rots" in out
+    assert inventory.runs() == []
+
+
+def test_no_sources_is_a_usage_error(cli):
+    code, out = cli("run")
+    assert code == 2 and "ENUM_PIPELINE_ROOTS" in out
+
+
+def test_config_file_with_policy(cli, inventory, repo_tree, tmp_path):
+    config = tmp_path / "enum.yaml"
+    config.write_text(
+        f"sources:\n  - kind: filesystem\n    roots: [{repo_tree}]\n"
+        "cleanup:\n  missing_runs_before_delete: 2\n"
+    )
+    assert cli("run", extra_env={"ENUM_PIPELINE_CONFIG": str(config)})[0] == 0
+    shutil.rmtree(repo_tree / "beta")
+    code, out = cli("run", extra_env={"ENUM_PIPELINE_CONFIG": str(config)})
+    assert code == 0 and "marked missing 1" in out, out
+    assert "beta" in _names(inventory)
+    code, out = cli("run", extra_env={"ENUM_PIPELINE_CONFIG": str(config)})
+    assert code == 0 and "removed 1" in out, out
+    assert "beta" not in _names(inventory)
