@@ -53,11 +53,19 @@ def _step_errors(result) -> list[str]:
 
 
 def _print_cleanup(data: dict) -> None:
+    verb = "would remove" if data.get("dry_run") else "removed"
     print(
-        f"cleanup: {data['status']} — removed {data['removed']}, marked missing "
-        f"{data['marked_missing']}, kept because incomplete {data['kept_incomplete']}"
-        + (f" ({data['reason']})" if data.get("reason") else "")
+        f"cleanup: {data['status']}{' (dry run)' if data.get('dry_run') else ''} — {verb} "
+        f"{data['removed']}, marked missing {data['marked_missing']}, kept because incomplete "
+        f"{data['kept_incomplete']}" + (f" ({data['reason']})" if data.get("reason") else "")
     )
+    if data.get("dry_run") or data["status"] == "blocked":
+        for scope in data["scopes"]:
+            note = scope["blocked_reason"] or scope["skipped_reason"] or ""
+            print(
+                f"  {scope['scope_key']}: {scope['total']} projects, {scope['candidates']} not "
+                f"seen, {scope['protected']} protected" + (f" — {note}" if note else "")
+            )
 
 
 def _cleanup(instance, run_id: str, args, *, approve=False, dry_run=False) -> tuple[int, dict]:

@@ -117,6 +117,9 @@ def test_guard_holds_back_emptying_a_root_until_approved(cli, inventory, repo_tr
     assert code == 3, out
     assert "would remove all 5" in out and "enum-pipeline approve" in out
     assert len(_names(inventory)) == 5
+    code, dry = cli("cleanup", _run_id(out), "--dry-run")
+    assert code == 3 and "(dry run)" in dry and f"fs:{repo_tree}: 5 projects, 5 not seen" in dry
+    assert len(_names(inventory)) == 5
     code, out = cli("approve", _run_id(out))
     assert code == 0, out
     assert _names(inventory) == set()

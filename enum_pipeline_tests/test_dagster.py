@@ -185,6 +185,12 @@ def test_cleanup_removes_a_deleted_repository(env, instance, repo_tree):
     assert data["status"] == "done" and data["removed"] == 1
     assert "beta" not in {r["name"] for r in env.projects()}
     assert [h["row"]["name"] for h in env.history(second.run_id)] == ["beta"]
+    restore = defs.resolve_job_def("restore_projects").execute_in_process(
+        instance=instance,
+        run_config={"ops": {"restore_removed_projects": {"config": {"run_id": second.run_id}}}},
+    )
+    assert len(restore.output_for_node("restore_removed_projects")) == 1
+    assert "beta" in {r["name"] for r in env.projects()}
 
 
 def test_blocked_cleanup_fails_its_check_and_launchpad_approval_runs_it(env, instance, repo_tree):

@@ -197,6 +197,9 @@ def run_state(
     }
     if status != "completed":
         raise Failure(f"run {run_id} ended {status}: {info.error}", metadata=metadata)
+    pruned = store.prune_staging(keep_runs=2)
+    if pruned:
+        context.log.info(f"dropped {pruned} staged rows of older runs")
     return Output({"run_id": run_id, "status": status}, metadata=metadata)
 
 
