@@ -40,17 +40,20 @@ class FilesystemSourceConfig(_Strict):
     one_file_system: bool = True
     max_depth: int | None = Field(None, ge=0)
 
-    def build(self) -> Source:
+    def build(self) -> list[Source]:
+        """One source per root, so roots can be scanned in parallel."""
         from enum_pipeline.sources.filesystem import FilesystemSource
 
-        roots = [os.path.abspath(os.path.expanduser(r)) for r in self.roots]
-        return FilesystemSource(
-            roots=roots,
-            skip_names=self.skip_names,
-            follow_symlinks=self.follow_symlinks,
-            one_file_system=self.one_file_system,
-            max_depth=self.max_depth,
-        )
+        return [
+            FilesystemSource(
+                roots=[os.path.abspath(os.path.expanduser(root))],
+                skip_names=self.skip_names,
+                follow_symlinks=self.follow_symlinks,
+                one_file_system=self.one_file_system,
+                max_depth=self.max_depth,
+            )
+            for root in self.roots
+        ]
 
 
 class GitHubSourceConfig(_Strict):
@@ -64,10 +67,10 @@ class GitHubSourceConfig(_Strict):
     include_archived: bool = True
     include_forks: bool = True
 
-    def build(self) -> Source:
+    def build(self) -> list[Source]:
         from enum_pipeline.sources.github import GitHubSource
 
-        return GitHubSource(**self.model_dump(exclude={"kind"}))
+        return [GitHubSource(**self.model_dump(exclude={"kind"}))]
 
 
 class GitLabSourceConfig(_Strict):
@@ -80,10 +83,10 @@ class GitLabSourceConfig(_Strict):
     include_subgroups: bool = True
     include_archived: bool = True
 
-    def build(self) -> Source:
+    def build(self) -> list[Source]:
         from enum_pipeline.sources.gitlab import GitLabSource
 
-        return GitLabSource(**self.model_dump(exclude={"kind"}))
+        return [GitLabSource(**self.model_dump(exclude={"kind"}))]
 
 
 class GiteaSourceConfig(_Strict):
@@ -95,10 +98,10 @@ class GiteaSourceConfig(_Strict):
     owner_type: Literal["org", "user"] = "org"
     token_env: str | None = "GITEA_TOKEN"
 
-    def build(self) -> Source:
+    def build(self) -> list[Source]:
         from enum_pipeline.sources.gitea import GiteaSource
 
-        return GiteaSource(**self.model_dump(exclude={"kind"}))
+        return [GiteaSource(**self.model_dump(exclude={"kind"}))]
 
 
 SourceConfig = Annotated[
@@ -113,10 +116,13 @@ class PipelineConfig(_Strict):
     sources: list[SourceConfig] = Field(min_length=1)
     cleanup: CleanupPolicy = CleanupPolicy()
     batch_size: int = Field(1000, ge=1, le=100_000)
+    parallel_sources: int = Field(
+        1, ge=1, le=64, description="Sources (and filesystem roots) scanned at the same time."
+    )
 
     def build_sources(self) -> list[Source]:
         """Instantiate every configured source."""
-        return [s.build() for s in self.sources]
+        return [source for config in self.sources for source in config.build()]
 
 
 def _format_errors(err: ValidationError, origin: str) -> str:

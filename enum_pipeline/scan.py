@@ -5,8 +5,10 @@ No Dagster here: the asset calls ``stage_sources`` and only records what it retu
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from enum_pipeline.sources.base import ProjectRecord, ScopeVerdict, Source
@@ -61,73 +63,83 @@ def stage_sources(
     sources: Sequence[Source],
     *,
     batch_size: int = 1000,
+    parallel_sources: int = 1,
     on_progress: ProgressFn | None = None,
     progress_every: float = 5.0,
 ) -> ScanSummary:
     """Scan every source into the run's staging; return the summary.
 
-    A source that raises, or ends without a verdict for one of its scopes, makes those scopes
-    incomplete (their projects are protected), never empty. Store errors propagate.
+    With ``parallel_sources`` > 1, that many sources stream at once (threads: code-host APIs and
+    disks are I/O bound); each keeps its own batches and scope verdicts. A source that raises, or
+    ends without a verdict for one of its scopes, makes those scopes incomplete (their projects
+    are protected), never empty. Store errors propagate and end the scan.
     """
     summary = ScanSummary(run_id, generation)
     started = time.monotonic()
-    last_report = started
-    batch: list[ProjectRecord] = []
+    lock = threading.Lock()
+    last_report = [started]
 
-    def flush_batch() -> None:
-        nonlocal last_report
-        if batch:
-            summary.staged += store.stage(run_id, batch)
-            summary.scanned += len(batch)
-            batch.clear()
-        now = time.monotonic()
-        if on_progress and now - last_report >= progress_every:
-            summary.seconds = now - started
-            on_progress(summary)
-            last_report = now
+    def record(staged: int, scanned: int, verdict: ScopeVerdict | None = None) -> None:
+        with lock:
+            summary.staged += staged
+            summary.scanned += scanned
+            if verdict is not None:
+                summary.verdicts.append(verdict)
+            now = time.monotonic()
+            if on_progress and now - last_report[0] >= progress_every:
+                summary.seconds = now - started
+                on_progress(summary)
+                last_report[0] = now
 
-    for source in sources:
+    def scan_one(source: Source) -> None:
+        batch: list[ProjectRecord] = []
+
+        def flush_batch() -> None:
+            if batch:
+                staged = store.stage(run_id, batch)
+                record(staged, len(batch))
+                batch.clear()
+
         expected = list(source.scope_keys())
         ended: set[str] = set()
         failure: str | None = None
-        try:
-            for item in source.scan():
-                if isinstance(item, ScopeVerdict):
+        items = iter(source.scan())
+        while True:
+            try:
+                item = next(items)
+            except StopIteration:
+                break
+            except Exception as err:  # a broken source ends only its own scopes, never the run
+                failure = f"{type(err).__name__}: {err}"
+                break
+            if isinstance(item, ScopeVerdict):
+                flush_batch()
+                store.end_scope(run_id, item)
+                record(0, 0, item)
+                ended.add(item.scope_key)
+            else:
+                batch.append(item)
+                if len(batch) >= batch_size:
                     flush_batch()
-                    store.end_scope(run_id, item)
-                    summary.verdicts.append(item)
-                    ended.add(item.scope_key)
-                else:
-                    batch.append(item)
-                    if len(batch) >= batch_size:
-                        flush_batch()
-        except Exception as err:  # a broken source must not end the run, only its scopes
-            if _is_store_error(err):
-                raise
-            failure = f"{type(err).__name__}: {err}"
         flush_batch()
         for scope_key in expected:
             if scope_key in ended:
                 continue
-            verdict = ScopeVerdict(
-                scope_key=scope_key,
-                source_kind=source.kind,
-                complete=False,
-                reason=(
-                    f"source failed: {failure}"
-                    if failure
-                    else "source ended without a verdict for this scope"
-                ),
+            reason = (
+                f"source failed: {failure}"
+                if failure
+                else "source ended without a verdict for this scope"
             )
+            verdict = ScopeVerdict(scope_key, source.kind, complete=False, reason=reason)
             store.end_scope(run_id, verdict)
-            summary.verdicts.append(verdict)
+            record(0, 0, verdict)
+
+    if parallel_sources <= 1 or len(sources) <= 1:
+        for source in sources:
+            scan_one(source)
+    else:
+        with ThreadPoolExecutor(max_workers=parallel_sources, thread_name_prefix="scan") as pool:
+            for future in [pool.submit(scan_one, source) for source in sources]:
+                future.result()
     summary.seconds = time.monotonic() - started
     return summary
-
-
-def _is_store_error(err: Exception) -> bool:
-    from sqlalchemy.exc import SQLAlchemyError
-
-    from enum_pipeline.store.lifecycle import StoreError
-
-    return isinstance(err, SQLAlchemyError | StoreError)

@@ -72,6 +72,7 @@ def scanned_projects(
             generation,
             sources,
             batch_size=pipeline.batch_size,
+            parallel_sources=pipeline.parallel_sources,
             on_progress=progress,
         )
     except BaseException as err:
