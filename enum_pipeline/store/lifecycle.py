@@ -26,6 +26,9 @@ from enum_pipeline.store.engine import create_inventory_engine, ensure_schema
 from enum_pipeline.store.policy import CleanupPolicy
 
 HISTORY_BATCH = 2000
+_STAGE_COLUMNS = ["run_id", "project_key", *t.PROJECT_DATA_COLUMNS]
+_MARKERS_AT = _STAGE_COLUMNS.index("markers")
+_ATTRIBUTES_AT = _STAGE_COLUMNS.index("attributes")
 
 
 class StoreError(Exception):
@@ -159,6 +162,15 @@ def _process_start_time(pid: int) -> int | None:
         return None
 
 
+def _process_state(pid: int) -> str | None:
+    """State letter of a process from /proc (Linux): R, S, D, Z (zombie), X (dead), …"""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as fh:
+            return fh.read().rsplit(b")", 1)[1].split()[0].decode()
+    except (OSError, IndexError, UnicodeDecodeError):
+        return None
+
+
 def holder_is_dead(host: str | None, pid: int | None, pid_start: int | None) -> bool:
     """True when the run's process provably ended: same host, and that pid is gone or reused."""
     if host != socket.gethostname() or not pid:
@@ -168,7 +180,9 @@ def holder_is_dead(host: str | None, pid: int | None, pid_start: int | None) -> 
     except ProcessLookupError:
         return True
     except PermissionError:
-        return False
+        return _process_state(pid) in ("Z", "X")
+    if _process_state(pid) in ("Z", "X"):
+        return True  # killed, not yet waited for by its parent: the process is gone
     if pid_start is None:
         return False
     current = _process_start_time(pid)
@@ -217,6 +231,8 @@ class InventoryStore:
         self.url = url
         self.engine: Engine = create_inventory_engine(url)
         self.heartbeat_timeout = heartbeat_timeout
+        # Runs whose staging met a duplicate key (PostgreSQL: skip the direct-COPY attempt).
+        self._stage_duplicates: set[str] = set()
         ensure_schema(self.engine)
 
     @property
@@ -402,7 +418,7 @@ class InventoryStore:
         with self.engine.begin() as conn:
             self._require_active(conn, run_id)
             if self.dialect == "postgresql":
-                inserted = self._copy_stage(conn, rows)
+                inserted = self._copy_stage(conn, run_id, rows)
             else:
                 stmt = self._insert(t.staged_projects).on_conflict_do_nothing(
                     index_elements=["run_id", "project_key"]
@@ -421,28 +437,50 @@ class InventoryStore:
             )
         return inserted
 
-    def _copy_stage(self, conn: Connection, rows: list[dict[str, Any]]) -> int:
-        """PostgreSQL: COPY the batch into a temporary table, then one INSERT … ON CONFLICT."""
+    def _copy_stage(self, conn: Connection, run_id: str, rows: list[dict[str, Any]]) -> int:
+        """PostgreSQL: COPY the batch into ``staged_projects``.
+
+        Fast path: one COPY straight into the table under a savepoint; it succeeds exactly when
+        every key is new to the run (no duplicates), which is what the slow path would insert.
+        On a duplicate key the savepoint is rolled back and the batch goes the slow way: COPY
+        into a temporary table, then one INSERT … ON CONFLICT DO NOTHING (first sighting wins).
+        After one duplicate, the rest of that run's batches go the slow way directly.
+        """
+        from psycopg import errors as pg_errors
         from psycopg.types.json import Jsonb
 
-        columns = ["run_id", "project_key", *t.PROJECT_DATA_COLUMNS]
+        columns = _STAGE_COLUMNS
+        values = []
+        for row in rows:
+            value = list(map(row.__getitem__, columns))
+            value[_MARKERS_AT] = Jsonb(value[_MARKERS_AT])
+            value[_ATTRIBUTES_AT] = Jsonb(value[_ATTRIBUTES_AT])
+            values.append(value)
+        column_list = ", ".join(columns)
         dbapi = conn.connection.dbapi_connection
         with dbapi.cursor() as cur:
+            if run_id not in self._stage_duplicates:
+                cur.execute("SAVEPOINT enum_stage_copy")
+                try:
+                    with cur.copy(f"COPY staged_projects ({column_list}) FROM STDIN") as copy:
+                        for value in values:
+                            copy.write_row(value)
+                except pg_errors.UniqueViolation:
+                    cur.execute("ROLLBACK TO SAVEPOINT enum_stage_copy")
+                    self._stage_duplicates.add(run_id)
+                else:
+                    cur.execute("RELEASE SAVEPOINT enum_stage_copy")
+                    return len(values)
             cur.execute(
                 "CREATE TEMP TABLE IF NOT EXISTS _stage_batch "
                 "(LIKE staged_projects INCLUDING DEFAULTS) ON COMMIT DELETE ROWS"
             )
-            with cur.copy(f"COPY _stage_batch ({', '.join(columns)}) FROM STDIN") as copy:
-                for row in rows:
-                    copy.write_row(
-                        [
-                            Jsonb(row[c]) if c in ("markers", "attributes") else row[c]
-                            for c in columns
-                        ]
-                    )
+            with cur.copy(f"COPY _stage_batch ({column_list}) FROM STDIN") as copy:
+                for value in values:
+                    copy.write_row(value)
             cur.execute(
-                f"INSERT INTO staged_projects ({', '.join(columns)}) "
-                f"SELECT DISTINCT ON (run_id, project_key) {', '.join(columns)} "
+                f"INSERT INTO staged_projects ({column_list}) "
+                f"SELECT DISTINCT ON (run_id, project_key) {column_list} "
                 "FROM _stage_batch ON CONFLICT (run_id, project_key) DO NOTHING"
             )
             inserted = cur.rowcount
@@ -850,31 +888,30 @@ class InventoryStore:
             sc = ScopeCleanup(scope["scope_key"], bool(scope["complete"]))
             result.scopes.append(sc)
             in_scope = p.c.scope_key == scope["scope_key"]
-            sc.total = conn.execute(
-                sa.select(sa.func.count()).select_from(p).where(in_scope)
-            ).scalar_one()
-            stale = sa.and_(
-                in_scope, p.c.seen_generation.is_not(None), p.c.seen_generation < generation
-            )
+            stale = sa.and_(p.c.seen_generation.is_not(None), p.c.seen_generation < generation)
             if not scope["complete"]:
-                sc.skipped_reason = f"scope read incompletely: {scope['reason']}"
-                sc.protected = self._count(conn, stale)
-                result.kept_incomplete += sc.protected
-                continue
-            skip = self._scope_skip_reason(conn, scope, generation)
+                skip = f"scope read incompletely: {scope['reason']}"
+            else:
+                skip = self._scope_skip_reason(conn, scope, generation)
             if skip:
                 sc.skipped_reason = skip
-                sc.protected = self._count(conn, stale)
+                sc.total, sc.protected = self._counts(conn, in_scope, stale)
                 result.kept_incomplete += sc.protected
                 continue
             protected = [_under(p.c.location, prefix) for prefix in scope["protected"] or []]
             if protected:
-                sc.protected = self._count(conn, sa.and_(stale, sa.or_(*protected)))
-                result.kept_incomplete += sc.protected
+                stale_protected = sa.and_(stale, sa.or_(*protected))
                 stale = sa.and_(stale, sa.not_(sa.or_(*protected)))
-            sc.candidates = self._count(conn, stale)
             due = sa.and_(stale, p.c.missed_runs + 1 >= policy.missing_runs_before_delete)
-            due_count = self._count(conn, due) if sc.candidates else 0
+            # One pass over the scope's rows for every count (not one query per count).
+            if protected:
+                sc.total, sc.protected, sc.candidates, due_count = self._counts(
+                    conn, in_scope, stale_protected, stale, due
+                )
+                result.kept_incomplete += sc.protected
+            else:
+                sc.total, sc.candidates, due_count = self._counts(conn, in_scope, stale, due)
+            stale = sa.and_(in_scope, stale)
             sc.blocked_reason = policy.guard(sc.scope_key, due_count, sc.total)
             plans.append((sc, stale))
             result.candidates += sc.candidates
@@ -899,22 +936,26 @@ class InventoryStore:
             for sc, stale in plans:
                 if sc.candidates == 0:
                     continue
-                conn.execute(
+                marked = conn.execute(
                     sa.update(p)
                     .where(stale)
                     .values(
                         missed_runs=p.c.missed_runs + 1,
                         missing_since=sa.func.coalesce(p.c.missing_since, now),
                     )
-                )
+                ).rowcount
                 due = sa.and_(stale, p.c.missed_runs >= policy.missing_runs_before_delete)
                 keys = self._move_to_history(conn, due, run_id, now)
+                # A concurrent flush may have refreshed some counted candidates meanwhile
+                # (PostgreSQL re-checks the WHERE on rows it waited for): count what was done.
+                sc.candidates = marked
                 sc.removed = len(keys)
-                sc.marked_missing = sc.candidates - sc.removed
+                sc.marked_missing = marked - sc.removed
                 removed_total += sc.removed
                 marked_total += sc.marked_missing
                 result.removed_keys.extend(keys)
             result.removed, result.marked_missing = removed_total, marked_total
+            result.candidates = sum(sc.candidates for sc, _ in plans)
             conn.execute(
                 sa.update(t.run_state)
                 .where(t.run_state.c.run_id == run_id)
@@ -924,10 +965,15 @@ class InventoryStore:
             self._record_cleanup(conn, result, record is not None, approver, now)
         return result
 
-    def _count(self, conn: Connection, where) -> int:
-        return conn.execute(
-            sa.select(sa.func.count()).select_from(t.projects).where(where)
-        ).scalar_one()
+    def _counts(self, conn: Connection, where, *conditions) -> tuple[int, ...]:
+        """``count(*)`` of the rows matching ``where``, then of those also matching each of
+        ``conditions``, in one query."""
+        p = t.projects
+        sums = [
+            sa.func.coalesce(sa.func.sum(sa.case((cond, 1), else_=0)), 0) for cond in conditions
+        ]
+        row = conn.execute(sa.select(sa.func.count(), *sums).select_from(p).where(where)).one()
+        return tuple(int(v) for v in row)
 
     def _scope_skip_reason(self, conn: Connection, scope, generation: int) -> str | None:
         """Why a completely read scope must still not be cleaned by this run, if at all."""
@@ -970,11 +1016,29 @@ class InventoryStore:
         return None
 
     def _move_to_history(self, conn: Connection, where, run_id: str, now: datetime) -> list[str]:
+        """Move the rows matching ``where`` to ``removed_projects``, in key order.
+
+        Streams: only the keys are read at once; full rows are read, recorded and deleted
+        ``HISTORY_BATCH`` at a time, so memory stays flat however many rows go.
+        """
         p = t.projects
         keys: list[str] = []
-        rows = conn.execute(sa.select(p).where(where).order_by(p.c.project_key)).mappings().all()
-        for start in range(0, len(rows), HISTORY_BATCH):
-            batch = rows[start : start + HISTORY_BATCH]
+        all_keys = list(
+            conn.execute(
+                sa.select(p.c.project_key).where(where).order_by(p.c.project_key)
+            ).scalars()
+        )
+        for start in range(0, len(all_keys), HISTORY_BATCH):
+            chunk = all_keys[start : start + HISTORY_BATCH]
+            batch = (
+                conn.execute(
+                    sa.select(p).where(p.c.project_key.in_(chunk), where).order_by(p.c.project_key)
+                )
+                .mappings()
+                .all()
+            )
+            if not batch:
+                continue
             conn.execute(
                 sa.insert(t.removed_projects),
                 [
