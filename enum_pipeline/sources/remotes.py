@@ -43,7 +43,10 @@ def redact_url(url: str) -> str:
         return url
     m = _SCHEME_RE.match(url)
     if m is None:
-        return url  # scp-like address or local path: nothing secret in the git sense
+        sm = _SCP_RE.match(url)
+        if sm is not None and sm.group("user") and ":" in sm.group("user"):
+            return f"{REDACTED}@{url[sm.start('host') :]}"  # "user:pass@host:path"
+        return url  # scp-like address or local path: nothing secret in it
     scheme = m.group(1).lower()
     rest = url[m.end() :]
     authority, tail = _split_authority(rest)
