@@ -39,6 +39,7 @@ class FilesystemSourceConfig(_Strict):
     follow_symlinks: bool = False
     one_file_system: bool = True
     max_depth: int | None = Field(None, ge=0)
+    nested: bool = Field(True, description="Look inside repositories for nested ones.")
 
     def build(self) -> list[Source]:
         """One source per root, so roots can be scanned in parallel."""
@@ -51,6 +52,7 @@ class FilesystemSourceConfig(_Strict):
                 follow_symlinks=self.follow_symlinks,
                 one_file_system=self.one_file_system,
                 max_depth=self.max_depth,
+                nested=self.nested,
             )
             for root in self.roots
         ]
