@@ -228,7 +228,7 @@ def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``enum-pipeline``."""
     parser = argparse.ArgumentParser(prog="enum-pipeline", description=__doc__.split("\n")[0])
     parser.add_argument(
-        "--log-level", default="WARNING", help="Dagster console log level (default WARNING)."
+        "--log-level", default="INFO", help="Dagster console log level (INFO shows progress)."
     )
     sub = parser.add_subparsers(dest="command", required=True)
 

@@ -240,7 +240,7 @@ def stale_projects_cleanup(
     """
     store = inventory.store()
     policy = cleanup_policy(inventory, config.config_path)
-    approver = f"dagster run {context.run_id}" if config.approve else None
+    approver = f"dagster run {context.run.run_id}" if config.approve else None
     if config.approve:
         store.approve_cleanup(config.run_id, approver)
     result = store.safe_cleanup_old_projects(
