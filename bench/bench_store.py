@@ -1,0 +1,814 @@
+"""Benchmark one store cycle against hand-written SQL doing the same work (issue #6).
+
+For every size N and backend (SQLite file in a temp dir; PostgreSQL database created and dropped
+here), two implementations run the same two-run cycle on fresh databases with the same tables
+(the Alembic migrations):
+
+* **ours** — ``InventoryStore``: run 1 stages N records in batches (the real ``stage()`` path),
+  ends its scopes, flushes, verifies, completes and cleans up (nothing to remove); run 2 sees
+  N minus 1% (and 5% of the rest changed), so its cleanup (lenient policy) moves 1% to history.
+* **baseline** — the same data work by hand: PostgreSQL COPY into ``staged_projects``,
+  ``INSERT … SELECT … ON CONFLICT DO UPDATE``, ``UPDATE`` to confirm, ``INSERT INTO
+  removed_projects SELECT …`` + ``DELETE``; SQLite the same with ``executemany`` for staging.
+
+Both compute ``ProjectRecord.content_hash()`` while staging (the column is part of the data);
+building the records themselves is not timed. Every case runs in a child process, so its peak
+RSS (``ru_maxrss`` of that child, from ``os.wait4``) is its own. Medians of ``--repeat`` runs
+(``--large-repeat`` for N >= 1,000,000); ours and baseline alternate within a repeat::
+
+    python bench/bench_store.py                       # 10k, 100k, 1M on sqlite + postgresql
+    python bench/bench_store.py --sizes 10000 100000 --backends postgresql --repeat 5
+    python bench/bench_store.py --quick               # 10k... smallest size, one repeat (CI)
+    python bench/bench_store.py --history-rows 1000000 --history-size 100000   # + cleanup
+        # with 1M rows already in removed_projects (ours only), beside the empty-history case
+
+PostgreSQL: ``ENUM_PIPELINE_BENCH_PG_URL`` (else ``ENUM_PIPELINE_TEST_PG_URL``, else the local
+server as user postgres). Unreachable PostgreSQL is an error (exit 1) unless ``--backends
+sqlite``. ``--json PATH`` writes the results for ``bench/run``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import resource
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.dirname(HERE))
+
+from enum_pipeline.sources.base import ProjectRecord, ScopeVerdict  # noqa: E402
+
+DEFAULT_PG = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
+PHASES = ("stage", "flush", "verify", "cleanup", "other")
+REMOVED_EVERY = 100  # run 2 misses every 100th record: 1%
+CHANGED_EVERY = 20  # run 2 sees every 20th record changed: 5%
+BASE_TIME = datetime(2024, 1, 1, tzinfo=UTC)
+DATA_COLUMNS = [
+    "scope_key",
+    "source_kind",
+    "name",
+    "location",
+    "vcs",
+    "path",
+    "remote_url",
+    "normalized_remote",
+    "default_branch",
+    "head_commit",
+    "last_commit_at",
+    "markers",
+    "attributes",
+    "content_hash",
+]
+STAGE_COLUMNS = ["run_id", "project_key", *DATA_COLUMNS]
+PROJECT_COLUMNS = [
+    "project_key",
+    *DATA_COLUMNS,
+    "run_id",
+    "seen_generation",
+    "last_confirmed_run_id",
+    "confirmed_generation",
+    "first_seen_at",
+    "last_seen_at",
+    "changed_at",
+    "missing_since",
+    "missed_runs",
+]
+
+
+def pg_admin_url() -> str:
+    """The SQLAlchemy URL of the PostgreSQL maintenance database to create bench databases in."""
+    return (
+        os.environ.get("ENUM_PIPELINE_BENCH_PG_URL")
+        or os.environ.get("ENUM_PIPELINE_TEST_PG_URL")
+        or DEFAULT_PG
+    )
+
+
+def _libpq(url: str) -> str:
+    """A SQLAlchemy ``postgresql+psycopg://`` URL as a libpq connection string."""
+    from sqlalchemy.engine import make_url
+
+    u = make_url(url).set(drivername="postgresql")
+    return u.render_as_string(hide_password=False)
+
+
+# ---------------------------------------------------------------------------- synthetic data
+
+
+def make_record(i: int, n: int, scopes: int, run: int) -> ProjectRecord:
+    """Record ``i`` of ``n`` as run ``run`` sees it (run 2 changes every ``CHANGED_EVERY``-th).
+
+    Records come scope by scope (``scopes`` equal blocks), as a scan reads root after root.
+    """
+    root = f"/bench/root{i * scopes // n:02d}"
+    name = f"project-{i:07d}"
+    location = f"{root}/grp{i // 1000:04d}/{name}"
+    org = f"org{i % 997}"
+    head = hashlib.sha1(f"{i}:{run if i % CHANGED_EVERY == 1 else 1}".encode()).hexdigest()
+    return ProjectRecord(
+        project_key=f"fs:{location}",
+        scope_key=f"fs:{root}",
+        source_kind="filesystem",
+        name=name,
+        location=location,
+        vcs="git",
+        path=location,
+        remote_url=f"git@github.com:{org}/{name}.git",
+        normalized_remote=f"github.com/{org}/{name}",
+        default_branch="main",
+        head_commit=head,
+        last_commit_at=BASE_TIME + timedelta(seconds=i * 37),
+        markers=("pyproject.toml", "Makefile") if i % 3 else ("package.json",),
+        attributes={"bare": False, "dirty": i % 7 == 0, "submodules": i % 11},
+    )
+
+
+def batches(n: int, scopes: int, run: int, size: int) -> Iterator[list[ProjectRecord]]:
+    """The records run ``run`` sees, ``size`` at a time (never all of them at once)."""
+    batch: list[ProjectRecord] = []
+    for i in range(n):
+        if run == 2 and i % REMOVED_EVERY == 0:
+            continue
+        batch.append(make_record(i, n, scopes, run))
+        if len(batch) >= size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+def expected_counts(n: int) -> tuple[int, int]:
+    """(projects left after run 2, rows run 2's cleanup removes)."""
+    removed = len(range(0, n, REMOVED_EVERY))
+    return n - removed, removed
+
+
+def scope_keys(scopes: int) -> list[str]:
+    return [f"fs:/bench/root{s:02d}" for s in range(scopes)]
+
+
+def prefill_history(url: str, rows: int) -> None:
+    """Put ``rows`` old removals into ``removed_projects`` (untimed), as years of cleanups would."""
+    import sqlalchemy as sa
+
+    engine = sa.create_engine(url)
+    with engine.begin() as conn:
+        if engine.dialect.name == "postgresql":
+            conn.exec_driver_sql(
+                "INSERT INTO removed_projects (project_key, scope_key, removed_by_run_id, "
+                "removed_at, row) SELECT 'fs:/old/p' || g, "
+                "'fs:/bench/root' || lpad(mod(g, 10)::text, 2, '0'), "
+                "'old-run-' || (g / 5000), now() - interval '1 day' * (g / 5000), "
+                "jsonb_build_object('project_key', 'fs:/old/p' || g, 'name', 'p' || g, "
+                "'location', '/old/p' || g, 'path', '/old/p' || g, 'vcs', 'git', "
+                "'remote_url', 'git@github.com:org/p' || g || '.git', 'head_commit', "
+                "md5(g::text) || md5(g::text), 'markers', jsonb_build_array('Makefile'), "
+                "'attributes', jsonb_build_object('bare', false), 'seen_generation', g / 5000) "
+                f"FROM generate_series(1, {int(rows)}) AS g"
+            )
+        else:
+            conn.exec_driver_sql(
+                "WITH RECURSIVE c(g) AS (SELECT 1 UNION ALL SELECT g + 1 FROM c "
+                f"WHERE g < {int(rows)}) "
+                "INSERT INTO removed_projects (project_key, scope_key, removed_by_run_id, "
+                "removed_at, row) SELECT 'fs:/old/p' || g, 'fs:/bench/root' || "
+                "printf('%02d', g % 10), 'old-run-' || (g / 5000), "
+                "datetime('now', '-' || (g / 5000) || ' days'), json_object('project_key', "
+                "'fs:/old/p' || g, 'name', 'p' || g, 'location', '/old/p' || g, 'path', "
+                "'/old/p' || g, 'vcs', 'git', 'remote_url', 'git@github.com:org/p' || g || "
+                "'.git', 'head_commit', hex(randomblob(20)), 'markers', json_array('Makefile'), "
+                "'attributes', json_object('bare', json('false')), 'seen_generation', g / 5000) "
+                "FROM c"
+            )
+    engine.dispose()
+
+
+# ---------------------------------------------------------------------------- ours
+
+
+def cycle_ours(spec: dict) -> dict:
+    """Two runs through ``InventoryStore``; per-run phase times in seconds."""
+    from enum_pipeline.store.lifecycle import InventoryStore
+    from enum_pipeline.store.policy import CleanupPolicy
+
+    n, scopes, batch_size = spec["size"], spec["scopes"], spec["batch"]
+    store = InventoryStore(spec["url"])
+    if spec.get("history_rows"):
+        prefill_history(spec["url"], spec["history_rows"])
+    policy = CleanupPolicy(max_delete_count=None, max_delete_fraction=None)
+    runs = []
+    for run in (1, 2):
+        run_id = f"bench-{run}-{uuid.uuid4().hex[:8]}"
+        times = dict.fromkeys(PHASES, 0.0)
+        t = time.perf_counter()
+        store.begin(run_id)
+        times["other"] += time.perf_counter() - t
+        seen = dict.fromkeys(scope_keys(scopes), 0)
+        for batch in batches(n, scopes, run, batch_size):
+            for r in batch:
+                seen[r.scope_key] += 1
+            t = time.perf_counter()
+            store.stage(run_id, batch)
+            times["stage"] += time.perf_counter() - t
+        t = time.perf_counter()
+        for scope, count in seen.items():
+            store.end_scope(run_id, ScopeVerdict(scope, "filesystem", True, count))
+        times["stage"] += time.perf_counter() - t
+        t = time.perf_counter()
+        store.flush(run_id)
+        times["flush"] += time.perf_counter() - t
+        t = time.perf_counter()
+        store.verify_and_confirm(run_id)
+        times["verify"] += time.perf_counter() - t
+        t = time.perf_counter()
+        status = store.complete(run_id)
+        times["other"] += time.perf_counter() - t
+        assert status == "completed", status
+        t = time.perf_counter()
+        result = store.safe_cleanup_old_projects(run_id, policy)
+        times["cleanup"] += time.perf_counter() - t
+        assert result.status in ("done", "noop"), result
+        runs.append(times)
+    left, removed = expected_counts(n)
+    assert store.count_projects() == left, (store.count_projects(), left)
+    assert result.removed == removed, (result.removed, removed)
+    store.dispose()
+    return {"runs": runs}
+
+
+# ---------------------------------------------------------------------------- baseline
+
+_UPSERT_SET = [f"{c} = EXCLUDED.{c}" for c in DATA_COLUMNS] + [
+    "run_id = EXCLUDED.run_id",
+    "seen_generation = EXCLUDED.seen_generation",
+    "last_seen_at = EXCLUDED.last_seen_at",
+    "changed_at = CASE WHEN projects.content_hash <> EXCLUDED.content_hash "
+    "THEN EXCLUDED.changed_at ELSE projects.changed_at END",
+    "missing_since = NULL",
+    "missed_runs = 0",
+]
+_INSERT_COLS = [
+    "project_key",
+    *DATA_COLUMNS,
+    "run_id",
+    "seen_generation",
+    "first_seen_at",
+    "last_seen_at",
+    "changed_at",
+    "missed_runs",
+]
+
+
+def _upsert_sql(param) -> str:
+    """The set-based flush, written out by hand (``param(name)`` renders a placeholder)."""
+    return (
+        f"INSERT INTO projects ({', '.join(_INSERT_COLS)}) "
+        f"SELECT project_key, {', '.join(DATA_COLUMNS)}, {param('run')}, {param('gen')}, "
+        f"{param('now')}, {param('now')}, {param('now')}, 0 "
+        f"FROM staged_projects WHERE run_id = {param('run')} "
+        f"ON CONFLICT (project_key) DO UPDATE SET {', '.join(_UPSERT_SET)} "
+        "WHERE projects.seen_generation IS NULL "
+        "OR projects.seen_generation <= EXCLUDED.seen_generation"
+    )
+
+
+def cycle_baseline(spec: dict) -> dict:
+    """The same two runs in plain SQL on a database with the same tables."""
+    import sqlalchemy as sa
+
+    from enum_pipeline.store.engine import create_inventory_engine, ensure_schema
+
+    engine = create_inventory_engine(spec["url"])
+    ensure_schema(engine)  # the same table definitions, untimed
+    engine.dispose()
+    if spec.get("history_rows"):
+        prefill_history(spec["url"], spec["history_rows"])
+    if sa.engine.make_url(spec["url"]).get_backend_name() == "postgresql":
+        return _baseline_pg(spec)
+    return _baseline_sqlite(spec)
+
+
+def _baseline_pg(spec: dict) -> dict:
+    import psycopg
+    from psycopg.types.json import Jsonb
+
+    n, scopes, batch_size = spec["size"], spec["scopes"], spec["batch"]
+    conn = psycopg.connect(_libpq(spec["url"]))
+    cur = conn.cursor()
+    pg_types = {"run": "varchar", "gen": "bigint", "now": "timestamptz"}
+    upsert = _upsert_sql(lambda name: f"%({name})s::{pg_types[name]}")
+    runs = []
+    for run in (1, 2):
+        run_id, gen, now = f"base-{run}", run, datetime.now(UTC)
+        times = dict.fromkeys([*PHASES, "hash"], 0.0)
+        for batch in batches(n, scopes, run, batch_size):
+            t = time.perf_counter()
+            hashes = [r.content_hash() for r in batch]
+            times["hash"] += time.perf_counter() - t
+            with cur.copy(f"COPY staged_projects ({', '.join(STAGE_COLUMNS)}) FROM STDIN") as cp:
+                for r, content_hash in zip(batch, hashes, strict=True):
+                    cp.write_row(
+                        (
+                            run_id,
+                            r.project_key,
+                            r.scope_key,
+                            r.source_kind,
+                            r.name,
+                            r.location,
+                            r.vcs,
+                            r.path,
+                            r.remote_url,
+                            r.normalized_remote,
+                            r.default_branch,
+                            r.head_commit,
+                            r.last_commit_at,
+                            Jsonb(sorted(r.markers)),
+                            Jsonb(r.attributes or {}),
+                            content_hash,
+                        )
+                    )
+            conn.commit()
+            times["stage"] += time.perf_counter() - t
+        t = time.perf_counter()
+        cur.execute(upsert, {"run": run_id, "gen": gen, "now": now})
+        conn.commit()
+        times["flush"] += time.perf_counter() - t
+        t = time.perf_counter()
+        cur.execute(
+            "UPDATE projects SET last_confirmed_run_id = %s, confirmed_generation = %s "
+            "WHERE seen_generation = %s",
+            (run_id, gen, gen),
+        )
+        conn.commit()
+        times["verify"] += time.perf_counter() - t
+        t = time.perf_counter()
+        stale = "scope_key = ANY(%(scopes)s) AND seen_generation < %(gen)s"
+        params = {"scopes": scope_keys(scopes), "gen": gen, "run": run_id, "now": now}
+        cur.execute(
+            "INSERT INTO removed_projects (project_key, scope_key, removed_by_run_id, "
+            "removed_at, row) SELECT project_key, scope_key, %(run)s, %(now)s, to_jsonb(p) "
+            f"FROM projects p WHERE {stale}",
+            params,
+        )
+        cur.execute(f"DELETE FROM projects WHERE {stale}", params)
+        removed = cur.rowcount
+        conn.commit()
+        times["cleanup"] += time.perf_counter() - t
+        runs.append(times)
+    left, expected = expected_counts(n)
+    assert removed == expected, (removed, expected)
+    assert cur.execute("SELECT count(*) FROM projects").fetchone()[0] == left
+    conn.close()
+    return {"runs": runs}
+
+
+def _baseline_sqlite(spec: dict) -> dict:
+    import sqlite3
+
+    n, scopes, batch_size = spec["size"], spec["scopes"], spec["batch"]
+    path = spec["url"].split("sqlite:///", 1)[1]
+    conn = sqlite3.connect(path, isolation_level=None, timeout=60)
+    for pragma in ("journal_mode=WAL", "synchronous=NORMAL", "busy_timeout=60000"):
+        conn.execute(f"PRAGMA {pragma}")
+    insert = (
+        f"INSERT INTO staged_projects ({', '.join(STAGE_COLUMNS)}) "
+        f"VALUES ({', '.join('?' * len(STAGE_COLUMNS))})"
+    )
+    upsert = _upsert_sql(lambda name: f":{name}")
+    as_json = {"markers", "attributes"}
+    row_json = ", ".join(
+        f"'{c}', " + (f"json({c})" if c in as_json else c) for c in PROJECT_COLUMNS
+    )
+    runs = []
+    for run in (1, 2):
+        run_id, gen = f"base-{run}", run
+        now = datetime.now(UTC).replace(tzinfo=None).isoformat(sep=" ")
+        times = dict.fromkeys([*PHASES, "hash"], 0.0)
+        for batch in batches(n, scopes, run, batch_size):
+            t = time.perf_counter()
+            hashes = [r.content_hash() for r in batch]
+            times["hash"] += time.perf_counter() - t
+            rows = [
+                (
+                    run_id,
+                    r.project_key,
+                    r.scope_key,
+                    r.source_kind,
+                    r.name,
+                    r.location,
+                    r.vcs,
+                    r.path,
+                    r.remote_url,
+                    r.normalized_remote,
+                    r.default_branch,
+                    r.head_commit,
+                    r.last_commit_at.replace(tzinfo=None).isoformat(sep=" ")
+                    if r.last_commit_at
+                    else None,
+                    json.dumps(sorted(r.markers)),
+                    json.dumps(r.attributes or {}),
+                    content_hash,
+                )
+                for r, content_hash in zip(batch, hashes, strict=True)
+            ]
+            conn.execute("BEGIN IMMEDIATE")
+            conn.executemany(insert, rows)
+            conn.execute("COMMIT")
+            times["stage"] += time.perf_counter() - t
+        t = time.perf_counter()
+        conn.execute("BEGIN IMMEDIATE")
+        conn.execute(upsert, {"run": run_id, "gen": gen, "now": now})
+        conn.execute("COMMIT")
+        times["flush"] += time.perf_counter() - t
+        t = time.perf_counter()
+        conn.execute("BEGIN IMMEDIATE")
+        conn.execute(
+            "UPDATE projects SET last_confirmed_run_id = ?, confirmed_generation = ? "
+            "WHERE seen_generation = ?",
+            (run_id, gen, gen),
+        )
+        conn.execute("COMMIT")
+        times["verify"] += time.perf_counter() - t
+        t = time.perf_counter()
+        keys = scope_keys(scopes)
+        stale = f"scope_key IN ({', '.join('?' * len(keys))}) AND seen_generation < ?"
+        conn.execute("BEGIN IMMEDIATE")
+        conn.execute(
+            "INSERT INTO removed_projects (project_key, scope_key, removed_by_run_id, "
+            f"removed_at, row) SELECT project_key, scope_key, ?, ?, json_object({row_json}) "
+            f"FROM projects WHERE {stale}",
+            (run_id, now, *keys, gen),
+        )
+        removed = conn.execute(f"DELETE FROM projects WHERE {stale}", (*keys, gen)).rowcount
+        conn.execute("COMMIT")
+        times["cleanup"] += time.perf_counter() - t
+        runs.append(times)
+    left, expected = expected_counts(n)
+    assert removed == expected, (removed, expected)
+    assert conn.execute("SELECT count(*) FROM projects").fetchone()[0] == left
+    conn.close()
+    return {"runs": runs}
+
+
+_HASHED_FIELDS = [f for f in ProjectRecord.__dataclass_fields__ if f != "project_key"]
+
+
+def _fast_content_hash(self: ProjectRecord) -> str:
+    """``ProjectRecord.content_hash`` without ``dataclasses.asdict``'s deep copies (same digest)."""
+    payload = {f: getattr(self, f) for f in _HASHED_FIELDS}
+    payload["last_commit_at"] = (
+        self.last_commit_at.isoformat() if self.last_commit_at is not None else None
+    )
+    payload["markers"] = sorted(self.markers)
+    raw = json.dumps(payload, sort_keys=True, default=str, ensure_ascii=False)
+    return hashlib.sha1(raw.encode("utf-8", "surrogateescape")).hexdigest()
+
+
+def use_fast_hash() -> None:
+    """Diagnostic (``--fast-hash``): swap in the faster, digest-identical content hash."""
+    for i in range(2000):
+        r = make_record(i, 2000, 10, 1 + i % 2)
+        assert _fast_content_hash(r) == r.content_hash(), i
+    ProjectRecord.content_hash = _fast_content_hash
+
+
+def child_main(spec: dict) -> int:
+    """Run one case in this (child) process and print its result as one JSON line."""
+    if spec.get("fast_hash"):
+        use_fast_hash()
+    t = time.perf_counter()
+    out = cycle_ours(spec) if spec["impl"] == "ours" else cycle_baseline(spec)
+    out["wall"] = time.perf_counter() - t
+    out["self_maxrss_kib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    print(json.dumps(out), flush=True)
+    return 0
+
+
+# ---------------------------------------------------------------------------- parent
+
+
+class Databases:
+    """Fresh databases per case: a SQLite file in a temp dir, or a new PostgreSQL database."""
+
+    def __init__(self, workdir: str):
+        self.workdir = workdir
+        self._admin = None
+
+    def pg_check(self) -> str | None:
+        """None when PostgreSQL answers, else why not."""
+        try:
+            import psycopg
+
+            self._admin = psycopg.connect(
+                _libpq(pg_admin_url()), autocommit=True, connect_timeout=5
+            )
+        except Exception as err:  # noqa: BLE001 - any failure means unreachable
+            return str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        return None
+
+    def create(self, backend: str, label: str) -> str:
+        name = f"enum_bench_{label}_{os.getpid()}_{uuid.uuid4().hex[:6]}"
+        if backend == "sqlite":
+            os.makedirs(os.path.join(self.workdir, name))
+            return f"sqlite:///{os.path.join(self.workdir, name, 'inventory.sqlite')}"
+        self._admin.execute(f'CREATE DATABASE "{name}"')
+        from sqlalchemy.engine import make_url
+
+        return make_url(pg_admin_url()).set(database=name).render_as_string(hide_password=False)
+
+    def drop(self, url: str) -> None:
+        from sqlalchemy.engine import make_url
+
+        u = make_url(url)
+        if u.get_backend_name() == "sqlite":
+            shutil.rmtree(os.path.dirname(u.database), ignore_errors=True)
+        else:
+            self._admin.execute(f'DROP DATABASE IF EXISTS "{u.database}" WITH (FORCE)')
+
+
+def run_child(spec: dict, timeout: float) -> dict:
+    """One case in a child process; adds its peak RSS (``ru_maxrss`` via ``os.wait4``)."""
+    with tempfile.TemporaryFile(mode="w+") as err:
+        proc = subprocess.Popen(
+            [sys.executable, os.path.abspath(__file__), "--child", json.dumps(spec)],
+            stdout=subprocess.PIPE,
+            stderr=err,
+            text=True,
+        )
+        timer = threading.Timer(timeout, proc.kill)
+        timer.start()
+        try:
+            out = proc.stdout.read()
+        finally:
+            timer.cancel()
+            proc.stdout.close()
+            _, status, usage = os.wait4(proc.pid, 0)
+            proc.returncode = os.waitstatus_to_exitcode(status)
+        if proc.returncode != 0:
+            err.seek(0)
+            sys.stderr.write(err.read()[-8000:])
+            raise RuntimeError(
+                f"case {spec.get('impl', spec.get('case'))} {spec.get('backend', '')} "
+                f"{spec['size']} exited {proc.returncode}"
+            )
+    result = json.loads(out.strip().splitlines()[-1])
+    result["maxrss_mib"] = usage.ru_maxrss / 1024
+    return result
+
+
+def _totals(result: dict) -> dict[str, float]:
+    """Phase times summed over the two runs, plus the total."""
+    sums = {p: sum(r[p] for r in result["runs"]) for p in PHASES}
+    sums["total"] = sum(sums.values())
+    return sums
+
+
+def summarize(cases: list[dict]) -> dict:
+    """Medians of the repeats of one (size, backend, impl)."""
+    phases = [*PHASES, "total"]
+    med = {p: statistics.median(_totals(c)[p] for c in cases) for p in phases}
+    per_run = [
+        {p: statistics.median(c["runs"][i][p] for c in cases) for p in PHASES} for i in (0, 1)
+    ]
+    hashes = [sum(r.get("hash", 0.0) for r in c["runs"]) for c in cases]
+    return {
+        "median": med,
+        "hash": statistics.median(hashes),
+        "runs": per_run,
+        "repeats": len(cases),
+        "maxrss_mib": max(c["maxrss_mib"] for c in cases),
+        "samples_total": [_totals(c)["total"] for c in cases],
+    }
+
+
+ROW_PHASES = [
+    ("stage", ("stage",)),
+    ("flush", ("flush",)),
+    ("verify", ("verify",)),
+    ("cleanup", ("cleanup",)),
+    ("begin+complete", ("other",)),
+    ("flush+verify+cleanup", ("flush", "verify", "cleanup")),
+    ("total", ("total",)),
+]
+
+
+def table_rows(results: list[dict]) -> list[dict]:
+    """One row per (size, backend, phase): ours, baseline, ratio, peak RSS."""
+    rows = []
+    for res in results:
+        if res["kind"] != "cycle":
+            continue
+        ours, base = res["ours"], res["baseline"]
+        for label, parts in ROW_PHASES:
+            o = sum(ours["median"][p] for p in parts)
+            b = sum(base["median"][p] for p in parts)
+            rows.append(
+                {
+                    "size": res["size"],
+                    "backend": res["backend"],
+                    "phase": label,
+                    "ours": o,
+                    "baseline": b,
+                    "ratio": (o / b) if b > 0 else None,
+                    "rss_ours": ours["maxrss_mib"],
+                    "rss_base": base["maxrss_mib"],
+                    "repeats": ours["repeats"],
+                }
+            )
+    return rows
+
+
+def print_tables(results: list[dict]) -> None:
+    print(
+        f"{'size':>9} {'backend':<10} {'phase':<21} {'ours s':>9} {'base s':>9} {'ratio':>6} "
+        f"{'RSS ours':>9} {'RSS base':>9} {'n':>2}"
+    )
+    for r in table_rows(results):
+        ratio = f"{r['ratio']:.2f}" if r["ratio"] is not None else "-"
+        rss = (
+            (f"{r['rss_ours']:>8.0f}M {r['rss_base']:>8.0f}M")
+            if r["phase"] == "total"
+            else f"{'':>9} {'':>9}"
+        )
+        print(
+            f"{r['size']:>9} {r['backend']:<10} {r['phase']:<21} {r['ours']:>9.3f} "
+            f"{r['baseline']:>9.3f} {ratio:>6} {rss} {r['repeats']:>2}"
+        )
+    hist = [r for r in results if r["kind"] == "history"]
+    if hist:
+        print()
+        print(
+            f"{'size':>9} {'backend':<10} {'history rows':>12} {'cleanup s (run 2)':>18} "
+            f"{'empty history s':>16} {'ratio':>6}"
+        )
+        for h in hist:
+            print(
+                f"{h['size']:>9} {h['backend']:<10} {h['history_rows']:>12} "
+                f"{h['cleanup_with_history']:>18.3f} {h['cleanup_empty']:>16.3f} "
+                f"{h['cleanup_with_history'] / h['cleanup_empty']:>6.2f}"
+            )
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the benchmark, print the tables; return the exit status."""
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000, 1_000_000])
+    ap.add_argument("--backends", nargs="+", default=["sqlite", "postgresql"])
+    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--large-repeat", type=int, default=1, help="repeats for N >= 1,000,000")
+    ap.add_argument(
+        "--skip",
+        nargs="*",
+        default=[],
+        metavar="BACKEND:SIZE",
+        help="cases to leave out, e.g. sqlite:1000000",
+    )
+    ap.add_argument("--batch", type=int, default=1000, help="records per stage() call")
+    ap.add_argument("--scopes", type=int, default=10, help="root folders the records spread over")
+    ap.add_argument(
+        "--fast-hash",
+        action="store_true",
+        help="diagnostic: a digest-identical content hash without dataclasses.asdict, in both",
+    )
+    ap.add_argument("--history-rows", type=int, default=0)
+    ap.add_argument("--history-size", type=int, default=100_000)
+    ap.add_argument("--quick", action="store_true", help="smallest size, one repeat")
+    ap.add_argument("--json", help="write the results here")
+    ap.add_argument("--timeout", type=float, default=3600, help="seconds per case")
+    ap.add_argument("--child", help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    if args.child:
+        return child_main(json.loads(args.child))
+
+    sizes = sorted(args.sizes)
+    repeat, large_repeat = max(1, args.repeat), max(1, args.large_repeat)
+    if args.quick:
+        sizes, repeat, large_repeat = sizes[:1], 1, 1
+    workdir = tempfile.mkdtemp(prefix="enum-bench-store-")
+    dbs = Databases(workdir)
+    if "postgresql" in args.backends:
+        why = dbs.pg_check()
+        if why:
+            print(f"PostgreSQL unreachable at {pg_admin_url()}: {why}", file=sys.stderr)
+            print("(run with --backends sqlite to benchmark SQLite only)", file=sys.stderr)
+            return 1
+    base = {"scopes": args.scopes, "batch": args.batch, "fast_hash": args.fast_hash}
+    results: list[dict] = []
+    started = time.perf_counter()
+    try:
+        for size in sizes:
+            n_rep = large_repeat if size >= 1_000_000 else repeat
+            for backend in args.backends:
+                if f"{backend}:{size}" in args.skip:
+                    continue
+                cases: dict[str, list[dict]] = {"ours": [], "baseline": []}
+                for rep in range(n_rep):
+                    order = ("ours", "baseline") if rep % 2 == 0 else ("baseline", "ours")
+                    for impl in order:
+                        url = dbs.create(backend, impl)
+                        try:
+                            spec = {**base, "impl": impl, "backend": backend, "size": size}
+                            cases[impl].append(run_child({**spec, "url": url}, args.timeout))
+                        finally:
+                            dbs.drop(url)
+                        print(
+                            f"# {backend} {size} {impl} #{rep + 1}: "
+                            f"{_totals(cases[impl][-1])['total']:.2f}s, "
+                            f"{cases[impl][-1]['maxrss_mib']:.0f} MiB",
+                            file=sys.stderr,
+                            flush=True,
+                        )
+                results.append(
+                    {
+                        "kind": "cycle",
+                        "size": size,
+                        "backend": backend,
+                        "ours": summarize(cases["ours"]),
+                        "baseline": summarize(cases["baseline"]),
+                    }
+                )
+        if args.history_rows and not args.quick:
+            for backend in args.backends:
+                empty = next(
+                    (
+                        r
+                        for r in results
+                        if r["kind"] == "cycle"
+                        and r["backend"] == backend
+                        and r["size"] == args.history_size
+                    ),
+                    None,
+                )
+                spec = {
+                    **base,
+                    "impl": "ours",
+                    "backend": backend,
+                    "size": args.history_size,
+                    "history_rows": args.history_rows,
+                }
+                samples = []
+                for _ in range(repeat):
+                    url = dbs.create(backend, "hist")
+                    try:
+                        res = run_child({**spec, "url": url}, args.timeout)
+                    finally:
+                        dbs.drop(url)
+                    samples.append(res)
+                    print(
+                        f"# {backend} {args.history_size} ours with {args.history_rows} history "
+                        f"rows: cleanup {res['runs'][1]['cleanup']:.3f}s",
+                        file=sys.stderr,
+                        flush=True,
+                    )
+                empty_cleanup = (
+                    empty["ours"]["runs"][1]["cleanup"] if empty is not None else float("nan")
+                )
+                results.append(
+                    {
+                        "kind": "history",
+                        "size": args.history_size,
+                        "backend": backend,
+                        "history_rows": args.history_rows,
+                        "cleanup_with_history": statistics.median(
+                            r["runs"][1]["cleanup"] for r in samples
+                        ),
+                        "cleanup_empty": empty_cleanup,
+                        "maxrss_mib": max(r["maxrss_mib"] for r in samples),
+                        "repeats": len(samples),
+                    }
+                )
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    print_tables(results)
+    elapsed = time.perf_counter() - started
+    print(f"# bench_store: {elapsed:.0f}s wall", file=sys.stderr)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(
+                {
+                    "benchmark": "store",
+                    "args": vars(args),
+                    "results": results,
+                    "rows": table_rows(results),
+                    "seconds": elapsed,
+                },
+                f,
+                indent=1,
+            )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
