@@ -398,3 +398,16 @@ def test_scope_on_a_different_filesystem_is_not_cleaned(store):
     result = store.safe_cleanup_old_projects(second)
     assert "different filesystem" in result.scopes[0].skipped_reason
     assert key("b") in store.project_keys()
+
+
+def test_a_run_failing_after_its_verified_flush_is_not_a_confirmed_run(store):
+    run_once(store, {SCOPE: ["a", "b"]})
+    run_id = _begin_and_stage(store, ["a"])
+    store.flush(run_id)
+    store.verify_and_confirm(run_id)
+    assert store.fail(run_id, "step crashed after verify")  # e.g. the Dagster step died
+    info = store.get_run(run_id)
+    assert (info.status, info.flush_succeeded) == ("failed", False)
+    with pytest.raises(CleanupRefusedError):
+        store.safe_cleanup_old_projects(run_id)
+    assert store.project_keys() == {key("a"), key("b")}

@@ -671,7 +671,9 @@ class InventoryStore:
             conn.execute(
                 sa.update(t.run_state)
                 .where(t.run_state.c.run_id == run_id, t.run_state.c.status == "active")
-                .values(status="failed", error=reason[:4000], finished_at=now)
+                .values(
+                    status="failed", flush_succeeded=False, error=reason[:4000], finished_at=now
+                )
             ).rowcount
             > 0
         )
