@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from datetime import datetime
 from typing import Any, Protocol
 
@@ -37,8 +37,7 @@ class ProjectRecord:
 
     def content_hash(self) -> str:
         """A digest of everything but identity, so a flush can tell changed rows from unchanged."""
-        payload = asdict(self)
-        payload.pop("project_key")
+        payload = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "project_key"}
         payload["last_commit_at"] = (
             self.last_commit_at.isoformat() if self.last_commit_at is not None else None
         )
