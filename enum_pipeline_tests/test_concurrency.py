@@ -392,42 +392,10 @@ def test_cleanup_racing_a_newer_runs_flush_never_loses_what_the_newer_run_saw(db
 
 
 @only_postgresql
-def test_pg_flush_waiting_on_a_cleanup_that_removes_its_rows_writes_them_back(db_url):
-    """Forced interleaving: run 2's cleanup has marked b, c (row locks held) and is about to
-    delete them; run 3's flush then blocks on those rows. After the cleanup commits, the flush
-    must insert b, c again — nothing run 3 saw is lost, and the removal stays recorded."""
-    store = InventoryStore(db_url)
-    results = CTX.Queue()
-    cleaner = Worker(db_url, results, app="ep_cleaner")
-    runner = Worker(db_url, results, app="ep_runner")
-    try:
-        run2, run3, seen3 = _race_setup(store, SCOPE)
-        before = store.project_keys()
-        store.begin(run3)
-        _stage_scope(store, run3, SCOPE, seen3)
-        cleaner.send("cleanup", [("cleanup", run2)], pause_before="delete from projects")
-        assert cleaner.paused.wait(WAIT)
-        runner.send("run3", [("flush", run3), ("verify", run3), ("complete", run3)])
-        _wait_for_backend(store, runner.app, "INSERT INTO projects", waiting=True)
-        cleaner.release.set()
-        got = _collect(results, 2)
-        assert sorted(got["cleanup"]["cleanup"]["removed_keys"]) == sorted(
-            key(n) for n in ("b", "c", *GONE)
-        )
-        order = _check_race_outcome(store, SCOPE, before, run2, run3, seen3)
-        assert order.startswith("cleanup first")
-        assert store.project_keys() == {key(n) for n in seen3}
-    finally:
-        cleaner.stop()
-        runner.stop()
-        store.dispose()
-
-
-@only_postgresql
-def test_pg_cleanup_waiting_on_a_flush_that_refreshes_its_candidates_skips_them(db_url):
-    """Forced interleaving: run 3's flush has upserted b, c (row locks held, not committed); run
-    2's cleanup counts them as stale, then blocks on them. After the flush commits, the cleanup
-    must skip b, c (they now carry run 3's generation) and record only what it really did."""
+def test_pg_cleanup_does_not_wait_on_rows_a_newer_run_is_flushing(db_url):
+    """Forced interleaving: run 3's flush has upserted b, c (row locks held, not committed).
+    Run 2's cleanup must leave b, c alone (run 3 staged them: it has seen them), so it neither
+    blocks on their locks nor counts them, and records only what it really did."""
     store = InventoryStore(db_url)
     results = CTX.Queue()
     cleaner = Worker(db_url, results, app="ep_cleaner")
@@ -441,18 +409,16 @@ def test_pg_cleanup_waiting_on_a_flush_that_refreshes_its_candidates_skips_them(
         runner.send("run3", ops3, pause_before="flushed_count=")
         assert runner.paused.wait(WAIT)
         cleaner.send("cleanup", [("cleanup", run2)])
-        _wait_for_backend(store, cleaner.app, "UPDATE projects", waiting=True)
+        (done,) = _collect(results, 1).values()  # finishes while the flush still holds locks
+        cleanup = done["cleanup"]
         runner.release.set()
-        got = _collect(results, 2)
-        cleanup = got["cleanup"]["cleanup"]
+        _collect(results, 1)
         gone = sorted(key(n) for n in GONE)
         assert sorted(cleanup["removed_keys"]) == gone
         assert sorted(h["project_key"] for h in store.history(run2)) == gone
-        order = _check_race_outcome(store, SCOPE, before, run2, run3, seen3)
-        assert order.startswith("flush first")
+        _check_race_outcome(store, SCOPE, before, run2, run3, seen3)
         for row in store.projects():
             assert row["missing_since"] is None and row["missed_runs"] == 0
-        # The recorded cleanup must say what it did: b and c were neither removed nor marked.
         record = store.cleanup_record(run2)
         assert (cleanup["removed"], cleanup["marked_missing"]) == (3, 0)
         assert (record["removed"], record["marked_missing"], record["candidates"]) == (3, 0, 3)

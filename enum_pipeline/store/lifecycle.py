@@ -886,11 +886,23 @@ class InventoryStore:
             sa.select(t.run_scopes).where(t.run_scopes.c.run_id == run_id)
         ).mappings()
         plans: list[tuple[ScopeCleanup, Any]] = []
+        # A newer run that staged a row has seen it, even before (or without) its flush.
+        s, rs = t.staged_projects, t.run_state
+        seen_by_newer = (
+            sa.select(s.c.project_key)
+            .select_from(s.join(rs, rs.c.run_id == s.c.run_id))
+            .where(s.c.project_key == p.c.project_key, rs.c.generation > generation)
+            .exists()
+        )
         for scope in scope_rows.all():
             sc = ScopeCleanup(scope["scope_key"], bool(scope["complete"]))
             result.scopes.append(sc)
             in_scope = p.c.scope_key == scope["scope_key"]
-            stale = sa.and_(p.c.seen_generation.is_not(None), p.c.seen_generation < generation)
+            stale = sa.and_(
+                p.c.seen_generation.is_not(None),
+                p.c.seen_generation < generation,
+                ~seen_by_newer,
+            )
             if not scope["complete"]:
                 skip = f"scope read incompletely: {scope['reason']}"
             else:
