@@ -54,7 +54,16 @@ from enum_pipeline.store.lifecycle import (
     utcnow,
 )
 from enum_pipeline.store.policy import CleanupPolicy
-from enum_pipeline_tests.helpers import clear_faults, fail_on_sql, install_fault, key, rec
+from enum_pipeline_tests.helpers import (
+    SCOPE,
+    clear_faults,
+    fail_on_sql,
+    install_fault,
+    key,
+    new_run_id,
+    rec,
+    run_once,
+)
 
 SCOPES = ("fs:/m/s0", "fs:/m/s1", "fs:/m/s2")
 #: Projects each scope may hold; ``locked/`` is the sub-folder a source may fail to read,
@@ -1104,6 +1113,27 @@ def test_store_matches_the_model_and_keeps_every_invariant(backend, request, tmp
         if admin is not None:
             admin.dispose()
         print(_summary(backend, STATS[backend]))
+
+
+@pytest.mark.parametrize("newer_run", ["still scanning", "died before its flush"])
+def test_late_cleanup_keeps_a_project_that_a_newer_run_has_scanned(store, newer_run):
+    """The model's I1/I5 finding, pinned: an older run that did not see ``b`` completes, ``b``
+    comes back and a newer run's scan stages it; the older run's late cleanup must keep ``b``
+    (a newer run has seen it), whether the newer run is still going or died before flushing."""
+    run_once(store, {SCOPE: ["a", "b"]})
+    older, _ = run_once(store, {SCOPE: ["a"]}, cleanup=False)
+    newer = new_run_id()
+    store.begin(newer)
+    store.stage(newer, [rec("a"), rec("b")])
+    store.end_scope(newer, ScopeVerdict(SCOPE, "filesystem", True, 2))
+    if newer_run == "died before its flush":
+        store.fail(newer, "killed before its flush")
+    result = store.safe_cleanup_old_projects(older)
+    assert key("b") in store.project_keys(), (
+        f"the late cleanup of {older} removed {result.removed_keys}, which newer run {newer} "
+        "had already scanned"
+    )
+    assert store.history() == []
 
 
 def _summary(backend: str, s: Counter) -> str:
