@@ -29,7 +29,8 @@ from enum_pipeline.sources.http import (
     read_token,
     web_host,
 )
-from enum_pipeline.sources.remotes import normalize_remote, redact_url
+from enum_pipeline.sources.remotes import redact_url
+from enum_pipeline.sources.repos import repo_attributes, repo_record
 
 log = logging.getLogger(__name__)
 
@@ -177,8 +178,6 @@ class GiteaSource:
         )
 
     def _record(self, repo: dict[str, Any]) -> ProjectRecord:
-        clone_url = repo.get("clone_url") or None
-        html_url = repo.get("html_url") or None
         if repo.get("private"):
             visibility = "private"
         elif repo.get("internal"):
@@ -186,36 +185,20 @@ class GiteaSource:
         else:
             visibility = "public"
         parent = repo.get("parent") if isinstance(repo.get("parent"), dict) else {}
-        topics = repo.get("topics")
-        attributes = {
-            "id": repo.get("id"),
-            "full_name": repo.get("full_name"),
-            "html_url": redact_url(html_url) if html_url else None,
-            "ssh_url": redact_url(repo["ssh_url"]) if repo.get("ssh_url") else None,
-            "archived": bool(repo.get("archived", False)),
-            "fork": bool(repo.get("fork", False)),
-            "forked_from": parent.get("full_name"),
-            "mirror": bool(repo.get("mirror", False)),
-            "empty": bool(repo.get("empty", False)),
-            "visibility": visibility,
-            "topics": list(topics) if isinstance(topics, list) else [],
-            "language": repo.get("language"),
-            "size": repo.get("size"),
-            "stars_count": repo.get("stars_count"),
-            "updated_at": repo.get("updated_at"),
-            "created_at": repo.get("created_at"),
-            "description": repo.get("description"),
-        }
-        name = str(repo["name"])
-        return ProjectRecord(
-            project_key=f"gitea:{self.host}:{repo['id']}",
+        attributes = repo_attributes(
+            repo,
+            visibility,
+            forked_from=parent.get("full_name"),
+            mirror=bool(repo.get("mirror", False)),
+            empty=bool(repo.get("empty", False)),
+            stars_count=repo.get("stars_count"),
+            created_at=repo.get("created_at"),
+        )
+        return repo_record(
+            kind=self.kind,
+            host=self.host,
             scope_key=self.scope_key,
-            source_kind=self.kind,
-            name=name,
-            location=str(repo.get("full_name") or f"{self.owner}/{name}"),
-            vcs="git",
-            remote_url=redact_url(clone_url) if clone_url else None,
-            normalized_remote=normalize_remote(html_url or clone_url or ""),
-            default_branch=repo.get("default_branch") or None,
+            owner=self.owner,
+            repo=repo,
             attributes=attributes,
         )

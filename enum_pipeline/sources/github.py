@@ -28,7 +28,8 @@ from enum_pipeline.sources.http import (
     same_origin,
     web_host,
 )
-from enum_pipeline.sources.remotes import normalize_remote, redact_url
+from enum_pipeline.sources.remotes import redact_url
+from enum_pipeline.sources.repos import repo_attributes, repo_record
 
 log = logging.getLogger(__name__)
 
@@ -188,38 +189,15 @@ class GitHubSource:
         )
 
     def _record(self, repo: dict[str, Any]) -> ProjectRecord:
-        clone_url = repo.get("clone_url") or None
-        html_url = repo.get("html_url") or None
         visibility = repo.get("visibility")
         if not visibility and repo.get("private") is not None:
             visibility = "private" if repo.get("private") else "public"
-        topics = repo.get("topics")
-        attributes = {
-            "id": repo.get("id"),
-            "full_name": repo.get("full_name"),
-            "html_url": redact_url(html_url) if html_url else None,
-            "ssh_url": redact_url(repo["ssh_url"]) if repo.get("ssh_url") else None,
-            "archived": bool(repo.get("archived", False)),
-            "fork": bool(repo.get("fork", False)),
-            "visibility": visibility,
-            "topics": list(topics) if isinstance(topics, list) else [],
-            "language": repo.get("language"),
-            "size": repo.get("size"),
-            "pushed_at": repo.get("pushed_at"),
-            "updated_at": repo.get("updated_at"),
-            "description": repo.get("description"),
-        }
-        name = str(repo["name"])
-        return ProjectRecord(
-            project_key=f"github:{self.host}:{repo['id']}",
+        return repo_record(
+            kind=self.kind,
+            host=self.host,
             scope_key=self.scope_key,
-            source_kind=self.kind,
-            name=name,
-            location=str(repo.get("full_name") or f"{self.owner}/{name}"),
-            vcs="git",
-            remote_url=redact_url(clone_url) if clone_url else None,
-            normalized_remote=normalize_remote(html_url or clone_url or ""),
-            default_branch=repo.get("default_branch") or None,
+            owner=self.owner,
+            repo=repo,
+            attributes=repo_attributes(repo, visibility, pushed_at=repo.get("pushed_at")),
             last_commit_at=parse_timestamp(repo.get("pushed_at")),
-            attributes=attributes,
         )
