@@ -698,3 +698,24 @@ class FakeCodeHost:
 def quote_group(path: str) -> str:
     """URL-encode a GitLab group path the way the API wants it (``a/b`` → ``a%2Fb``)."""
     return quote(path, safe="")
+
+
+class FakeSleep:
+    """Records the waits instead of waiting."""
+
+    def __init__(self) -> None:
+        self.calls: list[float] = []
+
+    def __call__(self, seconds: float) -> None:
+        self.calls.append(seconds)
+
+
+def scan(source) -> tuple[list, list]:
+    """All records and the verdicts of one scan; exactly one verdict, and it comes last."""
+    from enum_pipeline.sources.base import ProjectRecord, ScopeVerdict
+
+    items = list(source.scan())
+    records = [i for i in items if isinstance(i, ProjectRecord)]
+    verdicts = [i for i in items if isinstance(i, ScopeVerdict)]
+    assert len(verdicts) == 1 and items[-1] is verdicts[0]
+    return records, verdicts

@@ -8,35 +8,12 @@ from datetime import UTC, datetime
 import httpx
 import pytest
 
-from enum_pipeline.sources.base import ProjectRecord, ScopeVerdict
 from enum_pipeline.sources.github import GitHubSource, github_web_host
 from enum_pipeline.sources.http import HttpClient, PageError, parse_link_header
-
-try:
-    from enum_pipeline_tests.fake_codehosts import FakeCodeHost, GitHubApp
-except ImportError:  # enum_pipeline_tests is not a package: rootdir-relative import
-    from fake_codehosts import FakeCodeHost, GitHubApp  # type: ignore[no-redef]
+from enum_pipeline_tests.fake_codehosts import FakeCodeHost, FakeSleep, GitHubApp, scan
 
 TOKEN_ENV = "ENUM_TEST_GH_TOKEN"
 TOKEN = "test-only-gh-token-NOT-REAL-0001"
-
-
-class FakeSleep:
-    """Records the waits instead of waiting."""
-
-    def __init__(self) -> None:
-        self.calls: list[float] = []
-
-    def __call__(self, seconds: float) -> None:
-        self.calls.append(seconds)
-
-
-def scan(source) -> tuple[list[ProjectRecord], list[ScopeVerdict]]:
-    items = list(source.scan())
-    records = [i for i in items if isinstance(i, ProjectRecord)]
-    verdicts = [i for i in items if isinstance(i, ScopeVerdict)]
-    assert len(verdicts) == 1 and items[-1] is verdicts[0]
-    return records, verdicts
 
 
 @pytest.fixture

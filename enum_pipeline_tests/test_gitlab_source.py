@@ -7,34 +7,11 @@ import logging
 import httpx
 import pytest
 
-from enum_pipeline.sources.base import ProjectRecord, ScopeVerdict
 from enum_pipeline.sources.gitlab import GitLabSource
-
-try:
-    from enum_pipeline_tests.fake_codehosts import FakeCodeHost, GitLabApp
-except ImportError:  # enum_pipeline_tests is not a package: rootdir-relative import
-    from fake_codehosts import FakeCodeHost, GitLabApp  # type: ignore[no-redef]
+from enum_pipeline_tests.fake_codehosts import FakeCodeHost, FakeSleep, GitLabApp, scan
 
 TOKEN_ENV = "ENUM_TEST_GL_TOKEN"
 TOKEN = "test-only-gl-token-NOT-REAL-0002"
-
-
-class FakeSleep:
-    """Records the waits instead of waiting."""
-
-    def __init__(self) -> None:
-        self.calls: list[float] = []
-
-    def __call__(self, seconds: float) -> None:
-        self.calls.append(seconds)
-
-
-def scan(source) -> tuple[list[ProjectRecord], list[ScopeVerdict]]:
-    items = list(source.scan())
-    records = [i for i in items if isinstance(i, ProjectRecord)]
-    verdicts = [i for i in items if isinstance(i, ScopeVerdict)]
-    assert len(verdicts) == 1 and items[-1] is verdicts[0]
-    return records, verdicts
 
 
 @pytest.fixture
