@@ -48,7 +48,8 @@ def pg_database():
     admin.dispose()
 
 
-def _pg_schema_url(pg_database) -> str:
+def pg_schema_url(pg_database) -> str:
+    """A URL for a fresh, empty schema in the session's PostgreSQL database."""
     schema = f"t_{uuid.uuid4().hex[:12]}"
     engine = sa.create_engine(pg_database)
     with engine.begin() as conn:
@@ -63,7 +64,7 @@ def db_url(request, tmp_path: Path) -> str:
     """A fresh, empty inventory database URL on each backend."""
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path / 'inventory.sqlite'}"
-    return _pg_schema_url(request.getfixturevalue("pg_database"))
+    return pg_schema_url(request.getfixturevalue("pg_database"))
 
 
 @pytest.fixture
