@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import time
 import uuid
 from collections.abc import Iterable, Iterator
 
@@ -159,3 +160,39 @@ def clear_faults(url: str) -> None:
         for stmt in _CLEAR[engine.dialect.name]:
             conn.exec_driver_sql(stmt)
     engine.dispose()
+
+
+def lease_holders(store: InventoryStore, run_id: str) -> list[int]:
+    """Backend pids holding ``run_id``'s lease, read from ``pg_locks``."""
+    lease = store.get_run(run_id).lease
+    assert lease and lease.startswith("pg_advisory:")
+    _, space, objid = lease.split(":")
+    with store.engine.connect() as conn:
+        return list(
+            conn.execute(
+                sa.text(
+                    "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted"
+                    " AND objsubid = 2 AND classid = (CAST(:space AS bigint) & 4294967295)::oid"
+                    " AND objid = (CAST(:objid AS bigint) & 4294967295)::oid"
+                ),
+                {"space": int(space), "objid": int(objid)},
+            ).scalars()
+        )
+
+
+def terminate_backends(store: InventoryStore, pids: list[int], wait: float = 60.0) -> None:
+    """``pg_terminate_backend`` each pid and wait until the server has ended them."""
+    with store.engine.connect() as conn:
+        for pid in pids:
+            assert conn.execute(sa.text("SELECT pg_terminate_backend(:p)"), {"p": pid}).scalar()
+    deadline = time.monotonic() + wait
+    while time.monotonic() < deadline:
+        # A new transaction each time: pg_stat_activity is a snapshot per transaction.
+        with store.engine.connect() as conn:
+            alive = conn.execute(
+                sa.text("SELECT count(*) FROM pg_stat_activity WHERE pid = ANY(:p)"), {"p": pids}
+            ).scalar()
+        if not alive:
+            return
+        time.sleep(0.01)
+    raise AssertionError(f"backends {pids} still alive after {wait}s")

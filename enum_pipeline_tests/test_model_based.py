@@ -11,7 +11,8 @@ silently drops an inserted row: ``helpers.install_fault("lose_write")``), and th
 of the steps (``store.fail`` / ``fail_attempt``), plus ``prune_staging`` after completion as the
 ``run_state`` asset does. Other rules: late cleanups of older runs (also while a run is active),
 cleanup re-runs, approvals of blocked cleanups, restores, runs abandoned without ``fail`` (taken
-over by the next ``begin`` once the heartbeat expired, or reaped), re-execution from failure
+over by the next ``begin`` once the heartbeat expired or, on PostgreSQL, at once when the
+holder's database session ends; or reaped), re-execution from failure
 (``resume``), a different filesystem mounted at a root (``st_dev`` fingerprint). After every
 store call the database is checked against I1–I6, then against the model's prediction of every
 row, run status, cleanup record and history entry.
@@ -60,9 +61,11 @@ from enum_pipeline_tests.helpers import (
     fail_on_sql,
     install_fault,
     key,
+    lease_holders,
     new_run_id,
     rec,
     run_once,
+    terminate_backends,
 )
 
 SCOPES = ("fs:/m/s0", "fs:/m/s1", "fs:/m/s2")
@@ -150,6 +153,7 @@ class MRun:
     staged: dict[str, MRow] = field(default_factory=dict)
     verdicts: dict[str, tuple[bool, tuple[str, ...], int]] = field(default_factory=dict)
     staging_kept: bool = True  # prune_staging has not dropped its staged rows
+    session_gone: bool = False  # PostgreSQL: the holder's database session (its lease) ended
 
 
 @dataclass
@@ -675,6 +679,15 @@ class InventoryMachine(RuleBasedStateMachine):
             assert self.store.reap() == []
             self._check()
 
+    def _end_session(self, run: MRun) -> None:
+        """The abandoned run's process died on another host: only its lease can tell."""
+        self.step_note = f"the database session of abandoned run {run.run_id} ends"
+        holders = lease_holders(self.store, run.run_id)
+        assert holders, f"I4: active run {run.run_id} holds no lease"
+        terminate_backends(self.store, holders)
+        run.session_gone = True
+        self.stats["lease_takeovers"] += 1
+
     def _begin_refused(self) -> None:
         self.stats["begin_refused"] += 1
         self.step_note = "second begin while a run is active"
@@ -877,9 +890,16 @@ class InventoryMachine(RuleBasedStateMachine):
         run_id = _run_id()
         now = None
         if m.active is not None:  # an abandoned run still holds the inventory
-            if data.draw(st.booleans(), label="begin before the heartbeat expired"):
+            if not m.active.session_gone and data.draw(
+                st.booleans(), label="begin before the heartbeat expired"
+            ):
                 self._begin_refused()
-            now = self._expired_now()
+            if not m.active.session_gone and (
+                self.backend == "postgresql" and data.draw(st.booleans(), label="session ends")
+            ):
+                self._end_session(m.active)
+            if not m.active.session_gone:
+                now = self._expired_now()
             self.stats["takeovers"] += 1
         event = self._point(data, "begin", run_point=False)
         outcome, _ = self._call("begin", lambda: self.store.begin(run_id, now=now), event)
@@ -978,7 +998,7 @@ class InventoryMachine(RuleBasedStateMachine):
         event = self._point(data, "resume", run_point=False)
         outcome, _ = self._call("resume", lambda: self.store.resume(run.run_id, attempt), event)
         if outcome != "rolled_back":
-            run.status, run.attempt = "active", attempt
+            run.status, run.attempt, run.session_gone = "active", attempt, False
         self._check()
         if outcome == "crashed":
             self._fail_path(run, "resume crashed", data)
@@ -1040,9 +1060,14 @@ class InventoryMachine(RuleBasedStateMachine):
     @precondition(lambda self: self.model.active is not None)
     @rule(data=st.data())
     def reap_abandoned(self, data) -> None:
-        """The reaper sensor: a fresh heartbeat is left alone, an expired one is failed."""
+        """The reaper sensor: a fresh heartbeat is left alone unless the run's database session
+        is gone (PostgreSQL), an expired one is failed."""
         m = self.model
-        if data.draw(st.booleans(), label="heartbeat expired"):
+        if m.active.session_gone:
+            self.step_note = "reap a run whose session is gone (fresh heartbeat)"
+            assert self.store.reap() == [m.active.run_id]
+            m.fail(m.active)
+        elif data.draw(st.booleans(), label="heartbeat expired"):
             self.step_note = "reap with an expired heartbeat"
             assert self.store.reap(now=self._expired_now()) == [m.active.run_id]
             m.fail(m.active)
@@ -1147,7 +1172,8 @@ def _summary(backend: str, s: Counter) -> str:
         f"store_calls={s['store_calls']} faults={faults} lost={s['lost']}\n"
         f"  faults: sql={s['faults_sql']} after_commit={s['faults_after_commit']} "
         f"lost_write={s['lost_writes_caught']} (armed but SQL not on the path: "
-        f"{s['faults_not_reached']}); abandoned={s['abandoned']} takeovers={s['takeovers']}\n"
+        f"{s['faults_not_reached']}); abandoned={s['abandoned']} takeovers={s['takeovers']} "
+        f"(lease freed: {s['lease_takeovers']})\n"
         f"  runs={s['runs']} completed={s['runs_completed']} resumed={s['resumed']} "
         f"cleanups={s['cleanups']}: done={s['cleanup_done']} blocked={s['cleanup_blocked']} "
         f"noop={s['cleanup_noop']} repeated={repeated} dry={dry} "

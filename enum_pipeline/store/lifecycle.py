@@ -5,12 +5,20 @@ scan. Writers that must not interleave (``begin``, ``safe_cleanup_old_projects``
 first lock the single ``inventory`` row (``SELECT … FOR UPDATE`` on PostgreSQL; SQLite's
 ``BEGIN IMMEDIATE`` write lock), and the partial unique index on ``run_state(status)`` keeps a
 second ``active`` run out whatever launched it.
+
+On PostgreSQL the process that holds a run also holds a session-level advisory lock, its
+*lease*, on a connection of its own for as long as the run is active. The server releases it
+the moment that session ends (process killed, host gone, connection terminated), so a new run
+or the reaper knows at once, from any machine, that the holder is dead.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
+import threading
+import zlib
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -87,6 +95,7 @@ class RunInfo:
     attempt_run_id: str | None
     host: str | None
     pid: int | None
+    lease: str | None = None
 
 
 @dataclass(frozen=True)
@@ -233,6 +242,10 @@ class InventoryStore:
         self.heartbeat_timeout = heartbeat_timeout
         # Runs whose staging met a duplicate key (PostgreSQL: skip the direct-COPY attempt).
         self._stage_duplicates: set[str] = set()
+        # PostgreSQL: run id -> (the dedicated connection holding its lease, its generation).
+        self._leases: dict[str, tuple[Any, int]] = {}
+        self._lease_lock = threading.Lock()
+        self._lease_space: int | None = None
         ensure_schema(self.engine)
 
     @property
@@ -240,8 +253,92 @@ class InventoryStore:
         return self.engine.dialect.name
 
     def dispose(self) -> None:
-        """Close pooled connections."""
+        """Close pooled connections and drop the leases of runs this store holds."""
+        for run_id in list(self._leases):
+            self._release_lease(run_id)
         self.engine.dispose()
+
+    # ------------------------------------------------------------------ leases (PostgreSQL)
+
+    def _lease_key(self, generation: int) -> tuple[int, int]:
+        """The advisory-lock key of a generation: (this inventory's space, generation)."""
+        if self._lease_space is None:
+            with self.engine.connect() as conn:
+                where = conn.execute(sa.text("SELECT current_database(), current_schema()")).one()
+            space = zlib.crc32(f"enum_pipeline:{where[0]}.{where[1]}".encode())
+            self._lease_space = space - (1 << 32) if space >= 1 << 31 else space
+        objid = generation % (1 << 32)
+        return self._lease_space, objid - (1 << 32) if objid >= 1 << 31 else objid
+
+    def _acquire_lease(self, run_id: str, generation: int) -> str | None:
+        """Take the run's lease on a dedicated connection; None on SQLite.
+
+        Raises ``RunActiveError`` when another session still holds it.
+        """
+        if self.dialect != "postgresql":
+            return None
+        space, objid = self._lease_key(generation)
+        lease = f"pg_advisory:{space}:{objid}"
+        with self._lease_lock:
+            if run_id in self._leases and self._lease_alive(self._leases[run_id][0]):
+                return lease
+            self._release_lease(run_id)
+            fairy = self.engine.raw_connection()
+            dbapi = fairy.driver_connection
+            fairy.detach()  # never back into the pool: closing it ends the session
+            try:
+                dbapi.rollback()
+                dbapi.autocommit = True  # idle, never "idle in transaction", for the run's life
+                with dbapi.cursor() as cur:
+                    cur.execute("SELECT pg_try_advisory_lock(%s, %s)", (space, objid))
+                    acquired = cur.fetchone()[0]
+            except Exception:
+                dbapi.close()
+                raise
+            if not acquired:
+                dbapi.close()
+                raise RunActiveError(run_id, f"its lease {lease} is held by a live session")
+            self._leases[run_id] = (dbapi, generation)
+        return lease
+
+    @staticmethod
+    def _lease_alive(dbapi) -> bool:
+        try:
+            with dbapi.cursor() as cur:
+                cur.execute("SELECT 1")
+            return True
+        except Exception:  # noqa: BLE001 - any failure means the session is gone
+            return False
+
+    def _release_lease(self, run_id: str) -> None:
+        held = self._leases.pop(run_id, None)
+        if held is not None:
+            with contextlib.suppress(Exception):  # the session is gone either way
+                held[0].close()
+
+    def _keep_lease(self, run_id: str) -> None:
+        """Take the lease again if its session was lost while this process holds the run."""
+        held = self._leases.get(run_id)
+        if held is not None and not self._lease_alive(held[0]):
+            self._acquire_lease(run_id, held[1])
+
+    def _release_leases(self, run_ids: Iterable[str]) -> None:
+        with self._lease_lock:
+            for run_id in run_ids:
+                self._release_lease(run_id)
+
+    def _lease_is_free(self, conn: Connection, lease: str | None) -> bool:
+        """True when nobody holds ``lease``: the session that held the run is gone."""
+        if not lease or self.dialect != "postgresql":
+            return False
+        _, space, objid = lease.split(":")
+        # A transaction-level lock: taken only to test, released when this transaction ends.
+        return bool(
+            conn.execute(
+                sa.text("SELECT pg_try_advisory_xact_lock(:space, :objid)"),
+                {"space": int(space), "objid": int(objid)},
+            ).scalar_one()
+        )
 
     # ------------------------------------------------------------------ helpers
 
@@ -272,6 +369,7 @@ class InventoryStore:
                 + (f" ({row['error']})" if row["error"] else "")
                 + "; it can no longer write"
             )
+        self._keep_lease(run_id)
         return row
 
     # ------------------------------------------------------------------ begin / heartbeat
@@ -279,55 +377,67 @@ class InventoryStore:
     def begin(self, run_id: str, *, now: datetime | None = None) -> int:
         """Start run ``run_id`` and return its generation; refuse while another run is active.
 
-        An active run whose heartbeat expired, or whose process on this host is gone, is first
-        marked ``failed`` (``abandoned``).
+        An active run whose heartbeat expired, whose process on this host is gone, or (on
+        PostgreSQL) whose database session is gone, is first marked ``failed`` (``abandoned``).
         """
         now = now or utcnow()
-        with self.engine.begin() as conn:
-            last_generation = self._lock_inventory(conn)
-            existing = conn.execute(
-                sa.select(t.run_state.c.run_id).where(t.run_state.c.run_id == run_id)
-            ).first()
-            if existing is not None:
-                raise StoreError(f"run {run_id} already exists; a run id is used once")
-            active = (
-                conn.execute(sa.select(t.run_state).where(t.run_state.c.status == "active"))
-                .mappings()
-                .first()
-            )
-            if active is not None:
-                reason = self._abandon_reason(active, now)
-                if reason is None:
-                    age = (now - active["heartbeat_at"]).total_seconds()
-                    raise RunActiveError(
-                        active["run_id"],
-                        f"heartbeat {age:.0f}s ago on {active['host']} pid {active['pid']}",
-                    )
-                self._mark_failed(conn, active["run_id"], reason, now)
-            generation = last_generation + 1
-            conn.execute(
-                sa.update(t.inventory)
-                .where(t.inventory.c.id == 1)
-                .values(last_generation=generation)
-            )
-            pid = os.getpid()
-            conn.execute(
-                sa.insert(t.run_state).values(
-                    run_id=run_id,
-                    generation=generation,
-                    status="active",
-                    flush_succeeded=False,
-                    attempt_run_id=run_id,
-                    host=socket.gethostname(),
-                    pid=pid,
-                    pid_start=_process_start_time(pid),
-                    started_at=now,
-                    heartbeat_at=now,
+        leased = False
+        try:
+            with self.engine.begin() as conn:
+                last_generation = self._lock_inventory(conn)
+                existing = conn.execute(
+                    sa.select(t.run_state.c.run_id).where(t.run_state.c.run_id == run_id)
+                ).first()
+                if existing is not None:
+                    raise StoreError(f"run {run_id} already exists; a run id is used once")
+                active = (
+                    conn.execute(sa.select(t.run_state).where(t.run_state.c.status == "active"))
+                    .mappings()
+                    .first()
                 )
-            )
+                if active is not None:
+                    reason = self._abandon_reason(conn, active, now)
+                    if reason is None:
+                        age = (now - active["heartbeat_at"]).total_seconds()
+                        raise RunActiveError(
+                            active["run_id"],
+                            f"heartbeat {age:.0f}s ago on {active['host']} pid {active['pid']}",
+                        )
+                    self._mark_failed(conn, active["run_id"], reason, now)
+                generation = last_generation + 1
+                conn.execute(
+                    sa.update(t.inventory)
+                    .where(t.inventory.c.id == 1)
+                    .values(last_generation=generation)
+                )
+                pid = os.getpid()
+                # Taken before the row is visible, so nobody sees this run without its lease.
+                lease = self._acquire_lease(run_id, generation)
+                leased = True
+                conn.execute(
+                    sa.insert(t.run_state).values(
+                        run_id=run_id,
+                        generation=generation,
+                        status="active",
+                        flush_succeeded=False,
+                        attempt_run_id=run_id,
+                        host=socket.gethostname(),
+                        pid=pid,
+                        pid_start=_process_start_time(pid),
+                        lease=lease,
+                        started_at=now,
+                        heartbeat_at=now,
+                    )
+                )
+        except BaseException:
+            if leased:
+                self._release_leases([run_id])
+            raise
+        # The new run is the only active one: any other lease this store holds is stale.
+        self._release_leases([r for r in list(self._leases) if r != run_id])
         return generation
 
-    def _abandon_reason(self, row, now: datetime) -> str | None:
+    def _abandon_reason(self, conn: Connection, row, now: datetime) -> str | None:
         if now - row["heartbeat_at"] > self.heartbeat_timeout:
             return (
                 f"abandoned: heartbeat stopped at {row['heartbeat_at'].isoformat()} "
@@ -335,10 +445,17 @@ class InventoryStore:
             )
         if holder_is_dead(row["host"], row["pid"], row["pid_start"]):
             return f"abandoned: process {row['pid']} on {row['host']} is gone"
+        if self._lease_is_free(conn, row["lease"]):
+            return (
+                f"abandoned: the database session of pid {row['pid']} on {row['host']} "
+                f"is gone (lease {row['lease']} free)"
+            )
         return None
 
     def heartbeat(self, run_id: str, *, now: datetime | None = None) -> None:
-        """Tell reapers the run is alive."""
+        """Tell reapers the run is alive; on PostgreSQL, take the lease again if its session
+        was lost while the run is still ours (``RunActiveError`` if another session took it)."""
+        self._keep_lease(run_id)
         with self.engine.begin() as conn:
             conn.execute(
                 sa.update(t.run_state)
@@ -350,31 +467,36 @@ class InventoryStore:
         """Re-activate a failed run whose scan is staged, so a re-execution can finish its flush.
 
         Allowed only while no other run is active and no newer run has begun, so a re-execution
-        can never write over a newer run's view. Returns the run's generation.
+        can never write over a newer run's view; a run still ``active`` is taken over only when
+        its holder's lease is ours or free. Returns the run's generation.
         """
         now = utcnow()
+        held = run_id in self._leases
+        try:
+            return self._resume(run_id, attempt_run_id, now)
+        except BaseException:
+            if not held:
+                self._release_leases([run_id])
+            raise
+
+    def _resume(self, run_id: str, attempt_run_id: str, now: datetime) -> int:
         with self.engine.begin() as conn:
             last_generation = self._lock_inventory(conn)
             row = self._run_row(conn, run_id, lock=True)
-            if row["status"] == "active":
-                conn.execute(
-                    sa.update(t.run_state)
-                    .where(t.run_state.c.run_id == run_id)
-                    .values(attempt_run_id=attempt_run_id, heartbeat_at=now, pid=os.getpid())
-                )
-                return int(row["generation"])
+            generation = int(row["generation"])
             if row["status"] == "completed":
                 raise StoreError(f"run {run_id} is already completed")
-            if row["generation"] != last_generation:
-                raise StoreError(
-                    f"run {run_id} (generation {row['generation']}) cannot resume: "
-                    f"generation {last_generation} started after it"
-                )
-            active = conn.execute(
-                sa.select(t.run_state.c.run_id).where(t.run_state.c.status == "active")
-            ).first()
-            if active is not None:
-                raise RunActiveError(active[0], "another run holds the inventory")
+            if row["status"] != "active":
+                if generation != last_generation:
+                    raise StoreError(
+                        f"run {run_id} (generation {generation}) cannot resume: "
+                        f"generation {last_generation} started after it"
+                    )
+                active = conn.execute(
+                    sa.select(t.run_state.c.run_id).where(t.run_state.c.status == "active")
+                ).first()
+                if active is not None:
+                    raise RunActiveError(active[0], "another run holds the inventory")
             pid = os.getpid()
             conn.execute(
                 sa.update(t.run_state)
@@ -388,9 +510,10 @@ class InventoryStore:
                     host=socket.gethostname(),
                     pid=pid,
                     pid_start=_process_start_time(pid),
+                    lease=self._acquire_lease(run_id, generation),
                 )
             )
-            return int(row["generation"])
+            return generation
 
     # ------------------------------------------------------------------ scan
 
@@ -646,6 +769,11 @@ class InventoryStore:
 
     def complete(self, run_id: str) -> str:
         """End the run: ``completed`` iff its flush was verified, else ``failed``."""
+        status = self._complete(run_id)
+        self._release_leases([run_id])  # not on error: a run still active keeps its lease
+        return status
+
+    def _complete(self, run_id: str) -> str:
         now = utcnow()
         with self.engine.begin() as conn:
             row = self._run_row(conn, run_id, lock=True)
@@ -664,7 +792,9 @@ class InventoryStore:
     def fail(self, run_id: str, reason: str) -> bool:
         """Mark an ``active`` run ``failed``. Returns False when it was not active (no change)."""
         with self.engine.begin() as conn:
-            return self._mark_failed(conn, run_id, reason, utcnow())
+            failed = self._mark_failed(conn, run_id, reason, utcnow())
+        self._release_leases([run_id])
+        return failed
 
     def _mark_failed(self, conn: Connection, run_id: str, reason: str, now: datetime) -> bool:
         return (
@@ -694,7 +824,9 @@ class InventoryStore:
                 )
             ]
             now = utcnow()
-            return [rid for rid in ids if self._mark_failed(conn, rid, reason, now)]
+            failed = [rid for rid in ids if self._mark_failed(conn, rid, reason, now)]
+        self._release_leases(failed)
+        return failed
 
     def reap(
         self,
@@ -704,7 +836,8 @@ class InventoryStore:
     ) -> list[str]:
         """Mark ``failed`` (``abandoned``) every active run that provably stopped.
 
-        Stopped: heartbeat older than the timeout, process on this host gone, or (when
+        Stopped: heartbeat older than the timeout, process on this host gone, database session
+        gone (PostgreSQL lease free), or (when
         ``attempt_finished`` is given) the orchestrator says its attempt ended.
         """
         now = now or utcnow()
@@ -712,13 +845,14 @@ class InventoryStore:
         with self.engine.begin() as conn:
             rows = conn.execute(sa.select(t.run_state).where(t.run_state.c.status == "active"))
             for row in rows.mappings().all():
-                reason = self._abandon_reason(row, now)
+                reason = self._abandon_reason(conn, row, now)
                 if reason is None and attempt_finished is not None:
                     attempt = row["attempt_run_id"] or row["run_id"]
                     if attempt_finished(attempt):
                         reason = f"abandoned: orchestrator run {attempt} ended while active"
                 if reason and self._mark_failed(conn, row["run_id"], reason, now):
                     reaped.append(row["run_id"])
+        self._release_leases(reaped)
         return reaped
 
     # ------------------------------------------------------------------ reads

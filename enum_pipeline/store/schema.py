@@ -97,6 +97,9 @@ run_state = sa.Table(
     sa.Column("host", sa.Text),
     sa.Column("pid", sa.Integer),
     sa.Column("pid_start", sa.BigInteger),
+    # PostgreSQL: the session-level advisory lock ("pg_advisory:SPACE:GENERATION") the holder
+    # keeps while the run is active; when it is free, the holder's session is gone.
+    sa.Column("lease", sa.Text),
     sa.Column("started_at", UTCDateTime(), nullable=False),
     sa.Column("heartbeat_at", UTCDateTime(), nullable=False),
     sa.Column("finished_at", UTCDateTime()),
