@@ -26,6 +26,7 @@ import json
 import socket
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -66,6 +67,7 @@ class Fault:
     body: bytes | None = None
     truncate: bool = False
     delay: float = 0.0
+    then: Callable[[], None] | None = None  # run after the page is built (change the data)
     hits: int = 0
 
     def active(self) -> bool:
@@ -138,12 +140,25 @@ class FakeApp:
         """Wait ``delay`` seconds before answering ``page``."""
         return self.add_fault(Fault(page, times, delay=delay))
 
+    def after_page(self, page: int, action: Callable[[], None]) -> Fault:
+        """Run ``action`` once, right after ``page`` was built (e.g. delete a repository)."""
+        return self.add_fault(Fault(page, 1, then=action))
+
     # -- introspection -------------------------------------------------------------------------
 
     def statuses(self) -> list[int | None]:
         """The statuses answered, in order."""
         with self.lock:
             return [r.status for r in self.requests]
+
+    def listing_requests(self) -> list[RecordedRequest]:
+        """The requests for listing pages (not owner lookups or 404s)."""
+        with self.lock:
+            return [r for r in self.requests if r.page is not None]
+
+    def listing_statuses(self) -> list[int | None]:
+        """The statuses answered to listing pages, in order."""
+        return [r.status for r in self.listing_requests()]
 
     # -- request handling ----------------------------------------------------------------------
 
@@ -170,6 +185,8 @@ class FakeApp:
                 if fault.page is None or fault.page == reply.page:
                     fault.hits += 1
                     reply = self._apply(fault, reply)
+                    if fault.then is not None:
+                        fault.then()
                     break
             if self.etags and reply.status == 200 and reply.body:
                 etag = '"' + hashlib.sha1(reply.body).hexdigest() + '"'
@@ -211,6 +228,7 @@ class _Owner:
     kind: str  # "org" | "user" | "group"
     id: int
     repos: list[dict[str, Any]] = field(default_factory=list)
+    unlisted_public: int = 0  # public repositories counted but missing from the listing
 
 
 class GitHubApp(FakeApp):
@@ -282,8 +300,28 @@ class GitHubApp(FakeApp):
             repo = next(r for r in o.repos if r["id"] == repo_id)
             self._set_name(o, repo, new_name)
 
+    def delete(self, owner: str, repo_id: int) -> None:
+        """Delete a repository: later pages shift by one, as on GitHub."""
+        with self.lock:
+            o = self.owners[owner.lower()]
+            o.repos[:] = [r for r in o.repos if r["id"] != repo_id]
+
     def authorized(self, req: RecordedRequest) -> bool:
         return req.headers.get("authorization") in (f"Bearer {self.token}", f"token {self.token}")
+
+    def _owner_json(self, owner: _Owner, req: RecordedRequest) -> dict[str, Any]:
+        """``GET /orgs/{org}`` / ``/users/{user}``: private counts only for a token holder."""
+        public = sum(1 for r in owner.repos if not r["private"]) + owner.unlisted_public
+        data: dict[str, Any] = {
+            "login": owner.name,
+            "id": owner.id,
+            "type": "Organization" if owner.kind == "org" else "User",
+            "public_repos": public,
+        }
+        if self.token is not None and self.authorized(req):
+            private = sum(1 for r in owner.repos if r["private"])
+            data.update(total_private_repos=private, owned_private_repos=private)
+        return data
 
     def route(self, req: RecordedRequest, host: str) -> Reply:
         path = req.path.split("?", 1)[0]
@@ -291,6 +329,10 @@ class GitHubApp(FakeApp):
             return Reply.json(404, {"message": "Not Found"})
         parts = [unquote(p) for p in path[len(self.prefix) :].strip("/").split("/")]
         owner: _Owner | None = None
+        if len(parts) == 2 and parts[0] in ("orgs", "users"):
+            found = self.owners.get(parts[1].lower())
+            if found is not None and (parts[0] == "users" or found.kind == "org"):
+                return Reply.json(200, self._owner_json(found, req))
         if len(parts) == 3 and parts[2] == "repos":
             kind, key = parts[0], parts[1]
             if kind == "orgs":

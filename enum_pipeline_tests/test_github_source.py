@@ -10,7 +10,7 @@ import pytest
 
 from enum_pipeline.sources.github import GitHubSource, github_web_host
 from enum_pipeline.sources.http import HttpClient, PageError, parse_link_header
-from enum_pipeline_tests.fake_codehosts import FakeCodeHost, FakeSleep, GitHubApp, scan
+from enum_pipeline_tests.fake_codehosts import FakeCodeHost, FakeSleep, GitHubApp, Reply, scan
 
 TOKEN_ENV = "ENUM_TEST_GH_TOKEN"
 TOKEN = "test-only-gh-token-NOT-REAL-0001"
@@ -46,10 +46,15 @@ def test_full_listing_across_pages(github):
     assert verdict.scope_key == f"github:{host.host}/acme"
     assert len({r.project_key for r in records}) == 250
     # per_page=100, Link followed (github.com answers with /organizations/{id}/repos links)
-    assert [r.query.get("page", "1") for r in app.requests] == ["1", "2", "3"]
-    assert all(r.query["per_page"] == "100" for r in app.requests)
-    assert app.requests[0].path.startswith("/orgs/Acme/repos")
-    assert app.requests[1].path.startswith("/organizations/")
+    pages = app.listing_requests()
+    assert [r.query.get("page", "1") for r in pages] == ["1", "2", "3"]
+    assert all(r.query["per_page"] == "100" for r in pages)
+    assert pages[0].path.startswith("/orgs/Acme/repos")
+    assert pages[1].path.startswith("/organizations/")
+    # the owner's counts, read before and after the pages
+    assert [r.path for r in app.requests] == ["/orgs/Acme"] + [r.path for r in pages] + [
+        "/orgs/Acme"
+    ]
 
     repo = app.owners["acme"].repos[0]
     first = records[0]
@@ -112,12 +117,12 @@ def test_users_vs_orgs(token_env):
     with FakeCodeHost(app) as host:
         records, [verdict] = scan(make(host, "alice", owner_type="user"))
         assert verdict.complete and len(records) == 7
-        assert app.requests[0].path.startswith("/users/alice/repos")
-        assert app.requests[0].query["type"] == "owner"
+        assert app.listing_requests()[0].path.startswith("/users/alice/repos")
+        assert app.listing_requests()[0].query["type"] == "owner"
 
         records, [verdict] = scan(make(host, "alice", owner_type="org"))
     assert not verdict.complete and records == []
-    assert "not found" in verdict.reason and "/orgs/alice/repos" in verdict.reason
+    assert "not found" in verdict.reason and "/orgs/alice failed" in verdict.reason
     assert "404" in verdict.reason
 
 
@@ -126,7 +131,7 @@ def test_unknown_org_is_incomplete_with_reason(github):
     records, [verdict] = scan(make(host, "nobody"))
     assert records == [] and not verdict.complete and verdict.seen == 0
     assert "org 'nobody' not found" in verdict.reason
-    assert "/orgs/nobody/repos" in verdict.reason
+    assert "/orgs/nobody failed" in verdict.reason
 
 
 def test_invalid_owner_type():
@@ -243,8 +248,8 @@ def test_etag_304_served_from_cache(token_env):
         second, [v2] = scan(source)
     assert v1.complete and v2.complete
     assert first == second
-    assert app.statuses() == [200, 200, 200, 304, 304, 304]
-    assert all("if-none-match" in r.headers for r in app.requests[3:])
+    assert app.listing_statuses() == [200, 200, 200, 304, 304, 304]
+    assert all("if-none-match" in r.headers for r in app.listing_requests()[3:])
 
 
 def test_rename_keeps_project_key(github):
@@ -318,7 +323,7 @@ def test_next_link_to_another_origin_is_not_followed(token_env):
         records, [verdict] = scan(make(host))
     assert len(records) == 100 and not verdict.complete
     assert "another origin" in verdict.reason
-    assert len(app.requests) == 1
+    assert len(app.listing_requests()) == 1
 
 
 def test_same_origin_redirect_followed_cross_origin_refused():
@@ -348,3 +353,55 @@ def test_parse_link_header():
     }
     assert parse_link_header("</p?x=1>; rel=next", base="http://h/a") == {"next": "http://h/p?x=1"}
     assert parse_link_header(None) == {}
+
+
+def test_repository_deleted_mid_listing_makes_the_scope_incomplete(github):
+    """GitHub pages by offset: deleting a repository on page 1 while page 2 is fetched shifts
+    the first repository of page 2 onto page 1, already read, so it is never seen. The owner's
+    counts, read before and after, moved: the scope must not count as complete (a complete scope
+    would let the cleanup remove the repository that was skipped)."""
+    app, host = github
+    repos = app.owners["acme"].repos
+    deleted, skipped = repos[10], repos[100]
+    app.after_page(1, lambda: app.delete("Acme", deleted["id"]))
+    records, [verdict] = scan(make(host))
+    ids = {r.attributes["id"] for r in records}
+    assert skipped["id"] not in ids and len(records) == 249  # the shift really happened
+    assert not verdict.complete
+    assert "changed while they were listed" in verdict.reason
+    field = "total_private_repos" if deleted["private"] else "public_repos"
+    assert field in verdict.reason
+    assert verdict.seen == 249  # what was read is still staged: fresh and real
+
+    records, [verdict] = scan(make(host))  # the next run reads a still list
+    assert (
+        verdict.complete
+        and len(records) == 249
+        and skipped["id"] in {r.attributes["id"] for r in records}
+    )
+
+
+def test_listing_shorter_than_the_public_count_is_incomplete(github):
+    app, host = github
+    app.owners["acme"].unlisted_public = 1
+    records, [verdict] = scan(make(host))
+    assert len(records) == 250 and not verdict.complete
+    public = sum(1 for r in app.owners["acme"].repos if not r["private"])
+    assert f"the listing holds {public} public repositories, org 'Acme' has {public + 1}" in (
+        verdict.reason
+    )
+
+
+def test_owner_counts_page_failing_makes_the_scope_incomplete(github):
+    class CountsDown(GitHubApp):
+        def route(self, req, host):
+            if req.path == "/orgs/Acme" and self.listing_requests():
+                return Reply.json(502, {"message": "injected 502"})
+            return super().route(req, host)
+
+    app = CountsDown(token=TOKEN)
+    app.add_owner("Acme", 150)
+    with FakeCodeHost(app) as host:
+        records, [verdict] = scan(make(host, max_retries=1))
+    assert len(records) == 150 and not verdict.complete
+    assert "/orgs/Acme failed" in verdict.reason and "502" in verdict.reason

@@ -4,6 +4,11 @@ One scope per source: ``github:<web host>/<owner>``. The listing follows the ``L
 header page after page and never takes a short page for the end; the scope is complete only when
 every page was read. A page that still fails after its retries ends the scope incomplete, with
 the records already read yielded (they are real and fresh).
+
+GitHub's listing has no total and pages by offset, so a repository deleted while the pages are
+read shifts a later one onto a page already read, where it is never seen. The owner's repository
+counts (``GET /orgs/{org}`` or ``/users/{user}``) are read before and after the listing: if they
+moved, or fewer public repositories were listed than the owner has, the scope is incomplete.
 """
 
 from __future__ import annotations
@@ -32,6 +37,9 @@ from enum_pipeline.sources.remotes import redact_url
 from enum_pipeline.sources.repos import repo_attributes, repo_record
 
 log = logging.getLogger(__name__)
+
+#: Counts of ``GET /orgs/{org}`` / ``/users/{user}`` (the private ones only for a token holder).
+_COUNT_FIELDS = ("public_repos", "total_private_repos", "owned_private_repos")
 
 _OWNER_TYPES = {"org": "org", "orgs": "org", "organization": "org", "user": "user", "users": "user"}
 
@@ -113,6 +121,31 @@ class GitHubSource:
         }
         return url, params
 
+    def _owner_counts(self, headers: dict[str, str]) -> dict[str, int]:
+        segment = "orgs" if self.owner_type == "org" else "users"
+        url = f"{self.base_url}/{segment}/{quote(self.owner, safe='')}"
+        data = self._http.get_json(url, headers=headers, expect=dict).data
+        return {f: data[f] for f in _COUNT_FIELDS if isinstance(data.get(f), int)}
+
+    def _count_check(
+        self, what: str, before: dict[str, int], after: dict[str, int], listed_public: int
+    ) -> str | None:
+        """Why the listing cannot be trusted to be whole, or None."""
+        if before != after:
+            moved = ", ".join(
+                f"{f} {before.get(f)}→{after.get(f)}"
+                for f in _COUNT_FIELDS
+                if before.get(f) != after.get(f)
+            )
+            return (
+                f"the repositories of {what} changed while they were listed ({moved}); a page "
+                "may have shifted past a repository, the next run reads them again"
+            )
+        public = after.get("public_repos")
+        if public is not None and listed_public < public:
+            return f"the listing holds {listed_public} public repositories, {what} has {public}"
+        return None
+
     def scan(self) -> Iterator[ScanItem]:
         """Yield the owner's repositories, then one verdict for the owner's scope."""
         token = read_token(self.token_env, logger=log)
@@ -129,10 +162,15 @@ class GitHubSource:
         what = f"{self.owner_type} {self.owner!r}"
         seen_ids: set[str] = set()
         visited: set[str] = set()
-        yielded = filtered = malformed = pages = 0
+        yielded = filtered = malformed = pages = listed_public = 0
         failure: str | None = None
+        counts: dict[str, int] = {}
         try:
-            while True:
+            try:
+                counts = self._owner_counts(headers)
+            except PageError as exc:
+                failure = describe_page_error(exc, what=what, first_page=True)
+            while failure is None:
                 try:
                     page = self._http.get_json(url, params=params, headers=headers, expect=list)
                 except PageError as exc:
@@ -148,6 +186,9 @@ class GitHubSource:
                     if str(repo_id) in seen_ids:
                         continue  # the list shifted between pages: already yielded
                     seen_ids.add(str(repo_id))
+                    private = "private" if repo.get("private") else "public"
+                    if (repo.get("visibility") or private) == "public":
+                        listed_public += 1
                     if (repo.get("archived") and not self.include_archived) or (
                         repo.get("fork") and not self.include_forks
                     ):
@@ -168,6 +209,13 @@ class GitHubSource:
                     failure = f"pagination loop: next link {self._http.safe_url(nxt)} seen before"
                     break
                 url, params = nxt, None
+            if failure is None:
+                try:
+                    after = self._owner_counts(headers)
+                except PageError as exc:
+                    failure = describe_page_error(exc, what=what, first_page=False)
+                else:
+                    failure = self._count_check(what, counts, after, listed_public)
         finally:
             self._http.close()
 
@@ -184,6 +232,8 @@ class GitHubSource:
                 "owner_type": self.owner_type,
                 "pages": pages,
                 "listed": len(seen_ids),
+                "listed_public": listed_public,
+                "owner_counts": counts,
                 "filtered_out": filtered,
             },
         )
