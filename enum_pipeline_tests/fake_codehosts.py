@@ -232,7 +232,9 @@ class _Owner:
 
 
 class GitHubApp(FakeApp):
-    """The repository listing of the GitHub REST API (``/orgs``, ``/users``)."""
+    """The repository listing of the GitHub REST API: ``/orgs/{org}/repos``, ``/users/{user}/repos``
+    (public repositories only, as on GitHub), ``/user`` and ``/user/repos`` (the token owner's
+    own repositories, private ones included), and the owners' counts."""
 
     def __init__(
         self,
@@ -240,9 +242,11 @@ class GitHubApp(FakeApp):
         prefix: str = "",
         web_host: str = "github.com",
         clone_credentials: str | None = None,
+        token_owner: str | None = None,
         **kw,
     ) -> None:
         super().__init__(**kw)
+        self.token_owner = token_owner
         self.prefix = prefix.rstrip("/")
         self.web_host = web_host
         self.clone_credentials = clone_credentials
@@ -329,6 +333,14 @@ class GitHubApp(FakeApp):
             return Reply.json(404, {"message": "Not Found"})
         parts = [unquote(p) for p in path[len(self.prefix) :].strip("/").split("/")]
         owner: _Owner | None = None
+        public_only = False
+        if parts == ["user"]:
+            me = self.owners.get((self.token_owner or "").lower())
+            if me is None or self.token is None or not self.authorized(req):
+                return Reply.json(401, {"message": "Requires authentication"})
+            return Reply.json(200, {"login": me.name, "id": me.id, "type": "User"})
+        if parts == ["user", "repos"] and self.token is not None and self.authorized(req):
+            owner = self.owners.get((self.token_owner or "").lower())
         if len(parts) == 2 and parts[0] in ("orgs", "users"):
             found = self.owners.get(parts[1].lower())
             if found is not None and (parts[0] == "users" or found.kind == "org"):
@@ -340,17 +352,22 @@ class GitHubApp(FakeApp):
                 owner = owner if owner and owner.kind == "org" else None
             elif kind == "users":
                 owner = self.owners.get(key.lower())
+                public_only = True
             elif kind in ("organizations", "user"):
                 owner = next((o for o in self.owners.values() if str(o.id) == key), None)
+                public_only = kind == "user"
         if owner is None:
             return Reply.json(404, {"message": "Not Found", "documentation_url": "https://x"})
         per_page = min(max(int(req.query.get("per_page", 30) or 30), 1), 100)
         page = max(int(req.query.get("page", 1) or 1), 1)
-        repos = owner.repos
+        repos = [r for r in owner.repos if not r["private"]] if public_only else owner.repos
         last = max(1, -(-len(repos) // per_page))
         items = repos[(page - 1) * per_page : page * per_page]
-        base = f"http://{host}{self.prefix}/{'organizations' if owner.kind == 'org' else 'user'}"
-        base += f"/{owner.id}/repos"
+        if parts == ["user", "repos"]:
+            base = f"http://{host}{self.prefix}/user/repos"
+        else:
+            kind = "organizations" if owner.kind == "org" else "user"
+            base = f"http://{host}{self.prefix}/{kind}/{owner.id}/repos"
 
         def url(n: int) -> str:
             q = {k: v for k, v in req.query.items() if k != "page"}

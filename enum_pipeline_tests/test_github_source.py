@@ -112,18 +112,50 @@ def test_web_host(base_url, host):
 
 
 def test_users_vs_orgs(token_env):
-    app = GitHubApp()
-    app.add_owner("alice", 7, kind="user")
+    """A user listed with someone else's token (or none): ``/users/{user}/repos``, which GitHub
+    answers with public repositories only; an org of that name does not exist."""
+    app = GitHubApp(token=TOKEN, token_owner="bob")
+    alice = app.add_owner("alice", 7, kind="user")
+    app.add_owner("bob", 1, kind="user")
+    public = sorted(r["id"] for r in alice if not r["private"])
+    assert 0 < len(public) < 7
     with FakeCodeHost(app) as host:
         records, [verdict] = scan(make(host, "alice", owner_type="user"))
-        assert verdict.complete and len(records) == 7
+        assert verdict.complete and sorted(r.attributes["id"] for r in records) == public
         assert app.listing_requests()[0].path.startswith("/users/alice/repos")
         assert app.listing_requests()[0].query["type"] == "owner"
+        assert verdict.fingerprint["listing"] == "/users/alice/repos"
 
         records, [verdict] = scan(make(host, "alice", owner_type="org"))
     assert not verdict.complete and records == []
     assert "not found" in verdict.reason and "/orgs/alice failed" in verdict.reason
     assert "404" in verdict.reason
+
+
+def test_user_listed_with_their_own_token_includes_private_repositories(token_env):
+    app = GitHubApp(token=TOKEN, token_owner="Alice")
+    alice = app.add_owner("Alice", 150, kind="user")
+    assert any(r["private"] for r in alice)
+    with FakeCodeHost(app) as host:
+        records, [verdict] = scan(make(host, "alice", owner_type="user"))
+    assert verdict.complete and len(records) == 150
+    assert {r.attributes["id"] for r in records} == {r["id"] for r in alice}
+    pages = app.listing_requests()
+    assert [r.path.split("?")[0] for r in pages] == ["/user/repos", "/user/repos"]
+    assert pages[0].query["affiliation"] == "owner" and pages[0].query["visibility"] == "all"
+    assert verdict.fingerprint["listing"] == "/user/repos"
+    assert set(verdict.fingerprint["owner_counts"]) >= {"public_repos", "total_private_repos"}
+
+
+def test_user_scope_is_incomplete_when_the_token_owner_cannot_be_read(token_env):
+    """With a token, not knowing whose it is would risk listing public repositories only and
+    cleaning up the private ones: the scope is incomplete instead."""
+    app = GitHubApp(token=TOKEN)  # no token owner: GET /user answers 401
+    app.add_owner("alice", 5, kind="user")
+    with FakeCodeHost(app) as host:
+        records, [verdict] = scan(make(host, "alice", owner_type="user"))
+    assert records == [] and not verdict.complete
+    assert "/user failed" in verdict.reason and "401" in verdict.reason
 
 
 def test_unknown_org_is_incomplete_with_reason(github):

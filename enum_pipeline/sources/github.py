@@ -109,17 +109,22 @@ class GitHubSource:
         """The one scope this source reads: ``github:<host>/<owner>``."""
         return [self.scope_key]
 
-    def _first_page(self) -> tuple[str, dict[str, Any]]:
-        segment = "orgs" if self.owner_type == "org" else "users"
-        url = f"{self.base_url}/{segment}/{quote(self.owner, safe='')}/repos"
+    def _first_page(self, headers: dict[str, str], token: str | None) -> tuple[str, dict]:
+        """The first listing page. A user listed with their own token: ``/user/repos``, which
+        holds their private repositories too (``/users/{user}/repos`` shows public ones only).
+        """
         # Oldest first: repositories created during the listing land at the end, not mid-list.
-        params: dict[str, Any] = {
-            "per_page": 100,
-            "type": "all" if self.owner_type == "org" else "owner",
-            "sort": "created",
-            "direction": "asc",
-        }
-        return url, params
+        params: dict[str, Any] = {"per_page": 100, "sort": "created", "direction": "asc"}
+        if self.owner_type == "org":
+            url = f"{self.base_url}/orgs/{quote(self.owner, safe='')}/repos"
+            return url, {**params, "type": "all"}
+        if token:
+            me = self._http.get_json(f"{self.base_url}/user", headers=headers, expect=dict)
+            if str(me.data.get("login", "")).lower() == self.owner.lower():
+                url = f"{self.base_url}/user/repos"
+                return url, {**params, "affiliation": "owner", "visibility": "all"}
+        url = f"{self.base_url}/users/{quote(self.owner, safe='')}/repos"
+        return url, {**params, "type": "owner"}
 
     def _owner_counts(self, headers: dict[str, str]) -> dict[str, int]:
         segment = "orgs" if self.owner_type == "org" else "users"
@@ -158,8 +163,8 @@ class GitHubSource:
         if token:
             headers["Authorization"] = f"Bearer {token}"
 
-        url, params = self._first_page()
         what = f"{self.owner_type} {self.owner!r}"
+        url, params, listing = "", {}, None
         seen_ids: set[str] = set()
         visited: set[str] = set()
         yielded = filtered = malformed = pages = listed_public = 0
@@ -168,6 +173,8 @@ class GitHubSource:
         try:
             try:
                 counts = self._owner_counts(headers)
+                url, params = self._first_page(headers, token)
+                listing = urlsplit(url).path
             except PageError as exc:
                 failure = describe_page_error(exc, what=what, first_page=True)
             while failure is None:
@@ -230,6 +237,7 @@ class GitHubSource:
             fingerprint={
                 "api_url": redact_url(self.base_url),
                 "owner_type": self.owner_type,
+                "listing": listing,
                 "pages": pages,
                 "listed": len(seen_ids),
                 "listed_public": listed_public,
