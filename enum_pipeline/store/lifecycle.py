@@ -198,6 +198,12 @@ def holder_is_dead(host: str | None, pid: int | None, pid_start: int | None) -> 
     return current is not None and current != pid_start
 
 
+def _int4(value: int) -> int:
+    """``value`` wrapped into PostgreSQL's signed 32-bit range (an advisory-lock key half)."""
+    value %= 1 << 32
+    return value - (1 << 32) if value >= 1 << 31 else value
+
+
 def _record_row(run_id: str, record: ProjectRecord) -> dict[str, Any]:
     return {
         "run_id": run_id,
@@ -265,10 +271,8 @@ class InventoryStore:
         if self._lease_space is None:
             with self.engine.connect() as conn:
                 where = conn.execute(sa.text("SELECT current_database(), current_schema()")).one()
-            space = zlib.crc32(f"enum_pipeline:{where[0]}.{where[1]}".encode())
-            self._lease_space = space - (1 << 32) if space >= 1 << 31 else space
-        objid = generation % (1 << 32)
-        return self._lease_space, objid - (1 << 32) if objid >= 1 << 31 else objid
+            self._lease_space = _int4(zlib.crc32(f"enum_pipeline:{where[0]}.{where[1]}".encode()))
+        return self._lease_space, _int4(generation)
 
     def _acquire_lease(self, run_id: str, generation: int) -> str | None:
         """Take the run's lease on a dedicated connection; None on SQLite.
