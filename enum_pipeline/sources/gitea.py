@@ -14,19 +14,17 @@ import logging
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
-from urllib.parse import quote, urlsplit
+from urllib.parse import quote
 
 import httpx
 
 from enum_pipeline.sources.base import ProjectRecord, ScanItem, ScopeVerdict
+from enum_pipeline.sources.codehost import CodeHostSource, check_owner
 from enum_pipeline.sources.http import (
-    USER_AGENT,
-    HttpClient,
     PageError,
     describe_page_error,
     parse_int_header,
     parse_link_header,
-    read_token,
     web_host,
 )
 from enum_pipeline.sources.remotes import redact_url
@@ -34,14 +32,14 @@ from enum_pipeline.sources.repos import repo_attributes, repo_record
 
 log = logging.getLogger(__name__)
 
-_OWNER_TYPES = {"org": "org", "orgs": "org", "organization": "org", "user": "user", "users": "user"}
 PAGE_LIMIT = 50
 
 
-class GiteaSource:
+class GiteaSource(CodeHostSource):
     """Every repository of one Gitea/Forgejo organisation or user."""
 
     kind = "gitea"
+    log = log
 
     def __init__(
         self,
@@ -54,27 +52,17 @@ class GiteaSource:
         max_wait_seconds: float = 300,
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
-        owner = (owner or "").strip()
-        if not owner or "/" in owner:
-            raise ValueError(f"invalid Gitea owner {owner!r}")
-        kind = _OWNER_TYPES.get((owner_type or "").strip().lower())
-        if kind is None:
-            raise ValueError(f"owner_type must be 'org' or 'user', not {owner_type!r}")
-        if urlsplit(base_url or "").scheme not in ("http", "https"):
-            raise ValueError(f"base_url must be an http(s) URL, not {redact_url(base_url)!r}")
-        self.owner = owner
-        self.owner_type = kind
-        self.base_url = base_url.rstrip("/")
-        self.token_env = token_env
-        self.host = web_host(self.base_url)
-        self.scope_key = f"gitea:{self.host}/{owner.lower()}"
-        self._http = HttpClient(
+        self.owner, self.owner_type = check_owner(owner, owner_type, "Gitea")
+        super().__init__(
+            base_url,
+            token_env,
             client=client,
             max_retries=max_retries,
             max_wait_seconds=max_wait_seconds,
             sleep=sleep,
-            logger=log,
         )
+        self.host = web_host(self.base_url)
+        self.scope_key = f"gitea:{self.host}/{self.owner.lower()}"
 
     def __repr__(self) -> str:
         return (
@@ -82,17 +70,12 @@ class GiteaSource:
             f"base_url={redact_url(self.base_url)!r})"
         )
 
-    def scope_keys(self) -> list[str]:
-        """The one scope this source reads: ``gitea:<host>/<owner>``."""
-        return [self.scope_key]
+    def auth_header(self, token: str) -> tuple[str, str]:
+        return "Authorization", f"token {token}"
 
     def scan(self) -> Iterator[ScanItem]:
         """Yield the owner's repositories, then one verdict for the owner's scope."""
-        token = read_token(self.token_env, logger=log)
-        self._http.set_secrets([token])
-        headers = {"Accept": "application/json", "User-Agent": USER_AGENT}
-        if token:
-            headers["Authorization"] = f"token {token}"
+        headers, _ = self._start()
 
         segment = "orgs" if self.owner_type == "org" else "users"
         url = f"{self.base_url}/api/v1/{segment}/{quote(self.owner, safe='')}/repos"

@@ -22,14 +22,12 @@ from urllib.parse import quote, urlsplit
 import httpx
 
 from enum_pipeline.sources.base import ProjectRecord, ScanItem, ScopeVerdict
+from enum_pipeline.sources.codehost import CodeHostSource, check_owner
 from enum_pipeline.sources.http import (
-    USER_AGENT,
-    HttpClient,
     PageError,
     describe_page_error,
     parse_link_header,
     parse_timestamp,
-    read_token,
     same_origin,
     web_host,
 )
@@ -40,8 +38,6 @@ log = logging.getLogger(__name__)
 
 #: Counts of ``GET /orgs/{org}`` / ``/users/{user}`` (the private ones only for a token holder).
 _COUNT_FIELDS = ("public_repos", "total_private_repos", "owned_private_repos")
-
-_OWNER_TYPES = {"org": "org", "orgs": "org", "organization": "org", "user": "user", "users": "user"}
 
 
 def github_web_host(base_url: str) -> str:
@@ -57,10 +53,11 @@ def github_web_host(base_url: str) -> str:
     return host
 
 
-class GitHubSource:
+class GitHubSource(CodeHostSource):
     """Every repository of one GitHub organisation or user, as ``ProjectRecord``s."""
 
     kind = "github"
+    log = log
 
     def __init__(
         self,
@@ -75,29 +72,19 @@ class GitHubSource:
         max_wait_seconds: float = 300,
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
-        owner = (owner or "").strip()
-        if not owner or "/" in owner:
-            raise ValueError(f"invalid GitHub owner {owner!r}")
-        kind = _OWNER_TYPES.get((owner_type or "").strip().lower())
-        if kind is None:
-            raise ValueError(f"owner_type must be 'org' or 'user', not {owner_type!r}")
-        if urlsplit(base_url).scheme not in ("http", "https"):
-            raise ValueError(f"base_url must be an http(s) URL, not {redact_url(base_url)!r}")
-        self.owner = owner
-        self.owner_type = kind
-        self.base_url = base_url.rstrip("/")
-        self.token_env = token_env
-        self.include_archived = include_archived
-        self.include_forks = include_forks
-        self.host = github_web_host(self.base_url)
-        self.scope_key = f"github:{self.host}/{owner.lower()}"
-        self._http = HttpClient(
+        self.owner, self.owner_type = check_owner(owner, owner_type, "GitHub")
+        super().__init__(
+            base_url,
+            token_env,
             client=client,
             max_retries=max_retries,
             max_wait_seconds=max_wait_seconds,
             sleep=sleep,
-            logger=log,
         )
+        self.include_archived = include_archived
+        self.include_forks = include_forks
+        self.host = github_web_host(self.base_url)
+        self.scope_key = f"github:{self.host}/{self.owner.lower()}"
 
     def __repr__(self) -> str:
         return (
@@ -105,9 +92,8 @@ class GitHubSource:
             f"base_url={redact_url(self.base_url)!r})"
         )
 
-    def scope_keys(self) -> list[str]:
-        """The one scope this source reads: ``github:<host>/<owner>``."""
-        return [self.scope_key]
+    def auth_header(self, token: str) -> tuple[str, str]:
+        return "Authorization", f"Bearer {token}"
 
     def _first_page(self, headers: dict[str, str], token: str | None) -> tuple[str, dict]:
         """The first listing page. A user listed with their own token: ``/user/repos``, which
@@ -153,15 +139,8 @@ class GitHubSource:
 
     def scan(self) -> Iterator[ScanItem]:
         """Yield the owner's repositories, then one verdict for the owner's scope."""
-        token = read_token(self.token_env, logger=log)
-        self._http.set_secrets([token])
-        headers = {
-            "Accept": "application/vnd.github+json",
-            "X-GitHub-Api-Version": "2022-11-28",
-            "User-Agent": USER_AGENT,
-        }
-        if token:
-            headers["Authorization"] = f"Bearer {token}"
+        headers, token = self._start("application/vnd.github+json")
+        headers["X-GitHub-Api-Version"] = "2022-11-28"
 
         what = f"{self.owner_type} {self.owner!r}"
         url, params, listing = "", {}, None

@@ -12,19 +12,17 @@ import logging
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
-from urllib.parse import quote, urlsplit
+from urllib.parse import quote
 
 import httpx
 
 from enum_pipeline.sources.base import ProjectRecord, ScanItem, ScopeVerdict
+from enum_pipeline.sources.codehost import CodeHostSource
 from enum_pipeline.sources.http import (
-    USER_AGENT,
-    HttpClient,
     PageError,
     describe_page_error,
     parse_int_header,
     parse_link_header,
-    read_token,
     same_origin,
     web_host,
 )
@@ -33,10 +31,11 @@ from enum_pipeline.sources.remotes import normalize_remote, redact_url
 log = logging.getLogger(__name__)
 
 
-class GitLabSource:
+class GitLabSource(CodeHostSource):
     """Every project of one GitLab group (and, by default, its subgroups)."""
 
     kind = "gitlab"
+    log = log
 
     def __init__(
         self,
@@ -53,29 +52,25 @@ class GitLabSource:
         group = (group or "").strip().strip("/")
         if not group:
             raise ValueError("a GitLab group path is required")
-        if urlsplit(base_url).scheme not in ("http", "https"):
-            raise ValueError(f"base_url must be an http(s) URL, not {redact_url(base_url)!r}")
-        self.group = group
-        self.base_url = base_url.rstrip("/")
-        self.token_env = token_env
-        self.include_subgroups = include_subgroups
-        self.include_archived = include_archived
-        self.host = web_host(self.base_url)
-        self.scope_key = f"gitlab:{self.host}/{group.lower()}"
-        self._http = HttpClient(
+        super().__init__(
+            base_url,
+            token_env,
             client=client,
             max_retries=max_retries,
             max_wait_seconds=max_wait_seconds,
             sleep=sleep,
-            logger=log,
         )
+        self.group = group
+        self.include_subgroups = include_subgroups
+        self.include_archived = include_archived
+        self.host = web_host(self.base_url)
+        self.scope_key = f"gitlab:{self.host}/{group.lower()}"
 
     def __repr__(self) -> str:
         return f"GitLabSource(group={self.group!r}, base_url={redact_url(self.base_url)!r})"
 
-    def scope_keys(self) -> list[str]:
-        """The one scope this source reads: ``gitlab:<host>/<group>``."""
-        return [self.scope_key]
+    def auth_header(self, token: str) -> tuple[str, str]:
+        return "PRIVATE-TOKEN", token
 
     def _first_page(self) -> tuple[str, dict[str, Any]]:
         url = f"{self.base_url}/api/v4/groups/{quote(self.group, safe='')}/projects"
@@ -94,11 +89,7 @@ class GitLabSource:
 
     def scan(self) -> Iterator[ScanItem]:
         """Yield the group's projects, then one verdict for the group's scope."""
-        token = read_token(self.token_env, logger=log)
-        self._http.set_secrets([token])
-        headers = {"Accept": "application/json", "User-Agent": USER_AGENT}
-        if token:
-            headers["PRIVATE-TOKEN"] = token
+        headers, _ = self._start()
 
         first_url, first_params = self._first_page()
         url, params = first_url, dict(first_params)
