@@ -36,17 +36,18 @@ import os
 import resource
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
-import threading
 import time
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
 sys.path.insert(0, os.path.dirname(HERE))
+
+import common  # noqa: E402
 
 from enum_pipeline.sources.base import ProjectRecord, ScopeVerdict  # noqa: E402
 
@@ -539,33 +540,8 @@ class Databases:
 
 
 def run_child(spec: dict, timeout: float) -> dict:
-    """One case in a child process; adds its peak RSS (``ru_maxrss`` via ``os.wait4``)."""
-    with tempfile.TemporaryFile(mode="w+") as err:
-        proc = subprocess.Popen(
-            [sys.executable, os.path.abspath(__file__), "--child", json.dumps(spec)],
-            stdout=subprocess.PIPE,
-            stderr=err,
-            text=True,
-        )
-        timer = threading.Timer(timeout, proc.kill)
-        timer.start()
-        try:
-            out = proc.stdout.read()
-        finally:
-            timer.cancel()
-            proc.stdout.close()
-            _, status, usage = os.wait4(proc.pid, 0)
-            proc.returncode = os.waitstatus_to_exitcode(status)
-        if proc.returncode != 0:
-            err.seek(0)
-            sys.stderr.write(err.read()[-8000:])
-            raise RuntimeError(
-                f"case {spec.get('impl', spec.get('case'))} {spec.get('backend', '')} "
-                f"{spec['size']} exited {proc.returncode}"
-            )
-    result = json.loads(out.strip().splitlines()[-1])
-    result["maxrss_mib"] = usage.ru_maxrss / 1024
-    return result
+    """One case of this script in a child process (see ``common.run_child``)."""
+    return common.run_child(__file__, spec, timeout)
 
 
 def _totals(result: dict) -> dict[str, float]:
