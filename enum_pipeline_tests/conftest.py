@@ -75,38 +75,39 @@ def store(db_url):
     s.dispose()
 
 
-GIT_ENV = {
-    "GIT_CONFIG_NOSYSTEM": "1",
-    "GIT_AUTHOR_NAME": "Test",
-    "GIT_AUTHOR_EMAIL": "test@example.invalid",
-    "GIT_COMMITTER_NAME": "Test",
-    "GIT_COMMITTER_EMAIL": "test@example.invalid",
-}
-
-
-def git(*args: str, cwd: Path | str) -> str:
-    """Run a real git command for a test fixture."""
-    env = {**os.environ, **GIT_ENV, "HOME": str(cwd)}
-    return subprocess.run(
-        ["git", "-c", "init.defaultBranch=main", *args],
-        cwd=cwd,
-        env=env,
-        check=True,
-        capture_output=True,
-        text=True,
-    ).stdout
+def git(cwd: Path, *args: str, env: dict[str, str] | None = None) -> str:
+    """Run a real ``git`` command in ``cwd`` for a test fixture, isolated from the user's and the
+    system's configuration; returns its stripped stdout (a failure fails the test)."""
+    base = {
+        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+        "HOME": str(cwd if cwd.is_dir() else cwd.parent),
+        "GIT_CONFIG_NOSYSTEM": "1",
+        "GIT_CONFIG_GLOBAL": os.devnull,
+        "LC_ALL": "C",
+    }
+    config = {
+        "init.defaultBranch": "main",
+        "user.name": "Test",
+        "user.email": "test@example.invalid",
+        "protocol.file.allow": "always",  # local submodules
+        "gc.auto": "0",
+    }
+    cmd = ["git"] + [arg for k, v in config.items() for arg in ("-c", f"{k}={v}")] + list(args)
+    out = subprocess.run(cmd, cwd=cwd, env={**base, **(env or {})}, capture_output=True, text=True)
+    assert out.returncode == 0, f"git {' '.join(args)}: {out.stderr}"
+    return out.stdout.strip()
 
 
 def make_repo(path: Path, *, commit: bool = True, remote: str | None = None) -> Path:
     """A real ``git init`` repository at ``path`` with one commit."""
     path.mkdir(parents=True, exist_ok=True)
-    git("init", "-q", cwd=path)
+    git(path, "init", "-q")
     if remote:
-        git("remote", "add", "origin", remote, cwd=path)
+        git(path, "remote", "add", "origin", remote)
     if commit:
         (path / "README.md").write_text(f"# {path.name}\n")
-        git("add", "README.md", cwd=path)
-        git("commit", "-q", "-m", "init", cwd=path)
+        git(path, "add", "README.md")
+        git(path, "commit", "-q", "-m", "init")
     return path
 
 

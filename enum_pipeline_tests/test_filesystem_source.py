@@ -20,50 +20,24 @@ from enum_pipeline.sources.filesystem import (
     escape_path,
     unescape_path,
 )
-
-
-def _git(cwd: Path, *args: str, env: dict[str, str] | None = None) -> str:
-    base = {
-        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
-        "HOME": str(cwd),
-        "GIT_CONFIG_NOSYSTEM": "1",
-        "GIT_CONFIG_GLOBAL": os.devnull,
-        "LC_ALL": "C",
-    }
-    cmd = [
-        "git",
-        "-c",
-        "init.defaultBranch=main",
-        "-c",
-        "user.name=Test",
-        "-c",
-        "user.email=test@example.com",
-        "-c",
-        "protocol.file.allow=always",
-        "-c",
-        "gc.auto=0",
-        *args,
-    ]
-    out = subprocess.run(cmd, cwd=cwd, env={**base, **(env or {})}, capture_output=True, text=True)
-    assert out.returncode == 0, out.stderr
-    return out.stdout.strip()
+from enum_pipeline_tests.conftest import git
 
 
 def _repo(parent: Path, name: str, commits: int = 1) -> Path:
     parent.mkdir(parents=True, exist_ok=True)
-    _git(parent, "init", "-q", name)
+    git(parent, "init", "-q", name)
     repo = parent / name
     for i in range(commits):
         (repo / f"f{i}.txt").write_text(f"{i}\n")
-        _git(repo, "add", ".")
-        _git(
+        git(repo, "add", ".")
+        git(
             repo, "commit", "-q", "-m", f"c{i}", env={"GIT_COMMITTER_DATE": f"@{1_650_000_000 + i}"}
         )
     return repo
 
 
 def _ct(repo: Path) -> datetime:
-    return datetime.fromtimestamp(int(_git(repo, "log", "-1", "--format=%ct")), tz=UTC)
+    return datetime.fromtimestamp(int(git(repo, "log", "-1", "--format=%ct")), tz=UTC)
 
 
 def _scan(*roots: Path | str, **kw) -> tuple[dict[str, ProjectRecord], list[ScopeVerdict]]:
@@ -90,7 +64,7 @@ def test_normal_repo_record(tmp_path: Path) -> None:
     repo = _repo(root / "group", "proj", commits=2)
     for marker in ("pyproject.toml", "package.json", "App.csproj", "Makefile"):
         (repo / marker).write_text("\n")
-    _git(repo, "remote", "add", "origin", "git@github.com:acme/proj.git")
+    git(repo, "remote", "add", "origin", "git@github.com:acme/proj.git")
     records, verdicts = _scan(root)
     rec = records[str(repo)]
     assert rec.project_key == f"fs:{os.path.realpath(repo)}"
@@ -99,7 +73,7 @@ def test_normal_repo_record(tmp_path: Path) -> None:
     assert rec.name == "proj" and rec.path == rec.location == str(repo)
     assert rec.location.startswith(str(root) + "/")
     assert rec.default_branch == "main"
-    assert rec.head_commit == _git(repo, "rev-parse", "HEAD")
+    assert rec.head_commit == git(repo, "rev-parse", "HEAD")
     assert rec.last_commit_at == _ct(repo)
     assert rec.remote_url == "git@github.com:acme/proj.git"
     assert rec.normalized_remote == "github.com/acme/proj"
@@ -115,12 +89,12 @@ def test_normal_repo_record(tmp_path: Path) -> None:
 
 def test_packed_refs_and_gc(tmp_path: Path) -> None:
     repo = _repo(tmp_path / "root", "proj", commits=3)
-    _git(repo, "pack-refs", "--all")
+    git(repo, "pack-refs", "--all")
     rec = _scan(tmp_path / "root")[0][str(repo)]
-    assert rec.head_commit == _git(repo, "rev-parse", "HEAD")
-    _git(repo, "gc", "-q")
+    assert rec.head_commit == git(repo, "rev-parse", "HEAD")
+    git(repo, "gc", "-q")
     rec = _scan(tmp_path / "root")[0][str(repo)]
-    assert rec.head_commit == _git(repo, "rev-parse", "HEAD")
+    assert rec.head_commit == git(repo, "rev-parse", "HEAD")
     assert rec.last_commit_at == _ct(repo)
     assert "error" not in rec.attributes
 
@@ -128,12 +102,12 @@ def test_packed_refs_and_gc(tmp_path: Path) -> None:
 def test_detached_and_unborn(tmp_path: Path) -> None:
     root = tmp_path / "root"
     det = _repo(root, "det", commits=2)
-    _git(det, "checkout", "-q", "--detach", "HEAD~1")
-    _git(root, "init", "-q", "fresh")
+    git(det, "checkout", "-q", "--detach", "HEAD~1")
+    git(root, "init", "-q", "fresh")
     records, _ = _scan(root)
     d = records[str(det)]
     assert d.attributes["detached"] and d.default_branch is None
-    assert d.head_commit == _git(det, "rev-parse", "HEAD")
+    assert d.head_commit == git(det, "rev-parse", "HEAD")
     assert d.last_commit_at == _ct(det)
     u = records[str(root / "fresh")]
     assert u.attributes["unborn"] and u.default_branch == "main"
@@ -144,12 +118,12 @@ def test_detached_and_unborn(tmp_path: Path) -> None:
 def test_worktrees(tmp_path: Path) -> None:
     root = tmp_path / "root"
     repo = _repo(root, "main-repo")
-    _git(repo, "worktree", "add", "-q", "-b", "side", str(root / "side-wt"))
-    _git(repo, "worktree", "add", "-q", "-b", "inner", str(repo / "inner-wt"))
+    git(repo, "worktree", "add", "-q", "-b", "side", str(root / "side-wt"))
+    git(repo, "worktree", "add", "-q", "-b", "inner", str(repo / "inner-wt"))
     records, _ = _scan(root)
     side = records[str(root / "side-wt")]
     assert side.attributes["worktree"] and side.default_branch == "side"
-    assert side.head_commit == _git(repo, "rev-parse", "side")
+    assert side.head_commit == git(repo, "rev-parse", "side")
     assert side.last_commit_at == _ct(repo)
     assert "nested_in" not in side.attributes
     inner = records[str(repo / "inner-wt")]
@@ -161,15 +135,15 @@ def test_submodule_and_vendored_clone_are_nested(tmp_path: Path) -> None:
     upstream = _repo(tmp_path / "elsewhere", "lib")
     root = tmp_path / "root"
     app = _repo(root, "app")
-    _git(app, "submodule", "add", "-q", str(upstream), "deps/lib")
-    _git(app, "commit", "-q", "-m", "add submodule")
+    git(app, "submodule", "add", "-q", str(upstream), "deps/lib")
+    git(app, "commit", "-q", "-m", "add submodule")
     (app / "third_party").mkdir()
-    _git(app / "third_party", "clone", "-q", str(upstream), "vendored")
+    git(app / "third_party", "clone", "-q", str(upstream), "vendored")
     records, verdicts = _scan(root)
     parent = records[str(app)].project_key
     sub = records[str(app / "deps" / "lib")]
     assert sub.attributes["nested_in"] == parent
-    assert sub.head_commit == _git(upstream, "rev-parse", "HEAD")
+    assert sub.head_commit == git(upstream, "rev-parse", "HEAD")
     assert sub.remote_url == str(upstream)
     vendored = records[str(app / "third_party" / "vendored")]
     assert vendored.attributes["nested_in"] == parent
@@ -183,11 +157,11 @@ def test_bare_repo(tmp_path: Path) -> None:
     src = _repo(tmp_path / "src", "proj")
     root = tmp_path / "root"
     root.mkdir()
-    _git(root, "clone", "-q", "--bare", str(src), "proj.git")
+    git(root, "clone", "-q", "--bare", str(src), "proj.git")
     records, _ = _scan(root)
     rec = records[str(root / "proj.git")]
     assert rec.vcs == "git" and rec.attributes["bare"]
-    assert rec.head_commit == _git(src, "rev-parse", "HEAD")
+    assert rec.head_commit == git(src, "rev-parse", "HEAD")
     assert rec.last_commit_at == _ct(src)
     assert rec.name == "proj.git"
     assert len(records) == 1  # nothing inside the bare repo is walked
@@ -217,7 +191,7 @@ def test_credentials_never_reach_the_record(tmp_path: Path) -> None:
         ("c", "https://oauth2:glpat-FAKE@gitlab.com/g/r.git", "glpat-FAKE"),
     ]:
         repo = _repo(root, name)
-        _git(repo, "remote", "add", "origin", url)
+        git(repo, "remote", "add", "origin", url)
         rec = _scan(root)[0][str(repo)]
         assert secret not in repr(rec)
         assert rec.remote_url is not None and "***@" in rec.remote_url
@@ -228,8 +202,8 @@ def test_credentials_never_reach_the_record(tmp_path: Path) -> None:
 
 def test_first_remote_when_no_origin(tmp_path: Path) -> None:
     repo = _repo(tmp_path / "root", "p")
-    _git(repo, "remote", "add", "upstream", "https://example.com/up/p.git")
-    _git(repo, "remote", "add", "zfork", "https://example.com/fork/p.git")
+    git(repo, "remote", "add", "upstream", "https://example.com/up/p.git")
+    git(repo, "remote", "add", "zfork", "https://example.com/fork/p.git")
     rec = _scan(tmp_path / "root")[0][str(repo)]
     assert rec.remote_url == "https://example.com/up/p.git"
 
@@ -268,7 +242,7 @@ def test_other_vcs_markers(tmp_path: Path) -> None:
     assert len(records) == 6
 
 
-def test_colocated_jj_is_git(tmp_path: Path) -> None:
+def test_colocated_jj_isgit(tmp_path: Path) -> None:
     repo = _repo(tmp_path / "root", "p")
     (repo / ".jj").mkdir()
     rec = _scan(tmp_path / "root")[0][str(repo)]

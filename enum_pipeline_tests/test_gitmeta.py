@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import os
 import shutil
-import subprocess
 import zlib
 from datetime import UTC, datetime
 from pathlib import Path
@@ -21,42 +19,18 @@ from enum_pipeline.sources.gitmeta import (
     remote_urls,
     resolve_git_dir,
 )
+from enum_pipeline_tests.conftest import git
 
 pytestmark = pytest.mark.skipif(shutil.which("git") is None, reason="git not installed")
 
 
-def _git(cwd: Path, *args: str, env: dict[str, str] | None = None) -> str:
-    base = {
-        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
-        "HOME": str(cwd if cwd.is_dir() else cwd.parent),
-        "GIT_CONFIG_NOSYSTEM": "1",
-        "GIT_CONFIG_GLOBAL": os.devnull,
-        "LC_ALL": "C",
-    }
-    cmd = [
-        "git",
-        "-c",
-        "init.defaultBranch=main",
-        "-c",
-        "user.name=Test",
-        "-c",
-        "user.email=test@example.com",
-        "-c",
-        "gc.auto=0",
-        *args,
-    ]
-    out = subprocess.run(cmd, cwd=cwd, env={**base, **(env or {})}, capture_output=True, text=True)
-    assert out.returncode == 0, out.stderr
-    return out.stdout.strip()
-
-
 def _repo(tmp_path: Path, name: str = "repo", commits: int = 2, **init: str) -> Path:
     repo = tmp_path / name
-    _git(tmp_path, "init", "-q", *[f"--{k.replace('_', '-')}={v}" for k, v in init.items()], name)
+    git(tmp_path, "init", "-q", *[f"--{k.replace('_', '-')}={v}" for k, v in init.items()], name)
     for i in range(commits):
         (repo / f"f{i}.txt").write_text(f"{i}\n")
-        _git(repo, "add", ".")
-        _git(
+        git(repo, "add", ".")
+        git(
             repo,
             "commit",
             "-q",
@@ -68,7 +42,7 @@ def _repo(tmp_path: Path, name: str = "repo", commits: int = 2, **init: str) -> 
 
 
 def _ct(repo: Path) -> datetime:
-    return datetime.fromtimestamp(int(_git(repo, "log", "-1", "--format=%ct")), tz=UTC)
+    return datetime.fromtimestamp(int(git(repo, "log", "-1", "--format=%ct")), tz=UTC)
 
 
 # ------------------------------------------------------------------------------ real repos
@@ -76,11 +50,11 @@ def _ct(repo: Path) -> datetime:
 
 def test_normal_repo(tmp_path: Path) -> None:
     repo = _repo(tmp_path)
-    _git(repo, "remote", "add", "origin", "https://user:FAKEPW@example.com/o/r.git")
+    git(repo, "remote", "add", "origin", "https://user:FAKEPW@example.com/o/r.git")
     meta = read_git_meta(str(repo / ".git"), is_dir=True)
     assert meta.errors == []
     assert meta.branch == "main"
-    assert meta.head_commit == _git(repo, "rev-parse", "HEAD")
+    assert meta.head_commit == git(repo, "rev-parse", "HEAD")
     assert meta.last_commit_at == _ct(repo)
     assert meta.last_commit_at.tzinfo is not None
     assert meta.last_commit_at.utcoffset().total_seconds() == 0
@@ -91,11 +65,11 @@ def test_normal_repo(tmp_path: Path) -> None:
 
 def test_packed_refs_and_packed_objects(tmp_path: Path) -> None:
     repo = _repo(tmp_path, commits=3)
-    _git(repo, "pack-refs", "--all")
+    git(repo, "pack-refs", "--all")
     assert not (repo / ".git/refs/heads/main").exists()
     meta = read_git_meta(str(repo / ".git"), is_dir=True)
-    assert meta.head_commit == _git(repo, "rev-parse", "HEAD")
-    _git(repo, "gc", "-q")
+    assert meta.head_commit == git(repo, "rev-parse", "HEAD")
+    git(repo, "gc", "-q")
     head = meta.head_commit
     assert head is not None
     assert not (repo / ".git/objects" / head[:2] / head[2:]).exists()
@@ -107,7 +81,7 @@ def test_packed_refs_and_packed_objects(tmp_path: Path) -> None:
 
 def test_packed_commit_read_by_dulwich_fallback(tmp_path: Path, monkeypatch) -> None:
     repo = _repo(tmp_path)
-    _git(repo, "gc", "-q")
+    git(repo, "gc", "-q")
 
     def refuse(objects_dir: str, sha: str) -> None:
         raise gitmeta._NeedFallback("forced")
@@ -122,9 +96,9 @@ def test_large_pack_index_is_memory_mapped(tmp_path: Path, monkeypatch) -> None:
     repo = _repo(tmp_path, commits=1)
     for i in range(200):  # a pack with many objects, so the binary search does some work
         (repo / f"b{i}.txt").write_text(f"{i}\n" * 3)
-    _git(repo, "add", ".")
-    _git(repo, "commit", "-q", "-m", "many")
-    _git(repo, "gc", "-q")
+    git(repo, "add", ".")
+    git(repo, "commit", "-q", "-m", "many")
+    git(repo, "gc", "-q")
     for threshold in (1 << 20, 0):  # read whole, then memory-mapped
         monkeypatch.setattr(gitmeta, "_IDX_READ_WHOLE", threshold)
         meta = read_git_meta(str(repo / ".git"), is_dir=True)
@@ -134,8 +108,8 @@ def test_large_pack_index_is_memory_mapped(tmp_path: Path, monkeypatch) -> None:
 
 def test_detached_head(tmp_path: Path) -> None:
     repo = _repo(tmp_path, commits=2)
-    first = _git(repo, "rev-parse", "HEAD~1")
-    _git(repo, "checkout", "-q", "--detach", first)
+    first = git(repo, "rev-parse", "HEAD~1")
+    git(repo, "checkout", "-q", "--detach", first)
     meta = read_git_meta(str(repo / ".git"))
     assert meta.detached and meta.branch is None
     assert meta.head_commit == first
@@ -152,24 +126,24 @@ def test_unborn_head(tmp_path: Path) -> None:
 
 def test_linked_worktree(tmp_path: Path) -> None:
     repo = _repo(tmp_path)
-    _git(repo, "branch", "feature")
-    _git(repo, "worktree", "add", "-q", str(tmp_path / "wt"), "feature")
-    _git(repo, "pack-refs", "--all")  # refs now only in the common dir's packed-refs
+    git(repo, "branch", "feature")
+    git(repo, "worktree", "add", "-q", str(tmp_path / "wt"), "feature")
+    git(repo, "pack-refs", "--all")  # refs now only in the common dir's packed-refs
     git_dir, common, linked = resolve_git_dir(str(tmp_path / "wt" / ".git"))
     assert linked and Path(common) == repo / ".git"
     meta = read_git_meta(str(tmp_path / "wt" / ".git"))
     assert meta.worktree and meta.branch == "feature"
-    assert meta.head_commit == _git(repo, "rev-parse", "feature")
+    assert meta.head_commit == git(repo, "rev-parse", "feature")
     assert meta.last_commit_at == _ct(repo)
 
 
 def test_bare_repo(tmp_path: Path) -> None:
     repo = _repo(tmp_path)
-    _git(tmp_path, "clone", "-q", "--bare", str(repo), "bare.git")
+    git(tmp_path, "clone", "-q", "--bare", str(repo), "bare.git")
     meta = read_git_meta(str(tmp_path / "bare.git"), bare=True)
     assert meta.errors == []
     assert meta.bare and meta.branch == "main"
-    assert meta.head_commit == _git(repo, "rev-parse", "HEAD")
+    assert meta.head_commit == git(repo, "rev-parse", "HEAD")
     assert meta.remote_url == str(repo)  # git clone --bare records the origin
 
 
@@ -178,7 +152,7 @@ def test_sha256_repository(tmp_path: Path) -> None:
     meta = read_git_meta(str(repo / ".git"))
     assert meta.head_commit is not None and len(meta.head_commit) == 64
     assert meta.last_commit_at == _ct(repo)
-    _git(repo, "gc", "-q")
+    git(repo, "gc", "-q")
     meta = read_git_meta(str(repo / ".git"))
     assert meta.errors == []
     assert meta.last_commit_at == _ct(repo)
@@ -263,7 +237,7 @@ def test_fast_config_path_agrees_with_full_parser(data: bytes) -> None:
 def test_malformed_files_never_raise(tmp_path: Path) -> None:
     repo = _repo(tmp_path)
     dotgit = repo / ".git"
-    head = _git(repo, "rev-parse", "HEAD")
+    head = git(repo, "rev-parse", "HEAD")
 
     (dotgit / "HEAD").write_bytes(b"\xff\xfe garbage\x00")
     meta = read_git_meta(str(dotgit))
@@ -307,7 +281,7 @@ def test_malformed_files_never_raise(tmp_path: Path) -> None:
 
 def test_corrupt_pack_index(tmp_path: Path) -> None:
     repo = _repo(tmp_path)
-    _git(repo, "gc", "-q")
+    git(repo, "gc", "-q")
     pack = repo / ".git/objects/pack"
     for idx in pack.glob("*.idx"):
         idx.chmod(0o644)
@@ -330,7 +304,7 @@ def test_gitdir_file_errors(tmp_path: Path) -> None:
 def test_read_ref_per_worktree_and_pseudo_refs(tmp_path: Path) -> None:
     repo = _repo(tmp_path)
     d = str(repo / ".git")
-    head = _git(repo, "rev-parse", "HEAD")
+    head = git(repo, "rev-parse", "HEAD")
     assert read_ref(d, d, "refs/heads/main") == head
     assert read_ref(d, d, "refs/heads/nope") is None
     (repo / ".git/ORIG_HEAD").write_text(head + "\n")
