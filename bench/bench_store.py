@@ -272,6 +272,38 @@ _INSERT_COLS = [
 ]
 
 
+def _same(value):
+    return value
+
+
+def _sqlite_time(value: datetime | None) -> str | None:
+    """A UTC timestamp as the store writes it to SQLite."""
+    return value.replace(tzinfo=None).isoformat(sep=" ") if value else None
+
+
+def stage_row(run_id: str, r: ProjectRecord, content_hash: str, time_value, json_value) -> tuple:
+    """One ``staged_projects`` row in ``STAGE_COLUMNS`` order; the driver's conversions of the
+    timestamp and the JSON columns are passed in."""
+    return (
+        run_id,
+        r.project_key,
+        r.scope_key,
+        r.source_kind,
+        r.name,
+        r.location,
+        r.vcs,
+        r.path,
+        r.remote_url,
+        r.normalized_remote,
+        r.default_branch,
+        r.head_commit,
+        time_value(r.last_commit_at),
+        json_value(sorted(r.markers)),
+        json_value(r.attributes or {}),
+        content_hash,
+    )
+
+
 def _upsert_sql(param) -> str:
     """The set-based flush, written out by hand (``param(name)`` renders a placeholder)."""
     return (
@@ -320,26 +352,7 @@ def _baseline_pg(spec: dict) -> dict:
             times["hash"] += time.perf_counter() - t
             with cur.copy(f"COPY staged_projects ({', '.join(STAGE_COLUMNS)}) FROM STDIN") as cp:
                 for r, content_hash in zip(batch, hashes, strict=True):
-                    cp.write_row(
-                        (
-                            run_id,
-                            r.project_key,
-                            r.scope_key,
-                            r.source_kind,
-                            r.name,
-                            r.location,
-                            r.vcs,
-                            r.path,
-                            r.remote_url,
-                            r.normalized_remote,
-                            r.default_branch,
-                            r.head_commit,
-                            r.last_commit_at,
-                            Jsonb(sorted(r.markers)),
-                            Jsonb(r.attributes or {}),
-                            content_hash,
-                        )
-                    )
+                    cp.write_row(stage_row(run_id, r, content_hash, _same, Jsonb))
             conn.commit()
             times["stage"] += time.perf_counter() - t
         t = time.perf_counter()
@@ -402,26 +415,7 @@ def _baseline_sqlite(spec: dict) -> dict:
             hashes = [r.content_hash() for r in batch]
             times["hash"] += time.perf_counter() - t
             rows = [
-                (
-                    run_id,
-                    r.project_key,
-                    r.scope_key,
-                    r.source_kind,
-                    r.name,
-                    r.location,
-                    r.vcs,
-                    r.path,
-                    r.remote_url,
-                    r.normalized_remote,
-                    r.default_branch,
-                    r.head_commit,
-                    r.last_commit_at.replace(tzinfo=None).isoformat(sep=" ")
-                    if r.last_commit_at
-                    else None,
-                    json.dumps(sorted(r.markers)),
-                    json.dumps(r.attributes or {}),
-                    content_hash,
-                )
+                stage_row(run_id, r, content_hash, _sqlite_time, json.dumps)
                 for r, content_hash in zip(batch, hashes, strict=True)
             ]
             conn.execute("BEGIN IMMEDIATE")
