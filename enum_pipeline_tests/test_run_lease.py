@@ -20,6 +20,7 @@ import sqlalchemy as sa
 from enum_pipeline.sources.base import ScopeVerdict
 from enum_pipeline.store import schema as t
 from enum_pipeline.store.lifecycle import InventoryStore, RunActiveError, RunNotActiveError
+from enum_pipeline_tests.conftest import pg_schema_url
 from enum_pipeline_tests.helpers import (
     SCOPE,
     key,
@@ -186,3 +187,20 @@ def test_resume_of_an_active_run_waits_for_its_holder_to_be_gone(db_url):
     assert retry.complete(run_id) == "completed"
     assert retry.project_keys() == {key("a")}
     retry.dispose()
+
+
+def test_inventories_in_two_schemas_of_one_database_hold_separate_leases(db_url, request):
+    """Two inventories (schemas) of one PostgreSQL database each run their generation 1 at the
+    same time: the lease keys differ by inventory, so neither refuses nor takes over the other."""
+    other_url = pg_schema_url(request.getfixturevalue("pg_database"))
+    first, second = InventoryStore(db_url), InventoryStore(other_url)
+    a, b = new_run_id(), new_run_id()
+    assert first.begin(a) == second.begin(b) == 1
+    assert first.get_run(a).lease != second.get_run(b).lease
+    assert len(lease_holders(first, a)) == 1 and len(lease_holders(second, b)) == 1
+    assert first.reap() == [] and second.reap() == []
+    _finish(first, a, ["a"])
+    _finish(second, b, ["b"])
+    assert first.project_keys() == {key("a")} and second.project_keys() == {key("b")}
+    first.dispose()
+    second.dispose()
