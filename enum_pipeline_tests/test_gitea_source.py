@@ -65,7 +65,7 @@ def test_server_clamps_limit(token_env):
     with FakeCodeHost(app) as host:
         records, [verdict] = scan(make(host))
     assert verdict.complete and len(records) == 250
-    assert verdict.fingerprint["page_size"] == 30
+    assert verdict.identity["page_size"] == 30
     assert all(r.query["limit"] == "50" for r in app.requests)
     assert pages_requested(app) == [str(n) for n in range(1, 10)]  # 9 * 30 >= 250
 

@@ -124,7 +124,7 @@ def test_users_vs_orgs(token_env):
         assert verdict.complete and sorted(r.attributes["id"] for r in records) == public
         assert app.listing_requests()[0].path.startswith("/users/alice/repos")
         assert app.listing_requests()[0].query["type"] == "owner"
-        assert verdict.fingerprint["listing"] == "/users/alice/repos"
+        assert verdict.identity["listing"] == "/users/alice/repos"
 
         records, [verdict] = scan(make(host, "alice", owner_type="org"))
     assert not verdict.complete and records == []
@@ -143,8 +143,8 @@ def test_user_listed_with_their_own_token_includes_private_repositories(token_en
     pages = app.listing_requests()
     assert [r.path.split("?")[0] for r in pages] == ["/user/repos", "/user/repos"]
     assert pages[0].query["affiliation"] == "owner" and pages[0].query["visibility"] == "all"
-    assert verdict.fingerprint["listing"] == "/user/repos"
-    assert set(verdict.fingerprint["owner_counts"]) >= {"public_repos", "total_private_repos"}
+    assert verdict.identity["listing"] == "/user/repos"
+    assert set(verdict.identity["owner_counts"]) >= {"public_repos", "total_private_repos"}
 
 
 def test_user_scope_is_incomplete_when_the_token_owner_cannot_be_read(token_env):
@@ -303,7 +303,7 @@ def test_filters(github):
     assert verdict.complete
     assert len(records) == 200 and verdict.seen == 200
     assert not any(r.attributes["archived"] or r.attributes["fork"] for r in records)
-    assert verdict.fingerprint["listed"] == 250 and verdict.fingerprint["filtered_out"] == 50
+    assert verdict.identity["listed"] == 250 and verdict.identity["filtered_out"] == 50
 
 
 def test_token_sent_and_never_leaked(token_env, caplog):

@@ -40,7 +40,7 @@ def test_full_listing_keyset(gitlab):
     assert source.scope_keys() == [f"gitlab:{host.host}/grp"]
     records, [verdict] = scan(source)
     assert verdict.complete and verdict.seen == 250 and len(records) == 250
-    assert verdict.fingerprint["pagination"] == "keyset"
+    assert verdict.identity["pagination"] == "keyset"
     assert len(app.requests) == 3
     first = app.requests[0]
     assert first.path.startswith("/api/v4/groups/grp/projects")
@@ -94,7 +94,7 @@ def test_offset_pagination_fallback(token_env, offset_links):
     with FakeCodeHost(app) as host:
         records, [verdict] = scan(make(host))
     assert verdict.complete and len(records) == 250
-    assert verdict.fingerprint["pagination"] == "offset"
+    assert verdict.identity["pagination"] == "offset"
     assert [r.query.get("page", "1") for r in app.requests] == ["1", "2", "3"]
 
 

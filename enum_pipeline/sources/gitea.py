@@ -151,7 +151,7 @@ class GiteaSource(CodeHostSource):
             complete=failure is None,
             seen=yielded,
             reason=failure,
-            fingerprint={
+            identity={
                 "api_url": redact_url(self.base_url),
                 "owner_type": self.owner_type,
                 "pages": pages,

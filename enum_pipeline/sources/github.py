@@ -213,7 +213,7 @@ class GitHubSource(CodeHostSource):
             complete=failure is None,
             seen=yielded,
             reason=failure,
-            fingerprint={
+            identity={
                 "api_url": redact_url(self.base_url),
                 "owner_type": self.owner_type,
                 "listing": listing,

@@ -178,7 +178,7 @@ class GitLabSource(CodeHostSource):
             complete=failure is None,
             seen=yielded,
             reason=failure,
-            fingerprint={
+            identity={
                 "api_url": redact_url(self.base_url),
                 "pagination": mode,
                 "pages": pages,

@@ -624,7 +624,7 @@ class InventoryStore:
                 "reason": verdict.reason,
                 "protected": list(verdict.protected),
                 "seen_count": verdict.seen,
-                "fingerprint": verdict.fingerprint or {},
+                "fingerprint": verdict.identity or {},  # the identity, until store9 migrates it
                 "ended_at": utcnow(),
             }
             stmt = (
