@@ -119,6 +119,20 @@ def test_codehost_archived() -> None:
     assert outside_coverage("gitlab", cov, gh_row(visibility="public"), []) is None
 
 
+def test_gitlab_subgroups_excluded() -> None:
+    cov = {**CODEHOST, "visibilities": ["public"], "include_subgroups": False}
+
+    def row(location: str) -> dict:
+        attrs = {"visibility": "public"}
+        return {"location": location, "scope_key": "gitlab:gl.example/grp", "attributes": attrs}
+
+    assert "subgroup" in outside_coverage("gitlab", cov, row("Grp/sub/proj"), [])
+    assert outside_coverage("gitlab", cov, row("Grp/proj"), []) is None
+    assert (
+        outside_coverage("gitlab", {**cov, "include_subgroups": True}, row("Grp/sub/p"), []) is None
+    )
+
+
 def test_unknown_kind_and_empty_coverage() -> None:
     assert outside_coverage("svn-server", {"max_depth": 0}, fs_row(f"{ROOT}/a/b"), []) is None
     assert outside_coverage("filesystem", {}, fs_row(f"{ROOT}/a/b"), []) is None

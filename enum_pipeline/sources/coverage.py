@@ -123,4 +123,16 @@ def _outside_listing(coverage: Mapping[str, Any], row: Mapping[str, Any]) -> str
         return "a fork; the listing excluded forks (include_forks is false)"
     if coverage.get("include_archived") is False and _flag(row, "archived"):
         return "archived; the listing excluded archived repositories (include_archived is false)"
+    if coverage.get("include_subgroups") is False:
+        return _outside_group(row)
+    return None
+
+
+def _outside_group(row: Mapping[str, Any]) -> str | None:
+    """A GitLab project in a subgroup, for a listing without subgroups."""
+    scope_key = str(row.get("scope_key") or "")
+    group = scope_key.split("/", 1)[1] if "/" in scope_key else ""
+    location = str(row.get("location") or "").lower()
+    if group and location.startswith(group + "/") and "/" in location[len(group) + 1 :]:
+        return "in a subgroup; the listing excluded subgroups (include_subgroups is false)"
     return None

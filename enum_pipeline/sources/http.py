@@ -68,17 +68,24 @@ class Page:
     from_cache: bool = False
 
 
-def read_token(env_name: str | None, *, logger: logging.Logger | None = None) -> str | None:
-    """Return the token held in environment variable ``env_name``, or None (with a warning)."""
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+def is_env_name(name: str) -> bool:
+    """True when ``name`` can be an environment variable's name (letters, digits, ``_``).
+
+    A ``token_env`` that is not one is most likely the token itself, pasted in the wrong key:
+    callers reject it without ever showing it.
+    """
+    return isinstance(name, str) and len(name) <= 255 and _ENV_NAME.fullmatch(name) is not None
+
+
+def read_token(env_name: str | None) -> str | None:
+    """The token held in environment variable ``env_name``; None when unset, empty or unnamed."""
     if not env_name:
         return None
     value = os.environ.get(env_name, "").strip()
-    if not value:
-        (logger or log).warning(
-            "environment variable %s is not set or empty: requests are unauthenticated", env_name
-        )
-        return None
-    return value
+    return value or None
 
 
 def web_host(base_url: str) -> str:
