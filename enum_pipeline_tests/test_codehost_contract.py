@@ -50,6 +50,7 @@ class Host:
     owner_id: Callable[[FakeApp], int]
     rename: Callable[[FakeApp, dict[str, Any], str], None]
     sent_token: Callable[[dict[str, str]], str | None]
+    page_2: str  # how page 2's URL shows in a reason
 
     def make(self, host: FakeCodeHost, owner: str | None = None, **kw) -> Any:
         kw.setdefault("sleep", FakeSleep())
@@ -79,6 +80,7 @@ HOSTS = [
         owner_id=lambda app: app.owners["acme"].id,
         rename=lambda app, repo, new: app.rename("Acme", repo["id"], new),
         sent_token=lambda h: (h.get("authorization") or "").removeprefix("Bearer ") or None,
+        page_2="page=2",
     ),
     Host(
         name="gitlab",
@@ -90,6 +92,7 @@ HOSTS = [
         owner_id=lambda app: app.groups["grp"].id,
         rename=_gitlab_rename,
         sent_token=lambda h: h.get("private-token"),
+        page_2="id_after=",
     ),
     Host(
         name="gitea",
@@ -101,6 +104,7 @@ HOSTS = [
         owner_id=lambda app: app.owners["org"].id,
         rename=lambda app, repo, new: app.rename("Org", repo["id"], new),
         sent_token=lambda h: (h.get("authorization") or "").removeprefix("token ") or None,
+        page_2="page=2",
     ),
 ]
 
@@ -226,6 +230,7 @@ def test_5xx_forever_keeps_what_was_read_and_is_incomplete(kind: Host, served) -
     assert len(records) == verdict.seen == kind.page_size  # page 1 is real and fresh
     assert not verdict.complete
     assert "502" in verdict.reason and "gave up after 4 attempts" in verdict.reason
+    assert kind.page_2 in verdict.reason
     assert len(sleep.calls) == 3
 
 
