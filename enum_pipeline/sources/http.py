@@ -69,15 +69,24 @@ class Page:
 
 
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+# How tokens of the supported hosts begin (GitHub classic and fine-grained, GitLab).
+_TOKEN_PREFIXES = ("ghp_", "gho_", "ghu_", "ghs_", "ghr_", "github_pat_", "glpat", "gldt", "glrt")
 
 
 def is_env_name(name: str) -> bool:
-    """True when ``name`` can be an environment variable's name (letters, digits, ``_``).
+    """True when ``name`` can be an environment variable's name and does not look like a token.
 
-    A ``token_env`` that is not one is most likely the token itself, pasted in the wrong key:
-    callers reject it without ever showing it.
+    A ``token_env`` that fails this is most likely the token itself, pasted in the wrong key:
+    callers reject it without ever showing it. Besides the syntax (letters, digits, ``_``), a
+    known token prefix (``ghp_``, ``github_pat_``, ``glpat``...) or a long run mixing lower-case
+    letters and digits (Gitea's tokens are 40 hex digits) is refused.
     """
-    return isinstance(name, str) and len(name) <= 255 and _ENV_NAME.fullmatch(name) is not None
+    if not isinstance(name, str) or len(name) > 255 or _ENV_NAME.fullmatch(name) is None:
+        return False
+    if name.lower().startswith(_TOKEN_PREFIXES):
+        return False
+    mixed = any(c.islower() for c in name) and any(c.isdigit() for c in name)
+    return not (len(name) >= 30 and mixed)
 
 
 def read_token(env_name: str | None) -> str | None:
