@@ -323,6 +323,27 @@ def test_malformed_records_make_the_scope_incomplete(kind: Host, served) -> None
     assert "2 " in verdict.reason and "without an id" in verdict.reason
 
 
+def test_an_item_repeated_on_a_later_page_is_yielded_once(kind: Host, served) -> None:
+    app, host, _ = served
+    route = app.route
+    first: list = []
+
+    def repeating(req, host_header) -> Reply:
+        reply = route(req, host_header)
+        if reply.status == 200 and reply.page in (1, 2):
+            data = json.loads(reply.body)
+            if reply.page == 1:
+                first[:] = data[:1]
+            else:
+                reply.body = json.dumps(first + data).encode()
+        return reply
+
+    app.route = repeating  # type: ignore[method-assign]
+    records, [verdict] = scan(kind.make(host))
+    assert verdict.complete and len(records) == verdict.seen == N
+    assert len({r.project_key for r in records}) == N
+
+
 def test_unknown_owner_is_incomplete_with_reason(kind: Host, served) -> None:
     app, host, _ = served
     records, [verdict] = scan(kind.make(host, "nobody"))
