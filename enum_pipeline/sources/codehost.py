@@ -17,7 +17,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
@@ -247,7 +247,10 @@ class CodeHostSource:
             )
         return listing, None
 
-    def _list(self, listing: Listing, identity: dict[str, Any]) -> Iterator[ProjectRecord]:
+    def _list(
+        self, listing: Listing, identity: dict[str, Any]
+    ) -> Generator[ProjectRecord, None, str | None]:
+        """Identify, read every page, then check the listing; returns why it is not whole."""
         identity.update(self._identify(listing))
         request: PageRequest | None = self._first_page(listing)
         while request is not None:
