@@ -148,6 +148,11 @@ def test_bare_repository_head_is_its_default_branch(tmp_path: Path, upstream: Pa
         b'[branch "main"]\n\tremote = a\n\tremote = b\n\tmerge = m\n',  # the last value wins
         b'[branch "main"]\n\tremote = origin\n',  # no merge: no upstream
         b'[branch "other"]\n\tremote = origin\n\tmerge = refs/heads/main\n',
+        b'[Branch "main"]\n\tRemote = origin\n\tMERGE = refs/heads/main\n',  # case-insensitive
+        b'\t[branch "main"]\n\tremote = origin\n\tmerge = refs/heads/main\n',  # indented
+        b'[remote "branch"]\n\turl = x\n[branch "main"]\n\tremote = branch\n\tmerge = m\n',
+        b'[branch "main"]\n\tremote = origin\n\tmerge = refs/heads/main\n[branch "main"]\n'
+        b"\tmerge = refs/heads/other\n",  # a repeated section
     ],
 )
 def test_branch_upstream_agrees_with_the_config_parser(config: bytes) -> None:

@@ -395,32 +395,45 @@ def remote_urls(data: bytes) -> dict[str, str]:
     return urls
 
 
-_FAST_KV = re.compile(r"^[ \t]*(remote|merge)[ \t]*=[ \t]*([^\n]*?)[ \t]*$", re.M | re.I)
+def _branch_upstream_fast(data: bytes, branch: str) -> dict[str, str] | None:
+    """``remote``/``merge`` of ``[branch "<branch>"]`` in a plain config as git writes it; None
+    when the layout needs the full parser."""
+    if b"\\" in data or b"\r" in data:
+        return None
+    low = data.lower()
+    headers = data.count(b'\n[branch "') + data.startswith(b'[branch "')
+    if low.count(b"branch") != data.count(b"[branch ") or low.count(b"[branch") != headers:
+        return None  # old-style or indented headers, "branch" in another place: parse properly
+    hdr = b'[branch "' + os.fsencode(branch) + b'"]'
+    found: dict[str, str] = {}
+    pos = data.find(hdr)
+    while pos != -1:
+        if pos and data[pos - 1] != 0x0A:
+            return None
+        eol = data.find(b"\n", pos)
+        eol = len(data) if eol == -1 else eol
+        if data[pos + len(hdr) : eol].strip(b" \t"):
+            return None  # a key on the header line
+        end = data.find(b"\n[", eol)
+        for line in data[eol : len(data) if end == -1 else end].split(b"\n"):
+            key, eq, value = line.partition(b"=")
+            key = key.strip(b" \t").lower()
+            if key in (b"remote", b"merge") and eq:
+                value = value.strip(b" \t")
+                if b'"' in value or b"#" in value or b";" in value:
+                    return None
+                found[key.decode("ascii")] = decode_text(value)
+        pos = data.find(hdr, eol)
+    return found
 
 
 def branch_upstream(data: bytes, branch: str) -> tuple[str, str] | None:
     """``(branch.<branch>.remote, branch.<branch>.merge)`` from config bytes; None unless both
     are set (the last value of each wins, as in git)."""
-    if b"branch" not in data.lower():
+    if b"ranch" not in data:
         return None
-    found: dict[str, str] = {}
-    fast = b"\\" not in data and b"\r" not in data
-    if fast:
-        text = decode_text(data)
-        header = re.compile(
-            r'^[ \t]*\[[ \t]*branch[ \t]+"' + re.escape(branch) + r'"[ \t]*\][ \t]*$', re.M
-        )
-        for hdr in header.finditer(text):
-            nxt = _NEXT_SECTION.search(text, hdr.end())
-            body = text[hdr.end() : nxt.start() if nxt else len(text)]
-            for m in _FAST_KV.finditer(body):
-                if any(c in m.group(2) for c in '"#;'):
-                    fast = False
-                found[m.group(1).lower()] = m.group(2)
-        # an odd layout (old-style header, key on the header line): let the parser decide
-        if not (found.get("remote") and found.get("merge")) and branch in text:
-            fast = False
-    if not fast:
+    found = _branch_upstream_fast(data, branch)
+    if found is None:
         found = {}
         for section, sub, key, value in parse_git_config(data):
             if section == "branch" and sub == branch and key in ("remote", "merge") and value:
@@ -684,13 +697,14 @@ def read_git_meta(
     meta.common_dir = common_dir
 
     sha: str | None = None
+    packed = PackedRefs(common_dir)
     try:
         head = read_small(git_dir + "/HEAD", 65536).strip()
         if head.startswith(b"ref:"):
             ref = decode_text(head[4:].strip())
             meta.head_ref = ref
             meta.branch = ref[11:] if ref.startswith("refs/heads/") else ref
-            sha = read_ref(git_dir, common_dir, ref)
+            sha = read_ref(git_dir, common_dir, ref, packed=packed)
             if sha is None:
                 if os.path.isdir(common_dir + "/reftable"):
                     meta.ref_storage = "reftable"
@@ -721,7 +735,7 @@ def read_git_meta(
         meta.errors.append(f"config: {_err(exc)}")
 
     if not bare:
-        _checkout_state(meta, git_dir, common_dir, config, sha)
+        _checkout_state(meta, git_dir, common_dir, config, sha, packed)
 
     if sha is not None and commit_times:
         try:
@@ -734,10 +748,14 @@ def read_git_meta(
 
 
 def _checkout_state(
-    meta: GitMeta, git_dir: str, common_dir: str, config: bytes, sha: str | None
+    meta: GitMeta,
+    git_dir: str,
+    common_dir: str,
+    config: bytes,
+    sha: str | None,
+    packed: PackedRefs,
 ) -> None:
     """Fill the remote's default branch, upstream and sync, shallow, stash and last fetch."""
-    packed = PackedRefs(common_dir)
     try:
         if meta.remote_name is not None:
             prefix = f"refs/remotes/{meta.remote_name}/"
@@ -756,9 +774,8 @@ def _checkout_state(
                 theirs = read_ref(git_dir, common_dir, ref, packed=packed)
                 if theirs is not None and sha is not None:
                     meta.in_sync = theirs == sha
-        meta.has_stash = (
-            os.path.exists(common_dir + "/refs/stash") or packed.get("refs/stash") is not None
-        )
+        # a stash is its reflog (``git stash`` always writes it, packed or not): one lookup
+        meta.has_stash = os.path.exists(common_dir + "/logs/refs/stash")
     except (OSError, GitMetaError, ValueError) as exc:
         meta.errors.append(f"refs: {_err(exc)}")
     meta.shallow = os.path.exists(common_dir + "/shallow")
