@@ -679,7 +679,7 @@ def read_git_meta(
     bare: bool = False,
     commit_times: bool = True,
 ) -> GitMeta:
-    """Read HEAD, branch, head commit, remote and last commit time of one repository.
+    """Read HEAD, branch, head commit, remotes, last commit time and a checkout's cheap state.
 
     ``dotgit`` is the ``.git`` entry of a work tree (directory or ``gitdir:`` file), or the
     repository folder itself when ``bare``. Never raises: problems are listed in ``errors``.
@@ -695,9 +695,23 @@ def read_git_meta(
             return meta
     meta.git_dir = git_dir
     meta.common_dir = common_dir
-
-    sha: str | None = None
     packed = PackedRefs(common_dir)
+    sha = meta.head_commit = _read_head(meta, git_dir, common_dir, packed)
+    config = _read_remote(meta, common_dir)
+    if not bare:
+        _checkout_state(meta, git_dir, common_dir, config, sha, packed)
+    if sha is not None and commit_times:
+        try:
+            meta.last_commit_at = commit_time(common_dir + "/objects", sha)
+            if meta.last_commit_at is None:
+                meta.errors.append(f"HEAD commit {sha} not found in the object store")
+        except Exception as exc:  # corrupt objects must never abort a scan
+            meta.errors.append(f"HEAD commit: {_err(exc)}")
+    return meta
+
+
+def _read_head(meta: GitMeta, git_dir: str, common_dir: str, packed: PackedRefs) -> str | None:
+    """The commit HEAD points at (branch, detached, unborn and reftable noted on ``meta``)."""
     try:
         head = read_small(git_dir + "/HEAD", 65536).strip()
         if head.startswith(b"ref:"):
@@ -711,15 +725,19 @@ def read_git_meta(
                     meta.branch = None
                 else:
                     meta.unborn = True
-        elif _is_sha(head):
-            sha = head.decode("ascii")
+            return sha
+        if _is_sha(head):
             meta.detached = True
-        else:
-            meta.errors.append("HEAD: neither a symbolic ref nor a commit id")
+            return head.decode("ascii")
+        meta.errors.append("HEAD: neither a symbolic ref nor a commit id")
     except (OSError, GitMetaError, ValueError) as exc:
         meta.errors.append(f"HEAD: {_err(exc)}")
-    meta.head_commit = sha
+    return None
 
+
+def _read_remote(meta: GitMeta, common_dir: str) -> bytes:
+    """The remotes (redacted) and the one the repository was most likely cloned from; returns
+    the config bytes (b"" when unreadable) for the upstream lookup."""
     config = b""
     try:
         config = read_small(common_dir + "/config", 1 << 24)
@@ -733,18 +751,7 @@ def read_git_meta(
         pass
     except (OSError, ValueError) as exc:
         meta.errors.append(f"config: {_err(exc)}")
-
-    if not bare:
-        _checkout_state(meta, git_dir, common_dir, config, sha, packed)
-
-    if sha is not None and commit_times:
-        try:
-            meta.last_commit_at = commit_time(common_dir + "/objects", sha)
-            if meta.last_commit_at is None:
-                meta.errors.append(f"HEAD commit {sha} not found in the object store")
-        except Exception as exc:  # corrupt objects must never abort a scan
-            meta.errors.append(f"HEAD commit: {_err(exc)}")
-    return meta
+    return config
 
 
 def _checkout_state(
