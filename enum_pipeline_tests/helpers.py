@@ -6,9 +6,11 @@ import contextlib
 import time
 import uuid
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 
 import sqlalchemy as sa
 
+from enum_pipeline import steps
 from enum_pipeline.sources.base import ProjectRecord, ScopeVerdict
 from enum_pipeline.store import CleanupPolicy, InventoryStore
 
@@ -40,6 +42,22 @@ def new_run_id() -> str:
     return str(uuid.uuid4())
 
 
+@dataclass
+class StaticSource:
+    """A source that yields fixed records and verdicts, scope by scope (no I/O)."""
+
+    items: dict[str, tuple[list[ProjectRecord], ScopeVerdict]]
+    kind: str = "filesystem"
+
+    def scope_keys(self) -> list[str]:
+        return list(self.items)
+
+    def scan(self) -> Iterator[ProjectRecord | ScopeVerdict]:
+        for records, verdict in self.items.values():
+            yield from records
+            yield verdict
+
+
 def run_once(
     store: InventoryStore,
     seen: dict[str, Iterable[str]],
@@ -50,27 +68,25 @@ def run_once(
     policy: CleanupPolicy | None = None,
     run_id: str | None = None,
 ):
-    """One whole run: begin, stage ``seen`` per scope, end scopes, flush, verify, complete,
-    and (when ``cleanup``) the cleanup. Returns ``(run_id, cleanup_result_or_None)``."""
+    """One whole run through the step layer (start, flush, verify, finish) with ``seen`` per
+    scope, and (when ``cleanup``) the cleanup. Returns ``(run_id, cleanup_result_or_None)``."""
     run_id = run_id or new_run_id()
-    store.begin(run_id)
+    items = {}
     for scope, names in seen.items():
         names = list(names)
-        store.stage(run_id, [rec(n, scope) for n in names])
-        store.end_scope(
-            run_id,
-            ScopeVerdict(
-                scope_key=scope,
-                source_kind="filesystem",
-                complete=(complete or {}).get(scope, True),
-                seen=len(names),
-                reason=None if (complete or {}).get(scope, True) else "root unreadable",
-                protected=(protected or {}).get(scope, ()),
-            ),
+        whole = (complete or {}).get(scope, True)
+        verdict = ScopeVerdict(
+            scope_key=scope,
+            source_kind="filesystem",
+            complete=whole,
+            seen=len(names),
+            reason=None if whole else "root unreadable",
+            protected=(protected or {}).get(scope, ()),
         )
-    store.flush(run_id)
-    store.verify_and_confirm(run_id)
-    assert store.complete(run_id) == "completed"
+        items[scope] = ([rec(n, scope) for n in names], verdict)
+    _, verified, finished = steps.run_through(store, run_id, [StaticSource(items)])
+    assert verified.flush_succeeded, verified.error
+    assert finished.status == "completed", finished.info.error
     result = store.safe_cleanup_old_projects(run_id, policy) if cleanup else None
     return run_id, result
 
