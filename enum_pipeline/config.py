@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Annotated, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from enum_pipeline.sources.base import Source
 from enum_pipeline.store import CleanupPolicy
@@ -28,6 +28,26 @@ class ConfigError(Exception):
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
+
+
+class _CodeHost(_Strict):
+    """What the code-host configs share: ``token_env`` names a variable, it never holds a token."""
+
+    token_env: str | None = None
+
+    @field_validator("token_env")
+    @classmethod
+    def _env_name(cls, value: str | None) -> str | None:
+        from enum_pipeline.sources.http import is_env_name
+
+        if value is not None and not is_env_name(value):
+            # never echo it: a value that is not a variable name may be the token itself
+            raise ValueError(
+                "must be the name of an environment variable (letters, digits and _, not "
+                "starting with a digit) that holds the token, not the token itself (the value "
+                "is not shown)"
+            )
+        return value
 
 
 class FilesystemSourceConfig(_Strict):
@@ -58,7 +78,7 @@ class FilesystemSourceConfig(_Strict):
         ]
 
 
-class GitHubSourceConfig(_Strict):
+class GitHubSourceConfig(_CodeHost):
     """Repositories of a GitHub (or GitHub Enterprise) organisation or user."""
 
     kind: Literal["github"]
@@ -75,7 +95,7 @@ class GitHubSourceConfig(_Strict):
         return [GitHubSource(**self.model_dump(exclude={"kind"}))]
 
 
-class GitLabSourceConfig(_Strict):
+class GitLabSourceConfig(_CodeHost):
     """Projects of a GitLab group (with its subgroups), on gitlab.com or self-managed."""
 
     kind: Literal["gitlab"]
@@ -91,7 +111,7 @@ class GitLabSourceConfig(_Strict):
         return [GitLabSource(**self.model_dump(exclude={"kind"}))]
 
 
-class GiteaSourceConfig(_Strict):
+class GiteaSourceConfig(_CodeHost):
     """Repositories of a Gitea or Forgejo organisation or user."""
 
     kind: Literal["gitea"]
@@ -145,6 +165,14 @@ def parse_config(data: object, origin: str) -> PipelineConfig:
         raise ConfigError(_format_errors(err, origin)) from None
 
 
+def _yaml_problem(err: yaml.YAMLError) -> str:
+    """Where and what the YAML error is, without the snippet of the line (it may hold a secret)."""
+    mark = getattr(err, "problem_mark", None)
+    where = f", line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+    problem = getattr(err, "problem", None) or type(err).__name__
+    return f"{where}: {problem}"
+
+
 def load_config_file(path: str | os.PathLike[str]) -> PipelineConfig:
     """Read and validate a YAML configuration file."""
     path = Path(path)
@@ -155,7 +183,7 @@ def load_config_file(path: str | os.PathLike[str]) -> PipelineConfig:
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as err:
-        raise ConfigError(f"invalid YAML in {path}: {err}") from None
+        raise ConfigError(f"invalid YAML in {path}{_yaml_problem(err)}") from None
     return parse_config(data, str(path))
 
 

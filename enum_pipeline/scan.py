@@ -47,6 +47,9 @@ class ScanSummary:
                     "seen": v.seen,
                     "reason": v.reason,
                     "protected": list(v.protected),
+                    "protected_reasons": dict(v.protected_reasons),
+                    "identity": dict(v.identity),
+                    "coverage": dict(v.coverage),
                 }
                 for v in self.verdicts
             ],

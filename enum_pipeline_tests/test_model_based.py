@@ -962,7 +962,7 @@ class InventoryMachine(RuleBasedStateMachine):
                 seen=len(seen),
                 reason=None if complete else f"injected: {kind} read",
                 protected=(f"{_root(scope)}/locked",) if kind == "protected" else (),
-                fingerprint={"st_dev": m.device[scope]},
+                identity={"st_dev": m.device[scope]},
             )
             event = self._point(data, "end_scope")
             if event[0] == "abandon":
@@ -971,7 +971,7 @@ class InventoryMachine(RuleBasedStateMachine):
                 "end_scope", lambda v=verdict: self.store.end_scope(run.run_id, v), event
             )
             if outcome != "rolled_back":
-                run.verdicts[scope] = (complete, verdict.protected, verdict.fingerprint["st_dev"])
+                run.verdicts[scope] = (complete, verdict.protected, verdict.identity["st_dev"])
             self._check()
             if outcome != "ok":
                 self._fail_path(run, f"end_scope {outcome}", data)

@@ -48,12 +48,18 @@ class ProjectRecord:
 
 @dataclass(frozen=True)
 class ScopeVerdict:
-    """How a source ended one scope.
+    """How a source ended one scope, and what its read could and could not see.
 
     ``complete`` is True only when the source provably read the whole scope. An incomplete scope
     protects every project under it from cleanup; a complete scope may still list
-    ``protected`` locations (e.g. an unreadable sub-folder) whose projects are kept.
-    ``fingerprint`` carries facts a later run compares (e.g. the device id of a root folder).
+    ``protected`` locations (sub-trees it did not enter: an unreadable folder, a foreign mount, a
+    symlinked folder not followed) whose projects are kept, each with its reason in
+    ``protected_reasons`` (``"unreadable: ..."``, ``"foreign mount"``, ...).
+
+    ``identity`` says *which* thing was read (a root's real path and device; a code-host owner's
+    stable id and the principal the requests were authenticated as), for a later run to compare.
+    ``coverage`` says *what* the read could see (the walk settings; the visibilities a listing
+    returns and its filters); ``sources.coverage.outside_coverage`` tells a row it excludes.
     """
 
     scope_key: str
@@ -62,7 +68,9 @@ class ScopeVerdict:
     seen: int = 0
     reason: str | None = None
     protected: tuple[str, ...] = ()
-    fingerprint: dict[str, Any] = field(default_factory=dict)
+    identity: dict[str, Any] = field(default_factory=dict)
+    coverage: dict[str, Any] = field(default_factory=dict)
+    protected_reasons: dict[str, str] = field(default_factory=dict)
 
 
 ScanItem = ProjectRecord | ScopeVerdict

@@ -589,8 +589,20 @@ def read_git_meta(
             return meta
     meta.git_dir = git_dir
     meta.common_dir = common_dir
+    sha = meta.head_commit = _read_head(meta, git_dir, common_dir)
+    _read_remote(meta, common_dir)
+    if sha is not None and commit_times:
+        try:
+            meta.last_commit_at = commit_time(common_dir + "/objects", sha)
+            if meta.last_commit_at is None:
+                meta.errors.append(f"HEAD commit {sha} not found in the object store")
+        except Exception as exc:  # corrupt objects must never abort a scan
+            meta.errors.append(f"HEAD commit: {_err(exc)}")
+    return meta
 
-    sha: str | None = None
+
+def _read_head(meta: GitMeta, git_dir: str, common_dir: str) -> str | None:
+    """The commit HEAD points at (branch, detached, unborn and reftable noted on ``meta``)."""
     try:
         head = read_small(git_dir + "/HEAD", 65536).strip()
         if head.startswith(b"ref:"):
@@ -604,15 +616,18 @@ def read_git_meta(
                     meta.branch = None
                 else:
                     meta.unborn = True
-        elif _is_sha(head):
-            sha = head.decode("ascii")
+            return sha
+        if _is_sha(head):
             meta.detached = True
-        else:
-            meta.errors.append("HEAD: neither a symbolic ref nor a commit id")
+            return head.decode("ascii")
+        meta.errors.append("HEAD: neither a symbolic ref nor a commit id")
     except (OSError, GitMetaError, ValueError) as exc:
         meta.errors.append(f"HEAD: {_err(exc)}")
-    meta.head_commit = sha
+    return None
 
+
+def _read_remote(meta: GitMeta, common_dir: str) -> None:
+    """The remote the repository was most likely cloned from, redacted."""
     try:
         picked = pick_remote(remote_urls(read_small(common_dir + "/config", 1 << 24)))
         if picked is not None:
@@ -622,12 +637,3 @@ def read_git_meta(
         pass
     except (OSError, ValueError) as exc:
         meta.errors.append(f"config: {_err(exc)}")
-
-    if sha is not None and commit_times:
-        try:
-            meta.last_commit_at = commit_time(common_dir + "/objects", sha)
-            if meta.last_commit_at is None:
-                meta.errors.append(f"HEAD commit {sha} not found in the object store")
-        except Exception as exc:  # corrupt objects must never abort a scan
-            meta.errors.append(f"HEAD commit: {_err(exc)}")
-    return meta

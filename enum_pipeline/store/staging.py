@@ -76,7 +76,7 @@ def end_scope(ctx: StoreContext, run_id: str, verdict: ScopeVerdict) -> None:
             "reason": verdict.reason,
             "protected": list(verdict.protected),
             "seen_count": verdict.seen,
-            "fingerprint": verdict.fingerprint or {},
+            "fingerprint": verdict.identity or {},  # the identity, until store9 migrates it
             "ended_at": utcnow(),
         }
         stmt = (
