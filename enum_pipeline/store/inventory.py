@@ -120,10 +120,6 @@ class InventoryStore:
 
     # ------------------------------------------------------------------ staging
 
-    def reset_staging(self, run_id: str) -> None:
-        """Forget what an earlier attempt of this run staged (a scan that starts over)."""
-        staging.reset_staging(self._ctx, run_id)
-
     def stage(self, run_id: str, records: Iterable[ProjectRecord]) -> int:
         """Durably stage a batch of records for ``run_id``; returns how many were new.
 
