@@ -200,3 +200,32 @@ def test_an_expired_heartbeat_counts_only_without_another_sign_of_the_holder(db_
         assert reaped == [] and other.get_run(run_id).status == "active"
     holder.dispose()
     other.dispose()
+
+
+def test_a_reexecution_takes_over_only_once_the_first_attempt_is_gone(db_url):
+    """Resuming an active run is a takeover too: refused while the first attempt's process
+    lives (its pid; on PostgreSQL its lease), allowed at once when it was killed."""
+    other = InventoryStore(db_url, heartbeat_timeout=TIMEOUT)
+    run_id = new_run_id()
+    child = _start_child(db_url, run_id, WAIT * 10)
+    try:
+        with pytest.raises(RunActiveError, match=run_id):
+            other.resume(run_id, "attempt-2")
+        assert other.get_run(run_id).attempt_run_id == run_id
+    finally:
+        os.kill(child.pid, signal.SIGKILL)
+        child.join(WAIT)
+    deadline = time.monotonic() + 10
+    while True:  # the step layer's re-execution path: resume, then flush
+        try:
+            steps.flush_run(other, run_id, "attempt-2")
+            break
+        except RunActiveError:
+            assert time.monotonic() < deadline, "the killed attempt was never taken over"
+            time.sleep(0.02)
+    assert steps.RunHolder.of(other, run_id) is not None  # this process holds it now
+    assert steps.verify_run(other, run_id).flush_succeeded
+    assert steps.finish_run(other, run_id).status == "completed"
+    assert other.get_run(run_id).attempt_run_id == "attempt-2"
+    assert _heartbeat_threads() == []
+    other.dispose()
