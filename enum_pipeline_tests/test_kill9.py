@@ -35,7 +35,7 @@ import sqlalchemy as sa
 
 from enum_pipeline.store import InventoryStore
 from enum_pipeline.store import schema as t
-from enum_pipeline_tests.conftest import make_repo
+from enum_pipeline_tests.helpers import make_repo
 
 pytestmark = pytest.mark.slow
 
