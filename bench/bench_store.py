@@ -71,6 +71,15 @@ DATA_COLUMNS = [
     "markers",
     "attributes",
     "content_hash",
+    # the product columns (migration 0003) a checkout fills
+    "last_activity_at",
+    "current_branch",
+    "remotes",
+    "upstream",
+    "in_sync",
+    "shallow",
+    "has_stash",
+    "last_fetch_at",
 ]
 STAGE_COLUMNS = ["run_id", "project_key", *DATA_COLUMNS]
 PROJECT_COLUMNS = [
@@ -133,6 +142,14 @@ def make_record(i: int, n: int, scopes: int, run: int) -> ProjectRecord:
         last_commit_at=BASE_TIME + timedelta(seconds=i * 37),
         markers=("pyproject.toml", "Makefile") if i % 3 else ("package.json",),
         attributes={"bare": False, "dirty": i % 7 == 0, "submodules": i % 11},
+        last_activity_at=BASE_TIME + timedelta(seconds=i * 37),
+        current_branch="main",
+        remotes={"origin": f"git@github.com:{org}/{name}.git"},
+        upstream="origin/main",
+        in_sync=i % 5 != 0,
+        shallow=False,
+        has_stash=i % 13 == 0,
+        last_fetch_at=BASE_TIME + timedelta(seconds=i * 11),
     )
 
 
@@ -321,6 +338,14 @@ def stage_row(run_id: str, r: ProjectRecord, content_hash: str, time_value, json
         json_value(sorted(r.markers)),
         json_value(r.attributes or {}),
         content_hash,
+        time_value(r.last_activity_at),
+        r.current_branch,
+        json_value(r.remotes) if r.remotes is not None else None,
+        r.upstream,
+        r.in_sync,
+        r.shallow,
+        r.has_stash,
+        time_value(r.last_fetch_at),
     )
 
 

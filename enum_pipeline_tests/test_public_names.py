@@ -14,6 +14,7 @@ from enum_pipeline.definitions import defs
 from enum_pipeline.store import InventoryStore
 
 ASSETS = {"scanned_projects", "projects", "run_state", "stale_projects_cleanup"}
+REPORT_ASSETS = {"inventory_frame", "inventory_summary", "clone_coverage", "run_changes"}
 OPS = {"upsert_projects", "verify_flush"}  # the graph asset ``projects``
 JOBS = {"enumerate_projects", "cleanup_projects", "restore_projects"}
 SENSORS = {
@@ -39,6 +40,24 @@ PROJECTS_COLUMNS = {
     "markers",
     "attributes",
     "content_hash",
+    # the product columns (migration 0003)
+    "archived",
+    "fork",
+    "visibility",
+    "description",
+    "topics",
+    "language",
+    "license",
+    "stars",
+    "created_at",
+    "last_activity_at",
+    "current_branch",
+    "remotes",
+    "upstream",
+    "in_sync",
+    "shallow",
+    "has_stash",
+    "last_fetch_at",
     "run_id",
     "seen_generation",
     "last_confirmed_run_id",
@@ -76,7 +95,8 @@ RUN_STATE_COLUMNS = {
 
 def test_assets_jobs_sensors_and_schedules_keep_their_names():
     graph = defs.resolve_asset_graph()
-    assert ASSETS - {k.to_user_string() for k in graph.get_all_asset_keys()} == set()
+    keys = {k.to_user_string() for k in graph.get_all_asset_keys()}
+    assert (ASSETS | REPORT_ASSETS) - keys == set()
     projects = defs.resolve_assets_def(AssetKey("projects"))
     assert {node.name for node in projects.node_def.nodes} == OPS
     assert JOBS - {job.name for job in defs.resolve_all_job_defs()} == set()
@@ -105,4 +125,5 @@ def test_the_cli_keeps_its_commands_and_exit_codes():
     parser = build_parser()
     commands = next(a for a in parser._actions if a.dest == "command").choices
     names = {"run", "cleanup", "approve", "restore", "runs", "history", "db"}
+    names |= {"projects", "export", "diff"}
     assert names - set(commands) == set()
