@@ -43,7 +43,7 @@ def _instance():
 
 
 def _store():
-    from enum_pipeline.store.lifecycle import open_store
+    from enum_pipeline.store import open_store
 
     store = open_store()
     _OPENED.append(store)
@@ -122,7 +122,7 @@ def cmd_run(args) -> int:
     """One enumeration run through Dagster, then the cleanup the sensor would request."""
     from enum_pipeline.config import ConfigError, load_config
     from enum_pipeline.definitions import defs
-    from enum_pipeline.store.lifecycle import UnknownRunError
+    from enum_pipeline.store import UnknownRunError
 
     roots = [os.path.abspath(os.path.expanduser(r)) for r in args.root or []] or None
     config_path = os.path.abspath(args.config) if args.config else None
@@ -315,7 +315,7 @@ def _main(argv: list[str] | None) -> int:
         args = parser.parse_args(argv)
     except SystemExit as exit_:
         return EXIT_USAGE if exit_.code else EXIT_OK
-    from enum_pipeline.store.lifecycle import StoreError
+    from enum_pipeline.store import StoreError
 
     try:
         return args.func(args)
