@@ -1,8 +1,18 @@
-"""Staging: what a run saw, written as it scans (stage, end_scope), and pruned after."""
+"""Staging: what a run saw, written as it scans (stage, end_scope), read back, and pruned after.
+
+A record becomes one tuple in ``staged_projects``' column order (derived from the schema, so new
+columns flow through): its fields as they are, its JSON columns as text encoded once, and its
+``content_hash`` built from those same encodings (``row_of``; the digest is
+``ProjectRecord.content_hash()``'s, byte for byte).
+"""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import hashlib
+import json
+from collections.abc import Iterable, Iterator
+from dataclasses import fields
+from json.encoder import encode_basestring
 from typing import Any
 
 import sqlalchemy as sa
@@ -10,36 +20,81 @@ import sqlalchemy as sa
 from enum_pipeline.sources.base import ProjectRecord, ScopeVerdict
 from enum_pipeline.store import schema as t
 from enum_pipeline.store.context import StoreContext, set_run
+from enum_pipeline.store.dialect import STAGE_COLUMNS
 from enum_pipeline.store.records import RunStatus, utcnow
 from enum_pipeline.store.runs import heartbeat
 
+#: Staging of at least this many newest completed runs is always kept (run deltas read the two
+#: newest; CONTRACTS.md 5).
+KEEP_COMPLETED = 2
 
-def _record_row(run_id: str, record: ProjectRecord) -> dict[str, Any]:
-    return {
-        "run_id": run_id,
-        "project_key": record.project_key,
-        "scope_key": record.scope_key,
-        "source_kind": record.source_kind,
-        "name": record.name,
-        "location": record.location,
-        "vcs": record.vcs,
-        "path": record.path,
-        "remote_url": record.remote_url,
-        "normalized_remote": record.normalized_remote,
-        "default_branch": record.default_branch,
-        "head_commit": record.head_commit,
-        "last_commit_at": record.last_commit_at,
-        "markers": sorted(record.markers),
-        "attributes": record.attributes or {},
-        "content_hash": record.content_hash(),
-    }
+# The JSON encoding ``ProjectRecord.content_hash`` uses, as one reusable encoder.
+_encode = json.JSONEncoder(sort_keys=True, default=str, ensure_ascii=False).encode
+# Fields the digest covers, in its (sorted) key order, each with its rendered key.
+_HASHED = sorted(f.name for f in fields(ProjectRecord) if f.name != "project_key")
+_HASH_KEYS = [encode_basestring(name) + ": " for name in _HASHED]
+_JSON_COLUMNS = {c.name for c in t.staged_projects.columns if isinstance(c.type, sa.JSON)}
+# How each staged column's value is found: "run", "key", "hash", "json:<field>", "<field>".
+_SOURCES = []
+for _name in STAGE_COLUMNS:
+    if _name == "run_id":
+        _SOURCES.append("run")
+    elif _name == "content_hash":
+        _SOURCES.append("hash")
+    elif _name in _JSON_COLUMNS:
+        _SOURCES.append(f"json:{_name}")
+    else:
+        _SOURCES.append(_name)
+_RECORD_FIELDS = {f.name for f in fields(ProjectRecord)}
+
+
+def _json_value(name: str, value: Any) -> str:
+    """A field as the digest encodes it."""
+    if value is None:
+        return "null"
+    if name == "markers":
+        return _encode(sorted(value))
+    if name == "last_commit_at":
+        return encode_basestring(value.isoformat())
+    if value.__class__ is str:
+        return encode_basestring(value)
+    return _encode(value)
+
+
+def row_of(run_id: str, record: ProjectRecord) -> tuple:
+    """``record`` as one ``staged_projects`` row (a tuple in ``STAGE_COLUMNS`` order)."""
+    encoded: dict[str, str] = {}
+    parts = []
+    for key, name in zip(_HASH_KEYS, _HASHED, strict=True):
+        text = _json_value(name, getattr(record, name))
+        encoded[name] = text
+        parts.append(key + text)
+    raw = "{" + ", ".join(parts) + "}"
+    digest = hashlib.sha1(raw.encode("utf-8", "surrogateescape")).hexdigest()
+    row = []
+    for source in _SOURCES:
+        if source == "run":
+            row.append(run_id)
+        elif source == "hash":
+            row.append(digest)
+        elif source.startswith("json:"):
+            name = source[5:]
+            text = encoded.get(name, "null")
+            if text == "null":  # staged JSON columns hold a value, never NULL
+                text = "{}" if name == "attributes" else "[]"
+            row.append(text)
+        elif source in _RECORD_FIELDS:
+            row.append(getattr(record, source))
+        else:
+            row.append(None)
+    return tuple(row)
 
 
 def reset_staging(ctx: StoreContext, run_id: str) -> None:
     """Forget what an earlier attempt of this run staged (a scan that starts over)."""
     with ctx.engine.begin() as conn:
         ctx.require_active(conn, run_id)
-        conn.execute(sa.delete(t.staged_projects).where(t.staged_projects.c.run_id == run_id))
+        ctx.dialect.clear_staging(conn, run_id)
         conn.execute(sa.delete(t.run_scopes).where(t.run_scopes.c.run_id == run_id))
         set_run(conn, run_id, scanned_count=0, staged_count=0)
 
@@ -49,7 +104,7 @@ def stage(ctx: StoreContext, run_id: str, records: Iterable[ProjectRecord]) -> i
 
     A key seen twice in one run (overlapping roots) is kept once, first sighting wins.
     """
-    rows = [_record_row(run_id, r) for r in records]
+    rows = [row_of(run_id, r) for r in records]
     if not rows:
         heartbeat(ctx, run_id)
         return 0
@@ -87,13 +142,30 @@ def end_scope(ctx: StoreContext, run_id: str, verdict: ScopeVerdict) -> None:
         conn.execute(stmt)
 
 
+def staged_rows(ctx: StoreContext, run_id: str, batch: int = 5000) -> Iterator[dict[str, Any]]:
+    """The rows ``run_id`` staged, in key order, streamed (empty once its staging is pruned)."""
+    s = t.staged_projects
+    stmt = sa.select(s).where(s.c.run_id == run_id).order_by(s.c.project_key)
+    with ctx.engine.connect() as conn:
+        result = conn.execution_options(yield_per=batch).execute(stmt).mappings()
+        for row in result:
+            yield dict(row)
+
+
 def prune_staging(ctx: StoreContext, keep_runs: int = 3) -> int:
-    """Drop staged rows of finished runs except the newest ``keep_runs``; returns rows."""
-    rs, s = t.run_state, t.staged_projects
+    """Drop the staging of finished runs, keeping the newest ``keep_runs`` runs and the newest
+    ``KEEP_COMPLETED`` completed ones; returns the rows dropped.
+
+    PostgreSQL drops each pruned run's partition whole; SQLite deletes its rows.
+    """
+    rs = t.run_state
     with ctx.engine.begin() as conn:
-        keep = sa.select(rs.c.run_id).order_by(rs.c.generation.desc())
-        keep_ids = list(conn.execute(keep.limit(keep_runs)).scalars())
-        active = sa.select(rs.c.run_id).where(rs.c.status == RunStatus.ACTIVE)
-        return conn.execute(
-            sa.delete(s).where(s.c.run_id.not_in(keep_ids), s.c.run_id.not_in(active))
-        ).rowcount
+        ctx.lock_inventory(conn)  # DDL on PostgreSQL: never beside a cleanup or a begin
+        newest = sa.select(rs.c.run_id).order_by(rs.c.generation.desc())
+        keep = set(conn.execute(newest.limit(keep_runs)).scalars())
+        completed = newest.where(rs.c.status == RunStatus.COMPLETED).limit(KEEP_COMPLETED)
+        keep |= set(conn.execute(completed).scalars())
+        keep |= set(
+            conn.execute(sa.select(rs.c.run_id).where(rs.c.status == RunStatus.ACTIVE)).scalars()
+        )
+        return ctx.dialect.drop_staging_except(conn, keep)
