@@ -399,14 +399,22 @@ def targets(results: dict[str, dict]) -> list[str]:
 #: What the store does where it spends more than the limit; checked against the code of the
 #: commit that regenerates BENCHMARKS.md (update with the code, never from memory).
 STORE_NOTES = [
-    "Where ours spends more than the limit: `stage()` builds one tuple a record and hashes it "
-    "(`ProjectRecord.content_hash()`), locks and checks the run's `run_state` row and updates "
-    "its progress counts in the same transaction as the batch; the flush counts "
-    "added/changed/unchanged by a join of the staging with `projects` before its upsert; "
-    "verify proves every staged key landed with this generation (a join and two counts) "
-    "before it confirms; cleanup checks every scope (its verdict, a newer completed run, its "
-    "identity) and counts each scope's rows for the deletion guard, and moves rows to history "
-    "2,000 at a time through Python (plain SQL: one INSERT … SELECT).",
+    "Where ours spends more than the limit (store code at this commit): `stage()` turns each "
+    "record into one tuple (the schema's staging columns, JSON encoded once, the digest "
+    "composed from those encodings: `content_hash()`'s, byte for byte), locks and checks the "
+    "run's `run_state` row, makes sure the run's partition exists (PostgreSQL) and updates the "
+    "progress counts in the same transaction as the batch; PostgreSQL sends the batch as one "
+    "COPY text buffer under a savepoint. The flush counts the staging, runs one upsert that "
+    "stamps and confirms every row it writes (its RETURNING counted for added/changed), and "
+    "reads back the rows carrying the run's generation and confirmation before it commits. "
+    "Verify is one read-only statement (staged rows, those present with generation, content "
+    "and confirmation, rows stamped). Cleanup checks every scope (verdict, a newer completed "
+    "run, identity), counts each scope's rows for the deletion guard (one query a scope), "
+    "marks missing rows and moves due ones to history in one statement (SQLite: two). Pruning "
+    "counts a dropped partition's rows before dropping it.",
+    "Plain and limit do the same data work in the fewest statements: COPY into the run's "
+    "partition (PostgreSQL), one upsert that stamps and confirms, a count, INSERT … SELECT + "
+    "DELETE for history, DROP of the old partition (SQLite: DELETE of old staging).",
 ]
 
 
