@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import operator
 from collections.abc import Iterable, Iterator
 from dataclasses import fields
 from json.encoder import encode_basestring
@@ -30,64 +31,69 @@ KEEP_COMPLETED = 2
 
 # The JSON encoding ``ProjectRecord.content_hash`` uses, as one reusable encoder.
 _encode = json.JSONEncoder(sort_keys=True, default=str, ensure_ascii=False).encode
-# Fields the digest covers, in its (sorted) key order, each with its rendered key.
-_HASHED = sorted(f.name for f in fields(ProjectRecord) if f.name != "project_key")
-_HASH_KEYS = [encode_basestring(name) + ": " for name in _HASHED]
-_JSON_COLUMNS = {c.name for c in t.staged_projects.columns if isinstance(c.type, sa.JSON)}
-# How each staged column's value is found: "run", "key", "hash", "json:<field>", "<field>".
-_SOURCES = []
-for _name in STAGE_COLUMNS:
-    if _name == "run_id":
-        _SOURCES.append("run")
-    elif _name == "content_hash":
-        _SOURCES.append("hash")
-    elif _name in _JSON_COLUMNS:
-        _SOURCES.append(f"json:{_name}")
-    else:
-        _SOURCES.append(_name)
-_RECORD_FIELDS = {f.name for f in fields(ProjectRecord)}
 
 
-def _json_value(name: str, value: Any) -> str:
-    """A field as the digest encodes it."""
+def _scalar(value: Any) -> str:
     if value is None:
         return "null"
-    if name == "markers":
-        return _encode(sorted(value))
-    if name == "last_commit_at":
-        return encode_basestring(value.isoformat())
     if value.__class__ is str:
         return encode_basestring(value)
     return _encode(value)
 
 
+def _markers(value: Any) -> str:
+    return "null" if value is None else _encode(sorted(value))
+
+
+def _timestamp(value: Any) -> str:
+    return "null" if value is None else encode_basestring(value.isoformat())
+
+
+# Fields the digest covers, in its (sorted) key order: each one's rendered key and encoder.
+_HASHED = sorted(f.name for f in fields(ProjectRecord) if f.name != "project_key")
+_HASH_KEYS = [encode_basestring(name) + ": " for name in _HASHED]
+_ENCODERS = [{"markers": _markers, "last_commit_at": _timestamp}.get(n, _scalar) for n in _HASHED]
+_get_hashed = operator.attrgetter(*_HASHED)
+_JSON_COLUMNS = {c.name for c in t.staged_projects.columns if isinstance(c.type, sa.JSON)}
+_JSON_DEFAULT = {"attributes": "{}"}  # what a staged JSON column holds for a None field
+
+
+def _positions() -> list[int]:
+    """Where each staged column's value sits in ``[run_id, digest, project_key, None,
+    *fields in _HASHED order, *their JSON texts]`` (see ``row_of``)."""
+    n = len(_HASHED)
+    out = []
+    for name in STAGE_COLUMNS:
+        if name == "run_id":
+            out.append(0)
+        elif name == "content_hash":
+            out.append(1)
+        elif name == "project_key":
+            out.append(2)
+        elif name in _HASHED:
+            i = _HASHED.index(name)
+            out.append(4 + n + i if name in _JSON_COLUMNS else 4 + i)
+        else:
+            out.append(3)  # a column no record field fills
+    return out
+
+
+_pick = operator.itemgetter(*_positions())
+
+
 def row_of(run_id: str, record: ProjectRecord) -> tuple:
     """``record`` as one ``staged_projects`` row (a tuple in ``STAGE_COLUMNS`` order)."""
-    encoded: dict[str, str] = {}
-    parts = []
-    for key, name in zip(_HASH_KEYS, _HASHED, strict=True):
-        text = _json_value(name, getattr(record, name))
-        encoded[name] = text
-        parts.append(key + text)
-    raw = "{" + ", ".join(parts) + "}"
+    values = _get_hashed(record)
+    texts = [encode(v) for encode, v in zip(_ENCODERS, values, strict=True)]
+    raw = "{" + ", ".join([k + v for k, v in zip(_HASH_KEYS, texts, strict=True)]) + "}"
     digest = hashlib.sha1(raw.encode("utf-8", "surrogateescape")).hexdigest()
-    row = []
-    for source in _SOURCES:
-        if source == "run":
-            row.append(run_id)
-        elif source == "hash":
-            row.append(digest)
-        elif source.startswith("json:"):
-            name = source[5:]
-            text = encoded.get(name, "null")
-            if text == "null":  # staged JSON columns hold a value, never NULL
-                text = "{}" if name == "attributes" else "[]"
-            row.append(text)
-        elif source in _RECORD_FIELDS:
-            row.append(getattr(record, source))
-        else:
-            row.append(None)
-    return tuple(row)
+    for i, name in _NULLABLE_JSON:
+        if texts[i] == "null":  # staged JSON columns hold a value, never NULL
+            texts[i] = _JSON_DEFAULT.get(name, "[]")
+    return _pick([run_id, digest, record.project_key, None, *values, *texts])
+
+
+_NULLABLE_JSON = [(i, n) for i, n in enumerate(_HASHED) if n in _JSON_COLUMNS]
 
 
 def reset_staging(ctx: StoreContext, run_id: str) -> None:
