@@ -7,9 +7,11 @@ here), two implementations run the same two-run cycle on fresh databases with th
 * **ours** — ``InventoryStore``: run 1 stages N records in batches (the real ``stage()`` path),
   ends its scopes, flushes, verifies, completes and cleans up (nothing to remove); run 2 sees
   N minus 1% (and 5% of the rest changed), so its cleanup (lenient policy) moves 1% to history.
-* **baseline** — the same data work by hand: PostgreSQL COPY into ``staged_projects``,
-  ``INSERT … SELECT … ON CONFLICT DO UPDATE``, ``UPDATE`` to confirm, ``INSERT INTO
-  removed_projects SELECT …`` + ``DELETE``; SQLite the same with ``executemany`` for staging.
+* **plain** — the same data work by hand: PostgreSQL COPY into ``staged_projects``,
+  ``INSERT … SELECT … ON CONFLICT DO UPDATE`` that stamps and confirms (one write a row, as
+  ours), a count to check it, ``INSERT INTO removed_projects SELECT …`` + ``DELETE``, the old
+  staging deleted; SQLite the same with ``executemany`` for staging.
+* **limit** — plain's statements over rows prepared before the clock starts: the database alone.
 
 Both compute ``ProjectRecord.content_hash()`` while staging (the column is part of the data);
 building the records themselves is not timed. Every case runs in a child process, so its peak
@@ -216,22 +218,74 @@ def prefill_history(url: str, rows: int) -> None:
 # ---------------------------------------------------------------------------- ours
 
 
+def plan_of(spec: dict) -> list[int]:
+    """The runs of one case, by the variant of the data each sees (see ``make_record``).
+
+    ``cycle``: a first run, then a run that misses 1% and sees 5% changed. ``growth``: a first
+    run, then ``unchanged`` runs that see exactly the same records.
+    """
+    if spec.get("mode") == "growth":
+        return [1] * (1 + spec["unchanged"])
+    return [1, 2]
+
+
+def _variant_batches(spec: dict, variant: int, size: int) -> Iterator[list[ProjectRecord]]:
+    n, scopes = spec["size"], spec["scopes"]
+    if spec.get("mode") == "growth":
+        return batches(n, scopes, 1, size)
+    return batches(n, scopes, variant, size)
+
+
+def table_sizes(url: str) -> dict[str, int]:
+    """Bytes of ``projects`` on disk (heap + TOAST) and of its indexes (PostgreSQL; else {})."""
+    import sqlalchemy as sa
+
+    if sa.engine.make_url(url).get_backend_name() != "postgresql":
+        return {}
+    import psycopg
+
+    with psycopg.connect(_libpq(url)) as conn:
+        heap, index = conn.execute(
+            "SELECT pg_table_size('projects'), pg_indexes_size('projects')"
+        ).fetchone()
+    return {"heap": int(heap), "index": int(index)}
+
+
+def vacuum_if_asked(spec: dict) -> None:
+    """``VACUUM projects`` after a run when the case asks for it (untimed: autovacuum's work)."""
+    if spec.get("vacuum") != "each":
+        return
+    import psycopg
+
+    with psycopg.connect(_libpq(spec["url"]), autocommit=True) as conn:
+        conn.execute("VACUUM projects")
+
+
+def _check_counts(spec: dict, left: int, removed: int | None) -> None:
+    if spec.get("mode") == "growth":
+        assert left == spec["size"], (left, spec["size"])
+        return
+    want_left, want_removed = expected_counts(spec["size"])
+    assert left == want_left, (left, want_left)
+    assert removed == want_removed, (removed, want_removed)
+
+
 class _BenchSource:
-    """Run ``run``'s records as a source for ``steps.start_run``; the time spent building the
-    records (not timed by this benchmark) is kept in ``build_seconds``."""
+    """A run's records as a source for ``steps.start_run``; the time spent building the records
+    (not timed by this benchmark) is kept in ``build_seconds``."""
 
     kind = "filesystem"
 
-    def __init__(self, n: int, scopes: int, run: int, batch_size: int):
-        self.n, self.scopes, self.run, self.batch_size = n, scopes, run, batch_size
+    def __init__(self, spec: dict, variant: int, batch_size: int):
+        self.spec, self.variant, self.batch_size = spec, variant, batch_size
         self.build_seconds = 0.0
 
     def scope_keys(self) -> list[str]:
-        return scope_keys(self.scopes)
+        return scope_keys(self.spec["scopes"])
 
     def scan(self) -> Iterator[ProjectRecord | ScopeVerdict]:
-        seen = dict.fromkeys(scope_keys(self.scopes), 0)
-        records = batches(self.n, self.scopes, self.run, self.batch_size)
+        seen = dict.fromkeys(self.scope_keys(), 0)
+        records = _variant_batches(self.spec, self.variant, self.batch_size)
         while True:
             t = time.perf_counter()
             batch = next(records, None)
@@ -246,21 +300,21 @@ class _BenchSource:
 
 
 def cycle_ours(spec: dict) -> dict:
-    """Two runs through the step layer (``enum_pipeline.steps``); per-run phase times in
-    seconds ("stage" includes ``begin``)."""
+    """The runs of ``plan_of(spec)`` through the step layer (``enum_pipeline.steps``); per-run
+    phase times in seconds ("stage" includes ``begin``)."""
     from enum_pipeline import steps
     from enum_pipeline.store import CleanupPolicy, InventoryStore
 
-    n, scopes, batch_size = spec["size"], spec["scopes"], spec["batch"]
+    batch_size = spec["batch"]
     store = InventoryStore(spec["url"])
     if spec.get("history_rows"):
         prefill_history(spec["url"], spec["history_rows"])
     policy = CleanupPolicy(max_delete_count=None, max_delete_fraction=None)
-    runs = []
-    for run in (1, 2):
-        run_id = f"bench-{run}-{uuid.uuid4().hex[:8]}"
+    runs, sizes = [], []
+    for number, variant in enumerate(plan_of(spec), 1):
+        run_id = f"bench-{number}-{uuid.uuid4().hex[:8]}"
         times = dict.fromkeys(PHASES, 0.0)
-        source = _BenchSource(n, scopes, run, batch_size)
+        source = _BenchSource(spec, variant, batch_size)
         t = time.perf_counter()
         steps.start_run(store, run_id, [source], batch_size=batch_size)
         times["stage"] += time.perf_counter() - t - source.build_seconds
@@ -279,18 +333,24 @@ def cycle_ours(spec: dict) -> dict:
         times["cleanup"] += time.perf_counter() - t
         assert result.status in ("done", "noop"), result
         runs.append(times)
-    left, removed = expected_counts(n)
-    assert store.count_projects() == left, (store.count_projects(), left)
-    assert result.removed == removed, (result.removed, removed)
+        vacuum_if_asked(spec)
+        sizes.append(table_sizes(spec["url"]))
+    _check_counts(spec, store.count_projects(), result.removed)
     store.dispose()
-    return {"runs": runs}
+    return {"runs": runs, "sizes": sizes}
 
 
-# ---------------------------------------------------------------------------- baseline
+# ---------------------------------------------------------------------------- baselines
+#
+# *plain*: the same data work written by hand, Python included (hash, rows, driver adaptation).
+# *limit*: the same statements over rows prepared before the clock starts (hash computed, JSON
+# encoded, COPY text rendered / parameter tuples built): what the database alone needs.
 
 _UPSERT_SET = [f"{c} = EXCLUDED.{c}" for c in DATA_COLUMNS] + [
     "run_id = EXCLUDED.run_id",
     "seen_generation = EXCLUDED.seen_generation",
+    "last_confirmed_run_id = EXCLUDED.last_confirmed_run_id",
+    "confirmed_generation = EXCLUDED.confirmed_generation",
     "last_seen_at = EXCLUDED.last_seen_at",
     "changed_at = CASE WHEN projects.content_hash <> EXCLUDED.content_hash "
     "THEN EXCLUDED.changed_at ELSE projects.changed_at END",
@@ -302,6 +362,8 @@ _INSERT_COLS = [
     *DATA_COLUMNS,
     "run_id",
     "seen_generation",
+    "last_confirmed_run_id",
+    "confirmed_generation",
     "first_seen_at",
     "last_seen_at",
     "changed_at",
@@ -349,11 +411,31 @@ def stage_row(run_id: str, r: ProjectRecord, content_hash: str, time_value, json
     )
 
 
+_COPY_ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
+
+
+def copy_text(rows: list[tuple]) -> bytes:
+    """Rows rendered in COPY's text format (what the driver sends), ready to write as is."""
+    out = []
+    for row in rows:
+        out.append(
+            "\t".join(
+                "\\N"
+                if v is None
+                else (v if isinstance(v, str) else str(v)).translate(_COPY_ESCAPES)
+                for v in row
+            )
+        )
+    out.append("")
+    return "\n".join(out).encode("utf-8", "surrogateescape")
+
+
 def _upsert_sql(param) -> str:
     """The set-based flush, written out by hand (``param(name)`` renders a placeholder)."""
     return (
         f"INSERT INTO projects ({', '.join(_INSERT_COLS)}) "
         f"SELECT project_key, {', '.join(DATA_COLUMNS)}, {param('run')}, {param('gen')}, "
+        f"{param('run')}, {param('gen')}, "
         f"{param('now')}, {param('now')}, {param('now')}, 0 "
         f"FROM staged_projects WHERE run_id = {param('run')} "
         f"ON CONFLICT (project_key) DO UPDATE SET {', '.join(_UPSERT_SET)} "
@@ -363,7 +445,7 @@ def _upsert_sql(param) -> str:
 
 
 def cycle_baseline(spec: dict) -> dict:
-    """The same two runs in plain SQL on a database with the same tables."""
+    """The same runs in plain SQL (``impl`` plain or limit) on a database with the same tables."""
     import sqlalchemy as sa
 
     from enum_pipeline.store.engine import create_inventory_engine, ensure_schema
@@ -382,22 +464,39 @@ def _baseline_pg(spec: dict) -> dict:
     import psycopg
     from psycopg.types.json import Jsonb
 
-    n, scopes, batch_size = spec["size"], spec["scopes"], spec["batch"]
+    scopes, batch_size = spec["scopes"], spec["batch"]
+    prepared = spec["impl"] == "limit"
     conn = psycopg.connect(_libpq(spec["url"]))
     cur = conn.cursor()
     pg_types = {"run": "varchar", "gen": "bigint", "now": "timestamptz"}
     upsert = _upsert_sql(lambda name: f"%({name})s::{pg_types[name]}")
-    runs = []
-    for run in (1, 2):
-        run_id, gen, now = f"base-{run}", run, datetime.now(UTC)
+    from enum_pipeline.store.schema import staging_partition
+
+    runs, sizes = [], []
+    for gen, variant in enumerate(plan_of(spec), 1):
+        run_id, now = f"base-{gen}", datetime.now(UTC)
         times = dict.fromkeys([*PHASES, "hash"], 0.0)
-        for batch in batches(n, scopes, run, batch_size):
-            t = time.perf_counter()
-            hashes = [r.content_hash() for r in batch]
-            times["hash"] += time.perf_counter() - t
-            with cur.copy(f"COPY staged_projects ({', '.join(STAGE_COLUMNS)}) FROM STDIN") as cp:
-                for r, content_hash in zip(batch, hashes, strict=True):
-                    cp.write_row(stage_row(run_id, r, content_hash, _same, Jsonb))
+        t = time.perf_counter()
+        partition = staging_partition(run_id)  # the store's layout: a partition a run
+        cur.execute(
+            f"CREATE TABLE \"{partition}\" PARTITION OF staged_projects FOR VALUES IN ('{run_id}')"
+        )
+        times["other"] += time.perf_counter() - t
+        copy_sql = f'COPY "{partition}" ({", ".join(STAGE_COLUMNS)}) FROM STDIN'
+        for batch in _variant_batches(spec, variant, batch_size):
+            if prepared:
+                rows = [stage_row(run_id, r, r.content_hash(), _iso, json.dumps) for r in batch]
+                payload = copy_text(rows)
+                t = time.perf_counter()
+                with cur.copy(copy_sql) as cp:
+                    cp.write(payload)
+            else:
+                t = time.perf_counter()
+                hashes = [r.content_hash() for r in batch]
+                times["hash"] += time.perf_counter() - t
+                with cur.copy(copy_sql) as cp:
+                    for r, content_hash in zip(batch, hashes, strict=True):
+                        cp.write_row(stage_row(run_id, r, content_hash, _same, Jsonb))
             conn.commit()
             times["stage"] += time.perf_counter() - t
         t = time.perf_counter()
@@ -405,11 +504,8 @@ def _baseline_pg(spec: dict) -> dict:
         conn.commit()
         times["flush"] += time.perf_counter() - t
         t = time.perf_counter()
-        cur.execute(
-            "UPDATE projects SET last_confirmed_run_id = %s, confirmed_generation = %s "
-            "WHERE seen_generation = %s",
-            (run_id, gen, gen),
-        )
+        cur.execute("SELECT count(*) FROM projects WHERE seen_generation = %s", (gen,))
+        cur.fetchone()
         conn.commit()
         times["verify"] += time.perf_counter() - t
         t = time.perf_counter()
@@ -425,18 +521,27 @@ def _baseline_pg(spec: dict) -> dict:
         removed = cur.rowcount
         conn.commit()
         times["cleanup"] += time.perf_counter() - t
+        t = time.perf_counter()
+        cur.execute(f'DROP TABLE IF EXISTS "{staging_partition(f"base-{gen - 2}")}"')
+        conn.commit()
+        times["other"] += time.perf_counter() - t
         runs.append(times)
-    left, expected = expected_counts(n)
-    assert removed == expected, (removed, expected)
-    assert cur.execute("SELECT count(*) FROM projects").fetchone()[0] == left
+        vacuum_if_asked(spec)
+        sizes.append(table_sizes(spec["url"]))
+    _check_counts(spec, cur.execute("SELECT count(*) FROM projects").fetchone()[0], removed)
     conn.close()
-    return {"runs": runs}
+    return {"runs": runs, "sizes": sizes}
+
+
+def _iso(value: datetime | None) -> str | None:
+    return value.isoformat() if value else None
 
 
 def _baseline_sqlite(spec: dict) -> dict:
     import sqlite3
 
-    n, scopes, batch_size = spec["size"], spec["scopes"], spec["batch"]
+    scopes, batch_size = spec["scopes"], spec["batch"]
+    prepared = spec["impl"] == "limit"
     path = spec["url"].split("sqlite:///", 1)[1]
     conn = sqlite3.connect(path, isolation_level=None, timeout=60)
     for pragma in ("journal_mode=WAL", "synchronous=NORMAL", "busy_timeout=60000"):
@@ -451,18 +556,24 @@ def _baseline_sqlite(spec: dict) -> dict:
         f"'{c}', " + (f"json({c})" if c in as_json else c) for c in PROJECT_COLUMNS
     )
     runs = []
-    for run in (1, 2):
-        run_id, gen = f"base-{run}", run
+    for gen, variant in enumerate(plan_of(spec), 1):
+        run_id = f"base-{gen}"
         now = datetime.now(UTC).replace(tzinfo=None).isoformat(sep=" ")
         times = dict.fromkeys([*PHASES, "hash"], 0.0)
-        for batch in batches(n, scopes, run, batch_size):
-            t = time.perf_counter()
-            hashes = [r.content_hash() for r in batch]
-            times["hash"] += time.perf_counter() - t
-            rows = [
-                stage_row(run_id, r, content_hash, _sqlite_time, json.dumps)
-                for r, content_hash in zip(batch, hashes, strict=True)
-            ]
+        for batch in _variant_batches(spec, variant, batch_size):
+            if prepared:
+                rows = [
+                    stage_row(run_id, r, r.content_hash(), _sqlite_time, json.dumps) for r in batch
+                ]
+                t = time.perf_counter()
+            else:
+                t = time.perf_counter()
+                hashes = [r.content_hash() for r in batch]
+                times["hash"] += time.perf_counter() - t
+                rows = [
+                    stage_row(run_id, r, content_hash, _sqlite_time, json.dumps)
+                    for r, content_hash in zip(batch, hashes, strict=True)
+                ]
             conn.execute("BEGIN IMMEDIATE")
             conn.executemany(insert, rows)
             conn.execute("COMMIT")
@@ -473,13 +584,7 @@ def _baseline_sqlite(spec: dict) -> dict:
         conn.execute("COMMIT")
         times["flush"] += time.perf_counter() - t
         t = time.perf_counter()
-        conn.execute("BEGIN IMMEDIATE")
-        conn.execute(
-            "UPDATE projects SET last_confirmed_run_id = ?, confirmed_generation = ? "
-            "WHERE seen_generation = ?",
-            (run_id, gen, gen),
-        )
-        conn.execute("COMMIT")
+        conn.execute("SELECT count(*) FROM projects WHERE seen_generation = ?", (gen,)).fetchone()
         times["verify"] += time.perf_counter() - t
         t = time.perf_counter()
         keys = scope_keys(scopes)
@@ -494,12 +599,15 @@ def _baseline_sqlite(spec: dict) -> dict:
         removed = conn.execute(f"DELETE FROM projects WHERE {stale}", (*keys, gen)).rowcount
         conn.execute("COMMIT")
         times["cleanup"] += time.perf_counter() - t
+        t = time.perf_counter()
+        conn.execute("BEGIN IMMEDIATE")
+        conn.execute("DELETE FROM staged_projects WHERE run_id = ?", (f"base-{gen - 2}",))
+        conn.execute("COMMIT")
+        times["other"] += time.perf_counter() - t
         runs.append(times)
-    left, expected = expected_counts(n)
-    assert removed == expected, (removed, expected)
-    assert conn.execute("SELECT count(*) FROM projects").fetchone()[0] == left
+    _check_counts(spec, conn.execute("SELECT count(*) FROM projects").fetchone()[0], removed)
     conn.close()
-    return {"runs": runs}
+    return {"runs": runs, "sizes": [{} for _ in runs]}
 
 
 _HASHED_FIELDS = [f for f in ProjectRecord.__dataclass_fields__ if f != "project_key"]
@@ -583,19 +691,28 @@ def run_child(spec: dict, timeout: float) -> dict:
     return common.run_child(__file__, spec, timeout)
 
 
+IMPLS = ("ours", "plain", "limit")
+
+
 def _totals(result: dict) -> dict[str, float]:
-    """Phase times summed over the two runs, plus the total."""
+    """Phase times summed over the case's runs, plus the total."""
     sums = {p: sum(r[p] for r in result["runs"]) for p in PHASES}
     sums["total"] = sum(sums.values())
     return sums
+
+
+def _run_total(run: dict) -> float:
+    return sum(run[p] for p in PHASES)
 
 
 def summarize(cases: list[dict]) -> dict:
     """Medians of the repeats of one (size, backend, impl)."""
     phases = [*PHASES, "total"]
     med = {p: statistics.median(_totals(c)[p] for c in cases) for p in phases}
+    n_runs = len(cases[0]["runs"])
     per_run = [
-        {p: statistics.median(c["runs"][i][p] for c in cases) for p in PHASES} for i in (0, 1)
+        {p: statistics.median(c["runs"][i][p] for c in cases) for p in PHASES}
+        for i in range(n_runs)
     ]
     hashes = [sum(r.get("hash", 0.0) for r in c["runs"]) for c in cases]
     return {
@@ -605,6 +722,26 @@ def summarize(cases: list[dict]) -> dict:
         "repeats": len(cases),
         "maxrss_mib": max(c["maxrss_mib"] for c in cases),
         "samples_total": [_totals(c)["total"] for c in cases],
+        "sizes": cases[-1].get("sizes") or [],
+        "run_totals": [[_run_total(r) for r in c["runs"]] for c in cases],
+    }
+
+
+def paired(cases: dict[str, list[dict]], a: str, b: str, parts=("total",)) -> dict:
+    """Ratio ``a``/``b`` of each repeat (the two ran back to back), its median and range."""
+    ratios = []
+    for ca, cb in zip(cases[a], cases[b], strict=True):
+        ta, tb = _totals(ca), _totals(cb)
+        num, den = sum(ta[p] for p in parts), sum(tb[p] for p in parts)
+        if den > 0:
+            ratios.append(num / den)
+    if not ratios:
+        return {"median": None, "min": None, "max": None, "n": 0}
+    return {
+        "median": statistics.median(ratios),
+        "min": min(ratios),
+        "max": max(ratios),
+        "n": len(ratios),
     }
 
 
@@ -613,54 +750,65 @@ ROW_PHASES = [
     ("flush", ("flush",)),
     ("verify", ("verify",)),
     ("cleanup", ("cleanup",)),
-    ("begin+complete", ("other",)),
+    ("begin+complete+prune", ("other",)),
     ("flush+verify+cleanup", ("flush", "verify", "cleanup")),
     ("total", ("total",)),
 ]
 
 
 def table_rows(results: list[dict]) -> list[dict]:
-    """One row per (size, backend, phase): ours, baseline, ratio, peak RSS."""
+    """One row per (size, backend, phase): ours, plain, limit, paired ratios, peak RSS."""
     rows = []
     for res in results:
         if res["kind"] != "cycle":
             continue
-        ours, base = res["ours"], res["baseline"]
         for label, parts in ROW_PHASES:
-            o = sum(ours["median"][p] for p in parts)
-            b = sum(base["median"][p] for p in parts)
-            rows.append(
-                {
-                    "size": res["size"],
-                    "backend": res["backend"],
-                    "phase": label,
-                    "ours": o,
-                    "baseline": b,
-                    "ratio": (o / b) if b > 0 else None,
-                    "rss_ours": ours["maxrss_mib"],
-                    "rss_base": base["maxrss_mib"],
-                    "repeats": ours["repeats"],
-                }
-            )
+            row = {"size": res["size"], "backend": res["backend"], "phase": label}
+            for impl in IMPLS:
+                row[impl] = sum(res[impl]["median"][p] for p in parts)
+                row[f"rss_{impl}"] = res[impl]["maxrss_mib"]
+            row["repeats"] = res["ours"]["repeats"]
+            row["vs_limit"] = res["pairs"][label]["limit"]
+            row["vs_plain"] = res["pairs"][label]["plain"]
+            # kept for older readers of the JSON
+            row["baseline"], row["ratio"] = row["plain"], row["vs_plain"]["median"]
+            rows.append(row)
     return rows
+
+
+def _rng(r: dict) -> str:
+    if r["median"] is None:
+        return "-"
+    return f"{r['median']:.2f} ({r['min']:.2f}-{r['max']:.2f})"
 
 
 def print_tables(results: list[dict]) -> None:
     print(
-        f"{'size':>9} {'backend':<10} {'phase':<21} {'ours s':>9} {'base s':>9} {'ratio':>6} "
-        f"{'RSS ours':>9} {'RSS base':>9} {'n':>2}"
+        f"{'size':>9} {'backend':<10} {'phase':<21} {'ours s':>9} {'plain s':>9} "
+        f"{'limit s':>9} {'ours/limit':>18} {'ours/plain':>18} {'RSS ours':>9} {'n':>2}"
     )
     for r in table_rows(results):
-        ratio = f"{r['ratio']:.2f}" if r["ratio"] is not None else "-"
-        rss = (
-            (f"{r['rss_ours']:>8.0f}M {r['rss_base']:>8.0f}M")
-            if r["phase"] == "total"
-            else f"{'':>9} {'':>9}"
-        )
+        rss = f"{r['rss_ours']:>8.0f}M" if r["phase"] == "total" else f"{'':>9}"
         print(
             f"{r['size']:>9} {r['backend']:<10} {r['phase']:<21} {r['ours']:>9.3f} "
-            f"{r['baseline']:>9.3f} {ratio:>6} {rss} {r['repeats']:>2}"
+            f"{r['plain']:>9.3f} {r['limit']:>9.3f} {_rng(r['vs_limit']):>18} "
+            f"{_rng(r['vs_plain']):>18} {rss} {r['repeats']:>2}"
         )
+    growth = [r for r in results if r["kind"] == "growth"]
+    if growth:
+        print()
+        print(
+            f"{'size':>9} {'backend':<10} {'impl':<6} {'vacuum':<7} {'run':>3} {'s':>8} "
+            f"{'heap MiB':>9} {'index MiB':>9}"
+        )
+        for g in growth:
+            for impl, data in g["impls"].items():
+                for i, (sec, size) in enumerate(zip(data["runs"], data["sizes"], strict=True)):
+                    print(
+                        f"{g['size']:>9} {g['backend']:<10} {impl:<6} {g['vacuum']:<7} "
+                        f"{i + 1:>3} {sec:>8.3f} {size.get('heap', 0) / 2**20:>9.1f} "
+                        f"{size.get('index', 0) / 2**20:>9.1f}"
+                    )
     hist = [r for r in results if r["kind"] == "history"]
     if hist:
         print()
@@ -676,12 +824,79 @@ def print_tables(results: list[dict]) -> None:
             )
 
 
+def run_cycle(dbs, base: dict, size: int, backend: str, n_rep: int, timeout: float) -> dict:
+    """``n_rep`` repeats of ours, plain and limit, the order rotating each repeat."""
+    cases: dict[str, list[dict]] = {impl: [] for impl in IMPLS}
+    for rep in range(n_rep):
+        order = IMPLS[rep % 3 :] + IMPLS[: rep % 3]
+        for impl in order:
+            url = dbs.create(backend, impl)
+            try:
+                spec = {**base, "impl": impl, "backend": backend, "size": size}
+                cases[impl].append(run_child({**spec, "url": url}, timeout))
+            finally:
+                dbs.drop(url)
+            print(
+                f"# {backend} {size} {impl} #{rep + 1}: "
+                f"{_totals(cases[impl][-1])['total']:.2f}s, "
+                f"{cases[impl][-1]['maxrss_mib']:.0f} MiB",
+                file=sys.stderr,
+                flush=True,
+            )
+    result = {"kind": "cycle", "size": size, "backend": backend}
+    result.update({impl: summarize(cases[impl]) for impl in IMPLS})
+    result["pairs"] = {
+        label: {other: paired(cases, "ours", other, parts) for other in ("plain", "limit")}
+        for label, parts in ROW_PHASES
+    }
+    return result
+
+
+def run_growth(dbs, base: dict, size: int, unchanged: int, timeout: float) -> list[dict]:
+    """PostgreSQL: a first run then ``unchanged`` identical runs, ``projects``' size after each;
+    without any vacuum (the server runs with autovacuum off), and with ``VACUUM projects``
+    after each run (what autovacuum, when it keeps up, does)."""
+    out = []
+    for vacuum in ("none", "each"):
+        entry = {"kind": "growth", "size": size, "backend": "postgresql", "vacuum": vacuum}
+        entry["impls"] = {}
+        for impl in ("ours", "plain"):
+            url = dbs.create("postgresql", f"grow_{impl}")
+            try:
+                spec = {
+                    **base,
+                    "impl": impl,
+                    "backend": "postgresql",
+                    "size": size,
+                    "mode": "growth",
+                    "unchanged": unchanged,
+                    "vacuum": vacuum,
+                }
+                res = run_child({**spec, "url": url}, timeout)
+            finally:
+                dbs.drop(url)
+            entry["impls"][impl] = {
+                "runs": [_run_total(r) for r in res["runs"]],
+                "sizes": res["sizes"],
+                "maxrss_mib": res["maxrss_mib"],
+            }
+            first = res["sizes"][0]["heap"]
+            print(
+                f"# growth {impl} vacuum={vacuum}: heap {first / 2**20:.1f} -> "
+                f"{res['sizes'][-1]['heap'] / 2**20:.1f} MiB",
+                file=sys.stderr,
+                flush=True,
+            )
+        out.append(entry)
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the benchmark, print the tables; return the exit status."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000, 1_000_000])
     ap.add_argument("--backends", nargs="+", default=["sqlite", "postgresql"])
-    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--repeat", type=int, default=5)
     ap.add_argument("--large-repeat", type=int, default=1, help="repeats for N >= 1,000,000")
     ap.add_argument(
         "--skip",
@@ -697,6 +912,14 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="diagnostic: a digest-identical content hash without dataclasses.asdict, in both",
     )
+    ap.add_argument(
+        "--growth-size",
+        type=int,
+        default=0,
+        help="PostgreSQL: also a first run + --unchanged identical runs of this size, "
+        "measuring projects' size after each (with and without VACUUM between runs)",
+    )
+    ap.add_argument("--unchanged", type=int, default=5)
     ap.add_argument("--history-rows", type=int, default=0)
     ap.add_argument("--history-size", type=int, default=100_000)
     ap.add_argument("--quick", action="store_true", help="smallest size, one repeat")
@@ -728,32 +951,15 @@ def main(argv: list[str] | None = None) -> int:
             for backend in args.backends:
                 if f"{backend}:{size}" in args.skip:
                     continue
-                cases: dict[str, list[dict]] = {"ours": [], "baseline": []}
-                for rep in range(n_rep):
-                    order = ("ours", "baseline") if rep % 2 == 0 else ("baseline", "ours")
-                    for impl in order:
-                        url = dbs.create(backend, impl)
-                        try:
-                            spec = {**base, "impl": impl, "backend": backend, "size": size}
-                            cases[impl].append(run_child({**spec, "url": url}, args.timeout))
-                        finally:
-                            dbs.drop(url)
-                        print(
-                            f"# {backend} {size} {impl} #{rep + 1}: "
-                            f"{_totals(cases[impl][-1])['total']:.2f}s, "
-                            f"{cases[impl][-1]['maxrss_mib']:.0f} MiB",
-                            file=sys.stderr,
-                            flush=True,
-                        )
-                results.append(
-                    {
-                        "kind": "cycle",
-                        "size": size,
-                        "backend": backend,
-                        "ours": summarize(cases["ours"]),
-                        "baseline": summarize(cases["baseline"]),
-                    }
-                )
+                results.append(run_cycle(dbs, base, size, backend, n_rep, args.timeout))
+        if args.growth_size and "postgresql" in args.backends:
+            results += run_growth(
+                dbs,
+                base,
+                args.growth_size if not args.quick else sizes[0],
+                args.unchanged,
+                args.timeout,
+            )
         if args.history_rows and not args.quick:
             for backend in args.backends:
                 empty = next(

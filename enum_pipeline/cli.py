@@ -30,11 +30,29 @@ def _ensure_dagster_home() -> Path:
     return path
 
 
+_OPENED: list = []  # Dagster instances and stores the command opened, closed before exit
+
+
 def _instance():
     from dagster import DagsterInstance
 
     _ensure_dagster_home()
-    return DagsterInstance.get()
+    instance = DagsterInstance.get()
+    _OPENED.append(instance)
+    return instance
+
+
+def _store():
+    from enum_pipeline.store import open_store
+
+    store = open_store()
+    _OPENED.append(store)
+    return store
+
+
+def _close_opened() -> None:
+    while _OPENED:
+        _OPENED.pop().dispose()
 
 
 def _run_config(args, scan: dict | None = None) -> dict:
@@ -105,7 +123,7 @@ def cmd_run(args) -> int:
     from enum_pipeline.config import ConfigError, load_config
     from enum_pipeline.definitions import defs
     from enum_pipeline.steps import cleanup_due
-    from enum_pipeline.store import UnknownRunError, open_store
+    from enum_pipeline.store import UnknownRunError
 
     roots = [os.path.abspath(os.path.expanduser(r)) for r in args.root or []] or None
     config_path = os.path.abspath(args.config) if args.config else None
@@ -126,18 +144,19 @@ def cmd_run(args) -> int:
         instance=instance, run_config=_run_config(args, scan), raise_on_error=False
     )
     elapsed = time.monotonic() - started
-    store = open_store()
+    store = _store()
     try:
         info = store.get_run(result.run_id)
     except UnknownRunError:
         info = None
+    scopes = store.scopes(result.run_id) if info is not None else []
     if info is not None:
         print(
             f"run {result.run_id} (generation {info.generation}): {info.status} in {elapsed:.1f}s"
             f" — found {info.scanned_count}, added {info.added_count}, changed "
             f"{info.changed_count}, unchanged {info.unchanged_count}"
         )
-        for scope in store.scopes(result.run_id):
+        for scope in scopes:
             if not scope["complete"]:
                 print(f"  incomplete scope {scope['scope_key']}: {scope['reason']}")
             elif scope["protected"]:
@@ -189,9 +208,7 @@ def cmd_approve(args) -> int:
 
 def cmd_restore(args) -> int:
     """Bring back the projects a cleanup removed."""
-    from enum_pipeline.store import open_store
-
-    keys = open_store().restore(args.run_id, restored_by=f"cli:{os.environ.get('USER', '?')}")
+    keys = _store().restore(args.run_id, restored_by=f"cli:{os.environ.get('USER', '?')}")
     print(f"restored {len(keys)} projects removed by the cleanup of run {args.run_id}")
     for key in keys[:50]:
         print(f"  {key}")
@@ -200,9 +217,7 @@ def cmd_restore(args) -> int:
 
 def cmd_runs(args) -> int:
     """The newest runs of the inventory."""
-    from enum_pipeline.store import open_store
-
-    store = open_store()
+    store = _store()
     for run in store.runs(args.limit):
         cleanup = store.cleanup_record(run.run_id)
         print(
@@ -216,9 +231,7 @@ def cmd_runs(args) -> int:
 
 def cmd_history(args) -> int:
     """Removed projects, as JSON lines."""
-    from enum_pipeline.store import open_store
-
-    for row in open_store().history(args.run_id):
+    for row in _store().history(args.run_id):
         print(json.dumps(row, default=str))
     return EXIT_OK
 
@@ -236,6 +249,7 @@ def cmd_db(args) -> int:
 
     url = default_database_url()
     engine = create_inventory_engine(url)
+    _OPENED.append(engine)
     if args.db_command == "upgrade":
         upgrade_schema(engine)
     print(
@@ -452,7 +466,33 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of the ``enum-pipeline`` console script."""
+    """Entry point of the ``enum-pipeline`` console script.
+
+    Called without ``argv`` (the console script, ``python -m``), it ends the process itself once
+    its output is flushed and its connections are closed, skipping the interpreter's teardown
+    (garbage collection of Dagster's and SQLAlchemy's module state: ~0.4 s, no effect on data).
+    """
+    code = _main(argv)
+    if argv is None:
+        _exit_now(code)
+    return code
+
+
+def _exit_now(code: int) -> None:
+    """``os._exit(code)`` after flushing logs and standard streams (nothing else is pending: every
+    store call commits before it returns and every engine the command opened is disposed)."""
+    import logging
+
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            code = code or EXIT_FAILED
+    os._exit(code)
+
+
+def _main(argv: list[str] | None) -> int:
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
@@ -465,6 +505,8 @@ def main(argv: list[str] | None = None) -> int:
     except StoreError as err:
         print(f"enum-pipeline: {err}", file=sys.stderr)
         return EXIT_FAILED
+    finally:
+        _close_opened()
 
 
 if __name__ == "__main__":

@@ -487,7 +487,11 @@ def test_pg_connection_terminated_mid_flush_loses_nothing(db_url, when):
     try:
         assert ready.wait(WAIT)
         backend = _wait_for_backend(
-            store, app, "INSERT INTO projects", waiting=when == "blocked_on_a_row"
+            # the flush's upsert, counted by its CTE (flush.py)
+            store,
+            app,
+            "WITH written AS%INSERT INTO projects",
+            waiting=when == "blocked_on_a_row",
         )
         with store.engine.connect() as conn:
             assert conn.execute(sa.text("SELECT pg_terminate_backend(:p)"), {"p": backend["pid"]})

@@ -27,6 +27,7 @@ from __future__ import annotations
 import os
 import uuid
 from collections import Counter
+from collections.abc import Collection
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from itertools import permutations
@@ -82,7 +83,7 @@ NEEDLES: dict[str, tuple[str, ...]] = {
     "stage": ("INSERT INTO staged_projects", "scanned_count=("),
     "end_scope": ("INSERT INTO run_scopes",),
     "flush": ("INSERT INTO projects", "flushed_count="),
-    "verify": ("SET last_confirmed_run_id", "confirmed_count="),
+    "verify": ("SET flush_succeeded", "confirmed_count="),
     "complete": ("SET status=",),
     "resume": ("UPDATE run_state SET",),
     "cleanup": (
@@ -215,20 +216,27 @@ class Model:
             self.max_staged_gen[k] = max(self.max_staged_gen.get(k, 0), run.gen)
             run.staged.setdefault(k, MRow(scope, f"{_root(scope)}/{name}", run.gen, run.run_id))
 
-    def flush(self, run: MRun) -> None:
+    def flush(self, run: MRun, lost: Collection[str] = ()) -> None:
+        """The upsert; it confirms what it wrote in the same statement exactly when it wrote
+        every staged row (none fenced by a newer generation, none lost by the database)."""
         run.flushed = True
+        written = []
         for k, staged in run.staged.items():
             row = self.rows.get(k)
             if row is None:
                 self.rows[k] = replace(staged, seen_gen=run.gen, run_id=run.run_id)
+                written.append(k)
             elif row.seen_gen <= run.gen:
                 row.seen_gen, row.run_id, row.missed = run.gen, run.run_id, 0
+                written.append(k)
             self.max_flushed_gen[k] = max(self.max_flushed_gen.get(k, 0), run.gen)
+        for k in lost:  # the database dropped the inserted row
+            self.rows.pop(k, None)
+        if len(written) == len(run.staged) and not lost:
+            for k in written:
+                self.rows[k].confirmed_gen, self.rows[k].confirmed_run = run.gen, run.run_id
 
     def verify(self, run: MRun) -> None:
-        for row in self.rows.values():
-            if row.seen_gen == run.gen:
-                row.confirmed_gen, row.confirmed_run = run.gen, run.run_id
         run.flush_succeeded = True
 
     def complete(self, run: MRun) -> str:
@@ -314,7 +322,9 @@ class Model:
         return previous.verdicts[scope][2] != run.verdicts[scope][2]
 
     def prune_staging(self, keep: int) -> None:
-        newest = {r.run_id for r in sorted(self.runs.values(), key=lambda r: -r.gen)[:keep]}
+        by_gen = sorted(self.runs.values(), key=lambda r: -r.gen)
+        newest = {r.run_id for r in by_gen[:keep]}
+        newest |= {r.run_id for r in [r for r in by_gen if r.status == "completed"][:2]}
         for r in self.runs.values():
             if r.run_id not in newest and r.status != "active":
                 r.staging_kept = False
@@ -708,9 +718,7 @@ class InventoryMachine(RuleBasedStateMachine):
             if lost:
                 clear_faults(self.url)
         if outcome != "rolled_back":
-            m.flush(run)
-            for k in lost:  # the database dropped the inserted row
-                m.rows.pop(k, None)
+            m.flush(run, lost)
         self._check()
         if outcome != "ok":
             self._fail_path(run, f"flush {outcome}", data)

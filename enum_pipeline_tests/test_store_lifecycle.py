@@ -79,7 +79,7 @@ def test_failed_verify_leaves_every_project_and_fails_the_run(store):
     run_once(store, {SCOPE: ["a", "b", "c"]})
     run_id = _begin_and_stage(store, ["a"])
     store.flush(run_id)
-    with fail_on_sql(store, "SET last_confirmed_run_id"), pytest.raises(RuntimeError):
+    with fail_on_sql(store, "SET flush_succeeded"), pytest.raises(RuntimeError):
         store.verify_and_confirm(run_id)
     assert store.complete(run_id) == "failed"
     info = store.get_run(run_id)

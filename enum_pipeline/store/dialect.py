@@ -1,12 +1,16 @@
 """What differs between SQLite and PostgreSQL, as one strategy object a store holds.
 
 The insert construct (both have ``ON CONFLICT``), row locks (``FOR UPDATE`` on PostgreSQL; SQLite
-has one write lock, taken by ``BEGIN IMMEDIATE``), bulk staging (PostgreSQL ``COPY``; SQLite
-``executemany``) and whether runs hold a lease (PostgreSQL advisory locks only).
+has one write lock, taken by ``BEGIN IMMEDIATE``), bulk staging (PostgreSQL ``COPY`` into the
+run's own partition; SQLite ``executemany``), how a run's staging goes (PostgreSQL drops the
+partition; SQLite deletes the rows and reuses their pages) and whether runs hold a lease
+(PostgreSQL advisory locks only).
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+from datetime import UTC, datetime
 from typing import Any
 
 import sqlalchemy as sa
@@ -15,10 +19,13 @@ from sqlalchemy.engine import Connection, Engine
 
 from enum_pipeline.store import schema as t
 
-STAGE_COLUMNS = ["run_id", "project_key", *t.PROJECT_DATA_COLUMNS]
-_MARKERS_AT = STAGE_COLUMNS.index("markers")
-_ATTRIBUTES_AT = STAGE_COLUMNS.index("attributes")
-_NULLABLE_JSON_AT = [STAGE_COLUMNS.index(c) for c in ("topics", "remotes")]
+STAGE_COLUMNS = [c.name for c in t.staged_projects.columns]
+_COLUMN_LIST = ", ".join(STAGE_COLUMNS)
+_TIME_AT = [i for i, c in enumerate(t.staged_projects.columns) if isinstance(c.type, t.UTCDateTime)]
+
+
+def _utc(value: datetime) -> datetime:
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
 class SQLiteDialect:
@@ -34,19 +41,39 @@ class SQLiteDialect:
         """``stmt`` as is: the transaction's write lock already serialises writers."""
         return stmt
 
-    def stage_rows(self, conn: Connection, run_id: str, rows: list[dict[str, Any]]) -> int:
-        """Insert staged rows, first sighting of a key wins; returns how many were new."""
-        stmt = self.insert(t.staged_projects).on_conflict_do_nothing(
-            index_elements=["run_id", "project_key"]
+    def stage_rows(self, conn: Connection, run_id: str, rows: list[tuple]) -> int:
+        """Insert staged rows (tuples in ``STAGE_COLUMNS`` order, JSON columns as text), first
+        sighting of a key wins; returns how many were new."""
+        if _TIME_AT:
+            rows = [_sqlite_times(row) for row in rows]
+        cursor = conn.exec_driver_sql(
+            f"INSERT INTO staged_projects ({_COLUMN_LIST}) "
+            f"VALUES ({', '.join('?' * len(STAGE_COLUMNS))}) "
+            "ON CONFLICT (run_id, project_key) DO NOTHING",
+            rows,
         )
-        inserted = conn.execute(stmt, rows).rowcount
-        if inserted is None or inserted < 0:
-            inserted = len(rows)
-        return inserted
+        inserted = cursor.rowcount
+        return len(rows) if inserted is None or inserted < 0 else inserted
+
+    def drop_staging_except(self, conn: Connection, keep: Iterable[str]) -> int:
+        """Delete the staged rows of every run but ``keep`` (SQLite puts their pages on its
+        free list and reuses them: no dead row versions); returns how many went."""
+        s = t.staged_projects
+        return conn.execute(sa.delete(s).where(s.c.run_id.not_in(list(keep)))).rowcount
+
+
+def _sqlite_times(row: tuple) -> tuple:
+    """``row`` with its timestamps as the store's SQLite columns hold them (naive UTC text)."""
+    row = list(row)
+    for i in _TIME_AT:
+        value = row[i]
+        if value is not None:
+            row[i] = _utc(value).replace(tzinfo=None).isoformat(" ", "microseconds")
+    return tuple(row)
 
 
 class PostgreSQLDialect:
-    """PostgreSQL: ``FOR UPDATE``, advisory-lock leases, staging by ``COPY``."""
+    """PostgreSQL: ``FOR UPDATE``, advisory-lock leases, staging by ``COPY``, a partition a run."""
 
     has_leases = True
 
@@ -62,29 +89,34 @@ class PostgreSQLDialect:
         """``stmt`` locking the rows it reads until the transaction ends."""
         return stmt.with_for_update()
 
-    def stage_rows(self, conn: Connection, run_id: str, rows: list[dict[str, Any]]) -> int:
-        """COPY the batch into ``staged_projects``; returns how many rows were new.
+    def stage_rows(self, conn: Connection, run_id: str, rows: list[tuple]) -> int:
+        """COPY the batch into the run's partition of ``staged_projects``; returns how many rows
+        were new.
 
-        Fast path: one COPY straight into the table under a savepoint; it succeeds exactly when
-        every key is new to the run (no duplicates), which is what the slow path would insert.
-        On a duplicate key the savepoint is rolled back and the batch goes the slow way: COPY
-        into a temporary table, then one INSERT … ON CONFLICT DO NOTHING (first sighting wins).
-        After one duplicate, the rest of that run's batches go the slow way directly.
+        The rows are rendered once, in COPY's text format, and sent as one buffer. Fast path:
+        one COPY straight into the partition under a savepoint; it succeeds exactly when every
+        key is new to the run (no duplicates), which is what the slow path would insert. On a
+        duplicate key the savepoint is rolled back and the batch goes the slow way: COPY into a
+        temporary table, then one INSERT … ON CONFLICT DO NOTHING (first sighting wins). After
+        one duplicate, the rest of that run's batches go the slow way directly.
         """
-        values = _copy_values(rows)
+        partition = ensure_partition(conn, run_id)
+        payload = copy_text(rows)
         dbapi = conn.connection.dbapi_connection
         with dbapi.cursor() as cur:
-            if run_id not in self._stage_duplicates and self._copy_direct(cur, run_id, values):
-                return len(values)
-            return _copy_deduplicated(cur, values)
+            if run_id not in self._stage_duplicates and self._copy_direct(
+                cur, run_id, partition, payload
+            ):
+                return len(rows)
+            return _copy_deduplicated(cur, partition, payload)
 
-    def _copy_direct(self, cur, run_id: str, values: list[list[Any]]) -> bool:
-        """COPY straight into ``staged_projects``; False (rolled back) on a duplicate key."""
+    def _copy_direct(self, cur, run_id: str, partition: str, payload: bytes) -> bool:
+        """COPY straight into the partition; False (rolled back) on a duplicate key."""
         from psycopg import errors as pg_errors
 
         cur.execute("SAVEPOINT enum_stage_copy")
         try:
-            _copy_into(cur, "staged_projects", values)
+            _copy_into(cur, partition, payload)
         except pg_errors.UniqueViolation:
             cur.execute("ROLLBACK TO SAVEPOINT enum_stage_copy")
             self._stage_duplicates.add(run_id)
@@ -92,38 +124,75 @@ class PostgreSQLDialect:
         cur.execute("RELEASE SAVEPOINT enum_stage_copy")
         return True
 
-
-def _copy_values(rows: list[dict[str, Any]]) -> list[list[Any]]:
-    from psycopg.types.json import Jsonb
-
-    values = []
-    for row in rows:
-        value = list(map(row.__getitem__, STAGE_COLUMNS))
-        value[_MARKERS_AT] = Jsonb(value[_MARKERS_AT])
-        value[_ATTRIBUTES_AT] = Jsonb(value[_ATTRIBUTES_AT])
-        for i in _NULLABLE_JSON_AT:
-            if value[i] is not None:
-                value[i] = Jsonb(value[i])
-        values.append(value)
-    return values
+    def drop_staging_except(self, conn: Connection, keep: Iterable[str]) -> int:
+        """Drop the partition of every run but ``keep`` (no dead rows left behind); returns
+        the rows they held."""
+        kept = {t.staging_partition(run_id) for run_id in keep}
+        dropped = 0
+        for name in staging_partitions(conn):
+            if name in kept:
+                continue
+            dropped += conn.exec_driver_sql(f'SELECT count(*) FROM "{name}"').scalar_one()
+            conn.exec_driver_sql(f'DROP TABLE "{name}"')
+        return dropped
 
 
-def _copy_into(cur, table: str, values: list[list[Any]]) -> None:
-    with cur.copy(f"COPY {table} ({', '.join(STAGE_COLUMNS)}) FROM STDIN") as copy:
-        for value in values:
-            copy.write_row(value)
+def ensure_partition(conn: Connection, run_id: str) -> str:
+    """The partition of ``staged_projects`` for ``run_id``, created if it does not exist yet."""
+    name = t.staging_partition(run_id)
+    if conn.exec_driver_sql(f"SELECT to_regclass('\"{name}\"')").scalar() is None:
+        literal = run_id.replace("'", "''")
+        conn.exec_driver_sql(
+            f'CREATE TABLE IF NOT EXISTS "{name}" PARTITION OF staged_projects '
+            f"FOR VALUES IN ('{literal}')"
+        )
+    return name
 
 
-def _copy_deduplicated(cur, values: list[list[Any]]) -> int:
-    column_list = ", ".join(STAGE_COLUMNS)
+def staging_partitions(conn: Connection) -> list[str]:
+    """The names of the partitions ``staged_projects`` has (PostgreSQL)."""
+    return list(
+        conn.exec_driver_sql(
+            "SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid "
+            "WHERE i.inhparent = 'staged_projects'::regclass"
+        ).scalars()
+    )
+
+
+_COPY_ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
+
+
+def _copy_value(value: Any) -> str:
+    if value is None:
+        return "\\N"
+    if value.__class__ is str:
+        return value.translate(_COPY_ESCAPES)
+    if isinstance(value, datetime):
+        return _utc(value).isoformat()
+    return str(value).translate(_COPY_ESCAPES)
+
+
+def copy_text(rows: list[tuple]) -> bytes:
+    """Rows in COPY's text format, one buffer (what psycopg would send, built in one pass)."""
+    lines = ["\t".join(map(_copy_value, row)) for row in rows]
+    lines.append("")
+    return "\n".join(lines).encode("utf-8", "surrogateescape")
+
+
+def _copy_into(cur, table: str, payload: bytes) -> None:
+    with cur.copy(f'COPY "{table}" ({_COLUMN_LIST}) FROM STDIN') as copy:
+        copy.write(payload)
+
+
+def _copy_deduplicated(cur, partition: str, payload: bytes) -> int:
     cur.execute(
         "CREATE TEMP TABLE IF NOT EXISTS _stage_batch "
         "(LIKE staged_projects INCLUDING DEFAULTS) ON COMMIT DELETE ROWS"
     )
-    _copy_into(cur, "_stage_batch", values)
+    _copy_into(cur, "_stage_batch", payload)
     cur.execute(
-        f"INSERT INTO staged_projects ({column_list}) "
-        f"SELECT DISTINCT ON (run_id, project_key) {column_list} "
+        f'INSERT INTO "{partition}" ({_COLUMN_LIST}) '
+        f"SELECT DISTINCT ON (run_id, project_key) {_COLUMN_LIST} "
         "FROM _stage_batch ON CONFLICT (run_id, project_key) DO NOTHING"
     )
     inserted = cur.rowcount

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 import sqlite3
@@ -9,11 +10,9 @@ import time
 from pathlib import Path
 
 import sqlalchemy as sa
-from alembic import command
-from alembic.config import Config
-from alembic.runtime.migration import MigrationContext
-from alembic.script import ScriptDirectory
 from sqlalchemy.engine import Engine, make_url
+
+# Alembic is imported where it is used: a run on an up-to-date database never needs it.
 
 MIGRATIONS_DIR = Path(__file__).with_name("migrations")
 DEFAULT_SQLITE_PATH = Path(".enum_pipeline") / "inventory.sqlite"
@@ -95,26 +94,38 @@ def _enable_wal(cursor, timeout: float = 60.0) -> None:
             delay = min(delay * 2, 0.2)
 
 
-def _alembic_config(url: str) -> Config:
+def _alembic_config(url: str):
+    from alembic.config import Config
+
     cfg = Config()
     cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
     cfg.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
     return cfg
 
 
+@functools.cache
 def head_revision() -> str:
     """The newest migration shipped with this version of enum_pipeline."""
+    from alembic.script import ScriptDirectory
+
     return ScriptDirectory.from_config(_alembic_config("sqlite://")).get_current_head()
 
 
 def current_revision(engine: Engine) -> str | None:
     """The migration the database is at, or None for an empty database."""
     with engine.connect() as conn:
-        return MigrationContext.configure(conn).get_current_revision()
+        if not sa.inspect(conn).has_table("alembic_version"):
+            return None
+        rows = conn.exec_driver_sql("SELECT version_num FROM alembic_version").scalars().all()
+    if len(rows) > 1:
+        raise RuntimeError(f"alembic_version has several heads: {sorted(rows)}")
+    return rows[0] if rows else None
 
 
 def upgrade_schema(engine: Engine, revision: str = "head") -> None:
     """Apply Alembic migrations up to ``revision`` (idempotent, serialised across processes)."""
+    from alembic import command
+
     url = engine.url.render_as_string(hide_password=False)
     cfg = _alembic_config(url)
     with engine.begin() as conn:

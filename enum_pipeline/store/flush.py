@@ -1,4 +1,14 @@
-"""Flush and verify: the staged view into ``projects``, then the proof that it arrived."""
+"""Flush and verify: the staged view into ``projects``, then the proof that it arrived.
+
+One write a row a run: the flush's single upsert sets, on every row the run saw, its data (when
+it changed), the run's stamps (``run_id``, ``seen_generation``, ``last_seen_at``) *and* its
+confirmation (``last_confirmed_run_id``, ``confirmed_generation``), and in the same transaction
+proves from the statement's own result that it wrote every staged row — else the transaction
+rolls back, so a confirmation is never visible without the write it confirms. No index covers a
+column the upsert rewrites, so an unchanged row's update is heap-only (schema.py). The verify
+step then re-reads ``projects`` against the staging, changes no project row, and only then sets
+``flush_succeeded`` — the run's proof, which completion and cleanup require.
+"""
 
 from __future__ import annotations
 
@@ -16,6 +26,8 @@ _DATA_COLS = ["project_key", *t.PROJECT_DATA_COLUMNS]
 _STAMP_COLS = [
     "run_id",
     "seen_generation",
+    "last_confirmed_run_id",
+    "confirmed_generation",
     "first_seen_at",
     "last_seen_at",
     "changed_at",
@@ -24,28 +36,43 @@ _STAMP_COLS = [
 
 
 def flush(ctx: StoreContext, run_id: str) -> FlushResult:
-    """Upsert the run's staged records into ``projects`` in one set-based statement.
+    """Upsert the run's staged records into ``projects`` and confirm them, in one statement.
 
-    A row last seen by a newer generation is never overwritten (fencing).
+    A row last seen by a newer generation is never overwritten (fencing). The counts come from
+    the upsert itself. Before the confirmations can commit, the transaction proves them: the
+    upsert wrote as many rows as the run staged, and as many rows now carry the run's
+    generation and confirmation. Otherwise (a fenced row, a write the database dropped) the
+    confirmed upsert is rolled back to its savepoint and the rows go in unconfirmed, as before
+    confirmation was folded in, and ``verify_and_confirm`` fails.
     """
     now = utcnow()
     with ctx.engine.begin() as conn:
         run = ctx.require_active(conn, run_id)
         generation = int(run["generation"])
-        staged, matched, changed = _flush_counts(conn, run_id)
-        conn.execute(_upsert(ctx, run_id, generation, now))
+        staged = _staged_count(conn, run_id)
+        savepoint = conn.begin_nested()
+        written, added, touched = _upsert_counts(conn, _upsert(ctx, run_id, generation, now), now)
+        if written == staged and _confirmed_count(conn, run_id, generation) == staged:
+            savepoint.commit()
+            confirmed = written
+        else:
+            savepoint.rollback()
+            upsert = _upsert(ctx, run_id, generation, now, confirm=False)
+            written, added, touched = _upsert_counts(conn, upsert, now)
+            confirmed = 0
         result = FlushResult(
             run_id=run_id,
             generation=generation,
             staged=staged,
-            added=staged - matched,
-            changed=changed,
-            unchanged=matched - changed,
+            added=added,
+            changed=touched - added,
+            unchanged=staged - touched,
         )
         set_run(
             conn,
             run_id,
             flushed_count=result.staged,
+            confirmed_count=confirmed,
             added_count=result.added,
             changed_count=result.changed,
             unchanged_count=result.unchanged,
@@ -54,33 +81,67 @@ def flush(ctx: StoreContext, run_id: str) -> FlushResult:
     return result
 
 
-def _flush_counts(conn: Connection, run_id: str) -> tuple[int, int, int]:
-    """(staged rows, of those already in ``projects``, of those with new content)."""
-    p, s = t.projects, t.staged_projects
-    staged_q = sa.select(sa.func.count()).select_from(s).where(s.c.run_id == run_id)
-    staged = conn.execute(staged_q).scalar_one()
-    joined = s.join(p, p.c.project_key == s.c.project_key)
-    existing = conn.execute(
-        sa.select(
-            sa.func.count(),
-            sa.func.coalesce(
-                sa.func.sum(sa.case((p.c.content_hash != s.c.content_hash, 1), else_=0)),
-                0,
-            ),
-        )
-        .select_from(joined)
-        .where(s.c.run_id == run_id)
-    ).one()
-    return int(staged), int(existing[0]), int(existing[1])
+def _confirmed_count(conn: Connection, run_id: str, generation: int) -> int:
+    """Rows of ``projects`` that now carry this run's generation and confirmation (read back,
+    so a write the database dropped after the statement reported it is not counted)."""
+    p = t.projects
+    return int(
+        conn.execute(
+            sa.select(sa.func.count())
+            .select_from(p)
+            .where(p.c.seen_generation == generation, p.c.last_confirmed_run_id == run_id)
+        ).scalar_one()
+    )
 
 
-def _upsert(ctx: StoreContext, run_id: str, generation: int, now: datetime):
-    """INSERT … SELECT from staging, ON CONFLICT update unless a newer generation saw the row."""
+def _staged_count(conn: Connection, run_id: str) -> int:
+    s = t.staged_projects
+    return int(
+        conn.execute(
+            sa.select(sa.func.count()).select_from(s).where(s.c.run_id == run_id)
+        ).scalar_one()
+    )
+
+
+def _upsert_counts(conn: Connection, upsert, now: datetime) -> tuple[int, int, int]:
+    """Run ``upsert`` and count what it wrote: (rows, rows inserted, rows inserted or whose
+    content changed), from its ``RETURNING`` (first_seen_at / changed_at are ``now`` exactly
+    then)."""
+    now_lit = sa.literal(now, t.UTCDateTime())
+    p = t.projects
+    returning = upsert.returning(
+        sa.case((p.c.first_seen_at == now_lit, 1), else_=0).label("added"),
+        sa.case((p.c.changed_at == now_lit, 1), else_=0).label("touched"),
+    )
+    if conn.dialect.name == "postgresql":
+        written = returning.cte("written")
+        row = conn.execute(
+            sa.select(
+                sa.func.count(),
+                sa.func.coalesce(sa.func.sum(written.c.added), 0),
+                sa.func.coalesce(sa.func.sum(written.c.touched), 0),
+            ).select_from(written)
+        ).one()
+        return int(row[0]), int(row[1]), int(row[2])
+    rows, added, touched = 0, 0, 0
+    for a, c in conn.execute(returning):  # SQLite has no DML in a CTE
+        rows += 1
+        added += a
+        touched += c
+    return rows, added, touched
+
+
+def _upsert(ctx: StoreContext, run_id: str, generation: int, now: datetime, confirm=True):
+    """INSERT … SELECT from staging, ON CONFLICT update unless a newer generation saw the row;
+    every row it writes carries this run's stamps and (``confirm``) its confirmation."""
     p, s = t.projects, t.staged_projects
+    confirmation = (run_id, generation) if confirm else (None, None)
     select = sa.select(
         *[s.c[c] for c in _DATA_COLS],
         sa.literal(run_id).label("run_id"),
         sa.literal(generation).label("seen_generation"),
+        sa.literal(confirmation[0], sa.String).label("last_confirmed_run_id"),
+        sa.literal(confirmation[1], sa.BigInteger).label("confirmed_generation"),
         sa.literal(now, t.UTCDateTime()).label("first_seen_at"),
         sa.literal(now, t.UTCDateTime()).label("last_seen_at"),
         sa.literal(now, t.UTCDateTime()).label("changed_at"),
@@ -88,15 +149,18 @@ def _upsert(ctx: StoreContext, run_id: str, generation: int, now: datetime):
     ).where(s.c.run_id == run_id)
     insert = ctx.dialect.insert(p).from_select([*_DATA_COLS, *_STAMP_COLS], select)
     excluded = insert.excluded
+    changed = p.c.content_hash != excluded.content_hash
     update = {c: excluded[c] for c in t.PROJECT_DATA_COLUMNS}
+    if confirm:
+        update.update(
+            last_confirmed_run_id=excluded.last_confirmed_run_id,
+            confirmed_generation=excluded.confirmed_generation,
+        )
     update.update(
         run_id=excluded.run_id,
         seen_generation=excluded.seen_generation,
         last_seen_at=excluded.last_seen_at,
-        changed_at=sa.case(
-            (p.c.content_hash != excluded.content_hash, excluded.changed_at),
-            else_=p.c.changed_at,
-        ),
+        changed_at=sa.case((changed, excluded.changed_at), else_=p.c.changed_at),
         missing_since=None,
         missed_runs=0,
     )
@@ -111,12 +175,13 @@ def _upsert(ctx: StoreContext, run_id: str, generation: int, now: datetime):
 
 
 def verify_and_confirm(ctx: StoreContext, run_id: str) -> VerifyResult:
-    """Prove the flush: every staged key is in ``projects`` with this run's generation.
+    """Prove the flush: every staged key is in ``projects`` with this run's generation, its
+    content and its confirmation, and no other row carries the generation.
 
-    Only then set ``last_confirmed_run_id`` on those rows and ``flush_succeeded`` on the run,
-    in the same transaction. Raises ``FlushVerificationError`` otherwise.
+    Only then set ``flush_succeeded`` on the run. Reads ``projects``, never writes it (the
+    flush confirmed the rows in the transaction that wrote them). Raises
+    ``FlushVerificationError`` otherwise.
     """
-    p = t.projects
     with ctx.engine.begin() as conn:
         run = ctx.require_active(conn, run_id)
         generation = int(run["generation"])
@@ -126,33 +191,32 @@ def verify_and_confirm(ctx: StoreContext, run_id: str) -> VerifyResult:
                 f"run {run_id}: staged {staged}, present with generation {generation}: "
                 f"{present}, rows stamped with it: {stamped}, flushed {run['flushed_count']}"
             )
-        confirmed = conn.execute(
-            sa.update(p)
-            .where(p.c.seen_generation == generation)
-            .values(last_confirmed_run_id=run_id, confirmed_generation=generation)
-        ).rowcount
-        set_run(
-            conn, run_id, flush_succeeded=True, confirmed_count=confirmed, heartbeat_at=utcnow()
-        )
-    return VerifyResult(run_id, generation, int(staged), int(present), int(confirmed), True)
+        set_run(conn, run_id, flush_succeeded=True, confirmed_count=present, heartbeat_at=utcnow())
+    return VerifyResult(run_id, generation, int(staged), int(present), int(present), True)
 
 
 def _verify_counts(conn: Connection, run_id: str, generation: int) -> tuple[int, int, int]:
-    """(staged rows, of those present with this generation and content, rows stamped with it)."""
+    """(staged rows, of those present with this generation, content and confirmation, rows
+    stamped with the generation), in one statement."""
     p, s = t.projects, t.staged_projects
-    staged = conn.execute(
-        sa.select(sa.func.count()).select_from(s).where(s.c.run_id == run_id)
-    ).scalar_one()
-    present = conn.execute(
+    staged = sa.select(sa.func.count()).select_from(s).where(s.c.run_id == run_id).scalar_subquery()
+    present = (
         sa.select(sa.func.count())
         .select_from(s.join(p, p.c.project_key == s.c.project_key))
         .where(
             s.c.run_id == run_id,
             p.c.seen_generation == generation,
+            p.c.confirmed_generation == generation,
+            p.c.last_confirmed_run_id == run_id,
             p.c.content_hash == s.c.content_hash,
         )
-    ).scalar_one()
-    stamped = conn.execute(
-        sa.select(sa.func.count()).select_from(p).where(p.c.seen_generation == generation)
-    ).scalar_one()
-    return staged, present, stamped
+        .scalar_subquery()
+    )
+    stamped = (
+        sa.select(sa.func.count())
+        .select_from(p)
+        .where(p.c.seen_generation == generation)
+        .scalar_subquery()
+    )
+    row = conn.execute(sa.select(staged, present, stamped)).one()
+    return int(row[0]), int(row[1]), int(row[2])

@@ -12,7 +12,6 @@ from enum_pipeline.store import schema as t
 from enum_pipeline.store.context import StoreContext
 from enum_pipeline.store.records import utcnow
 
-HISTORY_BATCH = 2000
 # every timestamp column of projects (kept as ISO text in the history's JSON)
 _DATETIME_COLUMNS = tuple(c.name for c in t.projects.columns if isinstance(c.type, t.UTCDateTime))
 
@@ -33,49 +32,48 @@ def history(ctx: StoreContext, run_id: str | None = None) -> list[dict[str, Any]
 
 
 def move_to_history(conn: Connection, where, run_id: str, now: datetime) -> list[str]:
-    """Move the rows matching ``where`` to ``removed_projects``, in key order.
+    """Move the rows matching ``where`` to ``removed_projects`` (each row as JSON, in key
+    order); returns their keys, sorted.
 
-    Streams: only the keys are read at once; full rows are read, recorded and deleted
-    ``HISTORY_BATCH`` at a time, so memory stays flat however many rows go.
+    PostgreSQL: one statement (``DELETE … RETURNING`` feeding the ``INSERT``); SQLite, which
+    has no DML in a CTE: ``INSERT … SELECT`` then ``DELETE … RETURNING`` in the same
+    transaction, under its single write lock. Nothing passes through Python but the keys.
     """
-    p = t.projects
-    keys: list[str] = []
-    all_keys = list(
-        conn.execute(sa.select(p.c.project_key).where(where).order_by(p.c.project_key)).scalars()
+    p, h = t.projects, t.removed_projects
+    now_lit = sa.literal(now, t.UTCDateTime())
+    columns = ["project_key", "scope_key", "removed_by_run_id", "removed_at", "row"]
+    if conn.dialect.name == "postgresql":
+        gone = sa.delete(p).where(where).returning(*p.c).cte("gone")
+        rows = sa.select(
+            gone.c.project_key,
+            gone.c.scope_key,
+            sa.literal(run_id),
+            now_lit,
+            sa.func.to_jsonb(gone.table_valued()),
+        ).order_by(gone.c.project_key)
+        stmt = sa.insert(h).from_select(columns, rows).returning(h.c.project_key)
+        return sorted(conn.execute(stmt).scalars())
+    rows = (
+        sa.select(p.c.project_key, p.c.scope_key, sa.literal(run_id), now_lit, _sqlite_row_json())
+        .where(where)
+        .order_by(p.c.project_key)
     )
-    for start in range(0, len(all_keys), HISTORY_BATCH):
-        chunk = all_keys[start : start + HISTORY_BATCH]
-        keys.extend(_move_batch(conn, chunk, where, run_id, now))
-    return keys
+    conn.execute(sa.insert(h).from_select(columns, rows))
+    return sorted(conn.execute(sa.delete(p).where(where).returning(p.c.project_key)).scalars())
 
 
-def _move_batch(conn: Connection, chunk: list[str], where, run_id: str, now) -> list[str]:
+def _sqlite_row_json():
+    """SQLite: a ``projects`` row as the JSON object history keeps (timestamps in ISO form)."""
     p = t.projects
-    batch = (
-        conn.execute(
-            sa.select(p).where(p.c.project_key.in_(chunk), where).order_by(p.c.project_key)
-        )
-        .mappings()
-        .all()
-    )
-    if not batch:
-        return []
-    conn.execute(
-        sa.insert(t.removed_projects),
-        [
-            {
-                "project_key": r["project_key"],
-                "scope_key": r["scope_key"],
-                "removed_by_run_id": run_id,
-                "removed_at": now,
-                "row": {k: _json_safe(v) for k, v in r.items()},
-            }
-            for r in batch
-        ],
-    )
-    batch_keys = [r["project_key"] for r in batch]
-    conn.execute(sa.delete(p).where(p.c.project_key.in_(batch_keys), where))
-    return batch_keys
+    args = []
+    for column in p.columns:
+        value = column
+        if isinstance(column.type, sa.JSON):
+            value = sa.func.json(column)
+        elif isinstance(column.type, t.UTCDateTime):
+            value = sa.func.replace(column, " ", "T").op("||")("+00:00")
+        args += [sa.literal(column.name), value]
+    return sa.func.json_object(*args)
 
 
 def restore(ctx: StoreContext, cleanup_run_id: str, restored_by: str = "operator") -> list[str]:

@@ -7,7 +7,7 @@ all sharing one ``StoreContext``.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -132,23 +132,31 @@ class InventoryStore:
         staging.end_scope(self._ctx, run_id, verdict)
 
     def prune_staging(self, keep_runs: int = 3) -> int:
-        """Drop staged rows of finished runs except the newest ``keep_runs``; returns rows."""
+        """Drop the staging of finished runs, keeping the newest ``keep_runs`` runs and the two
+        newest completed ones; returns the rows dropped (PostgreSQL drops whole partitions)."""
         return staging.prune_staging(self._ctx, keep_runs)
+
+    def staged_rows(self, run_id: str) -> Iterator[dict[str, Any]]:
+        """The rows run ``run_id`` staged, in key order, streamed (none once pruned)."""
+        return staging.staged_rows(self._ctx, run_id)
 
     # ------------------------------------------------------------------ flush / verify
 
     def flush(self, run_id: str) -> FlushResult:
-        """Upsert the run's staged records into ``projects`` in one set-based statement.
+        """Upsert the run's staged records into ``projects`` and confirm them, in one statement.
 
-        A row last seen by a newer generation is never overwritten (fencing).
+        A row last seen by a newer generation is never overwritten (fencing). When the upsert
+        wrote fewer rows than were staged, nothing is kept (``FlushVerificationError``).
         """
         return flush.flush(self._ctx, run_id)
 
     def verify_and_confirm(self, run_id: str) -> VerifyResult:
-        """Prove the flush: every staged key is in ``projects`` with this run's generation.
+        """Prove the flush: every staged key is in ``projects`` with this run's generation,
+        content and confirmation, and no other row has the generation.
 
-        Only then set ``last_confirmed_run_id`` on those rows and ``flush_succeeded`` on the run,
-        in the same transaction. Raises ``FlushVerificationError`` otherwise.
+        Only then set ``flush_succeeded`` on the run (no project row is written: the flush
+        confirmed them in the transaction that wrote them). Raises ``FlushVerificationError``
+        otherwise.
         """
         return flush.verify_and_confirm(self._ctx, run_id)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from datetime import UTC, datetime
 
 import sqlalchemy as sa
@@ -93,6 +94,12 @@ def product_columns() -> list[sa.Column]:
 PROJECT_DATA_COLUMNS = [c.name for c in _project_columns()]
 PRODUCT_COLUMNS = [c.name for c in product_columns()]
 
+#: PostgreSQL fill factor of ``projects``: every run rewrites each row it saw once (its seen
+#: generation, confirmation, last-seen time), so each page keeps room for a second version of
+#: every row on it and the update is heap-only (HOT): no index entry, and the page prunes the
+#: previous run's versions itself, without VACUUM (see docs/DEPLOYMENT.md).
+PROJECTS_FILLFACTOR = 50
+
 # One row: the generation counter, and the row every writer locks to serialise begin/cleanup.
 inventory = sa.Table(
     "inventory",
@@ -115,8 +122,10 @@ projects = sa.Table(
     sa.Column("changed_at", UTCDateTime(), nullable=False),
     sa.Column("missing_since", UTCDateTime()),
     sa.Column("missed_runs", sa.Integer, nullable=False, server_default="0"),
-    sa.Index("ix_projects_scope_generation", "scope_key", "seen_generation"),
-    sa.Index("ix_projects_generation", "seen_generation"),
+    # No index on a column a run rewrites (seen_generation, run_id, confirmation, times): an
+    # index on one would make every run's update of every row a non-HOT one (migration 0005).
+    sa.Index("ix_projects_scope", "scope_key"),
+    postgresql_with={"fillfactor": PROJECTS_FILLFACTOR},
 )
 
 run_state = sa.Table(
@@ -171,13 +180,22 @@ run_scopes = sa.Table(
     sa.Index("ix_run_scopes_scope", "scope_key"),
 )
 
+# PostgreSQL: one partition a run (``staging_partition``), dropped whole when the run's staging
+# is pruned, so old staging leaves no dead rows behind. SQLite frees deleted rows' pages itself.
 staged_projects = sa.Table(
     "staged_projects",
     metadata,
     sa.Column("run_id", sa.String(64), primary_key=True),
     sa.Column("project_key", sa.Text, primary_key=True),
     *_project_columns(),
+    postgresql_partition_by="LIST (run_id)",
 )
+
+
+def staging_partition(run_id: str) -> str:
+    """The name of the PostgreSQL partition of ``staged_projects`` that holds ``run_id``."""
+    return f"staged_projects_{hashlib.md5(run_id.encode()).hexdigest()[:20]}"
+
 
 removed_projects = sa.Table(
     "removed_projects",

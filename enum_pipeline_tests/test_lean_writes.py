@@ -1,0 +1,177 @@
+"""Lean writes (issue 13), each on SQLite and PostgreSQL: staged rows carry the same digest as
+``ProjectRecord.content_hash()``; the flush confirms in the transaction that writes; an
+unchanged run keeps ``projects`` the size it was; pruned staging leaves nothing behind and the
+two newest completed runs' staging stays readable."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import sqlalchemy as sa
+
+from enum_pipeline.sources.base import ProjectRecord, ScopeVerdict
+from enum_pipeline.store import schema as t
+from enum_pipeline.store.dialect import STAGE_COLUMNS, staging_partitions
+from enum_pipeline.store.staging import row_of
+from enum_pipeline_tests.helpers import SCOPE, key, new_run_id, rec, run_once
+
+WEIRD = [
+    rec("plain"),
+    rec("unicode-é-名前", default_branch="mäin", markers=("z.toml", "a.json")),
+    rec("tabs\tand\nnewlines\\", attributes={"b": [1, 2.5, None], "a": {"y": True, "x": "\t"}}),
+    rec("times", last_commit_at=datetime(2024, 5, 6, 7, 8, 9, 123, tzinfo=UTC)),
+    rec("naive", last_commit_at=datetime(2024, 5, 6, 7, 8, 9), head_commit="ab" * 20),
+    ProjectRecord(
+        project_key="x:none",
+        scope_key=SCOPE,
+        source_kind="github",
+        name="n",
+        location="n",
+        attributes={"when": datetime(2020, 1, 1, tzinfo=UTC), "tuple": (1, 2)},
+    ),
+]
+
+
+def test_staged_row_has_the_records_digest_and_fields():
+    surrogates = rec("surrogate\udcff", remote_url="git@host:\udcfe.git")  # undecodable bytes
+    for record in [*WEIRD, surrogates]:
+        row = dict(zip(STAGE_COLUMNS, row_of("r", record), strict=True))
+        assert row["content_hash"] == record.content_hash(), record
+        assert (row["run_id"], row["project_key"]) == ("r", record.project_key)
+        assert row["name"] == record.name and row["last_commit_at"] == record.last_commit_at
+
+
+def test_weird_records_round_trip_through_staging_and_flush(store):
+    run_id, _ = run_once_records(store, WEIRD)
+    rows = {r["project_key"]: r for r in store.projects()}
+    for record in WEIRD:
+        row = rows[record.project_key]
+        assert row["content_hash"] == record.content_hash()
+        assert row["name"] == record.name and row["remote_url"] == record.remote_url
+        assert row["markers"] == sorted(record.markers)
+        assert row["last_commit_at"] == (
+            record.last_commit_at.replace(tzinfo=record.last_commit_at.tzinfo or UTC)
+            if record.last_commit_at
+            else None
+        )
+    staged = {r["project_key"]: r for r in store.staged_rows(run_id)}
+    assert set(staged) == set(rows)
+    assert staged[WEIRD[3].project_key]["attributes"] == WEIRD[3].attributes
+
+
+def run_once_records(store, records):
+    """One whole run that stages ``records`` as they are."""
+    run_id = new_run_id()
+    store.begin(run_id)
+    store.stage(run_id, records)
+    store.end_scope(run_id, ScopeVerdict(SCOPE, "filesystem", True, len(records)))
+    store.flush(run_id)
+    store.verify_and_confirm(run_id)
+    assert store.complete(run_id) == "completed"
+    return run_id, None
+
+
+def test_flush_confirms_what_it_wrote_and_verify_writes_no_project_row(store):
+    run_once(store, {SCOPE: ["a", "b"]})
+    run_id = new_run_id()
+    store.begin(run_id)
+    store.stage(run_id, [rec("a"), rec("c")])
+    result = store.flush(run_id)
+    assert (result.added, result.changed, result.unchanged) == (1, 0, 1)
+    rows = {r["project_key"]: r for r in store.projects()}
+    for k in (key("a"), key("c")):
+        assert rows[k]["last_confirmed_run_id"] == run_id  # in the flush's own transaction
+    assert rows[key("b")]["last_confirmed_run_id"] != run_id
+    assert not store.get_run(run_id).flush_succeeded  # the run's proof is still to come
+    before = store.projects()
+    verified = store.verify_and_confirm(run_id)
+    assert (verified.staged, verified.present, verified.flush_succeeded) == (2, 2, True)
+    assert store.projects() == before
+    assert store.get_run(run_id).confirmed_count == 2
+
+
+def test_a_fenced_row_leaves_the_flush_unconfirmed(store):
+    run_once(store, {SCOPE: ["a", "b"]})
+    with store.engine.begin() as conn:
+        conn.execute(
+            sa.update(t.projects)
+            .where(t.projects.c.project_key == key("b"))
+            .values(seen_generation=1000, run_id="future")
+        )
+    run_id = new_run_id()
+    store.begin(run_id)
+    store.stage(run_id, [rec("a"), rec("b")])
+    store.flush(run_id)
+    rows = {r["project_key"]: r for r in store.projects()}
+    assert rows[key("a")]["seen_generation"] == store.get_run(run_id).generation
+    assert {r["last_confirmed_run_id"] for r in rows.values()}.isdisjoint({run_id})
+    assert store.get_run(run_id).confirmed_count == 0
+
+
+def _projects_bytes(store) -> tuple[int, int]:
+    """(table bytes, index bytes) of ``projects``; SQLite: the file's pages in use, 0."""
+    with store.engine.connect() as conn:
+        if store.dialect == "postgresql":
+            sizes = "SELECT pg_table_size('projects'), pg_indexes_size('projects')"
+            return tuple(conn.execute(sa.text(sizes)).one())
+        pages = conn.exec_driver_sql("PRAGMA page_count").scalar_one()
+        free = conn.exec_driver_sql("PRAGMA freelist_count").scalar_one()
+        return pages - free, 0  # SQLite rewrites rows in place
+
+
+def test_no_index_covers_a_column_the_flush_rewrites(store):
+    from enum_pipeline.store.flush import _STAMP_COLS
+
+    rewritten = set(_STAMP_COLS) | {"missing_since"}
+    for index in sa.inspect(store.engine).get_indexes("projects"):
+        assert rewritten.isdisjoint(index["column_names"]), index
+    if store.dialect == "postgresql":
+        with store.engine.connect() as conn:
+            options = conn.execute(
+                sa.text("SELECT reloptions FROM pg_class WHERE oid = 'projects'::regclass")
+            ).scalar_one()
+        assert f"fillfactor={t.PROJECTS_FILLFACTOR}" in options
+
+
+def test_unchanged_runs_keep_projects_the_size_it_was(store):
+    names = [f"p{i:04d}" for i in range(600)]
+    for _ in range(2):
+        run_once(store, {SCOPE: names})
+        store.prune_staging(keep_runs=2)
+    heap, index = _projects_bytes(store)
+    for _ in range(4):
+        run_once(store, {SCOPE: names})
+        store.prune_staging(keep_runs=2)
+    # Heap-only updates add no index entry, and each page prunes the previous run's row
+    # versions itself. A non-HOT update would add one entry a row to every index each run
+    # (3x the index here); the heap allows one run whose pruning another session's snapshot
+    # held back (the test server is shared).
+    now_heap, now_index = _projects_bytes(store)
+    assert now_heap <= heap * 2
+    assert now_index <= index * 1.5
+
+
+def test_pruned_staging_leaves_nothing_and_keeps_the_two_newest_completed(store):
+    first, _ = run_once(store, {SCOPE: ["a"]})
+    second, _ = run_once(store, {SCOPE: ["a", "b"]})
+    third, _ = run_once(store, {SCOPE: ["a", "b", "c"]})
+    failed = []
+    for _ in range(2):  # newer runs that failed after staging
+        run_id = new_run_id()
+        store.begin(run_id)
+        store.stage(run_id, [rec("z")])
+        store.fail(run_id, "test")
+        failed.append(run_id)
+    dropped = store.prune_staging(keep_runs=2)
+    assert dropped == 1  # the first run's row; the newest two (failed) and two completed stay
+    assert list(store.staged_rows(first)) == []
+    assert [r["project_key"] for r in store.staged_rows(second)] == [key("a"), key("b")]
+    assert len(list(store.staged_rows(third))) == 3
+    assert all(len(list(store.staged_rows(r))) == 1 for r in failed)
+    if store.dialect == "postgresql":
+        with store.engine.connect() as conn:
+            assert len(staging_partitions(conn)) == 4  # the first run's partition is gone
+    else:
+        with store.engine.connect() as conn:
+            count = conn.execute(sa.select(sa.func.count()).select_from(t.staged_projects))
+            assert count.scalar_one() == 2 + 3 + 1 + 1
