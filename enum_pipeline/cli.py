@@ -104,7 +104,7 @@ def cmd_run(args) -> int:
     """One enumeration run through Dagster, then the cleanup the sensor would request."""
     from enum_pipeline.config import ConfigError, load_config
     from enum_pipeline.definitions import defs
-    from enum_pipeline.store.lifecycle import UnknownRunError, open_store
+    from enum_pipeline.store import UnknownRunError, open_store
 
     roots = [os.path.abspath(os.path.expanduser(r)) for r in args.root or []] or None
     config_path = os.path.abspath(args.config) if args.config else None
@@ -168,7 +168,7 @@ def cmd_approve(args) -> int:
 
 def cmd_restore(args) -> int:
     """Bring back the projects a cleanup removed."""
-    from enum_pipeline.store.lifecycle import open_store
+    from enum_pipeline.store import open_store
 
     keys = open_store().restore(args.run_id, restored_by=f"cli:{os.environ.get('USER', '?')}")
     print(f"restored {len(keys)} projects removed by the cleanup of run {args.run_id}")
@@ -179,7 +179,7 @@ def cmd_restore(args) -> int:
 
 def cmd_runs(args) -> int:
     """The newest runs of the inventory."""
-    from enum_pipeline.store.lifecycle import open_store
+    from enum_pipeline.store import open_store
 
     store = open_store()
     for run in store.runs(args.limit):
@@ -195,7 +195,7 @@ def cmd_runs(args) -> int:
 
 def cmd_history(args) -> int:
     """Removed projects, as JSON lines."""
-    from enum_pipeline.store.lifecycle import open_store
+    from enum_pipeline.store import open_store
 
     for row in open_store().history(args.run_id):
         print(json.dumps(row, default=str))
@@ -275,7 +275,7 @@ def main(argv: list[str] | None = None) -> int:
         args = parser.parse_args(argv)
     except SystemExit as exit_:
         return EXIT_USAGE if exit_.code else EXIT_OK
-    from enum_pipeline.store.lifecycle import StoreError
+    from enum_pipeline.store import StoreError
 
     try:
         return args.func(args)

@@ -16,7 +16,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from enum_pipeline.sources.base import Source
-from enum_pipeline.store.policy import CleanupPolicy
+from enum_pipeline.store import CleanupPolicy
 
 CONFIG_ENV = "ENUM_PIPELINE_CONFIG"
 ROOTS_ENV = "ENUM_PIPELINE_ROOTS"

@@ -12,7 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from enum_pipeline.sources.base import ProjectRecord, ScopeVerdict, Source
-from enum_pipeline.store.lifecycle import InventoryStore
+from enum_pipeline.store import InventoryStore
 
 
 @dataclass

@@ -24,6 +24,7 @@ from alembic.script import ScriptDirectory
 from sqlalchemy.engine import Engine, make_url
 
 from enum_pipeline.sources.base import ScopeVerdict
+from enum_pipeline.store import CleanupPolicy, InventoryStore
 from enum_pipeline.store import schema as t
 from enum_pipeline.store.engine import (
     _alembic_config,
@@ -32,8 +33,6 @@ from enum_pipeline.store.engine import (
     head_revision,
     upgrade_schema,
 )
-from enum_pipeline.store.lifecycle import InventoryStore
-from enum_pipeline.store.policy import CleanupPolicy
 from enum_pipeline_tests.conftest import pg_schema_url
 from enum_pipeline_tests.helpers import SCOPE, fail_on_sql, key, new_run_id, rec, run_once
 

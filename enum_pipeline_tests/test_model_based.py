@@ -45,8 +45,8 @@ from hypothesis.stateful import (
 )
 
 from enum_pipeline.sources.base import ScopeVerdict
-from enum_pipeline.store import schema as t
-from enum_pipeline.store.lifecycle import (
+from enum_pipeline.store import (
+    CleanupPolicy,
     CleanupRefusedError,
     FlushVerificationError,
     InventoryStore,
@@ -54,7 +54,7 @@ from enum_pipeline.store.lifecycle import (
     StoreError,
     utcnow,
 )
-from enum_pipeline.store.policy import CleanupPolicy
+from enum_pipeline.store import schema as t
 from enum_pipeline_tests.helpers import (
     SCOPE,
     clear_faults,
@@ -120,7 +120,7 @@ def _run_id() -> str:
 
 
 def _under(location: str, prefix: str) -> bool:
-    """Python twin of ``lifecycle._under``."""
+    """Python twin of ``store.cleanup._under``."""
     return location == prefix or location[: len(prefix) + 1] == prefix.rstrip("/") + "/"
 
 

@@ -8,8 +8,8 @@ import pytest
 import sqlalchemy as sa
 
 from enum_pipeline.sources.base import ScopeVerdict
-from enum_pipeline.store import schema as t
-from enum_pipeline.store.lifecycle import (
+from enum_pipeline.store import (
+    CleanupPolicy,
     CleanupRefusedError,
     FlushVerificationError,
     InventoryStore,
@@ -18,7 +18,7 @@ from enum_pipeline.store.lifecycle import (
     StoreError,
     utcnow,
 )
-from enum_pipeline.store.policy import CleanupPolicy
+from enum_pipeline.store import schema as t
 from enum_pipeline_tests.helpers import SCOPE, fail_on_sql, key, new_run_id, rec, run_once
 
 OTHER = "fs:/srv/other"

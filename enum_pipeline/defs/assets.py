@@ -19,7 +19,7 @@ from pydantic import Field
 
 from enum_pipeline.defs.resources import InventoryResource
 from enum_pipeline.scan import ScanSummary, stage_sources
-from enum_pipeline.store.lifecycle import FlushVerificationError
+from enum_pipeline.store import FlushVerificationError
 
 GROUP = "inventory"
 PREVIEW_ROWS = 20
@@ -222,7 +222,7 @@ class CleanupConfig(Config):
 def cleanup_policy(inventory: InventoryResource, config_path: str | None):
     """The configured cleanup policy, or the safe defaults when no configuration is readable."""
     from enum_pipeline.config import ConfigError
-    from enum_pipeline.store.policy import CleanupPolicy
+    from enum_pipeline.store import CleanupPolicy
 
     try:
         return inventory.pipeline_config(config_path).cleanup

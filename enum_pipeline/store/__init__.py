@@ -1,33 +1,47 @@
-"""The inventory store: schema, migrations and the run lifecycle (no Dagster here)."""
+"""The inventory store: schema, migrations and the run lifecycle (no Dagster here).
 
-from enum_pipeline.store.lifecycle import (
+Import from here, never from a submodule outside the store.
+"""
+
+from enum_pipeline.store.errors import (
     CleanupRefusedError,
-    CleanupResult,
-    FlushResult,
     FlushVerificationError,
-    InventoryStore,
     RunActiveError,
-    RunInfo,
     RunNotActiveError,
     StoreError,
     UnknownRunError,
-    VerifyResult,
-    open_store,
 )
+from enum_pipeline.store.inventory import InventoryStore, open_store
+from enum_pipeline.store.liveness import holder_is_dead
 from enum_pipeline.store.policy import CleanupPolicy
+from enum_pipeline.store.records import (
+    CleanupResult,
+    CleanupStatus,
+    FlushResult,
+    RunInfo,
+    RunStatus,
+    ScopeCleanup,
+    VerifyResult,
+    utcnow,
+)
 
 __all__ = [
     "CleanupPolicy",
     "CleanupRefusedError",
     "CleanupResult",
+    "CleanupStatus",
     "FlushResult",
     "FlushVerificationError",
     "InventoryStore",
     "RunActiveError",
     "RunInfo",
     "RunNotActiveError",
+    "RunStatus",
+    "ScopeCleanup",
     "StoreError",
     "UnknownRunError",
     "VerifyResult",
+    "holder_is_dead",
     "open_store",
+    "utcnow",
 ]
