@@ -147,7 +147,8 @@ run_scopes = sa.Table(
     sa.Column("reason", sa.Text),
     sa.Column("protected", JSONType),
     sa.Column("seen_count", sa.BigInteger, nullable=False, server_default="0"),
-    sa.Column("fingerprint", JSONType),
+    # What was read (a root's real path and device; a code-host owner's id and principal).
+    sa.Column("identity", JSONType),
     sa.Column("ended_at", UTCDateTime(), nullable=False),
     sa.Column("coverage", JSONType),
     sa.Column("protected_reasons", JSONType),

@@ -76,7 +76,10 @@ def end_scope(ctx: StoreContext, run_id: str, verdict: ScopeVerdict) -> None:
             "reason": verdict.reason,
             "protected": list(verdict.protected),
             "seen_count": verdict.seen,
-            "fingerprint": verdict.fingerprint or {},
+            # ``fingerprint``: verdicts of sources not yet giving ``identity`` (CONTRACTS.md 1)
+            "identity": getattr(verdict, "identity", None) or getattr(verdict, "fingerprint", {}),
+            "coverage": getattr(verdict, "coverage", None) or {},
+            "protected_reasons": getattr(verdict, "protected_reasons", None) or {},
             "ended_at": utcnow(),
         }
         stmt = (

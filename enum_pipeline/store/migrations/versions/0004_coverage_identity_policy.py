@@ -37,6 +37,7 @@ def upgrade() -> None:
         batch.add_column(sa.Column("policy", JSON))
         batch.add_column(sa.Column("configured_scopes", JSON))
     with op.batch_alter_table("run_scopes") as batch:
+        batch.alter_column("fingerprint", new_column_name="identity", existing_type=JSON)
         batch.add_column(sa.Column("coverage", JSON))
         batch.add_column(sa.Column("protected_reasons", JSON))
         batch.add_column(sa.Column("trusted", sa.Boolean))
@@ -74,7 +75,7 @@ def _settle_trust() -> None:
     conn = op.get_bind()
     rows = conn.execute(
         sa.text(
-            "SELECT s.run_id, s.scope_key, s.complete, s.fingerprint, r.status "
+            "SELECT s.run_id, s.scope_key, s.complete, s.identity, r.status "
             "FROM run_scopes s JOIN run_state r ON r.run_id = s.run_id "
             "ORDER BY s.scope_key, r.generation"
         )
@@ -141,6 +142,7 @@ def downgrade() -> None:
             "coverage",
         ):
             batch.drop_column(name)
+        batch.alter_column("identity", new_column_name="fingerprint", existing_type=JSON)
     with op.batch_alter_table("run_state") as batch:
         batch.drop_column("configured_scopes")
         batch.drop_column("policy")
