@@ -6,6 +6,7 @@ import contextlib
 import time
 import uuid
 from collections.abc import Iterable, Iterator
+from typing import Any
 
 import sqlalchemy as sa
 
@@ -53,7 +54,7 @@ def run_once(
     """One whole run: begin, stage ``seen`` per scope, end scopes, flush, verify, complete,
     and (when ``cleanup``) the cleanup. Returns ``(run_id, cleanup_result_or_None)``."""
     run_id = run_id or new_run_id()
-    store.begin(run_id)
+    store.begin(run_id, policy=policy)
     for scope, names in seen.items():
         names = list(names)
         store.stage(run_id, [rec(n, scope) for n in names])
@@ -71,7 +72,7 @@ def run_once(
     store.flush(run_id)
     store.verify_and_confirm(run_id)
     assert store.complete(run_id) == "completed"
-    result = store.safe_cleanup_old_projects(run_id, policy) if cleanup else None
+    result = store.safe_cleanup_old_projects(run_id) if cleanup else None
     return run_id, result
 
 
@@ -195,3 +196,54 @@ def terminate_backends(store: InventoryStore, pids: list[int], wait: float = 60.
             return
         time.sleep(0.01)
     raise AssertionError(f"backends {pids} still alive after {wait}s")
+
+
+def verdict(
+    scope: str,
+    *,
+    seen: int = 0,
+    source_kind: str = "filesystem",
+    complete: bool = True,
+    reason: str | None = None,
+    protected: tuple[str, ...] = (),
+    identity: dict[str, Any] | None = None,
+    coverage: dict[str, Any] | None = None,
+    protected_reasons: dict[str, str] | None = None,
+):
+    """A scope verdict with identity, coverage and protected reasons."""
+    return ScopeVerdict(
+        scope_key=scope,
+        source_kind=source_kind,
+        complete=complete,
+        seen=seen,
+        reason=reason,
+        protected=tuple(protected),
+        identity=identity or {},
+        coverage=coverage or {},
+        protected_reasons=protected_reasons or {},
+    )
+
+
+def run_verdicts(
+    store,
+    seen: dict[str, Iterable],
+    *,
+    policy: CleanupPolicy | None = None,
+    configured: Iterable[str] | None = None,
+    verdicts: dict[str, dict] | None = None,
+    cleanup: bool = True,
+):
+    """One whole run; ``seen`` maps a scope to names (filesystem) or records. Returns
+    ``(run_id, cleanup_result)``."""
+    run_id = new_run_id()
+    store.begin(run_id, policy=policy, configured_scopes=configured)
+    for scope, items in seen.items():
+        records = [i if isinstance(i, ProjectRecord) else rec(i, scope) for i in items]
+        store.stage(run_id, records)
+        kind = records[0].source_kind if records else "filesystem"
+        extra = {"source_kind": kind, **(verdicts or {}).get(scope, {})}
+        store.end_scope(run_id, verdict(scope, seen=len(records), **extra))
+    store.flush(run_id)
+    store.verify_and_confirm(run_id)
+    assert store.complete(run_id) == "completed"
+    return run_id, store.safe_cleanup_old_projects(run_id) if cleanup else None

@@ -53,9 +53,13 @@ def scanned_projects(
     Every scope ends complete or incomplete; an incomplete scope protects its projects.
     """
     pipeline = inventory.pipeline_config(config.config_path, config.roots)
+    sources = pipeline.build_sources()
     store = inventory.store()
     run_id = context.run.run_id
-    generation = store.begin(run_id)
+    # The run carries the policy its cleanup applies, and (unless roots were given ad hoc) the
+    # configured scopes, so rows of any other scope become orphans instead of candidates.
+    configured = None if config.roots else [k for s in sources for k in s.scope_keys()]
+    generation = store.begin(run_id, policy=pipeline.cleanup, configured_scopes=configured)
     context.log.info(f"run {run_id}: generation {generation} on {inventory.display_url()}")
 
     def progress(summary: ScanSummary) -> None:
@@ -65,7 +69,6 @@ def scanned_projects(
         )
 
     try:
-        sources = pipeline.build_sources()
         summary = stage_sources(
             store,
             run_id,
@@ -210,24 +213,14 @@ class CleanupConfig(Config):
     run_id: str = Field(description="The enumeration run whose cleanup this is.")
     approve: bool = Field(
         default=False,
-        description="Approve this run's blocked cleanup, for the numbers it was blocked with.",
+        description="Approve this run's blocked cleanup: exactly the projects its plan listed.",
     )
     dry_run: bool = Field(default=False, description="Show what would be removed; change nothing.")
     config_path: str | None = Field(
         default=None,
-        description="YAML file with the cleanup policy (default: ENUM_PIPELINE_CONFIG).",
+        description="Ignored: the cleanup applies the policy its run began with (approve, "
+        "never loosen).",
     )
-
-
-def cleanup_policy(inventory: InventoryResource, config_path: str | None):
-    """The configured cleanup policy, or the safe defaults when no configuration is readable."""
-    from enum_pipeline.config import ConfigError
-    from enum_pipeline.store import CleanupPolicy
-
-    try:
-        return inventory.pipeline_config(config_path).cleanup
-    except ConfigError:
-        return CleanupPolicy()
 
 
 @asset(group_name=GROUP, kinds={"sql"}, deps=[AssetKey("projects")])
@@ -239,12 +232,11 @@ def stale_projects_cleanup(
     Requested only by the ``cleanup_after_confirmed_flush`` sensor or by an operator.
     """
     store = inventory.store()
-    policy = cleanup_policy(inventory, config.config_path)
     approver = f"dagster run {context.run.run_id}" if config.approve else None
     if config.approve:
         store.approve_cleanup(config.run_id, approver)
     result = store.safe_cleanup_old_projects(
-        config.run_id, policy, dry_run=config.dry_run, approved_by=approver
+        config.run_id, dry_run=config.dry_run, approved_by=approver
     )
     data = result.as_dict()
     lines = [
@@ -271,6 +263,10 @@ def stale_projects_cleanup(
             "dry_run": result.dry_run,
             "candidates": result.candidates,
             "removed": result.removed,
+            "would_remove": result.would_remove,
+            "out_of_coverage": result.out_of_coverage,
+            "orphaned": result.orphaned,
+            "held": result.held,
             "marked_missing": result.marked_missing,
             "kept_incomplete": result.kept_incomplete,
             "reason": result.reason or "",

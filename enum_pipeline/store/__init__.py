@@ -15,6 +15,8 @@ from enum_pipeline.store.inventory import InventoryStore, open_store
 from enum_pipeline.store.liveness import holder_is_dead
 from enum_pipeline.store.policy import CleanupPolicy
 from enum_pipeline.store.records import (
+    CleanupAction,
+    CleanupEntry,
     CleanupResult,
     CleanupStatus,
     FlushResult,
@@ -26,6 +28,8 @@ from enum_pipeline.store.records import (
 )
 
 __all__ = [
+    "CleanupAction",
+    "CleanupEntry",
     "CleanupPolicy",
     "CleanupRefusedError",
     "CleanupResult",

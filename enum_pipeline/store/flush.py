@@ -20,6 +20,7 @@ _STAMP_COLS = [
     "last_seen_at",
     "changed_at",
     "missed_runs",
+    "first_seen_generation",
 ]
 
 
@@ -85,6 +86,7 @@ def _upsert(ctx: StoreContext, run_id: str, generation: int, now: datetime):
         sa.literal(now, t.UTCDateTime()).label("last_seen_at"),
         sa.literal(now, t.UTCDateTime()).label("changed_at"),
         sa.literal(0).label("missed_runs"),
+        sa.literal(generation).label("first_seen_generation"),
     ).where(s.c.run_id == run_id)
     insert = ctx.dialect.insert(p).from_select([*_DATA_COLS, *_STAMP_COLS], select)
     excluded = insert.excluded
@@ -99,6 +101,11 @@ def _upsert(ctx: StoreContext, run_id: str, generation: int, now: datetime):
         ),
         missing_since=None,
         missed_runs=0,
+        # seen again: no longer out of coverage, nor orphaned
+        out_of_coverage_since=None,
+        out_of_coverage_reason=None,
+        orphaned_since=None,
+        orphan_reason=None,
     )
     return insert.on_conflict_do_update(
         index_elements=["project_key"],

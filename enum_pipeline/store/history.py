@@ -13,7 +13,7 @@ from enum_pipeline.store.context import StoreContext
 from enum_pipeline.store.records import utcnow
 
 HISTORY_BATCH = 2000
-_DATETIME_COLUMNS = ("last_commit_at", "first_seen_at", "last_seen_at", "changed_at")
+_DATETIME_COLUMNS = [c.name for c in t.projects.columns if isinstance(c.type, t.UTCDateTime)]
 
 
 def _json_safe(value: Any) -> Any:
@@ -31,8 +31,15 @@ def history(ctx: StoreContext, run_id: str | None = None) -> list[dict[str, Any]
         return [dict(r) for r in conn.execute(stmt).mappings()]
 
 
-def move_to_history(conn: Connection, where, run_id: str, now: datetime) -> list[str]:
-    """Move the rows matching ``where`` to ``removed_projects``, in key order.
+def move_to_history(
+    conn: Connection,
+    where,
+    run_id: str,
+    now: datetime,
+    reasons: dict[str, str] | None = None,
+) -> list[str]:
+    """Move the rows matching ``where`` to ``removed_projects``, in key order, each with its
+    reason (``reasons``: project key -> why) and ``run_id`` (a cleanup's run, or a prune's id).
 
     Streams: only the keys are read at once; full rows are read, recorded and deleted
     ``HISTORY_BATCH`` at a time, so memory stays flat however many rows go.
@@ -44,11 +51,13 @@ def move_to_history(conn: Connection, where, run_id: str, now: datetime) -> list
     )
     for start in range(0, len(all_keys), HISTORY_BATCH):
         chunk = all_keys[start : start + HISTORY_BATCH]
-        keys.extend(_move_batch(conn, chunk, where, run_id, now))
+        keys.extend(_move_batch(conn, chunk, where, run_id, now, reasons or {}))
     return keys
 
 
-def _move_batch(conn: Connection, chunk: list[str], where, run_id: str, now) -> list[str]:
+def _move_batch(
+    conn: Connection, chunk: list[str], where, run_id: str, now, reasons: dict[str, str]
+) -> list[str]:
     p = t.projects
     batch = (
         conn.execute(
@@ -68,6 +77,7 @@ def _move_batch(conn: Connection, chunk: list[str], where, run_id: str, now) -> 
                 "removed_by_run_id": run_id,
                 "removed_at": now,
                 "row": {k: _json_safe(v) for k, v in r.items()},
+                "reason": reasons.get(r["project_key"]),
             }
             for r in batch
         ],
