@@ -132,10 +132,30 @@ SourceConfig = Annotated[
 ]
 
 
+class CatalogConfig(_Strict):
+    """How the assets show in Dagster's catalog, and where the export asset writes."""
+
+    owners: list[str] = Field(
+        default_factory=list, description="Asset owners: e-mail addresses or 'team:<name>'."
+    )
+    tags: dict[str, str] = Field(default_factory=dict, description="Tags on every asset.")
+    export_path: str | None = Field(None, description="File the inventory_export asset writes.")
+    export_format: Literal["csv", "parquet"] = "csv"
+
+    @field_validator("owners")
+    @classmethod
+    def _owners(cls, owners: list[str]) -> list[str]:
+        for owner in owners:
+            if not (owner.startswith("team:") and len(owner) > 5) and "@" not in owner:
+                raise ValueError(f"owner {owner!r} is neither an e-mail address nor team:<name>")
+        return owners
+
+
 class PipelineConfig(_Strict):
     """The whole configuration file."""
 
     sources: list[SourceConfig] = Field(min_length=1)
+    catalog: CatalogConfig = CatalogConfig()
     cleanup: CleanupPolicy = CleanupPolicy()
     batch_size: int = Field(1000, ge=1, le=100_000)
     parallel_sources: int = Field(

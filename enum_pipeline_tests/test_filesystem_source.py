@@ -72,7 +72,7 @@ def test_normal_repo_record(tmp_path: Path) -> None:
     assert rec.source_kind == "filesystem" and rec.vcs == "git"
     assert rec.name == "proj" and rec.path == rec.location == str(repo)
     assert rec.location.startswith(str(root) + "/")
-    assert rec.default_branch == "main"
+    assert rec.current_branch == "main" and rec.default_branch is None
     assert rec.head_commit == git(repo, "rev-parse", "HEAD")
     assert rec.last_commit_at == _ct(repo)
     assert rec.remote_url == "git@github.com:acme/proj.git"
@@ -112,11 +112,11 @@ def test_detached_and_unborn(tmp_path: Path) -> None:
     git(root, "init", "-q", "fresh")
     records, _ = _scan(root)
     d = records[str(det)]
-    assert d.attributes["detached"] and d.default_branch is None
+    assert d.attributes["detached"] and d.current_branch is None
     assert d.head_commit == git(det, "rev-parse", "HEAD")
     assert d.last_commit_at == _ct(det)
     u = records[str(root / "fresh")]
-    assert u.attributes["unborn"] and u.default_branch == "main"
+    assert u.attributes["unborn"] and u.current_branch == "main"
     assert u.head_commit is None and u.last_commit_at is None
     assert "error" not in u.attributes
 
@@ -128,7 +128,7 @@ def test_worktrees(tmp_path: Path) -> None:
     git(repo, "worktree", "add", "-q", "-b", "inner", str(repo / "inner-wt"))
     records, _ = _scan(root)
     side = records[str(root / "side-wt")]
-    assert side.attributes["worktree"] and side.default_branch == "side"
+    assert side.attributes["worktree"] and side.current_branch == "side"
     assert side.head_commit == git(repo, "rev-parse", "side")
     assert side.last_commit_at == _ct(repo)
     assert "nested_in" not in side.attributes
@@ -240,7 +240,7 @@ def test_other_vcs_markers(tmp_path: Path) -> None:
     assert {r.vcs for r in records.values()} == {"hg", "svn", "fossil", "jj"}
     assert records[str(root / "hgp")].remote_url == "https://***@hg.example/r"
     assert records[str(root / "hgp")].normalized_remote == "hg.example/r"
-    assert records[str(root / "hgp")].default_branch == "stable"
+    assert records[str(root / "hgp")].current_branch == "stable"
     assert str(root / "svnp" / "sub") not in records
     assert records[str(root / "svnp" / "ext")].attributes["nested_in"] == (
         records[str(root / "svnp")].project_key

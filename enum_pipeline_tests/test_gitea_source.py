@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+
 import pytest
 
+from enum_pipeline.sources.fields import FILLED_COLUMNS, PRODUCT_COLUMNS
 from enum_pipeline.sources.gitea import GiteaSource
 from enum_pipeline_tests.fake_codehosts import FakeCodeHost, FakeSleep, GiteaApp, scan
 
@@ -53,7 +56,37 @@ def test_full_listing(gitea):
     assert rec.source_kind == "gitea" and rec.vcs == "git"
     assert rec.name == "repo-0000" and rec.location == "Org/repo-0000"
     assert rec.normalized_remote == "gitea.example.com/Org/repo-0000"
-    assert rec.attributes["visibility"] == "public" and rec.attributes["full_name"] == rec.location
+    assert rec.visibility == "public" and rec.attributes["full_name"] == rec.location
+
+
+def test_product_columns(token_env):
+    """Every column FILLED_COLUMNS promises for Gitea, from the repository object."""
+    app = GiteaApp(token=TOKEN)
+    app.add_owner("Org", 0)
+    app.add_repo(
+        "Org",
+        "lib",
+        archived=True,
+        fork=True,
+        internal=True,
+        description="a library",
+        topics=["infra"],
+        licenses=["MIT"],
+        stars_count=3,
+    )
+    app.add_repo("Org", "plain", description="", licenses=[])
+    with FakeCodeHost(app) as host:
+        (lib, plain), [verdict] = scan(make(host))
+    assert verdict.complete
+    assert lib.archived is True and lib.fork is True and lib.visibility == "internal"
+    assert lib.description == "a library" and lib.topics == ("infra",) and lib.license == "MIT"
+    assert lib.stars == 3 and lib.language == "Go" and lib.default_branch == "main"
+    assert lib.created_at == datetime(2023, 12, 31, 23, tzinfo=UTC)
+    assert lib.last_activity_at == datetime(2024, 1, 1, 23, tzinfo=UTC)  # updated_at
+    assert plain.license is None and plain.description is None and plain.visibility == "public"
+    filled = FILLED_COLUMNS["gitea"]
+    for column in PRODUCT_COLUMNS:
+        assert (getattr(lib, column) is not None) == (column in filled), column
 
 
 def test_server_clamps_limit(token_env):

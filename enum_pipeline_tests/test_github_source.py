@@ -7,6 +7,7 @@ from datetime import UTC, datetime
 import httpx
 import pytest
 
+from enum_pipeline.sources.fields import FILLED_COLUMNS, PRODUCT_COLUMNS
 from enum_pipeline.sources.github import GitHubSource, github_web_host
 from enum_pipeline.sources.http import HttpClient, PageError, parse_link_header
 from enum_pipeline_tests.fake_codehosts import FakeCodeHost, FakeSleep, GitHubApp, Reply, scan
@@ -69,11 +70,45 @@ def test_full_listing_across_pages(github):
     assert first.last_commit_at.tzinfo is not None
     attrs = first.attributes
     assert attrs["id"] == repo["id"] and attrs["full_name"] == "Acme/Repo-0000"
-    assert attrs["visibility"] == repo["visibility"] and attrs["topics"] == ["t1", "t2"]
-    for key in ("html_url", "ssh_url", "archived", "fork", "language", "size", "pushed_at"):
+    for key in ("html_url", "ssh_url", "size", "pushed_at", "updated_at", "forks_count"):
         assert key in attrs
-    for key in ("updated_at", "description"):
-        assert key in attrs
+    # what has a column of its own is not repeated in the attributes
+    assert not {"archived", "fork", "visibility", "topics", "language", "description"} & set(attrs)
+
+
+def test_product_columns(token_env):
+    """Every column FILLED_COLUMNS promises for GitHub, from the API's repository object."""
+    app = GitHubApp()
+    app.add_owner("Acme", 0)
+    app.add_repo(
+        "Acme",
+        "lib",
+        archived=True,
+        fork=True,
+        visibility="internal",
+        license={"key": "apache-2.0", "spdx_id": "Apache-2.0", "name": "Apache License 2.0"},
+        stargazers_count=42,
+        topics=["infra", "python"],
+        language="Rust",
+        description="a library",
+    )
+    app.add_repo("Acme", "bare", license=None, description=None, language=None, topics=[])
+    with FakeCodeHost(app) as host:
+        (lib, bare), [verdict] = scan(make(host))
+    repo = app.owners["acme"].repos[0]
+    assert verdict.complete
+    assert lib.archived is True and lib.fork is True and lib.visibility == "internal"
+    assert lib.license == "Apache-2.0" and lib.stars == 42
+    assert lib.topics == ("infra", "python") and lib.language == "Rust"
+    assert lib.description == "a library" and lib.default_branch == "main"
+    assert lib.created_at == datetime.fromisoformat(repo["created_at"]).astimezone(UTC)
+    assert lib.last_activity_at == datetime.fromisoformat(repo["pushed_at"]).astimezone(UTC)
+    assert lib.current_branch is None and lib.remotes is None and lib.in_sync is None
+    assert bare.license is None and bare.description is None and bare.language is None
+    assert bare.topics == () and bare.archived is False and bare.fork is False
+    filled = FILLED_COLUMNS["github"]
+    for column in PRODUCT_COLUMNS:
+        assert (getattr(lib, column) is not None) == (column in filled), column
 
 
 def test_page_shorter_than_per_page_is_not_the_end(token_env):
@@ -198,7 +233,7 @@ def test_filters(github):
     records, [verdict] = scan(make(host, include_archived=False, include_forks=False))
     assert verdict.complete
     assert len(records) == 200 and verdict.seen == 200
-    assert not any(r.attributes["archived"] or r.attributes["fork"] for r in records)
+    assert not any(r.archived or r.fork for r in records)
     # the 50 filtered out were listed (the counts check holds), and the coverage names the filters
     assert verdict.coverage["include_forks"] is False
     assert verdict.coverage["include_archived"] is False

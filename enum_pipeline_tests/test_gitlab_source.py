@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+
 import pytest
 
+from enum_pipeline.sources.fields import FILLED_COLUMNS, PRODUCT_COLUMNS
 from enum_pipeline.sources.gitlab import GitLabSource
 from enum_pipeline_tests.fake_codehosts import FakeCodeHost, FakeSleep, GitLabApp, scan
 
@@ -65,9 +68,40 @@ def test_full_listing_keyset(gitlab):
     assert rec.default_branch == "main" and rec.vcs == "git"
     attrs = rec.attributes
     assert attrs["path_with_namespace"] == "grp/proj-0000"
-    assert attrs["namespace_full_path"] == "grp" and attrs["visibility"] == "internal"
-    assert attrs["last_activity_at"] == "2024-02-03T04:05:06.789Z"
-    assert attrs["star_count"] == project["star_count"] and attrs["topics"] == ["x"]
+    assert attrs["namespace_full_path"] == "grp" and rec.visibility == "internal"
+    assert rec.last_activity_at == datetime(2024, 2, 3, 4, 5, 6, 789000, tzinfo=UTC)
+    assert rec.stars == project["star_count"] and rec.topics == ("x",)
+    assert not {"archived", "visibility", "topics", "star_count", "last_activity_at"} & set(attrs)
+
+
+def test_product_columns(token_env):
+    """Every column FILLED_COLUMNS promises for GitLab, from the project list."""
+    app = GitLabApp(token=TOKEN)
+    app.add_group("grp", 0)
+    app.add_project(
+        "grp",
+        "lib",
+        archived=True,
+        visibility="private",
+        description="a library",
+        topics=["infra"],
+        star_count=7,
+        forked_from_project={"id": 1, "path_with_namespace": "up/lib"},
+    )
+    app.add_project("grp", "plain", topics=[], description="")
+    with FakeCodeHost(app) as host:
+        (lib, plain), [verdict] = scan(make(host, "grp"))
+    assert verdict.complete
+    assert lib.archived is True and lib.fork is True and lib.visibility == "private"
+    assert lib.description == "a library" and lib.topics == ("infra",) and lib.stars == 7
+    project = app.projects[0]
+    assert lib.created_at == datetime.fromisoformat(project["created_at"]).astimezone(UTC)
+    assert lib.last_activity_at == datetime(2024, 2, 3, 4, 5, 6, 789000, tzinfo=UTC)
+    assert lib.language is None and lib.license is None  # GitLab's list has neither
+    assert plain.fork is False and plain.archived is False and plain.description is None
+    filled = FILLED_COLUMNS["gitlab"]
+    for column in PRODUCT_COLUMNS:
+        assert (getattr(lib, column) is not None) == (column in filled), column
 
 
 def test_subgroups(token_env):

@@ -17,12 +17,15 @@ from dagster import (
 )
 from pydantic import Field
 
+from enum_pipeline.defs.catalog import catalog, database_kind, freshness, source_kinds
 from enum_pipeline.defs.resources import InventoryResource
 from enum_pipeline.scan import ScanSummary, stage_sources
 from enum_pipeline.store import FlushVerificationError
 
 GROUP = "inventory"
 PREVIEW_ROWS = 20
+DB_KINDS = {database_kind()}
+CATALOG = {"owners": catalog().owners, "tags": catalog().tags}
 
 
 class ScanConfig(Config):
@@ -44,7 +47,7 @@ def _scope_table(scopes: list[dict]) -> MetadataValue:
     return MetadataValue.md("\n".join(lines))
 
 
-@asset(group_name=GROUP, kinds={"python"})
+@asset(group_name=GROUP, kinds=source_kinds(), **CATALOG)
 def scanned_projects(
     context: AssetExecutionContext, config: ScanConfig, inventory: InventoryResource
 ) -> Output[dict]:
@@ -172,13 +175,14 @@ def _preview_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-@graph_asset(group_name=GROUP, kinds={"sql"})
+@graph_asset(group_name=GROUP, kinds=DB_KINDS, **CATALOG)
 def projects(scanned_projects: dict) -> dict:
     """The inventory table: the run's flush (``upsert_projects`` → ``verify_flush``)."""
     return verify_flush(upsert_projects(scanned_projects))
 
 
-@asset(group_name=GROUP, kinds={"sql"})
+# fresh when a run has completed since the schedule's last tick (run_state materializes then)
+@asset(group_name=GROUP, kinds=DB_KINDS, freshness_policy=freshness(), **CATALOG)
 def run_state(
     context: AssetExecutionContext, inventory: InventoryResource, projects: dict
 ) -> Output[dict]:
@@ -223,7 +227,7 @@ class CleanupConfig(Config):
     )
 
 
-@asset(group_name=GROUP, kinds={"sql"}, deps=[AssetKey("projects")])
+@asset(group_name=GROUP, kinds=DB_KINDS, deps=[AssetKey("projects")], **CATALOG)
 def stale_projects_cleanup(
     context: AssetExecutionContext, config: CleanupConfig, inventory: InventoryResource
 ) -> Output[dict]:

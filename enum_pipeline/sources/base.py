@@ -18,6 +18,11 @@ class ProjectRecord:
     ``scope_key`` names the scope that yielded it (a root folder, an organisation) and
     ``location`` is its place inside that scope (a path, a ``group/subgroup/name``), used to match
     protected sub-scopes.
+
+    Every field after ``attributes`` is None when the source does not know it (``FILLED_COLUMNS``
+    in ``sources/fields.py`` says which a source kind fills); a source never guesses one.
+    ``default_branch`` is the branch the remote (or code host) names as its default;
+    ``current_branch`` is what a checkout has checked out.
     """
 
     project_key: str
@@ -34,6 +39,23 @@ class ProjectRecord:
     last_commit_at: datetime | None = None
     markers: tuple[str, ...] = ()
     attributes: dict[str, Any] = field(default_factory=dict)
+    archived: bool | None = None
+    fork: bool | None = None
+    visibility: str | None = None
+    description: str | None = None
+    topics: tuple[str, ...] | None = None
+    language: str | None = None
+    license: str | None = None  # SPDX id
+    stars: int | None = None
+    created_at: datetime | None = None
+    last_activity_at: datetime | None = None
+    current_branch: str | None = None
+    remotes: dict[str, str] | None = None  # name -> redacted url
+    upstream: str | None = None
+    in_sync: bool | None = None
+    shallow: bool | None = None
+    has_stash: bool | None = None
+    last_fetch_at: datetime | None = None
 
     def content_hash(self) -> str:
         """A digest of everything but identity, so a flush can tell changed rows from unchanged."""
@@ -42,6 +64,8 @@ class ProjectRecord:
             self.last_commit_at.isoformat() if self.last_commit_at is not None else None
         )
         payload["markers"] = sorted(self.markers)
+        if self.topics is not None:
+            payload["topics"] = list(self.topics)
         raw = json.dumps(payload, sort_keys=True, default=str, ensure_ascii=False)
         return hashlib.sha1(raw.encode("utf-8", "surrogateescape")).hexdigest()
 

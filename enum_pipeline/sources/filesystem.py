@@ -129,8 +129,14 @@ MARKER_FILES: frozenset[str] = frozenset(
         "WORKSPACE",
         "MODULE.bazel",
         "BUILD.bazel",
+        "catalog-info.yaml",
+        "CODEOWNERS",
     }
 )
+#: ``CODEOWNERS`` in these sub-folders is recorded as ``<folder>/CODEOWNERS``.
+CODEOWNERS_DIRS: tuple[str, ...] = (".github", "docs")
+#: Any file whose upper-cased name starts with one of these is recorded as the ``LICENSE*`` marker.
+LICENSE_PREFIXES: tuple[str, ...] = ("LICENSE", "LICENCE")
 #: File-name suffixes recorded as ``*<suffix>`` markers (e.g. ``*.csproj``).
 MARKER_SUFFIXES: tuple[str, ...] = (
     ".csproj",
@@ -158,11 +164,16 @@ _VCS_ORDER = ("git", "jj", "hg", "svn", "fossil")  # which VCS names a folder ho
 _METADATA_DIRS = frozenset({".git", ".hg", ".svn", ".jj"})  # never descended into
 
 
-def _markers(names: list[str]) -> tuple[str, ...]:
+def _markers(path: str, names: list[str], subdirs: list[str]) -> tuple[str, ...]:
     found = set(MARKER_FILES.intersection(names))
     for n in names:
         if n.endswith(MARKER_SUFFIXES):
             found.add("*" + n[n.rfind(".") :])
+        elif n[:1] in "Ll" and n.upper().startswith(LICENSE_PREFIXES) and n not in subdirs:
+            found.add("LICENSE*")
+    for d in CODEOWNERS_DIRS:
+        if d in subdirs and os.path.isfile(f"{path}/{d}/CODEOWNERS"):
+            found.add(f"{d}/CODEOWNERS")
     return tuple(sorted(found))
 
 
@@ -595,8 +606,9 @@ class _RootWalk:
         base = path.rstrip("/").rsplit("/", 1)[-1] or "/"
         name = escape_path(base)
         attrs: dict[str, Any] = {}
-        remote = branch = head = None
+        remote = branch = head = default = None
         when = None
+        meta = None
         if vcs == "git" or vcs == "bare":
             bare = vcs == "bare"
             if bare:
@@ -609,7 +621,11 @@ class _RootWalk:
                 )
             vcs = "git"
             remote = meta.remote_url
-            branch = meta.branch
+            if bare:  # no checkout: HEAD names the repository's default branch
+                default = meta.branch
+            else:
+                branch = meta.branch
+                default = meta.remote_head
             head = meta.head_commit
             when = meta.last_commit_at
             attrs["bare"] = bare
@@ -631,6 +647,7 @@ class _RootWalk:
             attrs["nested_in"] = parent_key
         if location != path or key_path != real or name != base:
             attrs["path_escaped"] = True
+        checkout = meta is not None and not meta.bare
         return ProjectRecord(
             project_key="fs:" + key_path,
             scope_key=self.scope_key,
@@ -641,11 +658,19 @@ class _RootWalk:
             path=location,
             remote_url=remote,
             normalized_remote=normalize_remote(remote) if remote else None,
-            default_branch=branch,
+            default_branch=default,
+            current_branch=branch,
             head_commit=head,
             last_commit_at=when,
-            markers=_markers(names),
+            last_activity_at=when,
+            markers=_markers(path, names, subdirs),
             attributes=attrs,
+            remotes=(meta.remotes or None) if meta is not None else None,
+            upstream=meta.upstream if checkout else None,
+            in_sync=meta.in_sync if checkout else None,
+            shallow=meta.shallow if meta is not None else None,
+            has_stash=meta.has_stash if checkout else None,
+            last_fetch_at=meta.last_fetch_at if checkout else None,
         )
 
 

@@ -30,9 +30,15 @@ from enum_pipeline.sources.codehost import (
     check_owner,
     count_check,
 )
-from enum_pipeline.sources.http import Page, parse_int_header, parse_link_header, web_host
+from enum_pipeline.sources.http import (
+    Page,
+    parse_int_header,
+    parse_link_header,
+    parse_timestamp,
+    web_host,
+)
 from enum_pipeline.sources.remotes import redact_url
-from enum_pipeline.sources.repos import repo_attributes, repo_record
+from enum_pipeline.sources.repos import int_or_none, repo_attributes, repo_record
 
 log = logging.getLogger(__name__)
 
@@ -143,13 +149,12 @@ class GiteaSource(CodeHostSource):
         parent = repo.get("parent") if isinstance(repo.get("parent"), dict) else {}
         attributes = repo_attributes(
             repo,
-            visibility,
             forked_from=parent.get("full_name"),
             mirror=bool(repo.get("mirror", False)),
             empty=bool(repo.get("empty", False)),
-            stars_count=repo.get("stars_count"),
-            created_at=repo.get("created_at"),
         )
+        # Gitea 1.22+ lists the SPDX ids of the licence files it detected
+        licenses = [x for x in repo.get("licenses") or [] if isinstance(x, str) and x]
         return repo_record(
             kind=self.kind,
             host=self.host,
@@ -157,4 +162,8 @@ class GiteaSource(CodeHostSource):
             owner=self.owner,
             repo=repo,
             attributes=attributes,
+            visibility=visibility,
+            license=" AND ".join(sorted(licenses)) if licenses else None,
+            stars=int_or_none(repo.get("stars_count")),
+            last_activity_at=parse_timestamp(repo.get("updated_at")),
         )

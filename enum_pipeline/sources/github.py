@@ -35,7 +35,7 @@ from enum_pipeline.sources.codehost import (
 )
 from enum_pipeline.sources.http import Page, parse_timestamp, web_host
 from enum_pipeline.sources.remotes import redact_url
-from enum_pipeline.sources.repos import repo_attributes, repo_record
+from enum_pipeline.sources.repos import int_or_none, repo_attributes, repo_record, text_or_none
 
 log = logging.getLogger(__name__)
 
@@ -203,12 +203,20 @@ class GitHubSource(CodeHostSource):
         visibility = repo.get("visibility")
         if not visibility and repo.get("private") is not None:
             visibility = "private" if repo.get("private") else "public"
+        licence = repo.get("license") if isinstance(repo.get("license"), dict) else {}
+        pushed = parse_timestamp(repo.get("pushed_at"))
         return repo_record(
             kind=self.kind,
             host=self.host,
             scope_key=self.scope_key,
             owner=self.owner,
             repo=repo,
-            attributes=repo_attributes(repo, visibility, pushed_at=repo.get("pushed_at")),
-            last_commit_at=parse_timestamp(repo.get("pushed_at")),
+            attributes=repo_attributes(
+                repo, pushed_at=repo.get("pushed_at"), forks_count=repo.get("forks_count")
+            ),
+            visibility=visibility or None,
+            last_commit_at=pushed,
+            license=text_or_none(licence.get("spdx_id")),
+            stars=int_or_none(repo.get("stargazers_count")),
+            last_activity_at=pushed,
         )

@@ -29,8 +29,9 @@ from enum_pipeline.sources.codehost import (
     PageRequest,
     count_check,
 )
-from enum_pipeline.sources.http import Page, parse_int_header, web_host
+from enum_pipeline.sources.http import Page, parse_int_header, parse_timestamp, web_host
 from enum_pipeline.sources.remotes import normalize_remote, redact_url
+from enum_pipeline.sources.repos import bool_or_none, int_or_none, text_or_none
 
 log = logging.getLogger(__name__)
 
@@ -185,16 +186,8 @@ class GitLabSource(CodeHostSource):
             "ssh_url": (
                 redact_url(project["ssh_url_to_repo"]) if project.get("ssh_url_to_repo") else None
             ),
-            "archived": bool(project.get("archived", False)),
-            "visibility": project.get("visibility"),
-            "topics": list(topics),
-            "star_count": project.get("star_count"),
             "forks_count": project.get("forks_count"),
-            "last_activity_at": project.get("last_activity_at"),
-            "created_at": project.get("created_at"),
-            "description": project.get("description"),
             "empty_repo": project.get("empty_repo"),
-            "fork": bool(forked),
             "forked_from_id": forked.get("id"),
             "forked_from_path": forked.get("path_with_namespace"),
             "namespace_full_path": namespace.get("full_path"),
@@ -211,4 +204,13 @@ class GitLabSource(CodeHostSource):
             normalized_remote=normalize_remote(web_url or http_url or ""),
             default_branch=project.get("default_branch") or None,
             attributes=attributes,
+            archived=bool_or_none(project.get("archived")),
+            # the list names the source of a fork; a project without it is not one
+            fork=bool(forked),
+            visibility=text_or_none(project.get("visibility")),
+            description=text_or_none(project.get("description")),
+            topics=tuple(str(t) for t in topics if isinstance(t, str | int)),
+            stars=int_or_none(project.get("star_count")),
+            created_at=parse_timestamp(project.get("created_at")),
+            last_activity_at=parse_timestamp(project.get("last_activity_at")),
         )

@@ -18,6 +18,7 @@ from enum_pipeline.store import schema as t
 STAGE_COLUMNS = ["run_id", "project_key", *t.PROJECT_DATA_COLUMNS]
 _MARKERS_AT = STAGE_COLUMNS.index("markers")
 _ATTRIBUTES_AT = STAGE_COLUMNS.index("attributes")
+_NULLABLE_JSON_AT = [STAGE_COLUMNS.index(c) for c in ("topics", "remotes")]
 
 
 class SQLiteDialect:
@@ -100,6 +101,9 @@ def _copy_values(rows: list[dict[str, Any]]) -> list[list[Any]]:
         value = list(map(row.__getitem__, STAGE_COLUMNS))
         value[_MARKERS_AT] = Jsonb(value[_MARKERS_AT])
         value[_ATTRIBUTES_AT] = Jsonb(value[_ATTRIBUTES_AT])
+        for i in _NULLABLE_JSON_AT:
+            if value[i] is not None:
+                value[i] = Jsonb(value[i])
         values.append(value)
     return values
 

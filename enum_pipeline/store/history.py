@@ -13,7 +13,8 @@ from enum_pipeline.store.context import StoreContext
 from enum_pipeline.store.records import utcnow
 
 HISTORY_BATCH = 2000
-_DATETIME_COLUMNS = [c.name for c in t.projects.columns if isinstance(c.type, t.UTCDateTime)]
+# every timestamp column of projects (kept as ISO text in the history's JSON)
+_DATETIME_COLUMNS = tuple(c.name for c in t.projects.columns if isinstance(c.type, t.UTCDateTime))
 
 
 def _json_safe(value: Any) -> Any:

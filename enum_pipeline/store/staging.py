@@ -32,6 +32,8 @@ def _record_row(run_id: str, record: ProjectRecord) -> dict[str, Any]:
         "markers": sorted(record.markers),
         "attributes": record.attributes or {},
         "content_hash": record.content_hash(),
+        **{c: getattr(record, c) for c in t.PRODUCT_COLUMNS},
+        "topics": list(record.topics) if record.topics is not None else None,
     }
 
 
