@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -226,3 +227,22 @@ def test_prune_orphans_from_the_cli_with_history_and_restore(cli, inventory):
     code, out = cli("restore", prune_id)
     assert code == 0 and "restored 2" in out
     assert len(inventory.project_keys()) == 3
+
+
+def test_rows_out_of_coverage_are_listed_with_their_reason(cli, inventory):
+    from enum_pipeline_tests.helpers import SCOPE, key, run_verdicts
+
+    full = {"skip_names": [], "max_depth": None, "nested": True}
+    run_verdicts(inventory, {SCOPE: ["a", "vendor/b"]}, verdicts={SCOPE: {"coverage": full}})
+    narrowed = {"coverage": {**full, "skip_names": ["vendor"]}}
+    _, result = run_verdicts(inventory, {SCOPE: ["a"]}, verdicts={SCOPE: narrowed})
+    assert result.removed == 0 and result.out_of_coverage == 1
+    code, out = cli("projects", "--status", "out_of_coverage", "--format", "json")
+    assert code == 0, out
+    listed = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+    assert [(r["project_key"], r["status"]) for r in listed] == [
+        (key("vendor/b"), "out_of_coverage")
+    ]
+    code, out = cli("runs")
+    assert code == 0 and "kept out of coverage: 1, orphaned: 0" in out
+    assert f"{key('vendor/b')} — out of coverage: skip_names holds 'vendor'" in out

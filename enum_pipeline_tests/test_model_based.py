@@ -956,7 +956,7 @@ class InventoryMachine(RuleBasedStateMachine):
             scope = rnd.choice(SCOPES)
             self.model.device[scope] = 3 - self.model.device[scope]
             self.stats["remounts"] += 1
-        if rnd.random() < 0.08:  # the configuration narrows (skip_names: [vendor]) or widens
+        if rnd.random() < 0.25:  # the configuration narrows (skip_names: [vendor]) or widens
             scope = rnd.choice(SCOPES)
             self.model.narrowed[scope] = not self.model.narrowed[scope]
             self.stats["narrowings"] += 1
