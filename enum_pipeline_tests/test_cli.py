@@ -14,8 +14,7 @@ import pytest
 from dagster import DagsterInstance, DagsterRunStatus, RunsFilter
 
 from enum_pipeline.store import InventoryStore
-from enum_pipeline_tests.conftest import make_repo
-from enum_pipeline_tests.helpers import install_fault
+from enum_pipeline_tests.helpers import install_fault, make_repo
 
 CLI = str(Path(sys.executable).with_name("enum-pipeline"))
 
