@@ -71,11 +71,21 @@ def _step_errors(result) -> list[str]:
 
 
 def _print_cleanup(data: dict) -> None:
-    verb = "would remove" if data.get("dry_run") else "removed"
+    held_back = data.get("dry_run") or data["status"] == "blocked"
+    verb = "would remove" if held_back else "removed"
+    count = data.get("would_remove", data["removed"]) if held_back else data["removed"]
+    kept = ""
+    for label, field in (
+        ("out of coverage", "out_of_coverage"),
+        ("orphaned", "orphaned"),
+        ("held by identity", "held"),
+    ):
+        if data.get(field):
+            kept += f", kept {label} {data[field]}"
     print(
         f"cleanup: {data['status']}{' (dry run)' if data.get('dry_run') else ''} — {verb} "
-        f"{data['removed']}, marked missing {data['marked_missing']}, kept because incomplete "
-        f"{data['kept_incomplete']}" + (f" ({data['reason']})" if data.get("reason") else "")
+        f"{count}, marked missing {data['marked_missing']}, kept because incomplete "
+        f"{data['kept_incomplete']}{kept}" + (f" ({data['reason']})" if data.get("reason") else "")
     )
     if data.get("dry_run") or data["status"] == "blocked":
         for scope in data["scopes"]:
@@ -226,6 +236,55 @@ def cmd_runs(args) -> int:
             f" cleanup={cleanup['status'] if cleanup else '-'}"
             + (f" error={run.error}" if run.error else "")
         )
+    kept = store.kept_projects()
+    if kept:
+        orphaned = sum(1 for r in kept if r["orphaned_since"])
+        print(
+            f"kept out of coverage: {len(kept) - orphaned}, orphaned: {orphaned} "
+            "(listed by `enum-pipeline prune-orphans --dry-run`)"
+        )
+        for row in kept[:20]:
+            why = row["orphan_reason"] or f"out of coverage: {row['out_of_coverage_reason']}"
+            print(f"  {row['project_key']} — {why}")
+    return EXIT_OK
+
+
+def cmd_accept(args) -> int:
+    """Accept a scope's changed identity, so its cleanup is no longer held back."""
+    from enum_pipeline.store import open_store
+
+    accepted = open_store().accept_scope_identity(
+        args.scope_key, args.run, accepted_by=f"cli:{os.environ.get('USER', '?')}"
+    )
+    print(
+        f"accepted the identity of {accepted['scope_key']} read by run {accepted['run_id']}: "
+        f"{accepted['identity']} (was {accepted['previous_identity']}); the next run's cleanup "
+        "of this scope may proceed"
+    )
+    return EXIT_OK
+
+
+def cmd_prune_orphans(args) -> int:
+    """Remove orphaned and out-of-coverage projects, under the deletion guard, into history."""
+    from enum_pipeline.store import open_store
+
+    approver = f"cli:{os.environ.get('USER', '?')}" if args.approve else None
+    result = open_store().prune_orphans(
+        dry_run=args.dry_run, approved_by=approver, scope_key=args.scope
+    )
+    verb = "removed" if result.status == "done" and not result.dry_run else "would remove"
+    count = result.removed if verb == "removed" else result.would_remove
+    print(
+        f"prune {result.run_id}: {result.status}{' (dry run)' if result.dry_run else ''} — "
+        f"{verb} {count}" + (f" ({result.reason})" if result.reason else "")
+    )
+    for entry in result.entries:
+        print(f"  {entry.project_key}  {entry.location} — {entry.reason}")
+    if result.removed:
+        print(f"restore them with: enum-pipeline restore {result.run_id}")
+    if result.status == "blocked":
+        print("the deletion guard held the prune back; add --approve to remove", file=sys.stderr)
+        return EXIT_BLOCKED
     return EXIT_OK
 
 
@@ -438,6 +497,17 @@ def build_parser() -> argparse.ArgumentParser:
     runs = sub.add_parser("runs", help="list recent runs")
     runs.add_argument("--limit", type=int, default=20)
     runs.set_defaults(func=cmd_runs)
+
+    accept = sub.add_parser("accept", help="accept a scope's changed identity (device, owner…)")
+    accept.add_argument("scope_key", help="e.g. fs:/srv/src or github:github.com:acme")
+    accept.add_argument("--run", help="the run whose reading to accept (default: the newest)")
+    accept.set_defaults(func=cmd_accept)
+
+    prune = sub.add_parser("prune-orphans", help="remove orphaned and out-of-coverage projects")
+    prune.add_argument("--dry-run", action="store_true", help="list them, change nothing")
+    prune.add_argument("--approve", action="store_true", help="remove despite the guard")
+    prune.add_argument("--scope", help="only this scope key")
+    prune.set_defaults(func=cmd_prune_orphans)
 
     history = sub.add_parser("history", help="list removed projects (JSON lines)")
     history.add_argument("run_id", nargs="?")

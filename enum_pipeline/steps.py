@@ -26,12 +26,13 @@ from __future__ import annotations
 import logging
 import os
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 from enum_pipeline.scan import ProgressFn, ScanSummary, stage_sources
 from enum_pipeline.sources.base import Source
 from enum_pipeline.store import (
+    CleanupPolicy,
     FlushResult,
     FlushVerificationError,
     InventoryStore,
@@ -154,11 +155,14 @@ def start_run(
     parallel_sources: int = 1,
     on_progress: ProgressFn | None = None,
     log: LogFn = _quiet,
+    policy: CleanupPolicy | None = None,
+    configured_scopes: Iterable[str] | None = None,
 ) -> ScanSummary:
     """Begin run ``run_id``, start its holder, and stage every source (a callable is called
     after ``begin``, so an error building the sources fails the run). Any error fails the run
-    and is raised."""
-    generation = store.begin(run_id)
+    and is raised. ``policy`` and ``configured_scopes`` are recorded with the run (see
+    ``InventoryStore.begin``)."""
+    generation = store.begin(run_id, policy=policy, configured_scopes=configured_scopes)
     RunHolder.start(store, run_id)
     log(f"run {run_id}: generation {generation}, holder pid {os.getpid()}")
     try:

@@ -11,6 +11,7 @@ import uuid
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import sqlalchemy as sa
 
@@ -88,10 +89,10 @@ def run_once(
             protected=(protected or {}).get(scope, ()),
         )
         items[scope] = ([rec(n, scope) for n in names], verdict)
-    _, verified, finished = steps.run_through(store, run_id, [StaticSource(items)])
+    _, verified, finished = steps.run_through(store, run_id, [StaticSource(items)], policy=policy)
     assert verified.flush_succeeded, verified.error
     assert finished.status == "completed", finished.info.error
-    result = store.safe_cleanup_old_projects(run_id, policy) if cleanup else None
+    result = store.safe_cleanup_old_projects(run_id) if cleanup else None
     return run_id, result
 
 
@@ -215,6 +216,57 @@ def terminate_backends(store: InventoryStore, pids: list[int], wait: float = 60.
             return
         time.sleep(0.01)
     raise AssertionError(f"backends {pids} still alive after {wait}s")
+
+
+def verdict(
+    scope: str,
+    *,
+    seen: int = 0,
+    source_kind: str = "filesystem",
+    complete: bool = True,
+    reason: str | None = None,
+    protected: tuple[str, ...] = (),
+    identity: dict[str, Any] | None = None,
+    coverage: dict[str, Any] | None = None,
+    protected_reasons: dict[str, str] | None = None,
+):
+    """A scope verdict with identity, coverage and protected reasons."""
+    return ScopeVerdict(
+        scope_key=scope,
+        source_kind=source_kind,
+        complete=complete,
+        seen=seen,
+        reason=reason,
+        protected=tuple(protected),
+        identity=identity or {},
+        coverage=coverage or {},
+        protected_reasons=protected_reasons or {},
+    )
+
+
+def run_verdicts(
+    store,
+    seen: dict[str, Iterable],
+    *,
+    policy: CleanupPolicy | None = None,
+    configured: Iterable[str] | None = None,
+    verdicts: dict[str, dict] | None = None,
+    cleanup: bool = True,
+):
+    """One whole run; ``seen`` maps a scope to names (filesystem) or records. Returns
+    ``(run_id, cleanup_result)``."""
+    run_id = new_run_id()
+    store.begin(run_id, policy=policy, configured_scopes=configured)
+    for scope, items in seen.items():
+        records = [i if isinstance(i, ProjectRecord) else rec(i, scope) for i in items]
+        store.stage(run_id, records)
+        kind = records[0].source_kind if records else "filesystem"
+        extra = {"source_kind": kind, **(verdicts or {}).get(scope, {})}
+        store.end_scope(run_id, verdict(scope, seen=len(records), **extra))
+    store.flush(run_id)
+    store.verify_and_confirm(run_id)
+    assert store.complete(run_id) == "completed"
+    return run_id, store.safe_cleanup_old_projects(run_id) if cleanup else None
 
 
 def pg_schema_url(pg_database) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -152,3 +153,95 @@ def test_config_file_with_policy(cli, inventory, repo_tree, tmp_path):
     code, out = cli("run", extra_env={"ENUM_PIPELINE_CONFIG": str(config)})
     assert code == 0 and "removed 1" in out, out
     assert "beta" not in _names(inventory)
+
+
+STRICT = "cleanup:\n  max_delete_count: 1\n"
+
+
+@pytest.mark.parametrize("breakage", ["broken", "absent"])
+def test_a_blocked_cleanup_stays_blocked_when_the_config_breaks(
+    cli, inventory, repo_tree, tmp_path, breakage
+):
+    """The cleanup applies the policy its run began with: a broken or missing configuration at
+    cleanup time neither loosens it nor falls back to the defaults (which would allow it)."""
+    config = tmp_path / "enum.yaml"
+    config.write_text(f"sources:\n  - kind: filesystem\n    roots: [{repo_tree}]\n{STRICT}")
+    assert cli("run", "--config", str(config))[0] == 0
+    shutil.rmtree(repo_tree / "beta")
+    shutil.rmtree(repo_tree / "gamma")
+    code, out = cli("run", "--config", str(config))
+    assert code == 3 and "max_delete_count=1" in out, out
+    run_id = _run_id(out)
+    if breakage == "broken":
+        config.write_text("sources: [\n")
+    else:
+        config.unlink()
+    for args in (["cleanup", run_id, "--config", str(config)], ["cleanup", run_id]):
+        code, out = cli(*args, extra_env={"ENUM_PIPELINE_CONFIG": str(config)})
+        assert code == 3, out
+        assert "blocked" in out and "would remove 2" in out and "max_delete_count=1" in out
+    assert len(_names(inventory)) == 5
+    runs = len(inventory.runs())
+    code, out = cli("run", "--config", str(config))  # unreadable at begin: refused
+    assert code == 2 and str(config) in out, out
+    assert len(inventory.runs()) == runs
+
+
+def test_accept_from_the_cli_records_who_accepted(cli, inventory):
+    from enum_pipeline_tests.helpers import SCOPE, key, run_verdicts
+
+    run_verdicts(inventory, {SCOPE: ["a", "b"]}, verdicts={SCOPE: {"identity": {"st_dev": 1}}})
+    held, result = run_verdicts(
+        inventory, {SCOPE: ["a"]}, verdicts={SCOPE: {"identity": {"st_dev": 2}}}
+    )
+    assert result.held == 1
+    code, out = cli("accept", SCOPE)
+    assert code == 0 and f"read by run {held}" in out, out
+    reading = inventory.scopes(held)[0]
+    assert reading["trusted"] and reading["identity_accepted_by"].startswith("cli:")
+    _, result = run_verdicts(
+        inventory, {SCOPE: ["a"]}, verdicts={SCOPE: {"identity": {"st_dev": 2}}}
+    )
+    assert result.removed_keys == [key("b")]
+    code, out = cli("accept", "fs:/no/such/root")
+    assert code != 0 and "no completed run read scope fs:/no/such/root" in out
+
+
+def test_prune_orphans_from_the_cli_with_history_and_restore(cli, inventory):
+    from enum_pipeline_tests.helpers import SCOPE, key, run_verdicts
+
+    other = "fs:/srv/other"
+    run_verdicts(inventory, {SCOPE: ["a"], other: ["x", "y"]}, configured=[SCOPE, other])
+    run_verdicts(inventory, {SCOPE: ["a"]}, configured=[SCOPE])
+    code, out = cli("runs")
+    assert code == 0 and "orphaned: 2" in out and key("x", other) in out, out
+    code, out = cli("prune-orphans", "--dry-run")
+    assert code == 3 and "would remove 2" in out and key("y", other) in out, out
+    assert cli("prune-orphans")[0] == 3
+    assert len(inventory.project_keys()) == 3
+    code, out = cli("prune-orphans", "--approve")
+    assert code == 0 and "removed 2" in out, out
+    assert inventory.project_keys() == {key("a")}
+    prune_id = re.search(r"enum-pipeline restore (\S+)", out).group(1)
+    code, out = cli("restore", prune_id)
+    assert code == 0 and "restored 2" in out
+    assert len(inventory.project_keys()) == 3
+
+
+def test_rows_out_of_coverage_are_listed_with_their_reason(cli, inventory):
+    from enum_pipeline_tests.helpers import SCOPE, key, run_verdicts
+
+    full = {"skip_names": [], "max_depth": None, "nested": True}
+    run_verdicts(inventory, {SCOPE: ["a", "vendor/b"]}, verdicts={SCOPE: {"coverage": full}})
+    narrowed = {"coverage": {**full, "skip_names": ["vendor"]}}
+    _, result = run_verdicts(inventory, {SCOPE: ["a"]}, verdicts={SCOPE: narrowed})
+    assert result.removed == 0 and result.out_of_coverage == 1
+    code, out = cli("projects", "--status", "out_of_coverage", "--format", "json")
+    assert code == 0, out
+    listed = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+    assert [(r["project_key"], r["status"]) for r in listed] == [
+        (key("vendor/b"), "out_of_coverage")
+    ]
+    code, out = cli("runs")
+    assert code == 0 and "kept out of coverage: 1, orphaned: 0" in out
+    assert f"{key('vendor/b')} — out of coverage: skip_names holds 'vendor'" in out

@@ -268,3 +268,85 @@ def test_definitions_load_through_the_cli(command, tmp_path):
         timeout=300,
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def _cleanup_job():
+    return defs.resolve_job_def("cleanup_projects")
+
+
+@pytest.mark.parametrize("breakage", ["broken", "absent"])
+def test_blocked_cleanup_stays_blocked_from_the_sensor_and_the_launchpad_when_config_breaks(
+    db_url, repo_tree, tmp_path, monkeypatch, breakage
+):
+    """The policy the run began with (max_delete_count=1) holds the cleanup back however it is
+    requested, even when the configuration is broken or gone by then (the defaults would let
+    it through)."""
+    config = tmp_path / "enum.yaml"
+    config.write_text(
+        f"sources:\n  - kind: filesystem\n    roots: [{repo_tree}]\n"
+        "cleanup:\n  max_delete_count: 1\n"
+    )
+    monkeypatch.setenv("ENUM_PIPELINE_DATABASE_URL", db_url)
+    monkeypatch.setenv("ENUM_PIPELINE_CONFIG", str(config))
+    monkeypatch.delenv("ENUM_PIPELINE_ROOTS", raising=False)
+    store = InventoryStore(db_url)
+    with instance_for_test() as instance:
+        assert _enumerate(instance).success
+        shutil.rmtree(repo_tree / "beta")
+        shutil.rmtree(repo_tree / "gamma")
+        second = _enumerate(instance)
+        assert second.success
+        if breakage == "broken":
+            config.write_text("sources: [\n")
+        else:
+            config.unlink()
+        tick = _sensor_tick(instance)
+        assert [r.run_key for r in tick.run_requests] == [second.run_id]
+        requested = _cleanup_job().execute_in_process(
+            instance=instance, run_config=tick.run_requests[0].run_config
+        )
+        data = requested.output_for_node("stale_projects_cleanup")
+        assert (data["status"], data["removed"], data["would_remove"]) == ("blocked", 0, 2)
+        assert "max_delete_count=1" in data["reason"]
+        launchpad = cleanup_run_config(second.run_id, config_path=str(config))
+        with execute_job(
+            reconstructable(_cleanup_job), instance=instance, run_config=launchpad
+        ) as result:
+            assert result.success
+            (event,) = result.asset_materializations_for_node("stale_projects_cleanup")
+        meta = {k: v.value for k, v in event.metadata.items()}
+        assert (meta["status"], meta["removed"], meta["would_remove"]) == ("blocked", 0, 2)
+        assert len(store.project_keys()) == 5
+        entries = store.cleanup_entries(second.run_id)
+        assert sorted(e.name for e in entries if e.action == "remove") == ["beta", "gamma"]
+    store.dispose()
+
+
+def test_accept_scope_identity_and_prune_orphans_jobs(env, instance):
+    from enum_pipeline_tests.helpers import SCOPE, key, run_verdicts
+
+    other = "fs:/srv/other"
+    run_verdicts(env, {SCOPE: ["a", "b"]}, verdicts={SCOPE: {"identity": {"st_dev": 1}}})
+    held, _ = run_verdicts(
+        env,
+        {SCOPE: ["a"], other: ["x"]},
+        verdicts={SCOPE: {"identity": {"st_dev": 2}}},
+        configured=[SCOPE, other],
+    )
+    accepted = defs.resolve_job_def("accept_scope_identity").execute_in_process(
+        instance=instance, run_config={"ops": {"accept_identity": {"config": {"scope_key": SCOPE}}}}
+    )
+    assert accepted.output_for_node("accept_identity")["run_id"] == held
+    assert env.scopes(held)[1]["identity_accepted_by"] == f"dagster run {accepted.run_id}"
+    run_verdicts(env, {SCOPE: ["a", "b"]}, configured=[SCOPE])
+    assert key("x", other) in {r["project_key"] for r in env.kept_projects()}
+    job = defs.resolve_job_def("prune_orphans")
+    ops = {"prune_orphaned_projects": {"config": {}}}
+    blocked = job.execute_in_process(instance=instance, run_config={"ops": ops})
+    assert blocked.output_for_node("prune_orphaned_projects")["status"] == "blocked"
+    ops["prune_orphaned_projects"]["config"]["approve"] = True
+    done = job.execute_in_process(instance=instance, run_config={"ops": ops})
+    data = done.output_for_node("prune_orphaned_projects")
+    assert (data["status"], data["removed"]) == ("done", 1)
+    assert key("x", other) not in env.project_keys()
+    assert [h["project_key"] for h in env.history(data["run_id"])] == [key("x", other)]

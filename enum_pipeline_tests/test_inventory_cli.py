@@ -111,7 +111,10 @@ def test_projects_scope_filter(product):
         (["--language", "COBOL"], "unknown --language 'COBOL'; known: Go, Python"),
         (["--topic", "nope"], "unknown --topic 'nope'"),
         (["--visibility", "secret"], "unknown --visibility 'secret'"),
-        (["--status", "gone"], "unknown --status 'gone'; known: missing, present"),
+        (
+            ["--status", "gone"],
+            "unknown --status 'gone'; known: missing, orphaned, out_of_coverage, present",
+        ),
         (["--stale-days", "-1"], "--stale-days must be 0 or more"),
     ],
 )

@@ -1,4 +1,4 @@
-"""The proof, part 1: a model-based test of the store against invariants I1–I6 of DESIGN.md.
+"""The proof, part 1: a model-based test of the store against invariants I1–I8 of DESIGN.md.
 
 A hypothesis state machine keeps a pure-Python model of the world (which projects exist in three
 scopes; they appear, disappear and return) and of the inventory the store must hold. Its rules
@@ -12,10 +12,13 @@ of the steps (``store.fail`` / ``fail_attempt``), plus ``prune_staging`` after c
 ``run_state`` asset does. Other rules: late cleanups of older runs (also while a run is active),
 cleanup re-runs, approvals of blocked cleanups, restores, runs abandoned without ``fail`` (taken
 over by the next ``begin`` once the heartbeat expired or, on PostgreSQL, at once when the
-holder's database session ends; or reaped), re-execution from failure
-(``resume``), a different filesystem mounted at a root (``st_dev`` fingerprint). After every
-store call the database is checked against I1–I6, then against the model's prediction of every
-row, run status, cleanup record and history entry.
+holder's database session ends; or reaped), re-execution from failure (``resume``), a
+different filesystem mounted at a root (``st_dev`` identity: the scope is held until the old
+device returns or an operator accepts it), a configuration that narrows a root's coverage
+(``skip_names: [vendor]``), each run beginning with its own cleanup policy. After every store
+call the database is checked against I1–I8 (I7: no row outside the run's coverage is removed;
+I8: the guard and grace are the run's own policy, whatever the request passes), then against the
+model's prediction of every row, run status, cleanup record and history entry.
 
 Run more (``ENUM_PIPELINE_MODEL_STEPS`` sets the rules per example)::
 
@@ -46,6 +49,7 @@ from hypothesis.stateful import (
 )
 
 from enum_pipeline.sources.base import ScopeVerdict
+from enum_pipeline.sources.coverage import outside_coverage
 from enum_pipeline.store import (
     CleanupPolicy,
     CleanupRefusedError,
@@ -68,11 +72,16 @@ from enum_pipeline_tests.helpers import (
     run_once,
     terminate_backends,
 )
+from enum_pipeline_tests.helpers import verdict as make_verdict
+
+FULL_COVERAGE = {"max_depth": None, "nested": True, "one_file_system": True}
+FULL_COVERAGE["follow_symlinks"] = False
 
 SCOPES = ("fs:/m/s0", "fs:/m/s1", "fs:/m/s2")
 #: Projects each scope may hold; ``locked/`` is the sub-folder a source may fail to read,
 #: ``lockedness/`` its sibling that a protected prefix must not cover.
-NAMES = ("p0", "p1", "p2", "p3", "p4", "locked/q0", "locked/q1", "lockedness/r0")
+#: ``vendor/`` is the folder a narrowed configuration (``skip_names: [vendor]``) stops reading.
+NAMES = ("p0", "p1", "p2", "p3", "p4", "locked/q0", "locked/q1", "lockedness/r0", "vendor/v0")
 VERDICTS = ("complete", "complete", "complete", "protected", "incomplete", "partial", "absent")
 
 #: SQL that each store step emits (seen with echo); a fault stops the first statement matching.
@@ -95,6 +104,7 @@ NEEDLES: dict[str, tuple[str, ...]] = {
         "UPDATE cleanups",
     ),
     "approve": ("UPDATE cleanups",),
+    "accept": ("SET trusted=",),
     "restore": ("INSERT INTO projects", "SET restored_at"),
 }
 #: Steps of an enumeration run whose op may crash after the store call committed.
@@ -121,7 +131,7 @@ def _run_id() -> str:
 
 
 def _under(location: str, prefix: str) -> bool:
-    """Python twin of ``store.cleanup._under``."""
+    """Python twin of ``store.plan.under``."""
     return location == prefix or location[: len(prefix) + 1] == prefix.rstrip("/") + "/"
 
 
@@ -141,6 +151,7 @@ class MRow:
     confirmed_gen: int | None = None
     confirmed_run: str | None = None
     missed: int = 0
+    first_gen: int = 0  # the generation whose flush inserted it
 
 
 @dataclass
@@ -152,7 +163,11 @@ class MRun:
     flush_succeeded: bool = False
     flushed: bool = False
     staged: dict[str, MRow] = field(default_factory=dict)
-    verdicts: dict[str, tuple[bool, tuple[str, ...], int]] = field(default_factory=dict)
+    #: scope -> (complete, protected prefixes, st_dev, narrowed coverage)
+    verdicts: dict[str, tuple[bool, tuple[str, ...], int, bool]] = field(default_factory=dict)
+    policy: CleanupPolicy = field(default_factory=CleanupPolicy)
+    trusted: dict[str, bool] = field(default_factory=dict)  # judged when it completes
+    accepted: set[str] = field(default_factory=set)
     staging_kept: bool = True  # prune_staging has not dropped its staged rows
     session_gone: bool = False  # PostgreSQL: the holder's database session (its lease) ended
 
@@ -161,7 +176,8 @@ class MRun:
 class MCleanup:
     status: str
     candidates: int
-    approved_max: int | None = None
+    planned: set[str] = field(default_factory=set)  # the removals its persisted plan lists
+    approved: set[str] = field(default_factory=set)  # of those, the ones an operator approved
 
 
 @dataclass
@@ -180,6 +196,7 @@ class CleanupPlan:
     removed: list[str] = field(default_factory=list)
     marked: list[str] = field(default_factory=list)
     candidates: int = 0
+    due: list[str] = field(default_factory=list)  # what it removes, or would when held back
 
 
 class Model:
@@ -188,6 +205,7 @@ class Model:
     def __init__(self) -> None:
         self.world: dict[str, set[str]] = {s: set() for s in SCOPES}
         self.device: dict[str, int] = dict.fromkeys(SCOPES, 1)  # st_dev of each root
+        self.narrowed: dict[str, bool] = dict.fromkeys(SCOPES, False)  # skip_names: [vendor]
         self.rows: dict[str, MRow] = {}
         self.runs: dict[str, MRun] = {}
         self.order: list[str] = []  # run ids by generation
@@ -201,11 +219,11 @@ class Model:
     def active(self) -> MRun | None:
         return next((r for r in self.runs.values() if r.status == "active"), None)
 
-    def begin(self, run_id: str, attempt: str) -> MRun:
+    def begin(self, run_id: str, attempt: str, policy: CleanupPolicy) -> MRun:
         if self.active is not None:
             self.active.status = "failed"
         self.last_gen += 1
-        run = MRun(run_id, self.last_gen, attempt=attempt)
+        run = MRun(run_id, self.last_gen, attempt=attempt, policy=policy)
         self.runs[run_id] = run
         self.order.append(run_id)
         return run
@@ -224,7 +242,9 @@ class Model:
         for k, staged in run.staged.items():
             row = self.rows.get(k)
             if row is None:
-                self.rows[k] = replace(staged, seen_gen=run.gen, run_id=run.run_id)
+                self.rows[k] = replace(
+                    staged, seen_gen=run.gen, run_id=run.run_id, first_gen=run.gen
+                )
                 written.append(k)
             elif row.seen_gen <= run.gen:
                 row.seen_gen, row.run_id, row.missed = run.gen, run.run_id, 0
@@ -242,15 +262,50 @@ class Model:
     def complete(self, run: MRun) -> str:
         if run.status == "active":
             run.status = "completed" if run.flush_succeeded else "failed"
+            if run.status == "completed":
+                for scope in run.verdicts:
+                    run.trusted[scope] = self._judge(run, scope)
         return run.status
+
+    def _baseline(self, scope: str, gen: int) -> MRun | None:
+        """The newest trusted reading of ``scope`` older than ``gen``."""
+        trusted = [r for r in self.runs.values() if r.gen < gen and r.trusted.get(scope)]
+        return max(trusted, key=lambda r: r.gen) if trusted else None
+
+    def _judge(self, run: MRun, scope: str) -> bool:
+        """A complete reading is trusted when its device matches the scope's baseline."""
+        complete, _, dev, _ = run.verdicts[scope]
+        base = self._baseline(scope, run.gen)
+        return complete and (base is None or base.verdicts[scope][2] == dev)
+
+    def readings(self, scope: str) -> list[MRun]:
+        """Completed runs that read ``scope`` completely, oldest first."""
+        return sorted(
+            (
+                r
+                for r in self.runs.values()
+                if r.status == "completed" and r.verdicts.get(scope, (False,))[0]
+            ),
+            key=lambda r: r.gen,
+        )
+
+    def accept(self, scope: str, run: MRun) -> None:
+        """The operator accepts ``run``'s reading of ``scope``; later readings are re-judged."""
+        run.trusted[scope] = True
+        run.accepted.add(scope)
+        for later in sorted(self.runs.values(), key=lambda r: r.gen):
+            if later.gen > run.gen and scope in later.trusted and scope not in later.accepted:
+                later.trusted[scope] = self._judge(later, scope)
 
     def fail(self, run: MRun) -> None:
         if run.status == "active":
             run.status = "failed"
 
-    def plan_cleanup(self, run_id: str, policy: CleanupPolicy, dry_run: bool) -> CleanupPlan:
-        """What ``safe_cleanup_old_projects`` must do, computed from the model alone."""
+    def plan_cleanup(self, run_id: str, dry_run: bool) -> CleanupPlan:
+        """What ``safe_cleanup_old_projects`` must do, computed from the model alone, under the
+        policy the run began with (whatever the request passes)."""
         run = self.runs[run_id]
+        policy = run.policy
         if run.status != "completed" or not run.flush_succeeded:
             return CleanupPlan(refused=True)
         record = self.cleanups.get(run_id)
@@ -258,8 +313,7 @@ class Model:
             return CleanupPlan(already_done=True, status=record.status)
         plan = CleanupPlan()
         blocked = False
-        due_total = 0
-        for scope, (complete, protected, _dev) in run.verdicts.items():
+        for scope, (complete, protected, _dev, narrowed) in run.verdicts.items():
             in_scope = [k for k, r in self.rows.items() if r.scope == scope]
             # stale: no run at or after this one wrote it, nor scanned it (staged, unflushed)
             stale = [
@@ -275,23 +329,27 @@ class Model:
                     )
                 )
             ]
-            if not complete or self._superseded(scope, run.gen) or self._remounted(scope, run):
+            if not complete or self._superseded(scope, run.gen) or not run.trusted.get(scope):
                 continue
             candidates = [
-                k for k in stale if not any(_under(self.rows[k].location, p) for p in protected)
+                k
+                for k in stale
+                if not any(_under(self.rows[k].location, p) for p in protected)
+                and not (narrowed and f"{_root(scope)}/vendor/" in self.rows[k].location + "/")
             ]
             due = [
                 k
                 for k in candidates
                 if self.rows[k].missed + 1 >= policy.missing_runs_before_delete
             ]
-            blocked |= policy.guard(scope, len(due), len(in_scope)) is not None
-            due_total += len(due)
+            before = [k for k in in_scope if self.rows[k].first_gen < run.gen]
+            blocked |= policy.guard(scope, len(due), len(before)) is not None
             plan.candidates += len(candidates)
             plan.removed += sorted(due)
             plan.marked += [k for k in candidates if k not in due]
-        approved_max = record.approved_max if record is not None else None
-        if blocked and approved_max is not None and due_total <= approved_max:
+        plan.due = sorted(plan.removed)
+        approved = record.approved if record is not None else set()
+        if blocked and set(plan.due) <= approved:
             blocked = False
         if blocked:
             plan.status = "blocked"
@@ -307,19 +365,9 @@ class Model:
         return any(
             r.gen > gen and r.status == "completed" and r.verdicts.get(scope, (False,))[0]
             for r in self.runs.values()
+        ) or any(  # a newer scan whose staging was pruned: what it saw is unknown
+            r.gen > gen and r.staged and not r.staging_kept for r in self.runs.values()
         )
-
-    def _remounted(self, scope: str, run: MRun) -> bool:
-        """The scope's device differs from the previous completed complete read of it."""
-        before = [
-            r
-            for r in self.runs.values()
-            if r.gen < run.gen and r.status == "completed" and r.verdicts.get(scope, (False,))[0]
-        ]
-        if not before:
-            return False
-        previous = max(before, key=lambda r: r.gen)
-        return previous.verdicts[scope][2] != run.verdicts[scope][2]
 
     def prune_staging(self, keep: int) -> None:
         by_gen = sorted(self.runs.values(), key=lambda r: -r.gen)
@@ -335,8 +383,9 @@ class Model:
         for k in sorted(plan.removed):
             self.history.append(MHist(k, run_id, replace(self.rows.pop(k))))
         previous = self.cleanups.get(run_id)
-        approved = previous.approved_max if previous is not None else None
-        self.cleanups[run_id] = MCleanup(plan.status, plan.candidates, approved)
+        approved = previous.approved if previous is not None else set()
+        planned = set(plan.due)
+        self.cleanups[run_id] = MCleanup(plan.status, plan.candidates, planned, approved & planned)
 
     def restore(self, run_id: str) -> list[str]:
         restored = []
@@ -360,6 +409,7 @@ class Snapshot:
     history: dict[int, dict[str, Any]]
     cleanups: dict[str, dict[str, Any]]
     scopes: dict[tuple[str, str], dict[str, Any]]
+    entries: dict[tuple[str, str], dict[str, Any]]
 
 
 def snapshot(store: InventoryStore) -> Snapshot:
@@ -372,7 +422,11 @@ def snapshot(store: InventoryStore) -> Snapshot:
             (r["run_id"], r["scope_key"]): dict(r)
             for r in conn.execute(sa.select(t.run_scopes)).mappings()
         }
-    return Snapshot(rows, runs, history, cleanups, scopes)
+        entries = {
+            (r["run_id"], r["project_key"]): dict(r)
+            for r in conn.execute(sa.select(t.cleanup_entries)).mappings()
+        }
+    return Snapshot(rows, runs, history, cleanups, scopes, entries)
 
 
 ROW_FIELDS = ("project_key", "scope_key", "location", "run_id", "seen_generation")
@@ -402,12 +456,13 @@ def _policy(guard: str, grace: int) -> CleanupPolicy:
     )
 
 
-#: (policy, dry_run) of a cleanup; ``None``: the sensor requests no cleanup this time.
-CLEANUPS = [
-    (_policy(guard, grace), False)
-    for guard in ("off", "default", "count1", "share")
-    for grace in (1, 2)
-] + [(_policy("off", 1), True), (_policy("default", 1), True)]
+#: The policy a run begins with (its cleanup applies it, whatever the request passes).
+POLICIES = [
+    _policy(guard, grace) for guard in ("off", "default", "count1", "share") for grace in (1, 2)
+]
+#: (a policy the request passes, which must change nothing (I8), dry_run) of a cleanup.
+LOOSE = _policy("off", 1)
+CLEANUPS = [(LOOSE, False)] * 2 + [(None, False)] * 6 + [(LOOSE, True), (None, True)]
 SENSOR_CLEANUPS = [*CLEANUPS, None, None]
 BATCHES = [(1, False), (2, False), (3, False), (8, False), (2, True)]  # (size, retry a batch)
 FAIL_PATHS = ["fail", "fail", "fail_attempt", "fail_fails"]
@@ -589,23 +644,40 @@ class InventoryMachine(RuleBasedStateMachine):
         if run is None or run["status"] != "completed" or not run["flush_succeeded"]:
             return [f"cleanup of {run_id} ({run and run['status']}) removed {gone}"]
         gen = run["generation"]
+        # I8: the guard and the grace are those of the policy the run began with
+        policy = CleanupPolicy.model_validate(run["policy"])
         newer = [r for r, v in cur.runs.items() if v["generation"] > gen]
         by_key = {h["project_key"]: h for h in new_hist.values()}
         per_scope = Counter(prev.rows[k]["scope_key"] for k in gone)
-        record = cur.cleanups.get(run_id) or {}
-        approved = record.get("approved_max") is not None and len(gone) <= record["approved_max"]
+        approved = all(prev.entries.get((run_id, k), {}).get("approved") for k in gone)
         for scope, n in per_scope.items():
-            size = sum(1 for r in prev.rows.values() if r["scope_key"] == scope)
+            size = sum(  # the scope's population before the run
+                1
+                for r in prev.rows.values()
+                if r["scope_key"] == scope and (r["first_seen_generation"] or 0) < gen
+            )
             reason = policy.guard(scope, n, size)
             if reason and not approved:
                 problems.append(f"removed despite the deletion guard: {reason}")
         for k in gone:
             row = prev.rows[k]
             verdict = cur.scopes.get((run_id, row["scope_key"]))
+            locations = [
+                r["location"] for r in prev.rows.values() if r["scope_key"] == row["scope_key"]
+            ]
             if verdict is None or not verdict["complete"]:
                 problems.append(f"{k}: its scope was not read completely by {run_id}")
             elif any(_under(row["location"], p) for p in verdict["protected"] or []):
                 problems.append(f"{k}: under a protected sub-scope of {run_id}")
+            elif not verdict["trusted"]:
+                problems.append(f"{k}: {run_id}'s reading of its scope is not trusted")
+            elif outside_coverage("filesystem", verdict["coverage"] or {}, row, locations) or any(
+                f"/{n}/" in row["location"]
+                for n in (verdict["coverage"] or {}).get("skip_names") or []
+            ):
+                problems.append(
+                    f"I7: {k} lies outside the coverage of {run_id} ({verdict['coverage']})"
+                )
             if k in m.runs[run_id].staged:
                 problems.append(f"{k}: run {run_id} saw it")
             if row["seen_generation"] is None or row["seen_generation"] >= gen:
@@ -778,7 +850,7 @@ class InventoryMachine(RuleBasedStateMachine):
         self, run_id: str, policy: CleanupPolicy, dry_run: bool, data, *, approved_by=None
     ) -> None:
         m = self.model
-        plan = m.plan_cleanup(run_id, policy, dry_run)
+        plan = m.plan_cleanup(run_id, dry_run)
         self.stats["cleanups"] += 1
 
         def call():
@@ -815,6 +887,13 @@ class InventoryMachine(RuleBasedStateMachine):
                 f"{plan.already_done}, candidates {plan.candidates}; a row a newer run staged is "
                 "no candidate)"
             )
+            if not plan.already_done:
+                self.stats["out_of_coverage_kept"] += result.out_of_coverage
+                self.stats["held_kept"] += result.held
+                removes = sorted(e.project_key for e in result.entries if e.action == "remove")
+                assert removes == plan.due, f"plan lists removals {removes}, model {plan.due}"
+                expected = len(plan.due) if plan.status == "done" and not dry_run else 0
+                assert (result.removed, result.would_remove) == (expected, len(plan.due))
             if not dry_run and not plan.already_done:
                 assert sorted(result.removed_keys) == sorted(plan.removed)
                 m.apply_cleanup(run_id, plan)
@@ -880,6 +959,10 @@ class InventoryMachine(RuleBasedStateMachine):
             scope = rnd.choice(SCOPES)
             self.model.device[scope] = 3 - self.model.device[scope]
             self.stats["remounts"] += 1
+        if rnd.random() < 0.25:  # the configuration narrows (skip_names: [vendor]) or widens
+            scope = rnd.choice(SCOPES)
+            self.model.narrowed[scope] = not self.model.narrowed[scope]
+            self.stats["narrowings"] += 1
         self.stats["world_changes"] += 1
 
     @rule(data=st.data())
@@ -909,13 +992,16 @@ class InventoryMachine(RuleBasedStateMachine):
             if not m.active.session_gone:
                 now = self._expired_now()
             self.stats["takeovers"] += 1
+        policy = data.draw(st.sampled_from(POLICIES), label="policy at begin")
         event = self._point(data, "begin", run_point=False)
-        outcome, _ = self._call("begin", lambda: self.store.begin(run_id, now=now), event)
+        outcome, _ = self._call(
+            "begin", lambda: self.store.begin(run_id, now=now, policy=policy), event
+        )
         if outcome == "rolled_back":
             self._check()
             self._after_rule()
             return
-        run = m.begin(run_id, run_id)
+        run = m.begin(run_id, run_id, policy)
         self.stats["runs"] += 1
         self._check()
         if outcome == "crashed":
@@ -933,7 +1019,8 @@ class InventoryMachine(RuleBasedStateMachine):
             self.stats[f"verdict_{kind}"] += 1
             if kind == "absent":
                 continue
-            names = sorted(m.world[scope])
+            narrowed = m.narrowed[scope]
+            names = sorted(n for n in m.world[scope] if not (narrowed and n.startswith("vendor/")))
             if kind == "complete":
                 seen = names
             elif kind == "protected":
@@ -963,14 +1050,16 @@ class InventoryMachine(RuleBasedStateMachine):
                     self._fail_path(run, f"stage {outcome}", data)
                     return False
             complete = kind in ("complete", "protected")
-            verdict = ScopeVerdict(
-                scope_key=scope,
-                source_kind="filesystem",
+            locked = f"{_root(scope)}/locked"
+            verdict = make_verdict(
+                scope,
                 complete=complete,
                 seen=len(seen),
                 reason=None if complete else f"injected: {kind} read",
-                protected=(f"{_root(scope)}/locked",) if kind == "protected" else (),
-                identity={"st_dev": m.device[scope]},
+                protected=(locked,) if kind == "protected" else (),
+                protected_reasons={locked: "unreadable"} if kind == "protected" else {},
+                identity={"st_dev": m.device[scope], "real_path": _root(scope)},
+                coverage={**FULL_COVERAGE, "skip_names": ["vendor"] if narrowed else []},
             )
             event = self._point(data, "end_scope")
             if event[0] == "abandon":
@@ -979,7 +1068,7 @@ class InventoryMachine(RuleBasedStateMachine):
                 "end_scope", lambda v=verdict: self.store.end_scope(run.run_id, v), event
             )
             if outcome != "rolled_back":
-                run.verdicts[scope] = (complete, verdict.protected, verdict.identity["st_dev"])
+                run.verdicts[scope] = (complete, verdict.protected, m.device[scope], narrowed)
             self._check()
             if outcome != "ok":
                 self._fail_path(run, f"end_scope {outcome}", data)
@@ -1051,7 +1140,7 @@ class InventoryMachine(RuleBasedStateMachine):
             "approve", lambda: self.store.approve_cleanup(run_id, "model"), event
         )
         if outcome == "ok":
-            m.cleanups[run_id].approved_max = m.cleanups[run_id].candidates
+            m.cleanups[run_id].approved = set(m.cleanups[run_id].planned)
             self.stats["approvals"] += 1
         self._check()
         policy, dry_run = data.draw(st.sampled_from(CLEANUPS), label="policy")
@@ -1063,6 +1152,44 @@ class InventoryMachine(RuleBasedStateMachine):
     def restore_cleanup(self, data) -> None:
         """An operator restores what a past cleanup removed."""
         self._any_restore(data)
+        self._after_rule()
+
+    @precondition(
+        lambda self: any(
+            not r.trusted.get(s, True) and r.verdicts[s][0]
+            for r in self.model.runs.values()
+            for s in r.trusted
+        )
+    )
+    @rule(data=st.data())
+    def accept_identity(self, data) -> None:
+        """An operator accepts the changed identity of a held scope (the newest reading, or a
+        chosen older one), then the cleanup of that run is requested again."""
+        m = self.model
+        held = sorted(
+            {
+                s
+                for r in m.runs.values()
+                for s, ok in r.trusted.items()
+                if not ok and r.verdicts[s][0]
+            }
+        )
+        scope = data.draw(st.sampled_from(held), label="accept scope")
+        readings = m.readings(scope)
+        chosen = data.draw(st.sampled_from([None, *readings]), label="accept run")
+        target = chosen or readings[-1]
+        event = data.draw(st.sampled_from([("", None)] * 4 + [("fault", "SET trusted=")]))
+        outcome, _ = self._call(
+            "accept",
+            lambda: self.store.accept_scope_identity(
+                scope, chosen.run_id if chosen else None, accepted_by="model"
+            ),
+            event,
+        )
+        if outcome == "ok":
+            m.accept(scope, target)
+            self.stats["acceptances"] += 1
+        self._check()
         self._after_rule()
 
     @precondition(lambda self: self.model.active is not None)
@@ -1188,6 +1315,9 @@ def _summary(backend: str, s: Counter) -> str:
         f"refused={s['cleanups_refused']} approvals={s['approvals']} "
         f"removed_rows={s['removed_rows']} restores={s['restores']} "
         f"restored_rows={s['restored_rows']} "
-        f"remounts={s['remounts']} prunes={s['prunes']} cleanup_retries={s['cleanup_retries']}\n"
+        f"remounts={s['remounts']} acceptances={s['acceptances']} "
+        f"narrowings={s['narrowings']} out_of_coverage_kept={s['out_of_coverage_kept']} "
+        f"held_kept={s['held_kept']} prunes={s['prunes']} "
+        f"cleanup_retries={s['cleanup_retries']}\n"
         f"  faults by step: {points}"
     )

@@ -360,7 +360,7 @@ def test_dry_run_changes_nothing(store):
     run_once(store, {SCOPE: ["a", "b", "c"]})
     run_id, _ = run_once(store, {SCOPE: ["a"]}, cleanup=False)
     preview = store.safe_cleanup_old_projects(run_id, dry_run=True)
-    assert preview.removed == 2 and preview.dry_run
+    assert (preview.removed, preview.would_remove, preview.dry_run) == (0, 2, True)
     assert len(store.project_keys()) == 3
     assert store.cleanup_record(run_id) is None
 

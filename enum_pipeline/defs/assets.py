@@ -71,6 +71,7 @@ def scanned_projects(
     """
     _require_in_process(context)
     pipeline = inventory.pipeline_config(config.config_path, config.roots)
+    sources = pipeline.build_sources()
     store = inventory.store()
     run_id = context.run.run_id
 
@@ -80,10 +81,15 @@ def scanned_projects(
             f"{summary.seconds:.0f}s"
         )
 
+    # The run carries the policy its cleanup applies, and (unless roots were given ad hoc) the
+    # configured scopes, so rows of any other scope become orphans instead of candidates.
+    configured = None if config.roots else [k for s in sources for k in s.scope_keys()]
     summary = start_run(
         store,
         run_id,
-        pipeline.build_sources,
+        sources,
+        policy=pipeline.cleanup,
+        configured_scopes=configured,
         batch_size=pipeline.batch_size,
         parallel_sources=pipeline.parallel_sources,
         on_progress=progress,
@@ -203,24 +209,14 @@ class CleanupConfig(Config):
     run_id: str = Field(description="The enumeration run whose cleanup this is.")
     approve: bool = Field(
         default=False,
-        description="Approve this run's blocked cleanup, for the numbers it was blocked with.",
+        description="Approve this run's blocked cleanup: exactly the projects its plan listed.",
     )
     dry_run: bool = Field(default=False, description="Show what would be removed; change nothing.")
     config_path: str | None = Field(
         default=None,
-        description="YAML file with the cleanup policy (default: ENUM_PIPELINE_CONFIG).",
+        description="Ignored: the cleanup applies the policy its run began with (approve, "
+        "never loosen).",
     )
-
-
-def cleanup_policy(inventory: InventoryResource, config_path: str | None):
-    """The configured cleanup policy, or the safe defaults when no configuration is readable."""
-    from enum_pipeline.config import ConfigError
-    from enum_pipeline.store import CleanupPolicy
-
-    try:
-        return inventory.pipeline_config(config_path).cleanup
-    except ConfigError:
-        return CleanupPolicy()
 
 
 @asset(group_name=GROUP, kinds=DB_KINDS, deps=[AssetKey("projects")], **CATALOG)
@@ -232,12 +228,11 @@ def stale_projects_cleanup(
     Requested only by the ``cleanup_after_confirmed_flush`` sensor or by an operator.
     """
     store = inventory.store()
-    policy = cleanup_policy(inventory, config.config_path)
     approver = f"dagster run {context.run.run_id}" if config.approve else None
     if config.approve:
         store.approve_cleanup(config.run_id, approver)
     result = store.safe_cleanup_old_projects(
-        config.run_id, policy, dry_run=config.dry_run, approved_by=approver
+        config.run_id, dry_run=config.dry_run, approved_by=approver
     )
     data = result.as_dict()
     lines = [
@@ -264,6 +259,10 @@ def stale_projects_cleanup(
             "dry_run": result.dry_run,
             "candidates": result.candidates,
             "removed": result.removed,
+            "would_remove": result.would_remove,
+            "out_of_coverage": result.out_of_coverage,
+            "orphaned": result.orphaned,
+            "held": result.held,
             "marked_missing": result.marked_missing,
             "kept_incomplete": result.kept_incomplete,
             "reason": result.reason or "",

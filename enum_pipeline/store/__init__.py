@@ -14,6 +14,8 @@ from enum_pipeline.store.errors import (
 from enum_pipeline.store.inventory import InventoryStore, open_store
 from enum_pipeline.store.policy import CleanupPolicy
 from enum_pipeline.store.records import (
+    CleanupAction,
+    CleanupEntry,
     CleanupResult,
     CleanupStatus,
     FlushResult,
@@ -25,6 +27,8 @@ from enum_pipeline.store.records import (
 )
 
 __all__ = [
+    "CleanupAction",
+    "CleanupEntry",
     "CleanupPolicy",
     "CleanupRefusedError",
     "CleanupResult",

@@ -1,9 +1,11 @@
 """Cleanup as plan → apply, and the approval of a blocked cleanup.
 
-The plan counts, scope by scope, what a completed, flush-verified run did not see; the decision
-marks the cleanup ``done``, ``blocked`` (deletion guard) or ``noop``; only a ``done`` cleanup
-that is not a dry run applies the plan: stale rows are marked missing, and those missing long
-enough move to history.
+``plan.plan_cleanup`` names every project the cleanup touches (``remove``, ``mark_missing`` or
+``keep``, each with its reason); the decision marks the cleanup ``done``, ``blocked`` (deletion
+guard) or ``noop``. A cleanup that is not a dry run writes the plan's marks (out of coverage,
+orphaned) and persists the plan (``cleanup_entries``), so a blocked cleanup can be shown and an
+approval approves exactly its listed removals; only a ``done`` one removes. The policy is the one
+recorded when the run began, whoever requests the cleanup: a request can approve, never loosen.
 """
 
 from __future__ import annotations
@@ -18,26 +20,22 @@ from sqlalchemy.engine import Connection
 from enum_pipeline.store import schema as t
 from enum_pipeline.store.context import StoreContext, set_run
 from enum_pipeline.store.errors import CleanupRefusedError, StoreError
-from enum_pipeline.store.history import move_to_history
+from enum_pipeline.store.plan import (
+    apply_marks,
+    apply_removals,
+    approved_keys,
+    load_entries,
+    plan_cleanup,
+    save_entries,
+)
 from enum_pipeline.store.policy import CleanupPolicy
 from enum_pipeline.store.records import (
+    CleanupEntry,
     CleanupResult,
     CleanupStatus,
     RunStatus,
-    ScopeCleanup,
     utcnow,
 )
-
-# One scope's plan: its counts, and the WHERE clause of its stale (unprotected) rows.
-ScopePlan = tuple[ScopeCleanup, Any]
-
-
-def _under(location_col, prefix: str):
-    """SQL: ``location`` is ``prefix`` or lies below it (no LIKE, so no escaping of ``%``/``_``)."""
-    return sa.or_(
-        location_col == prefix,
-        sa.func.substr(location_col, 1, len(prefix) + 1) == prefix.rstrip("/") + "/",
-    )
 
 
 def _cleanup_row(conn: Connection, run_id: str):
@@ -53,19 +51,39 @@ def cleanup_record(ctx: StoreContext, run_id: str) -> dict[str, Any] | None:
     return dict(row) if row else None
 
 
+def cleanup_entries(ctx: StoreContext, run_id: str) -> list[CleanupEntry]:
+    """The persisted plan of the cleanup (or orphan prune) ``run_id``: removals first."""
+    with ctx.engine.connect() as conn:
+        return load_entries(conn, run_id)
+
+
 def approve_cleanup(ctx: StoreContext, run_id: str, approved_by: str) -> dict[str, Any]:
-    """Approve the blocked cleanup of ``run_id`` for the numbers it was blocked with."""
+    """Approve the blocked cleanup of ``run_id``: exactly the removals its persisted plan lists."""
+    ce = t.cleanup_entries
     with ctx.engine.begin() as conn:
         ctx.lock_inventory(conn)
         row = _cleanup_row(conn, run_id)
         if row is None or row["status"] != CleanupStatus.BLOCKED:
             raise StoreError(f"run {run_id} has no blocked cleanup to approve")
+        listed = conn.execute(
+            sa.update(ce)
+            .where(ce.c.run_id == run_id, ce.c.action == "remove")
+            .values(approved=True)
+        ).rowcount
         conn.execute(
             sa.update(t.cleanups)
             .where(t.cleanups.c.run_id == run_id)
-            .values(approved_by=approved_by, approved_max=row["candidates"], updated_at=utcnow())
+            .values(approved_by=approved_by, approved_max=listed, updated_at=utcnow())
         )
-        return dict(row) | {"approved_by": approved_by, "approved_max": row["candidates"]}
+        return dict(row) | {"approved_by": approved_by, "approved_max": listed}
+
+
+def run_policy(run, fallback: CleanupPolicy | None = None) -> CleanupPolicy:
+    """The policy recorded when ``run`` began (runs begun before 0004: ``fallback`` or the
+    defaults)."""
+    if run["policy"] is not None:
+        return CleanupPolicy.model_validate(run["policy"])
+    return fallback or CleanupPolicy()
 
 
 def safe_cleanup_old_projects(
@@ -76,7 +94,6 @@ def safe_cleanup_old_projects(
     approved_by: str | None,
 ) -> CleanupResult:
     """Plan, decide and (unless blocked or a dry run) apply, in one transaction."""
-    policy = policy or CleanupPolicy()
     with ctx.engine.begin() as conn:
         result = _cleanup(ctx, conn, run_id, policy, dry_run, approved_by)
         if dry_run:
@@ -84,7 +101,20 @@ def safe_cleanup_old_projects(
     return result
 
 
-def _cleanup(ctx: StoreContext, conn, run_id, policy, dry_run, approved_by) -> CleanupResult:
+_FINAL = (CleanupStatus.DONE, CleanupStatus.NOOP)
+
+
+def _newest(conn: Connection, generation: int) -> bool:
+    rs = t.run_state
+    newer = conn.execute(
+        sa.select(rs.c.run_id)
+        .where(rs.c.generation > generation, rs.c.status == RunStatus.COMPLETED)
+        .limit(1)
+    ).first()
+    return newer is None
+
+
+def _cleanup(ctx: StoreContext, conn, run_id, requested, dry_run, approved_by) -> CleanupResult:
     now = utcnow()
     ctx.lock_inventory(conn)
     run = ctx.run_row(conn, run_id, lock=True)
@@ -97,19 +127,63 @@ def _cleanup(ctx: StoreContext, conn, run_id, policy, dry_run, approved_by) -> C
     record = _cleanup_row(conn, run_id)
     if record is not None and record["status"] in _FINAL and not dry_run:
         return _already_done(run_id, generation, record)
-    approved_max = record["approved_max"] if record is not None else None
     approver = approved_by or (record["approved_by"] if record is not None else None)
+    policy = run_policy(run, requested)
 
-    result, plans = plan(conn, run_id, generation, policy, dry_run)
-    _decide(result, approved_max, approver)
-    if result.status == CleanupStatus.DONE and not dry_run:
-        apply(conn, result, plans, policy, now)
+    plan, scopes = plan_cleanup(conn, run, policy, newest=_newest(conn, generation))
+    result = CleanupResult(run_id, generation, CleanupStatus.DONE.value, dry_run=dry_run)
+    result.scopes = scopes
+    result.entries = plan.entries
+    result.candidates = plan.candidates
+    result.would_remove = len(plan.remove)
+    result.kept_incomplete = plan.kept_incomplete
+    result.out_of_coverage = len(plan.out_of_coverage)
+    result.orphaned = len(plan.orphans)
+    result.held = plan.held
+    approved = approved_keys(conn, run_id)
+    _decide(result, plan.remove, approved, approver)
+
     if not dry_run:
+        apply_marks(conn, plan, now)
+    if result.status == CleanupStatus.DONE and not dry_run:
+        removed, marked = apply_removals(conn, plan, run, policy, now)
+        result.removed_keys = removed
+        result.removed, result.marked_missing = len(removed), marked
+        result.candidates = len(removed) + marked
+        done = set(removed)
+        for sc in result.scopes:
+            sc.removed = sum(
+                1 for e in plan.entries if e.scope_key == sc.scope_key and e.project_key in done
+            )
+        set_run(conn, run_id, removed_count=len(removed))
+    if not dry_run:
+        save_entries(conn, run_id, plan.entries, approved)
         _record_cleanup(conn, result, record is not None, approver, now)
     return result
 
 
-_FINAL = (CleanupStatus.DONE, CleanupStatus.NOOP)
+def _decide(result: CleanupResult, remove: list[str], approved: set[str], approver) -> None:
+    """``blocked`` when a scope trips the guard and the plan is not the approved one, else
+    ``done`` (or ``noop`` with nothing to do). Nothing is counted removed until applied."""
+    blocked = [sc for sc in result.scopes if sc.blocked_reason]
+    if blocked and set(remove) <= approved:
+        result.reason = f"approved by {approver} for the {len(approved)} projects its plan listed"
+        for sc in blocked:
+            sc.blocked_reason = None
+        blocked = []
+    if blocked:
+        result.status = CleanupStatus.BLOCKED.value
+        result.reason = "; ".join(sc.blocked_reason for sc in blocked)
+        if approved:
+            extra = len(set(remove) - approved)
+            result.reason += f" ({extra} projects not in the approved plan)"
+    elif result.candidates == 0:
+        result.status = CleanupStatus.NOOP.value
+        result.reason = result.reason or "nothing to remove"
+    for sc in result.scopes:  # counted again from what is applied
+        sc.removed = 0
+        if result.status != CleanupStatus.DONE or result.dry_run:
+            sc.marked_missing = 0
 
 
 def _already_done(run_id: str, generation: int, record) -> CleanupResult:
@@ -125,188 +199,7 @@ def _already_done(run_id: str, generation: int, record) -> CleanupResult:
     )
 
 
-# ---------------------------------------------------------------------------------- plan
-
-
-def plan(
-    conn: Connection, run_id: str, generation: int, policy: CleanupPolicy, dry_run: bool
-) -> tuple[CleanupResult, list[ScopePlan]]:
-    """Count what the cleanup of run ``run_id`` would do, scope by scope; changes nothing."""
-    p, s, rs = t.projects, t.staged_projects, t.run_state
-    result = CleanupResult(run_id, generation, CleanupStatus.DONE.value, dry_run=dry_run)
-    scope_rows = conn.execute(
-        sa.select(t.run_scopes).where(t.run_scopes.c.run_id == run_id)
-    ).mappings()
-    # A newer run that staged a row has seen it, even before (or without) its flush.
-    seen_by_newer = (
-        sa.select(s.c.project_key)
-        .select_from(s.join(rs, rs.c.run_id == s.c.run_id))
-        .where(s.c.project_key == p.c.project_key, rs.c.generation > generation)
-        .exists()
-    )
-    stale = sa.and_(
-        p.c.seen_generation.is_not(None),
-        p.c.seen_generation < generation,
-        ~seen_by_newer,
-    )
-    plans: list[ScopePlan] = []
-    for scope in scope_rows.all():
-        planned = _plan_scope(conn, scope, generation, policy, stale, result)
-        if planned is not None:
-            plans.append(planned)
-    return result, plans
-
-
-def _plan_scope(conn, scope, generation, policy, stale, result) -> ScopePlan | None:
-    """Count one scope into ``result``; its plan, or None when the scope is skipped."""
-    p = t.projects
-    sc = ScopeCleanup(scope["scope_key"], bool(scope["complete"]))
-    result.scopes.append(sc)
-    in_scope = p.c.scope_key == scope["scope_key"]
-    skip = _skip_reason(conn, scope, generation)
-    if skip:
-        sc.skipped_reason = skip
-        sc.total, sc.protected = _counts(conn, in_scope, stale)
-        result.kept_incomplete += sc.protected
-        return None
-    protected = [_under(p.c.location, prefix) for prefix in scope["protected"] or []]
-    if protected:
-        stale_protected = sa.and_(stale, sa.or_(*protected))
-        stale = sa.and_(stale, sa.not_(sa.or_(*protected)))
-    due = sa.and_(stale, p.c.missed_runs + 1 >= policy.missing_runs_before_delete)
-    # One pass over the scope's rows for every count (not one query per count).
-    if protected:
-        sc.total, sc.protected, sc.candidates, due_count = _counts(
-            conn, in_scope, stale_protected, stale, due
-        )
-        result.kept_incomplete += sc.protected
-    else:
-        sc.total, sc.candidates, due_count = _counts(conn, in_scope, stale, due)
-    sc.blocked_reason = policy.guard(sc.scope_key, due_count, sc.total)
-    result.candidates += sc.candidates
-    result.removed += due_count
-    result.marked_missing += sc.candidates - due_count
-    return sc, sa.and_(in_scope, stale)
-
-
-def _counts(conn: Connection, where, *conditions) -> tuple[int, ...]:
-    """``count(*)`` of the rows matching ``where``, then of those also matching each of
-    ``conditions``, in one query."""
-    p = t.projects
-    sums = [sa.func.coalesce(sa.func.sum(sa.case((cond, 1), else_=0)), 0) for cond in conditions]
-    row = conn.execute(sa.select(sa.func.count(), *sums).select_from(p).where(where)).one()
-    return tuple(int(v) for v in row)
-
-
-def _skip_reason(conn: Connection, scope, generation: int) -> str | None:
-    """Why this run must not clean the scope, if at all."""
-    if not scope["complete"]:
-        return f"scope read incompletely: {scope['reason']}"
-    return _scope_skip_reason(conn, scope, generation)
-
-
-def _completed_reads(scope_key: str):
-    """Completed runs that read ``scope_key`` completely, newest first (a SELECT to refine)."""
-    rs, sc = t.run_state, t.run_scopes
-    return (
-        sa.select(rs.c.run_id)
-        .select_from(sc.join(rs, rs.c.run_id == sc.c.run_id))
-        .where(
-            sc.c.scope_key == scope_key,
-            sc.c.complete.is_(True),
-            rs.c.status == RunStatus.COMPLETED,
-        )
-        .order_by(rs.c.generation.desc())
-        .limit(1)
-    )
-
-
-def _scope_skip_reason(conn: Connection, scope, generation: int) -> str | None:
-    """Why a completely read scope must still not be cleaned by this run, if at all."""
-    rs, sc = t.run_state, t.run_scopes
-    reads = _completed_reads(scope["scope_key"])
-    newer = conn.execute(reads.where(rs.c.generation > generation)).scalar()
-    if newer:
-        return f"superseded: newer completed run {newer} read this scope"
-    previous = conn.execute(
-        reads.with_only_columns(sc.c.fingerprint, rs.c.run_id).where(rs.c.generation < generation)
-    ).first()
-    now_fp = scope["fingerprint"] or {}
-    if previous is not None and previous[0]:
-        before = previous[0]
-        for key in ("st_dev",):
-            if key in before and key in now_fp and before[key] != now_fp[key]:
-                return (
-                    f"scope changed identity: {key} was {before[key]} in run {previous[1]}, "
-                    f"now {now_fp[key]} (a different filesystem is mounted there?)"
-                )
-    return None
-
-
-# ---------------------------------------------------------------------------------- decide
-
-
-def _decide(result: CleanupResult, approved_max: int | None, approver: str | None) -> None:
-    """Set ``result.status``: blocked by the guard unless approved for this many, noop, done."""
-    blocked = [sc for sc in result.scopes if sc.blocked_reason]
-    if blocked and approved_max is not None and result.removed <= approved_max:
-        result.reason = f"approved by {approver} for up to {approved_max} removals"
-        for sc in blocked:
-            sc.blocked_reason = None
-        blocked = []
-    if blocked:
-        result.status = CleanupStatus.BLOCKED.value
-        result.reason = "; ".join(sc.blocked_reason for sc in blocked)
-    elif result.candidates == 0:
-        result.status = CleanupStatus.NOOP.value
-        result.reason = result.reason or "nothing to remove"
-
-
-# ---------------------------------------------------------------------------------- apply
-
-
-def apply(
-    conn: Connection,
-    result: CleanupResult,
-    plans: list[ScopePlan],
-    policy: CleanupPolicy,
-    now: datetime,
-) -> None:
-    """Mark the planned stale rows missing and move those missing long enough to history."""
-    removed_total, marked_total = 0, 0
-    for sc, stale in plans:
-        if sc.candidates == 0:
-            continue
-        keys = _apply_scope(conn, sc, stale, policy, result.run_id, now)
-        removed_total += sc.removed
-        marked_total += sc.marked_missing
-        result.removed_keys.extend(keys)
-    result.removed, result.marked_missing = removed_total, marked_total
-    result.candidates = sum(sc.candidates for sc, _ in plans)
-    set_run(conn, result.run_id, removed_count=removed_total)
-
-
-def _apply_scope(conn, sc: ScopeCleanup, stale, policy, run_id: str, now) -> list[str]:
-    p = t.projects
-    marked = conn.execute(
-        sa.update(p)
-        .where(stale)
-        .values(
-            missed_runs=p.c.missed_runs + 1,
-            missing_since=sa.func.coalesce(p.c.missing_since, now),
-        )
-    ).rowcount
-    due = sa.and_(stale, p.c.missed_runs >= policy.missing_runs_before_delete)
-    keys = move_to_history(conn, due, run_id, now)
-    # A concurrent flush may have refreshed some counted candidates meanwhile
-    # (PostgreSQL re-checks the WHERE on rows it waited for): count what was done.
-    sc.candidates = marked
-    sc.removed = len(keys)
-    sc.marked_missing = marked - sc.removed
-    return keys
-
-
-def _record_cleanup(conn, result: CleanupResult, exists: bool, approver, now) -> None:
+def _record_cleanup(conn, result: CleanupResult, exists: bool, approver, now: datetime) -> None:
     values = {
         "generation": result.generation,
         "status": result.status,
@@ -314,7 +207,13 @@ def _record_cleanup(conn, result: CleanupResult, exists: bool, approver, now) ->
         "removed": result.removed,
         "marked_missing": result.marked_missing,
         "reason": result.reason,
-        "details": {"scopes": [asdict(s) for s in result.scopes]},
+        "details": {
+            "scopes": [asdict(sc) for sc in result.scopes],
+            "would_remove": result.would_remove,
+            "out_of_coverage": result.out_of_coverage,
+            "orphaned": result.orphaned,
+            "held": result.held,
+        },
         "updated_at": now,
     }
     if result.status != CleanupStatus.BLOCKED:

@@ -32,6 +32,7 @@ _STAMP_COLS = [
     "last_seen_at",
     "changed_at",
     "missed_runs",
+    "first_seen_generation",
 ]
 
 
@@ -146,6 +147,7 @@ def _upsert(ctx: StoreContext, run_id: str, generation: int, now: datetime, conf
         sa.literal(now, t.UTCDateTime()).label("last_seen_at"),
         sa.literal(now, t.UTCDateTime()).label("changed_at"),
         sa.literal(0).label("missed_runs"),
+        sa.literal(generation).label("first_seen_generation"),
     ).where(s.c.run_id == run_id)
     insert = ctx.dialect.insert(p).from_select([*_DATA_COLS, *_STAMP_COLS], select)
     excluded = insert.excluded
@@ -163,6 +165,11 @@ def _upsert(ctx: StoreContext, run_id: str, generation: int, now: datetime, conf
         changed_at=sa.case((changed, excluded.changed_at), else_=p.c.changed_at),
         missing_since=None,
         missed_runs=0,
+        # seen again: no longer out of coverage, nor orphaned
+        out_of_coverage_since=None,
+        out_of_coverage_reason=None,
+        orphaned_since=None,
+        orphan_reason=None,
     )
     return insert.on_conflict_do_update(
         index_elements=["project_key"],

@@ -12,6 +12,7 @@ from enum_pipeline.store import schema as t
 from enum_pipeline.store.context import StoreContext
 from enum_pipeline.store.records import utcnow
 
+REASON_BATCH = 1000
 # every timestamp column of projects (kept as ISO text in the history's JSON)
 _DATETIME_COLUMNS = tuple(c.name for c in t.projects.columns if isinstance(c.type, t.UTCDateTime))
 
@@ -31,9 +32,16 @@ def history(ctx: StoreContext, run_id: str | None = None) -> list[dict[str, Any]
         return [dict(r) for r in conn.execute(stmt).mappings()]
 
 
-def move_to_history(conn: Connection, where, run_id: str, now: datetime) -> list[str]:
-    """Move the rows matching ``where`` to ``removed_projects`` (each row as JSON, in key
-    order); returns their keys, sorted.
+def move_to_history(
+    conn: Connection,
+    where,
+    run_id: str,
+    now: datetime,
+    reasons: dict[str, str] | None = None,
+) -> list[str]:
+    """Move the rows matching ``where`` to ``removed_projects`` (each row as JSON, with its reason
+    from ``reasons``: project key -> why, and ``run_id``: a cleanup's run or a prune's id);
+    returns their keys, sorted.
 
     PostgreSQL: one statement (``DELETE … RETURNING`` feeding the ``INSERT``); SQLite, which
     has no DML in a CTE: ``INSERT … SELECT`` then ``DELETE … RETURNING`` in the same
@@ -51,15 +59,35 @@ def move_to_history(conn: Connection, where, run_id: str, now: datetime) -> list
             now_lit,
             sa.func.to_jsonb(gone.table_valued()),
         ).order_by(gone.c.project_key)
-        stmt = sa.insert(h).from_select(columns, rows).returning(h.c.project_key)
-        return sorted(conn.execute(stmt).scalars())
-    rows = (
-        sa.select(p.c.project_key, p.c.scope_key, sa.literal(run_id), now_lit, _sqlite_row_json())
-        .where(where)
-        .order_by(p.c.project_key)
-    )
-    conn.execute(sa.insert(h).from_select(columns, rows))
-    return sorted(conn.execute(sa.delete(p).where(where).returning(p.c.project_key)).scalars())
+        stmt = sa.insert(h).from_select(columns, rows).returning(h.c.id, h.c.project_key)
+        moved = conn.execute(stmt).all()
+    else:
+        rows = (
+            sa.select(
+                p.c.project_key, p.c.scope_key, sa.literal(run_id), now_lit, _sqlite_row_json()
+            )
+            .where(where)
+            .order_by(p.c.project_key)
+        )
+        moved = conn.execute(
+            sa.insert(h).from_select(columns, rows).returning(h.c.id, h.c.project_key)
+        ).all()
+        conn.execute(sa.delete(p).where(where))
+    _record_reasons(conn, moved, reasons or {})
+    return sorted(key for _, key in moved)
+
+
+def _record_reasons(conn: Connection, moved, reasons: dict[str, str]) -> None:
+    """Set ``removed_projects.reason`` of the rows just moved, one UPDATE a distinct reason."""
+    h = t.removed_projects
+    by_reason: dict[str, list[int]] = {}
+    for history_id, key in moved:
+        if reasons.get(key):
+            by_reason.setdefault(reasons[key], []).append(history_id)
+    for reason, ids in by_reason.items():
+        for start in range(0, len(ids), REASON_BATCH):
+            chunk = ids[start : start + REASON_BATCH]
+            conn.execute(sa.update(h).where(h.c.id.in_(chunk)).values(reason=reason))
 
 
 def _sqlite_row_json():

@@ -14,13 +14,20 @@ from typing import Any
 from sqlalchemy.engine import Engine
 
 from enum_pipeline.sources.base import ProjectRecord, ScopeVerdict
-from enum_pipeline.store import cleanup, flush, history, reads, runs, staging
+from enum_pipeline.store import cleanup, flush, history, identity, orphans, reads, runs, staging
 from enum_pipeline.store.context import StoreContext
 from enum_pipeline.store.dialect import dialect_for
 from enum_pipeline.store.engine import create_inventory_engine, ensure_schema
 from enum_pipeline.store.liveness import LOCAL_HOLDERS, LeaseKeeper
 from enum_pipeline.store.policy import CleanupPolicy
-from enum_pipeline.store.records import CleanupResult, FlushResult, RunInfo, VerifyResult
+from enum_pipeline.store.records import (
+    CleanupEntry,
+    CleanupResult,
+    FlushResult,
+    RunInfo,
+    VerifyResult,
+    utcnow,
+)
 
 
 class InventoryStore:
@@ -55,15 +62,25 @@ class InventoryStore:
 
     # ------------------------------------------------------------------ run state machine
 
-    def begin(self, run_id: str, *, now: datetime | None = None) -> int:
+    def begin(
+        self,
+        run_id: str,
+        *,
+        policy: CleanupPolicy | None = None,
+        configured_scopes: Iterable[str] | None = None,
+        now: datetime | None = None,
+    ) -> int:
         """Start run ``run_id`` and return its generation; refuse while another run is active.
 
         An active run whose holder is provably gone (its process on this host gone, or on
         PostgreSQL its database session) is first marked ``failed`` (``abandoned``); so is one
         whose heartbeat expired, but only when nothing else tells of its holder: a live holder
         always vetoes an old heartbeat (``liveness.abandon_reason``).
+        ``policy`` (default ``CleanupPolicy()``) is recorded with the run: its cleanup applies it,
+        whoever requests it. ``configured_scopes``: the scope keys of the configuration in force
+        (None when unknown, e.g. an ad hoc ``--root`` run); rows of other scopes are orphaned.
         """
-        return runs.begin(self._ctx, run_id, now)
+        return runs.begin(self._ctx, run_id, now, policy, configured_scopes)
 
     def heartbeat(self, run_id: str, *, now: datetime | None = None) -> bool:
         """Tell reapers the run is alive; on PostgreSQL, take the lease again if its session
@@ -163,7 +180,8 @@ class InventoryStore:
     # ------------------------------------------------------------------ cleanup / history
 
     def approve_cleanup(self, run_id: str, approved_by: str) -> dict[str, Any]:
-        """Approve the blocked cleanup of ``run_id`` for the numbers it was blocked with."""
+        """Approve the blocked cleanup of ``run_id``: exactly the removals its plan listed (a
+        later plan with more removals is blocked again)."""
         return cleanup.approve_cleanup(self._ctx, run_id, approved_by)
 
     def safe_cleanup_old_projects(
@@ -176,16 +194,64 @@ class InventoryStore:
     ) -> CleanupResult:
         """Remove the projects a completed, verified run did not see, in one transaction.
 
-        Only scopes the run read completely are considered; a row is a candidate only if its
-        ``seen_generation`` is strictly older than the run's (NULL never deletes); protected
-        sub-scopes are kept; the deletion guard may hold the whole cleanup back (``blocked``).
-        Removed rows go to ``removed_projects``. Running it twice changes nothing.
+        The cleanup is a plan (``CleanupResult.entries``: every project it touches, with its
+        action and reason), then its application. Only scopes the run read completely, whose
+        reading is trusted (identity unchanged or accepted) and that no newer completed run read,
+        are considered; a row is a candidate only if its ``seen_generation`` is strictly older
+        than the run's (NULL never deletes), no newer run staged it, it is not under a protected
+        location and the run's coverage could have seen it (else it is kept and marked *out of
+        coverage*); rows of scopes the run's configuration no longer names are kept and marked
+        *orphaned*. The policy is the one recorded at ``begin``; ``policy`` applies only to runs
+        begun without one (before migration 0004) and can never loosen a recorded one. The
+        deletion guard may hold the whole cleanup back (``blocked``); ``approved_by`` (or
+        ``approve_cleanup``) releases exactly the plan's listed removals. Removed rows go to
+        ``removed_projects``. Running it twice changes nothing.
         """
         return cleanup.safe_cleanup_old_projects(self._ctx, run_id, policy, dry_run, approved_by)
 
     def cleanup_record(self, run_id: str) -> dict[str, Any] | None:
         """The recorded cleanup of ``run_id``, if any."""
         return cleanup.cleanup_record(self._ctx, run_id)
+
+    def cleanup_entries(self, run_id: str) -> list[CleanupEntry]:
+        """The persisted plan of the cleanup of ``run_id`` (or of a prune id): removals first."""
+        return cleanup.cleanup_entries(self._ctx, run_id)
+
+    def accept_scope_identity(
+        self, scope_key: str, run_id: str | None = None, *, accepted_by: str = "operator"
+    ) -> dict[str, Any]:
+        """Accept a changed identity of ``scope_key``: the reading of ``run_id`` (default: the
+        newest completed run that read the scope completely) becomes its trusted baseline,
+        recorded with ``accepted_by``. Later runs with that identity clean the scope again."""
+        with self.engine.begin() as conn:
+            self._ctx.lock_inventory(conn)
+            return identity.accept_scope_identity(conn, scope_key, run_id, accepted_by, utcnow())
+
+    def prune_orphans(
+        self,
+        *,
+        dry_run: bool = False,
+        approved_by: str | None = None,
+        scope_key: str | None = None,
+    ) -> CleanupResult:
+        """Remove the rows marked orphaned or out of coverage (of ``scope_key``, or all) into
+        history, under the deletion guard of the newest completed run's policy (``approved_by``
+        overrides it). ``CleanupResult.run_id`` is the prune's id: ``restore`` takes it."""
+        with self.engine.begin() as conn:
+            last = self._ctx.lock_inventory(conn)
+            result = orphans.prune_orphans(
+                conn, last, dry_run=dry_run, approved_by=approved_by, scope_key=scope_key
+            )
+            if dry_run:
+                conn.rollback()
+        return result
+
+    def kept_projects(self, scope_key: str | None = None) -> list[dict[str, Any]]:
+        """Rows kept because a run could not have seen them: marked orphaned (with
+        ``orphaned_since`` / ``orphan_reason``) or out of coverage (``out_of_coverage_since`` /
+        ``out_of_coverage_reason``)."""
+        with self.engine.connect() as conn:
+            return orphans.kept_rows(conn, scope_key)
 
     def history(self, run_id: str | None = None) -> list[dict[str, Any]]:
         """Removed projects (optionally those one cleanup removed), newest first."""

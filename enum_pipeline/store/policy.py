@@ -18,7 +18,11 @@ class CleanupPolicy(BaseModel):
         500, ge=0, description="Most removals one cleanup may make in a scope (None: no limit)."
     )
     max_delete_fraction: float | None = Field(
-        0.5, ge=0, le=1, description="Largest share of a scope one cleanup may remove."
+        0.5,
+        ge=0,
+        le=1,
+        description="A cleanup removing this share of a scope or more is held back "
+        "(counted against the scope's projects before the run).",
     )
     fraction_min_scope_size: int = Field(
         20, ge=0, description="The share rule applies to scopes holding at least this many."
@@ -31,7 +35,8 @@ class CleanupPolicy(BaseModel):
     )
 
     def guard(self, scope_key: str, removals: int, scope_size: int) -> str | None:
-        """Why removing ``removals`` of ``scope_size`` projects must wait for approval, if so."""
+        """Why removing ``removals`` of ``scope_size`` projects (the scope's population before
+        the run) must wait for approval, if so."""
         if removals <= 0:
             return None
         if not self.allow_empty and removals >= scope_size:
@@ -47,11 +52,11 @@ class CleanupPolicy(BaseModel):
         if (
             self.max_delete_fraction is not None
             and scope_size >= self.fraction_min_scope_size
-            and removals / scope_size > self.max_delete_fraction
+            and removals / scope_size >= self.max_delete_fraction
         ):
             return (
                 f"{scope_key}: would remove {removals} of {scope_size} projects "
-                f"({removals / scope_size:.0%}), more than "
+                f"({removals / scope_size:.0%}), at least "
                 f"max_delete_fraction={self.max_delete_fraction:.0%}"
             )
         return None

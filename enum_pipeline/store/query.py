@@ -22,8 +22,11 @@ from enum_pipeline.sources.fields import FILLED_COLUMNS, PRODUCT_COLUMNS
 from enum_pipeline.store import schema as t
 
 #: What ``status`` a project row has: ``present`` (seen by the newest runs), ``missing`` (a
-#: complete scope no longer lists it; kept until the cleanup policy removes it).
-STATUSES = ("present", "missing")
+#: complete scope no longer lists it; kept until the cleanup policy removes it),
+#: ``out_of_coverage`` (a run's coverage could not have seen it: kept, reason in
+#: ``out_of_coverage_reason``), ``orphaned`` (its scope is no longer configured: kept until
+#: ``enum-pipeline prune-orphans``).
+STATUSES = ("present", "missing", "out_of_coverage", "orphaned")
 VISIBILITIES = ("public", "internal", "private")
 
 #: Every column of the ``json`` / ``csv`` output, in order.
@@ -80,7 +83,11 @@ class ProjectFilter:
 
 
 def project_status(row: Mapping[str, Any]) -> str:
-    """``present`` or ``missing`` (see ``STATUSES``)."""
+    """One of ``STATUSES``: orphaned, then out of coverage, then missing, else present."""
+    if row.get("orphaned_since") is not None:
+        return "orphaned"
+    if row.get("out_of_coverage_since") is not None:
+        return "out_of_coverage"
     return "missing" if row.get("missing_since") is not None else "present"
 
 
@@ -140,10 +147,15 @@ def select_projects(
         ):
             if value is not None:
                 stmt = stmt.where(column == value)
+        kept = (p.orphaned_since.is_(None), p.out_of_coverage_since.is_(None))
         if flt.status == "missing":
-            stmt = stmt.where(p.missing_since.is_not(None))
+            stmt = stmt.where(p.missing_since.is_not(None), *kept)
         elif flt.status == "present":
-            stmt = stmt.where(p.missing_since.is_(None))
+            stmt = stmt.where(p.missing_since.is_(None), *kept)
+        elif flt.status == "out_of_coverage":
+            stmt = stmt.where(p.out_of_coverage_since.is_not(None), kept[0])
+        elif flt.status == "orphaned":
+            stmt = stmt.where(p.orphaned_since.is_not(None))
         if flt.stale_days is not None:
             stmt = stmt.where(p.last_activity_at < now - timedelta(days=flt.stale_days))
         rows = [dict(r) for r in conn.execute(stmt).mappings()]

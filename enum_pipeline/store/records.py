@@ -7,7 +7,7 @@ these values in metadata. ``RunStatus`` / ``CleanupStatus`` compare equal to tho
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
@@ -58,6 +58,9 @@ class RunInfo:
     host: str | None
     pid: int | None
     lease: str | None = None
+    #: The cleanup policy recorded at begin (JSON), and the scope keys configured then.
+    policy: dict[str, Any] | None = None
+    configured_scopes: list[str] | None = None
 
     @classmethod
     def from_row(cls, row) -> RunInfo:
@@ -100,13 +103,44 @@ class ScopeCleanup:
     marked_missing: int = 0
     removed: int = 0
     protected: int = 0
+    out_of_coverage: int = 0
     skipped_reason: str | None = None
     blocked_reason: str | None = None
 
 
+class CleanupAction(StrEnum):
+    """What a cleanup plan does with one project."""
+
+    REMOVE = "remove"
+    MARK_MISSING = "mark_missing"
+    KEEP = "keep"
+
+
+@dataclass(frozen=True)
+class CleanupEntry:
+    """One project a cleanup plan names: what it does with it (a ``CleanupAction`` value) and
+    why (e.g. ``protected: /srv/src/mnt (foreign mount)``, ``out of coverage: …``, ``held: …``,
+    ``orphan: …``, ``not seen by run …``)."""
+
+    project_key: str
+    name: str
+    scope_key: str
+    location: str
+    action: str
+    reason: str
+
+
 @dataclass
 class CleanupResult:
-    """Outcome of ``safe_cleanup_old_projects`` (``status``: a ``CleanupStatus`` value)."""
+    """Outcome of ``safe_cleanup_old_projects`` or ``prune_orphans`` (``status``: a
+    ``CleanupStatus`` value).
+
+    ``removed`` and ``marked_missing`` count only what was done (0 when blocked or a dry run);
+    ``would_remove`` is what the plan removes, or would if it were not held back. Kept:
+    ``kept_incomplete`` (scope read incompletely, superseded, or a protected location),
+    ``out_of_coverage``, ``orphaned``, ``held`` (the scope's identity changed). ``entries``
+    names every project the plan touches.
+    """
 
     run_id: str
     generation: int
@@ -120,9 +154,20 @@ class CleanupResult:
     already_done: bool = False
     scopes: list[ScopeCleanup] = field(default_factory=list)
     removed_keys: list[str] = field(default_factory=list)
+    would_remove: int = 0
+    out_of_coverage: int = 0
+    orphaned: int = 0
+    held: int = 0
+    entries: list[CleanupEntry] = field(default_factory=list)
 
-    def as_dict(self) -> dict[str, Any]:
-        """Plain data, for metadata and JSON."""
-        data = asdict(self)
+    def as_dict(self, max_entries: int | None = 1000) -> dict[str, Any]:
+        """Plain data, for metadata and JSON: at most ``max_entries`` entries (removals
+        first), their total in ``entries_total``."""
+        entries = self.entries
+        data = asdict(replace(self, entries=[], removed_keys=[]))
         data.pop("removed_keys")
+        order = {"remove": 0, "mark_missing": 1}
+        ranked = sorted(entries, key=lambda e: (order.get(e.action, 2), e.project_key))
+        data["entries"] = [asdict(e) for e in ranked[:max_entries]]
+        data["entries_total"] = len(entries)
         return data

@@ -6,7 +6,7 @@ provably stopped); a ``failed`` run of the newest generation may be resumed to `
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from datetime import datetime
 
 import sqlalchemy as sa
@@ -15,13 +15,21 @@ from sqlalchemy.engine import Connection
 from enum_pipeline.store import schema as t
 from enum_pipeline.store.context import StoreContext, set_run
 from enum_pipeline.store.errors import RunActiveError, StoreError
+from enum_pipeline.store.identity import settle_trust
 from enum_pipeline.store.liveness import LOCAL_HOLDERS, abandon_reason, this_process
+from enum_pipeline.store.policy import CleanupPolicy
 from enum_pipeline.store.records import RunStatus, utcnow
 
 _ACTIVE = t.run_state.c.status == RunStatus.ACTIVE
 
 
-def begin(ctx: StoreContext, run_id: str, now: datetime | None = None) -> int:
+def begin(
+    ctx: StoreContext,
+    run_id: str,
+    now: datetime | None = None,
+    policy: CleanupPolicy | None = None,
+    configured_scopes: Iterable[str] | None = None,
+) -> int:
     """Start run ``run_id`` and return its generation; see ``InventoryStore.begin``."""
     now = now or utcnow()
     leased = False
@@ -40,6 +48,14 @@ def begin(ctx: StoreContext, run_id: str, now: datetime | None = None) -> int:
             lease = ctx.leases.acquire(run_id, generation)
             leased = True
             _insert_run(conn, run_id, generation, lease, now)
+            set_run(
+                conn,
+                run_id,
+                policy=(policy or CleanupPolicy()).model_dump(mode="json"),
+                configured_scopes=(
+                    sorted(set(configured_scopes)) if configured_scopes is not None else None
+                ),
+            )
     except BaseException:
         if leased:
             ctx.leases.release([run_id])
@@ -174,6 +190,7 @@ def _complete(ctx: StoreContext, run_id: str) -> str:
             return row["status"]
         if row["flush_succeeded"]:
             set_run(conn, run_id, status=RunStatus.COMPLETED, finished_at=now, heartbeat_at=now)
+            settle_trust(conn, run_id, int(row["generation"]))
             return RunStatus.COMPLETED.value
         mark_failed(conn, run_id, "flush not verified", now)
         return RunStatus.FAILED.value

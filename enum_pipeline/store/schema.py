@@ -16,6 +16,7 @@ NullableJSON = sa.JSON(none_as_null=True).with_variant(JSONB(none_as_null=True),
 
 RUN_STATUSES = ("active", "completed", "failed")
 CLEANUP_STATUSES = ("done", "blocked", "noop")
+CLEANUP_ACTIONS = ("remove", "mark_missing", "keep")
 
 
 class UTCDateTime(sa.TypeDecorator):
@@ -122,6 +123,15 @@ projects = sa.Table(
     sa.Column("changed_at", UTCDateTime(), nullable=False),
     sa.Column("missing_since", UTCDateTime()),
     sa.Column("missed_runs", sa.Integer, nullable=False, server_default="0"),
+    # The generation whose flush inserted the row (NULL: before 0004); the deletion guard counts
+    # a scope's population before a run from it.
+    sa.Column("first_seen_generation", sa.BigInteger),
+    # Kept because a run's coverage could not have seen it (narrowed settings, visibility…).
+    sa.Column("out_of_coverage_since", UTCDateTime()),
+    sa.Column("out_of_coverage_reason", sa.Text),
+    # Kept because no configured scope reads it any more; removed only by prune_orphans.
+    sa.Column("orphaned_since", UTCDateTime()),
+    sa.Column("orphan_reason", sa.Text),
     # No index on a column a run rewrites (seen_generation, run_id, confirmation, times): an
     # index on one would make every run's update of every row a non-HOT one (migration 0005).
     sa.Index("ix_projects_scope", "scope_key"),
@@ -154,6 +164,10 @@ run_state = sa.Table(
     sa.Column("unchanged_count", sa.BigInteger, nullable=False, server_default="0"),
     sa.Column("removed_count", sa.BigInteger, nullable=False, server_default="0"),
     sa.Column("error", sa.Text),
+    # The cleanup policy in force at begin (its cleanup applies it, whoever requests it) and the
+    # scope keys configured then (None: unknown, e.g. an ad hoc --root run).
+    sa.Column("policy", JSONType),
+    sa.Column("configured_scopes", JSONType),
     sa.CheckConstraint(f"status IN {RUN_STATUSES!r}", name="ck_run_state_status"),
     # I4: at most one active run per inventory, enforced by the database itself.
     sa.Index(
@@ -175,8 +189,17 @@ run_scopes = sa.Table(
     sa.Column("reason", sa.Text),
     sa.Column("protected", JSONType),
     sa.Column("seen_count", sa.BigInteger, nullable=False, server_default="0"),
-    sa.Column("fingerprint", JSONType),
+    # What was read (a root's real path and device; a code-host owner's id and principal).
+    sa.Column("identity", JSONType),
     sa.Column("ended_at", UTCDateTime(), nullable=False),
+    sa.Column("coverage", JSONType),
+    sa.Column("protected_reasons", JSONType),
+    # Settled when the run ends: a completed, complete reading whose identity matches the last
+    # trusted reading of the scope (or was accepted) is the scope's new baseline.
+    sa.Column("trusted", sa.Boolean),
+    sa.Column("identity_note", sa.Text),
+    sa.Column("identity_accepted_by", sa.Text),
+    sa.Column("identity_accepted_at", UTCDateTime()),
     sa.Index("ix_run_scopes_scope", "scope_key"),
 )
 
@@ -208,6 +231,7 @@ removed_projects = sa.Table(
     sa.Column("row", JSONType, nullable=False),
     sa.Column("restored_at", UTCDateTime()),
     sa.Column("restored_by", sa.Text),
+    sa.Column("reason", sa.Text),
     sa.Index("ix_removed_projects_run", "removed_by_run_id"),
     sa.Index("ix_removed_projects_key", "project_key"),
 )
@@ -227,4 +251,20 @@ cleanups = sa.Table(
     sa.Column("approved_max", sa.BigInteger),
     sa.Column("updated_at", UTCDateTime(), nullable=False),
     sa.CheckConstraint(f"status IN {CLEANUP_STATUSES!r}", name="ck_cleanups_status"),
+)
+
+# The persisted cleanup plan: every project a cleanup (or an orphan prune) names, with its action
+# and reason. ``approved``: the entry was in the plan an operator approved.
+cleanup_entries = sa.Table(
+    "cleanup_entries",
+    metadata,
+    sa.Column("run_id", sa.String(64), primary_key=True),
+    sa.Column("project_key", sa.Text, primary_key=True),
+    sa.Column("scope_key", sa.Text, nullable=False),
+    sa.Column("name", sa.Text, nullable=False),
+    sa.Column("location", sa.Text, nullable=False),
+    sa.Column("action", sa.String(16), nullable=False),
+    sa.Column("reason", sa.Text, nullable=False),
+    sa.Column("approved", sa.Boolean, nullable=False, server_default=sa.false()),
+    sa.CheckConstraint(f"action IN {CLEANUP_ACTIONS!r}", name="ck_cleanup_entries_action"),
 )

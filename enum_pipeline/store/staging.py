@@ -130,7 +130,9 @@ def end_scope(ctx: StoreContext, run_id: str, verdict: ScopeVerdict) -> None:
             "reason": verdict.reason,
             "protected": list(verdict.protected),
             "seen_count": verdict.seen,
-            "fingerprint": verdict.identity or {},  # the identity, until store9 migrates it
+            "identity": verdict.identity or {},
+            "coverage": verdict.coverage or {},
+            "protected_reasons": verdict.protected_reasons or {},
             "ended_at": utcnow(),
         }
         stmt = (

@@ -1,0 +1,413 @@
+"""The cleanup plan: every project a cleanup touches, with its action and reason, then applied.
+
+For each scope the run read, the plan looks at the scope's *stale* rows (no run at or after this
+one has seen or staged them) and decides, in this order:
+
+- the scope was read incompletely, a newer completed run read it, or its reading is not trusted
+  (a changed identity): ``keep``, the whole scope is held;
+- the row lies under a protected location (a sub-tree the read did not enter): ``keep``;
+- the run's coverage could not have seen the row (``sources.coverage.outside_coverage``):
+  ``keep``, and the row is marked *out of coverage* with the reason;
+- else ``remove`` once it has missed ``missing_runs_before_delete`` runs, ``mark_missing`` before.
+
+Rows of scopes the run's configuration no longer names are ``keep`` and marked *orphaned*. The
+deletion guard counts each scope's removals against its population *before* the run.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+
+from enum_pipeline.sources.coverage import outside_coverage
+from enum_pipeline.store import schema as t
+from enum_pipeline.store.history import move_to_history
+from enum_pipeline.store.identity import settle_trust_of
+from enum_pipeline.store.policy import CleanupPolicy
+from enum_pipeline.store.records import CleanupEntry, ScopeCleanup
+
+CHUNK = 2000
+_ROW_COLUMNS = (
+    "project_key",
+    "scope_key",
+    "source_kind",
+    "name",
+    "location",
+    "vcs",
+    "path",
+    "attributes",
+    "missed_runs",
+)
+
+
+def under(location: str, prefix: str) -> bool:
+    """``location`` is ``prefix`` or lies below it."""
+    return location == prefix or location[: len(prefix) + 1] == prefix.rstrip("/") + "/"
+
+
+def sql_under(location_col, prefix: str):
+    """SQL twin of ``under`` (no LIKE, so no escaping of ``%``/``_``)."""
+    return sa.or_(
+        location_col == prefix,
+        sa.func.substr(location_col, 1, len(prefix) + 1) == prefix.rstrip("/") + "/",
+    )
+
+
+@dataclass
+class Plan:
+    """What one cleanup would do; ``apply_plan`` carries it out."""
+
+    scopes: list[ScopeCleanup] = field(default_factory=list)
+    entries: list[CleanupEntry] = field(default_factory=list)
+    remove: list[str] = field(default_factory=list)
+    mark_missing: list[str] = field(default_factory=list)
+    out_of_coverage: dict[str, str] = field(default_factory=dict)
+    orphans: dict[str, str] = field(default_factory=dict)
+    configured: list[str] | None = None
+    kept_incomplete: int = 0
+    held: int = 0
+
+    @property
+    def candidates(self) -> int:
+        return len(self.remove) + len(self.mark_missing)
+
+
+def stale_condition(generation: int):
+    """SQL: the ``projects`` row is older than ``generation`` and no newer run staged it."""
+    p, s, rs = t.projects, t.staged_projects, t.run_state
+    seen_by_newer = (
+        sa.select(s.c.project_key)
+        .select_from(s.join(rs, rs.c.run_id == s.c.run_id))
+        .where(s.c.project_key == p.c.project_key, rs.c.generation > generation)
+        .exists()
+    )
+    return sa.and_(
+        p.c.seen_generation.is_not(None), p.c.seen_generation < generation, ~seen_by_newer
+    )
+
+
+def _superseded(conn: Connection, scope_key: str, generation: int) -> str | None:
+    rs, sc = t.run_state, t.run_scopes
+    newer = conn.execute(
+        sa.select(rs.c.run_id)
+        .select_from(sc.join(rs, rs.c.run_id == sc.c.run_id))
+        .where(
+            sc.c.scope_key == scope_key,
+            sc.c.complete.is_(True),
+            rs.c.generation > generation,
+            rs.c.status == "completed",
+        )
+        .order_by(rs.c.generation.desc())
+        .limit(1)
+    ).scalar()
+    return f"superseded: newer completed run {newer} read this scope" if newer else None
+
+
+def _newer_staging_gone(conn: Connection, generation: int) -> str | None:
+    """A newer run that staged projects but whose staging was pruned: what it saw is unknown,
+    so an older run's late cleanup must not judge any row stale against it (I5)."""
+    rs, s = t.run_state, t.staged_projects
+    has_staging = sa.select(s.c.run_id).where(s.c.run_id == rs.c.run_id).exists()
+    gone = conn.execute(
+        sa.select(rs.c.run_id)
+        .where(rs.c.generation > generation, rs.c.staged_count > 0, ~has_staging)
+        .order_by(rs.c.generation)
+        .limit(1)
+    ).scalar()
+    if gone is None:
+        return None
+    return f"superseded: newer run {gone} scanned after this run and its staging was pruned"
+
+
+def _population_before(conn: Connection, scope_key: str, generation: int) -> int:
+    """Rows of the scope that existed before run ``generation`` flushed."""
+    p = t.projects
+    return int(
+        conn.execute(
+            sa.select(sa.func.count())
+            .select_from(p)
+            .where(
+                p.c.scope_key == scope_key,
+                sa.or_(
+                    p.c.first_seen_generation.is_(None),
+                    p.c.first_seen_generation < generation,
+                ),
+            )
+        ).scalar_one()
+    )
+
+
+def _stale_rows(conn: Connection, scope_key: str, generation: int) -> list[dict[str, Any]]:
+    p = t.projects
+    cols = [p.c[c] for c in _ROW_COLUMNS if c in p.c]
+    extra = [p.c[c] for c in ("visibility", "archived", "fork") if c in p.c]
+    return [
+        dict(r)
+        for r in conn.execute(
+            sa.select(*cols, *extra)
+            .where(p.c.scope_key == scope_key, stale_condition(generation))
+            .order_by(p.c.project_key)
+        ).mappings()
+    ]
+
+
+def _scope_locations(conn: Connection, scope_key: str) -> list[str]:
+    p = t.projects
+    return list(conn.execute(sa.select(p.c.location).where(p.c.scope_key == scope_key)).scalars())
+
+
+def _entry(row, action: str, reason: str) -> CleanupEntry:
+    return CleanupEntry(
+        row["project_key"], row["name"], row["scope_key"], row["location"], action, reason
+    )
+
+
+def _hold_reason(conn: Connection, run, scope) -> str | None:
+    """Why the whole scope must be kept by this run's cleanup, if it must."""
+    generation = int(run["generation"])
+    if not scope["complete"]:
+        return f"scope read incompletely: {scope['reason']}"
+    superseded = _superseded(conn, scope["scope_key"], generation) or _newer_staging_gone(
+        conn, generation
+    )
+    if superseded:
+        return superseded
+    trusted = scope["trusted"]
+    if trusted is None:  # completed before trust was judged at completion
+        settle_trust_of(conn, run["run_id"], scope["scope_key"], generation)
+        again = conn.execute(
+            sa.select(t.run_scopes.c.trusted, t.run_scopes.c.identity_note).where(
+                t.run_scopes.c.run_id == run["run_id"],
+                t.run_scopes.c.scope_key == scope["scope_key"],
+            )
+        ).one()
+        trusted, note = again
+    else:
+        note = scope["identity_note"]
+    if not trusted:
+        return f"held: {note or 'reading not trusted'}"
+    return None
+
+
+def plan_cleanup(
+    conn: Connection, run, policy: CleanupPolicy, *, newest: bool
+) -> tuple[Plan, list[ScopeCleanup]]:
+    """The plan of the cleanup of ``run`` (a completed ``run_state`` row) under ``policy``.
+
+    ``newest``: no newer run has completed (only then does the run's configuration decide
+    which rows are orphaned).
+    """
+    plan = Plan()
+    generation = int(run["generation"])
+    s = t.run_scopes
+    scopes = (
+        conn.execute(sa.select(s).where(s.c.run_id == run["run_id"]).order_by(s.c.scope_key))
+        .mappings()
+        .all()
+    )
+    for scope in scopes:
+        sc = ScopeCleanup(scope["scope_key"], bool(scope["complete"]))
+        plan.scopes.append(sc)
+        stale = _stale_rows(conn, scope["scope_key"], generation)
+        sc.total = _population_before(conn, scope["scope_key"], generation)
+        hold = _hold_reason(conn, run, scope)
+        if hold:
+            sc.skipped_reason = hold
+            sc.protected = len(stale)
+            if scope["complete"] and not hold.startswith("superseded"):
+                plan.held += len(stale)
+            else:
+                plan.kept_incomplete += len(stale)
+            plan.entries += [_entry(r, "keep", hold) for r in stale]
+            continue
+        _plan_scope(conn, plan, sc, scope, stale, run, policy)
+    if newest and run["configured_scopes"] is not None:
+        plan.configured = sorted(run["configured_scopes"])
+        _plan_orphans(conn, plan, set(plan.configured), run["run_id"])
+    return plan, plan.scopes
+
+
+def _plan_scope(conn, plan: Plan, sc: ScopeCleanup, scope, stale, run, policy) -> None:
+    protected = list(scope["protected"] or [])
+    reasons = scope["protected_reasons"] or {}
+    coverage = scope["coverage"] or {}
+    locations: Iterable[str] = ()
+    if coverage.get("nested") is False:  # only the nested rule needs every location
+        locations = _scope_locations(conn, scope["scope_key"])
+    due = []
+    for row in stale:
+        prefix = next((p for p in protected if under(row["location"], p)), None)
+        if prefix is not None:
+            sc.protected += 1
+            plan.kept_incomplete += 1
+            why = reasons.get(prefix) or "not read"
+            plan.entries.append(_entry(row, "keep", f"protected: {prefix} ({why})"))
+            continue
+        outside = (
+            outside_coverage(row["source_kind"], coverage, row, locations) if coverage else None
+        )
+        if outside:
+            sc.out_of_coverage += 1
+            plan.out_of_coverage[row["project_key"]] = outside
+            plan.entries.append(_entry(row, "keep", f"out of coverage: {outside}"))
+            continue
+        sc.candidates += 1
+        missed = row["missed_runs"] + 1
+        if missed >= policy.missing_runs_before_delete:
+            due.append(row)
+            plan.remove.append(row["project_key"])
+            plan.entries.append(
+                _entry(row, "remove", f"not seen by run {run['run_id']} (missed {missed} runs)")
+            )
+        else:
+            plan.mark_missing.append(row["project_key"])
+            plan.entries.append(
+                _entry(
+                    row,
+                    "mark_missing",
+                    f"not seen by run {run['run_id']} (missed {missed} of "
+                    f"{policy.missing_runs_before_delete} runs before removal)",
+                )
+            )
+    sc.removed = len(due)
+    sc.marked_missing = sc.candidates - len(due)
+    sc.blocked_reason = policy.guard(sc.scope_key, len(due), sc.total)
+
+
+def _plan_orphans(conn: Connection, plan: Plan, configured: set[str], run_id: str) -> None:
+    p = t.projects
+    rows = conn.execute(
+        sa.select(*[p.c[c] for c in _ROW_COLUMNS])
+        .where(p.c.scope_key.not_in(sorted(configured)) if configured else sa.true())
+        .order_by(p.c.project_key)
+    ).mappings()
+    for row in rows:
+        reason = f"orphan: scope {row['scope_key']} is not configured (run {run_id})"
+        plan.orphans[row["project_key"]] = reason
+        plan.entries.append(_entry(row, "keep", reason))
+
+
+def _chunks(keys: list[str]) -> Iterable[list[str]]:
+    for start in range(0, len(keys), CHUNK):
+        yield keys[start : start + CHUNK]
+
+
+def apply_marks(conn: Connection, plan: Plan, now: datetime) -> None:
+    """Write the plan's marks: out of coverage (with the reason), orphaned, and clear the
+    orphan marks of scopes the configuration names again."""
+    p = t.projects
+    by_reason: dict[str, list[str]] = {}
+    for k, reason in plan.out_of_coverage.items():
+        by_reason.setdefault(reason, []).append(k)
+    for reason, keys in by_reason.items():
+        for chunk in _chunks(keys):
+            conn.execute(
+                sa.update(p)
+                .where(p.c.project_key.in_(chunk))
+                .values(
+                    out_of_coverage_since=sa.func.coalesce(p.c.out_of_coverage_since, now),
+                    out_of_coverage_reason=reason,
+                )
+            )
+    by_reason = {}
+    for k, reason in plan.orphans.items():
+        by_reason.setdefault(reason, []).append(k)
+    for reason, keys in by_reason.items():
+        for chunk in _chunks(keys):
+            conn.execute(
+                sa.update(p)
+                .where(p.c.project_key.in_(chunk), p.c.orphaned_since.is_(None))
+                .values(orphaned_since=now, orphan_reason=reason)
+            )
+    if plan.configured:
+        conn.execute(
+            sa.update(p)
+            .where(p.c.scope_key.in_(plan.configured), p.c.orphaned_since.is_not(None))
+            .values(orphaned_since=None, orphan_reason=None)
+        )
+
+
+def apply_removals(
+    conn: Connection, plan: Plan, run, policy: CleanupPolicy, now: datetime
+) -> tuple[list[str], int]:
+    """Mark the candidates missing and move the due ones to history. Returns (removed keys,
+    rows marked missing). Every statement re-checks staleness: a concurrent flush may have
+    refreshed a planned row meanwhile, and such a row is left alone."""
+    p = t.projects
+    generation = int(run["generation"])
+    stale = stale_condition(generation)
+    marked = 0
+    for chunk in _chunks(plan.remove + plan.mark_missing):
+        marked += conn.execute(
+            sa.update(p)
+            .where(p.c.project_key.in_(chunk), stale)
+            .values(
+                missed_runs=p.c.missed_runs + 1,
+                missing_since=sa.func.coalesce(p.c.missing_since, now),
+                out_of_coverage_since=None,
+                out_of_coverage_reason=None,
+            )
+        ).rowcount
+    reasons = {e.project_key: e.reason for e in plan.entries if e.action == "remove"}
+    removed: list[str] = []
+    for chunk in _chunks(sorted(plan.remove)):
+        due = sa.and_(
+            p.c.project_key.in_(chunk),
+            stale,
+            p.c.missed_runs >= policy.missing_runs_before_delete,
+        )
+        removed += move_to_history(conn, due, run["run_id"], now, reasons)
+    return removed, marked - len(removed)
+
+
+def save_entries(
+    conn: Connection, run_id: str, entries: list[CleanupEntry], approved: set[str]
+) -> None:
+    """Persist the plan's entries for ``run_id`` (replacing an earlier plan of it)."""
+    ce = t.cleanup_entries
+    conn.execute(sa.delete(ce).where(ce.c.run_id == run_id))
+    rows = [
+        {
+            "run_id": run_id,
+            "project_key": e.project_key,
+            "scope_key": e.scope_key,
+            "name": e.name,
+            "location": e.location,
+            "action": e.action,
+            "reason": e.reason,
+            "approved": e.project_key in approved and e.action == "remove",
+        }
+        for e in entries
+    ]
+    for start in range(0, len(rows), CHUNK):
+        conn.execute(sa.insert(ce), rows[start : start + CHUNK])
+
+
+def approved_keys(conn: Connection, run_id: str) -> set[str]:
+    """Keys of the removals an operator approved for ``run_id``."""
+    ce = t.cleanup_entries
+    return set(
+        conn.execute(
+            sa.select(ce.c.project_key).where(ce.c.run_id == run_id, ce.c.approved.is_(True))
+        ).scalars()
+    )
+
+
+def load_entries(conn: Connection, run_id: str) -> list[CleanupEntry]:
+    """The persisted plan of ``run_id``, by action then key."""
+    ce = t.cleanup_entries
+    order = sa.case({"remove": 0, "mark_missing": 1}, value=ce.c.action, else_=2)
+    rows = conn.execute(
+        sa.select(ce).where(ce.c.run_id == run_id).order_by(order, ce.c.project_key)
+    ).mappings()
+    return [
+        CleanupEntry(
+            r["project_key"], r["name"], r["scope_key"], r["location"], r["action"], r["reason"]
+        )
+        for r in rows
+    ]
