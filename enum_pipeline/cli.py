@@ -17,6 +17,13 @@ from pathlib import Path
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_BLOCKED = 0, 1, 2, 3
 LISTED = 50  # names printed before "N more"
+# The code location as the UI names it (links in the metadata use this name).
+WORKSPACE = """load_from:
+  - python_module:
+      module_name: enum_pipeline.definitions
+      attribute: defs
+      location_name: enum_pipeline
+"""
 
 
 class UsageError(Exception):
@@ -395,7 +402,9 @@ def cmd_ui(args) -> int:
     print(f"DAGSTER_HOME={home}; UI on http://127.0.0.1:{args.port}", file=sys.stderr)
     dagster = Path(sys.executable).with_name("dagster")
     argv = [str(dagster) if dagster.exists() else "dagster", "dev", "-h", "127.0.0.1"]
-    argv += ["-p", str(args.port), "-m", "enum_pipeline.definitions"]
+    workspace = home / "workspace.yaml"
+    workspace.write_text(WORKSPACE)
+    argv += ["-p", str(args.port), "-w", str(workspace)]
     os.execvpe(argv[0], argv, os.environ)
     return EXIT_FAILED  # not reached
 

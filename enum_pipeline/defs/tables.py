@@ -21,9 +21,9 @@ CHANGE_SCHEMA = TableSchema(
     columns=[
         TableColumn("change", "string", description="added, changed or removed"),
         TableColumn("name", "string"),
-        TableColumn("scope", "string"),
-        TableColumn("location", "string"),
         TableColumn("fields", "string", description="the columns that changed"),
+        TableColumn("location", "string"),
+        TableColumn("scope", "string"),
     ]
 )
 
@@ -31,17 +31,17 @@ CLEANUP_SCHEMA = TableSchema(
     columns=[
         TableColumn("action", "string", description="remove, mark_missing or keep"),
         TableColumn("name", "string"),
-        TableColumn("scope", "string"),
-        TableColumn("location", "string"),
         TableColumn("reason", "string"),
+        TableColumn("location", "string"),
+        TableColumn("scope", "string"),
     ]
 )
 
 RESTORE_SCHEMA = TableSchema(
     columns=[
         TableColumn("name", "string"),
-        TableColumn("scope", "string"),
         TableColumn("location", "string"),
+        TableColumn("scope", "string"),
         TableColumn("project_key", "string"),
     ]
 )
