@@ -163,7 +163,7 @@ def synthetic_defs(url: str):
 
 def _delete_one_percent(url: str) -> int:
     """Remove every 100th repository of the tree from disk (by the inventory's paths)."""
-    from enum_pipeline.store.lifecycle import InventoryStore
+    from enum_pipeline.store import InventoryStore
 
     store = InventoryStore(url)
     rows = sorted(
@@ -195,7 +195,7 @@ def child_main(spec: dict) -> int:
     from dagster import instance_for_test
 
     from enum_pipeline.sources.filesystem import FilesystemSource
-    from enum_pipeline.store.lifecycle import InventoryStore
+    from enum_pipeline.store import InventoryStore
 
     timers = Timers()
     timers.wrap_store(InventoryStore)

@@ -201,8 +201,7 @@ def prefill_history(url: str, rows: int) -> None:
 
 def cycle_ours(spec: dict) -> dict:
     """Two runs through ``InventoryStore``; per-run phase times in seconds."""
-    from enum_pipeline.store.lifecycle import InventoryStore
-    from enum_pipeline.store.policy import CleanupPolicy
+    from enum_pipeline.store import CleanupPolicy, InventoryStore
 
     n, scopes, batch_size = spec["size"], spec["scopes"], spec["batch"]
     store = InventoryStore(spec["url"])

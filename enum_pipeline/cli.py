@@ -262,9 +262,11 @@ def cmd_run(args) -> int:
             print(f"enum-pipeline: run failed: {info.error}", file=sys.stderr)
         print("nothing was removed from the inventory", file=sys.stderr)
         return EXIT_FAILED
-    if args.no_cleanup:
-        return EXIT_OK
-    code, _ = _cleanup(instance, result.run_id, args)
+    code = EXIT_OK
+    if not args.no_cleanup:
+        code, _ = _cleanup(instance, result.run_id, args)
+    if not args.no_reports:
+        _reports(instance, result.run_id, args)
     return code
 
 
@@ -286,6 +288,23 @@ def _blocked_list(store) -> str:
         if (store.cleanup_record(r.run_id) or {}).get("status") == "blocked"
     ]
     return "blocked cleanups: " + ", ".join(blocked) if blocked else "no cleanup is blocked"
+
+
+def _reports(instance, run_id: str, args) -> bool:
+    """Materialize the report assets after a completed run (a failure is shown, not fatal)."""
+    from enum_pipeline.definitions import defs
+
+    job = defs.resolve_job_def("inventory_reports")
+    result = job.execute_in_process(
+        instance=instance,
+        run_config={"loggers": {"console": {"config": {"log_level": args.log_level}}}},
+        raise_on_error=False,
+        tags={"enum_pipeline/enumeration_run": run_id},
+    )
+    if not result.success:
+        for error in _step_errors(result):
+            print(f"enum-pipeline: report failed: {error}", file=sys.stderr)
+    return result.success
 
 
 def cmd_cleanup(args) -> int:
@@ -386,16 +405,6 @@ def cmd_history(args) -> int:
     return EXIT_OK
 
 
-def cmd_changes(args) -> int:
-    """Every project a run added, changed or removed, one a line."""
-    store = _store()
-    run_id = _resolve_run(store, args.run_id)
-    for c in store.run_changes(run_id):
-        fields = f" ({', '.join(c.fields)})" if c.fields else ""
-        print(f"{c.change:<8} {c.name}  {c.location}  [{c.scope_key}]{fields}")
-    return EXIT_OK
-
-
 def cmd_ui(args) -> int:
     """The Dagster UI on 127.0.0.1 with ``DAGSTER_HOME`` prepared (``./dagster.yaml`` in force)."""
     home = _ensure_dagster_home()
@@ -431,6 +440,142 @@ def cmd_db(args) -> int:
     return EXIT_OK
 
 
+def _filter(args):
+    from enum_pipeline.store.query import ProjectFilter
+
+    return ProjectFilter(
+        source=args.source,
+        scope=args.scope,
+        name=args.name,
+        archived=args.archived,
+        fork=args.fork,
+        visibility=args.visibility,
+        language=args.language,
+        topic=args.topic,
+        stale_days=args.stale_days,
+        status=args.status,
+    )
+
+
+def _select(args) -> list[dict] | None:
+    """The filtered inventory rows, or None after printing a filter error."""
+    from enum_pipeline.store.query import FilterError, output_row, select_projects
+
+    try:
+        return [output_row(r) for r in select_projects(_store().engine, _filter(args))]
+    except FilterError as err:
+        print(f"enum-pipeline: {err}", file=sys.stderr)
+        return None
+
+
+def _print_rows(rows: list[dict], fmt: str, columns, table_columns) -> None:
+    from enum_pipeline.store.query import cell, json_default, write_csv
+
+    if fmt == "json":
+        for row in rows:
+            print(json.dumps(row, default=json_default, ensure_ascii=False))
+    elif fmt == "csv":
+        write_csv(rows, sys.stdout, columns)
+    else:
+        cells = [[cell(r.get(c)) for c in table_columns] for r in rows]
+        widths = [
+            min(48, max([len(c)] + [len(row[i]) for row in cells]))
+            for i, c in enumerate(table_columns)
+        ]
+        print("  ".join(c.upper().ljust(w) for c, w in zip(table_columns, widths, strict=True)))
+        for row in cells:
+            print(
+                "  ".join(
+                    (v if len(v) <= w else v[: w - 1] + "…").ljust(w)
+                    for v, w in zip(row, widths, strict=True)
+                ).rstrip()
+            )
+
+
+def cmd_projects(args) -> int:
+    """List the inventory, filtered, as a table, JSON lines or CSV."""
+    from enum_pipeline.store.query import OUTPUT_COLUMNS, TABLE_COLUMNS
+
+    rows = _select(args)
+    if rows is None:
+        return EXIT_USAGE
+    _print_rows(rows, args.format, OUTPUT_COLUMNS, TABLE_COLUMNS)
+    return EXIT_OK
+
+
+def cmd_export(args) -> int:
+    """Write the (filtered) inventory to a CSV or Parquet file."""
+    from enum_pipeline.store.query import OUTPUT_COLUMNS, write_csv
+
+    rows = _select(args)
+    if rows is None:
+        return EXIT_USAGE
+    if args.format == "csv":
+        with open(args.output, "w", newline="", encoding="utf-8") as out:
+            write_csv(rows, out, OUTPUT_COLUMNS)
+    else:
+        try:
+            import pandas  # noqa: F401
+            import pyarrow  # noqa: F401
+        except ImportError:
+            print(
+                "enum-pipeline: Parquet export needs pandas and pyarrow: "
+                "pip install 'enum_pipeline[parquet]'",
+                file=sys.stderr,
+            )
+            return EXIT_USAGE
+        from enum_pipeline.reports import inventory_frame, write_parquet
+
+        write_parquet(inventory_frame(rows), args.output)
+    print(f"wrote {len(rows)} projects to {args.output}", file=sys.stderr)
+    return EXIT_OK
+
+
+DIFF_COLUMNS = ("change", "name", "scope_key", "fields", "project_key", "run_id")
+
+
+def cmd_diff(args) -> int:
+    """What one run (default: the latest) added, changed (which fields) and removed."""
+    store = _store()
+    run_id = args.run_id
+    if run_id is None:
+        latest = store.runs(1)
+        if not latest:
+            print("enum-pipeline: no run recorded yet", file=sys.stderr)
+            return EXIT_USAGE
+        run_id = latest[0].run_id
+    run_id = _resolve_run(store, run_id)
+    rows = [
+        {
+            "change": c.change,
+            "name": c.name,
+            "scope_key": c.scope_key,
+            "fields": list(c.fields),
+            "project_key": c.project_key,
+            "run_id": run_id,
+        }
+        for c in store.run_changes(run_id)
+    ]
+    _print_rows(rows, args.format, DIFF_COLUMNS, DIFF_COLUMNS[:4])
+    return EXIT_OK
+
+
+def _filter_options(parser: argparse.ArgumentParser) -> None:
+    f = parser.add_argument_group("filters")
+    f.add_argument("--source", help="source kind: filesystem, github, gitlab, gitea")
+    f.add_argument("--scope", help="scope key, e.g. fs:/srv/src or github:github.com/acme")
+    f.add_argument("--name", help="project name pattern (shell-style, case-insensitive)")
+    f.add_argument(
+        "--archived", action=argparse.BooleanOptionalAction, help="archived (or not) only"
+    )
+    f.add_argument("--fork", action=argparse.BooleanOptionalAction, help="forks (or not) only")
+    f.add_argument("--visibility", help="public, internal or private")
+    f.add_argument("--language", help="main language, as the code host names it")
+    f.add_argument("--topic", help="projects carrying this topic")
+    f.add_argument("--stale-days", type=int, metavar="N", help="last activity more than N days ago")
+    f.add_argument("--status", help="present or missing")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``enum-pipeline``."""
     parser = argparse.ArgumentParser(prog="enum-pipeline", description=__doc__.split("\n")[0])
@@ -443,6 +588,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--config", help="YAML configuration (default: ENUM_PIPELINE_CONFIG)")
     run.add_argument("--root", action="append", help="scan this folder (repeatable)")
     run.add_argument("--no-cleanup", action="store_true", help="skip the cleanup")
+    run.add_argument(
+        "--no-reports", action="store_true", help="skip the report assets after the run"
+    )
     run.set_defaults(func=cmd_run)
 
     cleanup = sub.add_parser("cleanup", help="clean up after a completed run")
@@ -469,10 +617,21 @@ def build_parser() -> argparse.ArgumentParser:
     history.add_argument("run_id", nargs="?")
     history.set_defaults(func=cmd_history)
 
-    changes = sub.add_parser("changes", help="every project a run added, changed or removed")
-    changes.add_argument("run_id")
-    changes.set_defaults(func=cmd_changes)
+    projects = sub.add_parser("projects", help="list the inventory (filters, table/json/csv)")
+    _filter_options(projects)
+    projects.add_argument("--format", choices=["table", "json", "csv"], default="table")
+    projects.set_defaults(func=cmd_projects)
 
+    export = sub.add_parser("export", help="write the inventory to a CSV or Parquet file")
+    _filter_options(export)
+    export.add_argument("--format", choices=["csv", "parquet"], default="csv")
+    export.add_argument("--output", required=True, help="file to write")
+    export.set_defaults(func=cmd_export)
+
+    diff = sub.add_parser("diff", help="what a run added, changed and removed")
+    diff.add_argument("run_id", nargs="?", help="default: the latest run")
+    diff.add_argument("--format", choices=["table", "json", "csv"], default="table")
+    diff.set_defaults(func=cmd_diff)
     ui = sub.add_parser("ui", help="start the Dagster UI (dagster dev) on 127.0.0.1")
     ui.add_argument("--port", type=int, default=3000)
     ui.set_defaults(func=cmd_ui)

@@ -16,7 +16,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator
 
 from enum_pipeline.sources.base import Source
-from enum_pipeline.store.policy import CleanupPolicy
+from enum_pipeline.store import CleanupPolicy
 
 CONFIG_ENV = "ENUM_PIPELINE_CONFIG"
 ROOTS_ENV = "ENUM_PIPELINE_ROOTS"
@@ -28,6 +28,26 @@ class ConfigError(Exception):
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
+
+
+class _CodeHost(_Strict):
+    """What the code-host configs share: ``token_env`` names a variable, it never holds a token."""
+
+    token_env: str | None = None
+
+    @field_validator("token_env")
+    @classmethod
+    def _env_name(cls, value: str | None) -> str | None:
+        from enum_pipeline.sources.http import is_env_name
+
+        if value is not None and not is_env_name(value):
+            # never echo it: a value that is not a variable name may be the token itself
+            raise ValueError(
+                "must be the name of an environment variable (letters, digits and _, not "
+                "starting with a digit) that holds the token, not the token itself (the value "
+                "is not shown)"
+            )
+        return value
 
 
 class FilesystemSourceConfig(_Strict):
@@ -65,7 +85,7 @@ class FilesystemSourceConfig(_Strict):
         ]
 
 
-class GitHubSourceConfig(_Strict):
+class GitHubSourceConfig(_CodeHost):
     """Repositories of a GitHub (or GitHub Enterprise) organisation or user."""
 
     kind: Literal["github"]
@@ -82,7 +102,7 @@ class GitHubSourceConfig(_Strict):
         return [GitHubSource(**self.model_dump(exclude={"kind"}))]
 
 
-class GitLabSourceConfig(_Strict):
+class GitLabSourceConfig(_CodeHost):
     """Projects of a GitLab group (with its subgroups), on gitlab.com or self-managed."""
 
     kind: Literal["gitlab"]
@@ -98,7 +118,7 @@ class GitLabSourceConfig(_Strict):
         return [GitLabSource(**self.model_dump(exclude={"kind"}))]
 
 
-class GiteaSourceConfig(_Strict):
+class GiteaSourceConfig(_CodeHost):
     """Repositories of a Gitea or Forgejo organisation or user."""
 
     kind: Literal["gitea"]
@@ -119,10 +139,30 @@ SourceConfig = Annotated[
 ]
 
 
+class CatalogConfig(_Strict):
+    """How the assets show in Dagster's catalog, and where the export asset writes."""
+
+    owners: list[str] = Field(
+        default_factory=list, description="Asset owners: e-mail addresses or 'team:<name>'."
+    )
+    tags: dict[str, str] = Field(default_factory=dict, description="Tags on every asset.")
+    export_path: str | None = Field(None, description="File the inventory_export asset writes.")
+    export_format: Literal["csv", "parquet"] = "csv"
+
+    @field_validator("owners")
+    @classmethod
+    def _owners(cls, owners: list[str]) -> list[str]:
+        for owner in owners:
+            if not (owner.startswith("team:") and len(owner) > 5) and "@" not in owner:
+                raise ValueError(f"owner {owner!r} is neither an e-mail address nor team:<name>")
+        return owners
+
+
 class PipelineConfig(_Strict):
     """The whole configuration file."""
 
     sources: list[SourceConfig] = Field(min_length=1)
+    catalog: CatalogConfig = CatalogConfig()
     cleanup: CleanupPolicy = CleanupPolicy()
     batch_size: int = Field(1000, ge=1, le=100_000)
     parallel_sources: int = Field(
@@ -165,6 +205,14 @@ def parse_config(data: object, origin: str) -> PipelineConfig:
     return config
 
 
+def _yaml_problem(err: yaml.YAMLError) -> str:
+    """Where and what the YAML error is, without the snippet of the line (it may hold a secret)."""
+    mark = getattr(err, "problem_mark", None)
+    where = f", line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+    problem = getattr(err, "problem", None) or type(err).__name__
+    return f"{where}: {problem}"
+
+
 def load_config_file(path: str | os.PathLike[str]) -> PipelineConfig:
     """Read and validate a YAML configuration file."""
     path = Path(path)
@@ -179,10 +227,7 @@ def load_config_file(path: str | os.PathLike[str]) -> PipelineConfig:
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as err:
-        where = getattr(err, "problem_mark", None)
-        at = f" at line {where.line + 1}, column {where.column + 1}" if where else ""
-        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
-        raise ConfigError(f"invalid YAML in {path}{at}: {problem}") from None
+        raise ConfigError(f"invalid YAML in {path}{_yaml_problem(err)}") from None
     return parse_config(data, str(path))
 
 

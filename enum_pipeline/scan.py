@@ -12,7 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from enum_pipeline.sources.base import ProjectRecord, ScopeVerdict, Source
-from enum_pipeline.store.lifecycle import InventoryStore
+from enum_pipeline.store import InventoryStore
 
 
 @dataclass
@@ -47,6 +47,9 @@ class ScanSummary:
                     "seen": v.seen,
                     "reason": v.reason,
                     "protected": list(v.protected),
+                    "protected_reasons": dict(v.protected_reasons),
+                    "identity": dict(v.identity),
+                    "coverage": dict(v.coverage),
                 }
                 for v in self.verdicts
             ],

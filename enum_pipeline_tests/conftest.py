@@ -16,7 +16,7 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import make_url
 
-from enum_pipeline.store.lifecycle import InventoryStore
+from enum_pipeline.store import InventoryStore
 
 PG_ADMIN_URL = os.environ.get(
     "ENUM_PIPELINE_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"

@@ -15,8 +15,15 @@ Each app serves generated repositories with the real pagination semantics of its
 Failure injection is per *page* (1-based index in the listing): :meth:`FakeApp.fail_page`,
 :meth:`FakeApp.rate_limit_page`, :meth:`FakeApp.truncate_page`, :meth:`FakeApp.slow_page`.
 ``etags=True`` makes 200 answers carry an ``ETag`` and answer a matching ``If-None-Match`` with
-304. ``token=...`` makes the app refuse (401) requests without that credential. Every request is
-recorded in :attr:`FakeApp.requests` (path, query, headers, page, status answered).
+304. ``token=...`` makes the app refuse (401) requests with another credential (requests without
+one are anonymous); without it, any credential is accepted. As on the real hosts, private (and
+internal) repositories are listed and counted only for an authenticated request, each app
+answers whom a token belongs to (``token_owner``: GitHub ``GET /user``, GitLab
+``GET /api/v4/user``, Gitea ``GET /api/v1/user``) and the owner lookups (with the owner's stable
+id), and counts go out as the real APIs send them (GitHub owner counts, GitLab ``x-total``, Gitea
+``X-Total-Count``). :meth:`FakeApp.cut_after` ends the listing early while the counts still tell
+the truth. Every request is recorded in :attr:`FakeApp.requests` (path, query, headers, page,
+status answered).
 """
 
 from __future__ import annotations
@@ -89,9 +96,18 @@ class RecordedRequest:
 class FakeApp:
     """Base of the fake APIs: routing is the subclass's, faults/ETags/recording are here."""
 
-    def __init__(self, *, token: str | None = None, etags: bool = False) -> None:
+    def __init__(
+        self,
+        *,
+        token: str | None = None,
+        etags: bool = False,
+        token_owner: str | None = "token-bot",
+    ) -> None:
         self.token = token
         self.etags = etags
+        self.token_owner = token_owner  # None: the token cannot say whom it belongs to
+        self.token_owner_id = 4242
+        self.cut_after_page: int | None = None
         self.faults: list[Fault] = []
         self.requests: list[RecordedRequest] = []
         self.lock = threading.RLock()
@@ -140,6 +156,14 @@ class FakeApp:
         """Wait ``delay`` seconds before answering ``page``."""
         return self.add_fault(Fault(page, times, delay=delay))
 
+    def cut_after(self, page: int) -> None:
+        """End the listing after ``page`` (no next page; later pages empty), counts unchanged."""
+        self.cut_after_page = page
+
+    def cut(self, page: int) -> bool:
+        """Whether ``page`` is the last one served by a listing cut short."""
+        return self.cut_after_page is not None and page >= self.cut_after_page
+
     def after_page(self, page: int, action: Callable[[], None]) -> Fault:
         """Run ``action`` once, right after ``page`` was built (e.g. delete a repository)."""
         return self.add_fault(Fault(page, 1, then=action))
@@ -166,15 +190,37 @@ class FakeApp:
         """Answer a request (``host`` is the Host header, for absolute links)."""
         raise NotImplementedError
 
-    def authorized(self, req: RecordedRequest) -> bool:  # pragma: no cover - abstract
+    def credential(self, req: RecordedRequest) -> str | None:  # pragma: no cover - abstract
+        """The token a request carries, if any."""
+        return None
+
+    def authorized(self, req: RecordedRequest) -> bool:
         """Whether the request carries the app's token."""
-        return True
+        return self.credential(req) == self.token
+
+    def authenticated(self, req: RecordedRequest) -> bool:
+        """Whether the request is authenticated (any credential when the app has no token)."""
+        sent = self.credential(req)
+        return sent is not None and (self.token is None or sent == self.token)
+
+    def whoami(self, req: RecordedRequest, login_field: str = "login") -> Reply:
+        """``GET /user``: the token's owner; 401 without a credential; 403 for a token that
+        cannot say whom it belongs to (``token_owner=None``, like a GitHub App's)."""
+        if not self.authenticated(req):
+            return Reply.json(401, {"message": "401 Unauthorized"})
+        if self.token_owner is None:
+            return Reply.json(403, {"message": "Resource not accessible by integration"})
+        return Reply.json(200, {login_field: self.token_owner, "id": self.token_owner_id})
 
     def handle(self, req: RecordedRequest, host: str) -> Reply:
         """Answer one request: route it, then apply faults and ETags, and record it."""
         with self.lock:
             self.requests.append(req)
-            if self.token is not None and not self.authorized(req):
+            if (
+                self.token is not None
+                and self.credential(req) is not None
+                and not self.authorized(req)
+            ):
                 reply = Reply.json(401, {"message": "Bad credentials"})
             else:
                 reply = self.route(req, host)
@@ -229,6 +275,7 @@ class _Owner:
     id: int
     repos: list[dict[str, Any]] = field(default_factory=list)
     unlisted_public: int = 0  # public repositories counted but missing from the listing
+    unlisted_private: int = 0
 
 
 class GitHubApp(FakeApp):
@@ -242,15 +289,14 @@ class GitHubApp(FakeApp):
         prefix: str = "",
         web_host: str = "github.com",
         clone_credentials: str | None = None,
-        token_owner: str | None = None,
         **kw,
     ) -> None:
         super().__init__(**kw)
-        self.token_owner = token_owner
         self.prefix = prefix.rstrip("/")
         self.web_host = web_host
         self.clone_credentials = clone_credentials
         self.owners: dict[str, _Owner] = {}
+        self.private_counts = True  # False: like a token of a non-member (no private counts)
 
     def add_owner(self, name: str, n: int, kind: str = "org") -> list[dict[str, Any]]:
         """Create an org or user with ``n`` generated repositories."""
@@ -275,6 +321,9 @@ class GitHubApp(FakeApp):
                 fork=False,
                 topics=["t1", "t2"],
                 language="Python",
+                license={"key": "mit", "name": "MIT License", "spdx_id": "MIT"},
+                stargazers_count=rid % 5,
+                forks_count=rid % 2,
                 size=rid,
                 description=f"repo {name}",
                 created_at=_iso(BASE_TIME + timedelta(minutes=rid)),
@@ -310,8 +359,12 @@ class GitHubApp(FakeApp):
             o = self.owners[owner.lower()]
             o.repos[:] = [r for r in o.repos if r["id"] != repo_id]
 
-    def authorized(self, req: RecordedRequest) -> bool:
-        return req.headers.get("authorization") in (f"Bearer {self.token}", f"token {self.token}")
+    def credential(self, req: RecordedRequest) -> str | None:
+        value = req.headers.get("authorization") or ""
+        for scheme in ("Bearer ", "token "):
+            if value.startswith(scheme):
+                return value[len(scheme) :]
+        return None
 
     def _owner_json(self, owner: _Owner, req: RecordedRequest) -> dict[str, Any]:
         """``GET /orgs/{org}`` / ``/users/{user}``: private counts only for a token holder."""
@@ -322,8 +375,8 @@ class GitHubApp(FakeApp):
             "type": "Organization" if owner.kind == "org" else "User",
             "public_repos": public,
         }
-        if self.token is not None and self.authorized(req):
-            private = sum(1 for r in owner.repos if r["private"])
+        if self.authenticated(req) and self.private_counts:
+            private = sum(1 for r in owner.repos if r["private"]) + owner.unlisted_private
             data.update(total_private_repos=private, owned_private_repos=private)
         return data
 
@@ -336,10 +389,10 @@ class GitHubApp(FakeApp):
         public_only = False
         if parts == ["user"]:
             me = self.owners.get((self.token_owner or "").lower())
-            if me is None or self.token is None or not self.authorized(req):
-                return Reply.json(401, {"message": "Requires authentication"})
-            return Reply.json(200, {"login": me.name, "id": me.id, "type": "User"})
-        if parts == ["user", "repos"] and self.token is not None and self.authorized(req):
+            if me is None or not self.authenticated(req):
+                return self.whoami(req)
+            return Reply.json(200, self._owner_json(me, req))  # the own account: private counts
+        if parts == ["user", "repos"] and self.authenticated(req):
             owner = self.owners.get((self.token_owner or "").lower())
         if len(parts) == 2 and parts[0] in ("orgs", "users"):
             found = self.owners.get(parts[1].lower())
@@ -360,8 +413,11 @@ class GitHubApp(FakeApp):
             return Reply.json(404, {"message": "Not Found", "documentation_url": "https://x"})
         per_page = min(max(int(req.query.get("per_page", 30) or 30), 1), 100)
         page = max(int(req.query.get("page", 1) or 1), 1)
+        public_only = public_only or not self.authenticated(req)
         repos = [r for r in owner.repos if not r["private"]] if public_only else owner.repos
         last = max(1, -(-len(repos) // per_page))
+        if self.cut(page):
+            last = page
         items = repos[(page - 1) * per_page : page * per_page]
         if parts == ["user", "repos"]:
             base = f"http://{host}{self.prefix}/user/repos"
@@ -404,12 +460,16 @@ class GitLabApp(FakeApp):
         web_host: str = "gitlab.example.com",
         keyset: bool = True,
         offset_links: bool = True,
+        send_total: bool = True,
+        clone_credentials: str | None = None,
         **kw,
     ) -> None:
         super().__init__(**kw)
         self.web_host = web_host
         self.keyset = keyset
         self.offset_links = offset_links
+        self.send_total = send_total  # False: like gitlab.com past 10,000 projects
+        self.clone_credentials = clone_credentials
         self.groups: dict[str, _Owner] = {}
         self.projects: list[dict[str, Any]] = []
 
@@ -443,24 +503,29 @@ class GitLabApp(FakeApp):
             }
             project.update(extra)
             pwn = f"{g.name}/{path}"
+            creds = f"{self.clone_credentials}@" if self.clone_credentials else ""
             project.update(
                 path_with_namespace=pwn,
                 name_with_namespace=f"{g.name} / {project['name']}",
                 web_url=f"https://{self.web_host}/{pwn}",
-                http_url_to_repo=f"https://{self.web_host}/{pwn}.git",
+                http_url_to_repo=f"https://{creds}{self.web_host}/{pwn}.git",
                 ssh_url_to_repo=f"git@{self.web_host}:{pwn}.git",
             )
             g.repos.append(project)
             self.projects.append(project)
             return project
 
-    def authorized(self, req: RecordedRequest) -> bool:
-        return req.headers.get("private-token") == self.token
+    def credential(self, req: RecordedRequest) -> str | None:
+        return req.headers.get("private-token")
 
     def route(self, req: RecordedRequest, host: str) -> Reply:
         path = req.path.split("?", 1)[0]
         parts = path.strip("/").split("/")
-        if len(parts) != 5 or parts[:3] != ["api", "v4", "groups"] or parts[4] != "projects":
+        if parts == ["api", "v4", "user"]:
+            return self.whoami(req, "username")
+        if len(parts) not in (4, 5) or parts[:3] != ["api", "v4", "groups"]:
+            return Reply.json(404, {"error": "404 Not Found"})
+        if len(parts) == 5 and parts[4] != "projects":
             return Reply.json(404, {"error": "404 Not Found"})
         key = unquote(parts[3])
         group = self.groups.get(key.lower()) or next(
@@ -468,6 +533,8 @@ class GitLabApp(FakeApp):
         )
         if group is None:
             return Reply.json(404, {"message": "404 Group Not Found"})
+        if len(parts) == 4:
+            return Reply.json(200, {"id": group.id, "full_path": group.name, "name": group.name})
         q = req.query
         subgroups = q.get("include_subgroups", "false") == "true"
         projects = [
@@ -479,6 +546,8 @@ class GitLabApp(FakeApp):
                 and p["namespace"]["full_path"].lower().startswith(group.name.lower() + "/")
             )
         ]
+        if not self.authenticated(req):
+            projects = [p for p in projects if p["visibility"] == "public"]
         if q.get("archived") == "false":
             projects = [p for p in projects if not p["archived"]]
         elif q.get("archived") == "true":
@@ -498,23 +567,22 @@ class GitLabApp(FakeApp):
             rest = [p for p in projects if p["id"] > after]
             items = rest[:per_page]
             headers: dict[str, str] = {}
-            if len(rest) > per_page:
+            if len(rest) > per_page and not self.cut(before // per_page + 1):
                 nq = dict(q)
                 nq["id_after"] = str(items[-1]["id"])
                 headers["Link"] = _link({"next": f"{base}?{urlencode(nq)}"})
             return Reply.json(200, items, headers, page=before // per_page + 1)
         page = max(int(q.get("page", 1) or 1), 1)
         total = len(projects)
-        pages = max(1, -(-total // per_page))
         items = projects[(page - 1) * per_page : page * per_page]
-        headers = {
-            "x-page": str(page),
-            "x-per-page": str(per_page),
-            "x-total": str(total),
-            "x-total-pages": str(pages),
-            "x-next-page": str(page + 1) if page < pages else "",
-            "x-prev-page": str(page - 1) if page > 1 else "",
-        }
+        pages = max(1, -(-total // per_page))
+        headers = {"x-page": str(page), "x-per-page": str(per_page)}
+        if self.send_total:
+            headers.update({"x-total": str(total), "x-total-pages": str(pages)})
+        if self.cut(page):
+            pages = page
+        headers["x-next-page"] = str(page + 1) if page < pages else ""
+        headers["x-prev-page"] = str(page - 1) if page > 1 else ""
         if self.offset_links:
 
             def url(n: int) -> str:
@@ -557,12 +625,16 @@ class GiteaApp(FakeApp):
         self.clone_credentials = clone_credentials
         self.owners: dict[str, _Owner] = {}
 
-    def add_owner(self, name: str, n: int, kind: str = "org") -> list[dict[str, Any]]:
-        """Create an org or user with ``n`` generated repositories."""
+    def add_owner(
+        self, name: str, n: int, kind: str = "org", private_every: int = 0
+    ) -> list[dict[str, Any]]:
+        """Create an org or user with ``n`` generated repositories (every ``private_every``-th
+        one private)."""
         with self.lock:
             self.owners[name.lower()] = _Owner(name, kind, self.new_id())
             for i in range(n):
-                self.add_repo(name, f"repo-{i:04d}")
+                private = bool(private_every) and i % private_every == private_every - 1
+                self.add_repo(name, f"repo-{i:04d}", private=private)
             return self.owners[name.lower()].repos
 
     def add_repo(self, owner: str, name: str, **extra) -> dict[str, Any]:
@@ -581,6 +653,8 @@ class GiteaApp(FakeApp):
                 "archived": False,
                 "default_branch": "main",
                 "stars_count": 1,
+                "topics": ["go"],
+                "licenses": ["MIT"],
                 "size": 10,
                 "language": "Go",
                 "created_at": "2024-01-01T00:00:00+01:00",
@@ -609,17 +683,29 @@ class GiteaApp(FakeApp):
             o = self.owners[owner.lower()]
             self._set_name(o, next(r for r in o.repos if r["id"] == repo_id), new_name)
 
-    def authorized(self, req: RecordedRequest) -> bool:
-        return req.headers.get("authorization") == f"token {self.token}"
+    def credential(self, req: RecordedRequest) -> str | None:
+        value = req.headers.get("authorization") or ""
+        return value[len("token ") :] if value.startswith("token ") else None
 
     def route(self, req: RecordedRequest, host: str) -> Reply:
         path = req.path.split("?", 1)[0]
         parts = [unquote(p) for p in path.strip("/").split("/")]
-        if len(parts) != 5 or parts[:2] != ["api", "v1"] or parts[4] != "repos":
+        if parts == ["api", "v1", "user"]:
+            return self.whoami(req)
+        if (
+            len(parts) not in (4, 5)
+            or parts[:2] != ["api", "v1"]
+            or parts[2] not in ("orgs", "users")
+        ):
+            return Reply.json(404, {"message": "not found"})
+        if len(parts) == 5 and parts[4] != "repos":
             return Reply.json(404, {"message": "not found"})
         owner = self.owners.get(parts[3].lower())
         if owner is None or (parts[2] == "orgs" and owner.kind != "org"):
             return Reply.json(404, {"errors": None, "message": "GetOrgByName", "url": ""})
+        if len(parts) == 4:
+            name_field = "username" if owner.kind == "org" else "login"
+            return Reply.json(200, {"id": owner.id, name_field: owner.name})
         try:
             limit = int(req.query.get("limit", 0) or 0)
         except ValueError:
@@ -629,13 +715,19 @@ class GiteaApp(FakeApp):
         limit = min(limit, self.max_items)  # the silent clamp (MAX_RESPONSE_ITEMS)
         page = max(int(req.query.get("page", 1) or 1), 1)
         repos = owner.repos
+        if not self.authenticated(req):
+            repos = [r for r in repos if not r["private"]]
         items = repos[(page - 1) * limit : page * limit]
+        if self.cut_after_page is not None and page > self.cut_after_page:
+            items = []
         headers: dict[str, str] = {}
         if self.send_total:
             headers["X-Total-Count"] = str(len(repos))
         if self.send_link:
             root = (self.root_url or f"http://{host}").rstrip("/")
             last = max(1, -(-len(repos) // limit))
+            if self.cut(page):
+                last = page
 
             def url(n: int) -> str:
                 nq = dict(req.query)

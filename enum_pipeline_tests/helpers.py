@@ -10,8 +10,7 @@ from collections.abc import Iterable, Iterator
 import sqlalchemy as sa
 
 from enum_pipeline.sources.base import ProjectRecord, ScopeVerdict
-from enum_pipeline.store.lifecycle import InventoryStore
-from enum_pipeline.store.policy import CleanupPolicy
+from enum_pipeline.store import CleanupPolicy, InventoryStore
 
 SCOPE = "fs:/srv/src"
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from dagster import DagsterInstance, DagsterRunStatus, RunsFilter
 
-from enum_pipeline.store.lifecycle import InventoryStore
+from enum_pipeline.store import InventoryStore
 from enum_pipeline_tests.conftest import make_repo
 from enum_pipeline_tests.helpers import install_fault
 

@@ -23,12 +23,12 @@ import sqlalchemy as sa
 from sqlalchemy.engine import make_url
 
 from enum_pipeline.sources.base import ScopeVerdict
-from enum_pipeline.store import schema as t
-from enum_pipeline.store.lifecycle import (
+from enum_pipeline.store import (
     CleanupRefusedError,
     InventoryStore,
     RunActiveError,
 )
+from enum_pipeline.store import schema as t
 from enum_pipeline_tests.helpers import SCOPE, key, new_run_id, rec, run_once
 
 CTX = mp.get_context("spawn")

@@ -29,8 +29,8 @@ from enum_pipeline.defs.sensors import (
     mark_failed_enumeration_runs,
     reap_abandoned_runs,
 )
+from enum_pipeline.store import InventoryStore
 from enum_pipeline.store import schema as t
-from enum_pipeline.store.lifecycle import InventoryStore
 from enum_pipeline_tests.helpers import clear_faults, install_fault
 
 REPO_ROOT = Path(__file__).resolve().parents[1]

@@ -72,7 +72,7 @@ def test_normal_repo_record(tmp_path: Path) -> None:
     assert rec.source_kind == "filesystem" and rec.vcs == "git"
     assert rec.name == "proj" and rec.path == rec.location == str(repo)
     assert rec.location.startswith(str(root) + "/")
-    assert rec.default_branch == "main"
+    assert rec.current_branch == "main" and rec.default_branch is None
     assert rec.head_commit == git(repo, "rev-parse", "HEAD")
     assert rec.last_commit_at == _ct(repo)
     assert rec.remote_url == "git@github.com:acme/proj.git"
@@ -82,9 +82,15 @@ def test_normal_repo_record(tmp_path: Path) -> None:
     [verdict] = verdicts
     assert verdict.complete and verdict.seen == 1 and verdict.protected == ()
     assert verdict.scope_key == f"fs:{root}"
-    assert verdict.fingerprint["st_dev"] == os.stat(root).st_dev
-    assert verdict.fingerprint["root_realpath"] == os.path.realpath(root)
-    assert verdict.fingerprint["skipped_mounts"] == []
+    assert verdict.identity == {"real_path": os.path.realpath(root), "st_dev": os.stat(root).st_dev}
+    assert verdict.coverage == {
+        "skip_names": sorted(DEFAULT_SKIP_NAMES),
+        "max_depth": None,
+        "nested": True,
+        "one_file_system": True,
+        "follow_symlinks": False,
+    }
+    assert verdict.protected_reasons == {}
 
 
 def test_packed_refs_and_gc(tmp_path: Path) -> None:
@@ -106,11 +112,11 @@ def test_detached_and_unborn(tmp_path: Path) -> None:
     git(root, "init", "-q", "fresh")
     records, _ = _scan(root)
     d = records[str(det)]
-    assert d.attributes["detached"] and d.default_branch is None
+    assert d.attributes["detached"] and d.current_branch is None
     assert d.head_commit == git(det, "rev-parse", "HEAD")
     assert d.last_commit_at == _ct(det)
     u = records[str(root / "fresh")]
-    assert u.attributes["unborn"] and u.default_branch == "main"
+    assert u.attributes["unborn"] and u.current_branch == "main"
     assert u.head_commit is None and u.last_commit_at is None
     assert "error" not in u.attributes
 
@@ -122,7 +128,7 @@ def test_worktrees(tmp_path: Path) -> None:
     git(repo, "worktree", "add", "-q", "-b", "inner", str(repo / "inner-wt"))
     records, _ = _scan(root)
     side = records[str(root / "side-wt")]
-    assert side.attributes["worktree"] and side.default_branch == "side"
+    assert side.attributes["worktree"] and side.current_branch == "side"
     assert side.head_commit == git(repo, "rev-parse", "side")
     assert side.last_commit_at == _ct(repo)
     assert "nested_in" not in side.attributes
@@ -234,7 +240,7 @@ def test_other_vcs_markers(tmp_path: Path) -> None:
     assert {r.vcs for r in records.values()} == {"hg", "svn", "fossil", "jj"}
     assert records[str(root / "hgp")].remote_url == "https://***@hg.example/r"
     assert records[str(root / "hgp")].normalized_remote == "hg.example/r"
-    assert records[str(root / "hgp")].default_branch == "stable"
+    assert records[str(root / "hgp")].current_branch == "stable"
     assert str(root / "svnp" / "sub") not in records
     assert records[str(root / "svnp" / "ext")].attributes["nested_in"] == (
         records[str(root / "svnp")].project_key
@@ -283,9 +289,16 @@ def test_symlinks_not_followed_by_default(tmp_path: Path) -> None:
     root.mkdir()
     (root / "link").symlink_to(outside.parent, target_is_directory=True)
     (root / "dangling").symlink_to(tmp_path / "nowhere")
+    (outside.parent / "file.txt").write_text("x")
+    (root / "file-link").symlink_to(outside.parent / "file.txt")
     records, verdicts = _scan(root)
     assert records == {} and verdicts[0].complete
+    # the symlinked folder was not entered: what is below it is protected (the dangling one
+    # and a symlinked file lead to no folder and are not)
+    assert verdicts[0].protected == (str(root / "link"),)
+    assert verdicts[0].protected_reasons == {str(root / "link"): "symlink not followed"}
     records, verdicts = _scan(root, follow_symlinks=True)
+    assert verdicts[0].protected == ()
     rec = records[str(root / "link" / "proj")]
     assert rec.project_key == f"fs:{os.path.realpath(outside)}"
     assert rec.location.startswith(str(root) + "/")
@@ -310,7 +323,7 @@ def test_root_itself_may_be_a_symlink_and_a_project(tmp_path: Path) -> None:
     assert src.scope_keys() == [f"fs:{link}"]
     records, verdicts = _scan(link)
     assert records[str(link)].project_key == f"fs:{real}"
-    assert verdicts[0].fingerprint["root_realpath"] == str(real)
+    assert verdicts[0].identity["real_path"] == str(real)
 
 
 def test_scope_keys_are_absolute_and_normalised(tmp_path: Path, monkeypatch) -> None:
@@ -363,6 +376,7 @@ def test_unreadable_subfolder_is_protected(tmp_path: Path, monkeypatch) -> None:
     assert set(records) == {str(root / "a" / "p1"), str(root / "z" / "p3")}
     assert verdict.complete and verdict.seen == 2
     assert verdict.protected == (str(root / "locked"),)
+    assert verdict.protected_reasons == {str(root / "locked"): "unreadable: Permission denied"}
     assert str(root / "locked") in (verdict.reason or "")
 
 
@@ -380,6 +394,7 @@ def test_other_oserror_in_subfolder_is_protected(tmp_path: Path, monkeypatch) ->
     monkeypatch.setattr(filesystem.os, "scandir", scandir)
     records, [verdict] = _scan(root)
     assert verdict.complete and verdict.protected == (str(root / "flaky"),)
+    assert verdict.protected_reasons[str(root / "flaky")] == "unreadable: Input/output error"
     assert str(root / "p") in records
 
 
@@ -414,6 +429,7 @@ def test_unreadable_subfolder_real_permissions_as_nobody() -> None:
                     "records": [i.location for i in items if isinstance(i, ProjectRecord)],
                     "complete": items[-1].complete,
                     "protected": list(items[-1].protected),
+                    "reasons": items[-1].protected_reasons,
                 }
                 os.write(wfd, json.dumps(out).encode())
                 code = 0
@@ -428,6 +444,7 @@ def test_unreadable_subfolder_real_permissions_as_nobody() -> None:
         assert out["records"] == [str(root / "ok")]
         assert out["complete"] is True
         assert out["protected"] == [str(locked)]
+        assert out["reasons"] == {str(locked): "unreadable: Permission denied"}
     finally:
         (base / "root" / "locked").chmod(0o755)
         shutil.rmtree(base)
@@ -489,7 +506,8 @@ def test_foreign_mount_points_are_skipped(tmp_path: Path, monkeypatch) -> None:
     monkeypatch.setattr(filesystem.os, "stat", fake_stat)
     records, [verdict] = _scan(root)
     assert set(records) == {str(root / "local")}
-    assert verdict.complete and verdict.fingerprint["skipped_mounts"] == [mnt]
+    assert verdict.complete and verdict.protected == (mnt,)
+    assert verdict.protected_reasons == {mnt: "foreign mount"}
     assert len(_scan(root, one_file_system=False)[0]) == 2
 
 
@@ -510,7 +528,7 @@ def test_foreign_mounts_without_mountinfo(tmp_path: Path, monkeypatch) -> None:
     monkeypatch.setattr(filesystem.os, "lstat", fake_lstat)
     records, [verdict] = _scan(root)
     assert set(records) == {str(root / "local")}
-    assert verdict.fingerprint["skipped_mounts"] == [mnt]
+    assert verdict.protected == (mnt,) and verdict.protected_reasons == {mnt: "foreign mount"}
 
 
 def _mount(*args: str) -> bool:
@@ -534,8 +552,12 @@ def test_real_tmpfs_mount_is_not_crossed(tmp_path: Path) -> None:
         _fake_repo(mnt / "remote")
         records, [verdict] = _scan(root)
         assert set(records) == {str(root / "local")}
-        assert verdict.complete and verdict.fingerprint["skipped_mounts"] == [str(mnt)]
-        assert len(_scan(root, one_file_system=False)[0]) == 2
+        assert verdict.complete and verdict.protected == (str(mnt),)
+        assert verdict.protected_reasons == {str(mnt): "foreign mount"}
+        assert "foreign mount" in (verdict.reason or "")
+        records, [verdict] = _scan(root, one_file_system=False)
+        assert len(records) == 2 and verdict.protected == ()
+        assert verdict.coverage["one_file_system"] is False
     finally:
         _umount(mnt)
 
@@ -551,9 +573,40 @@ def test_real_bind_mount_loop_terminates(tmp_path: Path) -> None:
         for ofs in (True, False):
             records, [verdict] = _scan(root, one_file_system=ofs)
             assert list(records) == [str(root / "p")]
-            assert verdict.complete and verdict.fingerprint["skipped_mounts"] == [str(loop)]
+            assert verdict.complete and verdict.protected == (str(loop),)
+            assert verdict.protected_reasons[str(loop)].startswith("bind mount loop")
     finally:
         _umount(loop)
+
+
+def test_every_subtree_not_entered_is_protected_with_its_reason(tmp_path: Path) -> None:
+    """A real tree holding a tmpfs mount, a sub-folder replaced by a symlink to a folder holding
+    projects, and a skipped name: the verdict lists the mount and the symlink as protected, each
+    with its reason; the skipped name is in the coverage, not protected."""
+    root = tmp_path / "root"
+    _fake_repo(root / "local")
+    elsewhere = tmp_path / "elsewhere"
+    _fake_repo(elsewhere / "moved")
+    (root / "team").symlink_to(elsewhere, target_is_directory=True)
+    _fake_repo(root / "vendor" / "lib")
+    mnt = root / "mnt"
+    mnt.mkdir()
+    if not _mount("-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mnt)):
+        pytest.skip("cannot mount tmpfs here (needs root)")
+    try:
+        _fake_repo(mnt / "remote")
+        records, [verdict] = _scan(root, skip_names=["vendor"])
+        assert set(records) == {str(root / "local")}
+        assert verdict.complete
+        assert sorted(verdict.protected) == sorted([str(mnt), str(root / "team")])
+        assert verdict.protected_reasons == {
+            str(mnt): "foreign mount",
+            str(root / "team"): "symlink not followed",
+        }
+        assert verdict.coverage["skip_names"] == ["vendor"]
+        assert "2 location(s) not entered are protected" in (verdict.reason or "")
+    finally:
+        _umount(mnt)
 
 
 def test_mountinfo_parsing_reads_this_system() -> None:

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import logging
+from datetime import UTC, datetime
 
-import httpx
 import pytest
 
+from enum_pipeline.sources.fields import FILLED_COLUMNS, PRODUCT_COLUMNS
 from enum_pipeline.sources.gitea import GiteaSource
 from enum_pipeline_tests.fake_codehosts import FakeCodeHost, FakeSleep, GiteaApp, scan
 
@@ -35,7 +35,7 @@ def gitea(token_env):
 
 
 def pages_requested(app) -> list[str]:
-    return [r.query.get("page") for r in app.requests]
+    return [r.query.get("page") for r in app.listing_requests()]
 
 
 def test_full_listing(gitea):
@@ -45,9 +45,10 @@ def test_full_listing(gitea):
     records, [verdict] = scan(source)
     assert verdict.complete and verdict.seen == 250 and len(records) == 250
     assert pages_requested(app) == ["1", "2", "3", "4", "5"]
-    assert all(r.query["limit"] == "50" for r in app.requests)
-    assert all(r.path.startswith("/api/v1/orgs/Org/repos") for r in app.requests)
-    assert all(r.headers.get("authorization") == f"token {TOKEN}" for r in app.requests)
+    assert all(r.query["limit"] == "50" for r in app.listing_requests())
+    assert all(r.path.startswith("/api/v1/orgs/Org/repos") for r in app.listing_requests())
+    assert [r.path for r in app.requests[:2]] == ["/api/v1/user", "/api/v1/orgs/Org"]
+    assert verdict.identity["owner_id"] == app.owners["org"].id
 
     repo = app.owners["org"].repos[0]
     rec = records[0]
@@ -55,7 +56,37 @@ def test_full_listing(gitea):
     assert rec.source_kind == "gitea" and rec.vcs == "git"
     assert rec.name == "repo-0000" and rec.location == "Org/repo-0000"
     assert rec.normalized_remote == "gitea.example.com/Org/repo-0000"
-    assert rec.attributes["visibility"] == "public" and rec.attributes["full_name"] == rec.location
+    assert rec.visibility == "public" and rec.attributes["full_name"] == rec.location
+
+
+def test_product_columns(token_env):
+    """Every column FILLED_COLUMNS promises for Gitea, from the repository object."""
+    app = GiteaApp(token=TOKEN)
+    app.add_owner("Org", 0)
+    app.add_repo(
+        "Org",
+        "lib",
+        archived=True,
+        fork=True,
+        internal=True,
+        description="a library",
+        topics=["infra"],
+        licenses=["MIT"],
+        stars_count=3,
+    )
+    app.add_repo("Org", "plain", description="", licenses=[])
+    with FakeCodeHost(app) as host:
+        (lib, plain), [verdict] = scan(make(host))
+    assert verdict.complete
+    assert lib.archived is True and lib.fork is True and lib.visibility == "internal"
+    assert lib.description == "a library" and lib.topics == ("infra",) and lib.license == "MIT"
+    assert lib.stars == 3 and lib.language == "Go" and lib.default_branch == "main"
+    assert lib.created_at == datetime(2023, 12, 31, 23, tzinfo=UTC)
+    assert lib.last_activity_at == datetime(2024, 1, 1, 23, tzinfo=UTC)  # updated_at
+    assert plain.license is None and plain.description is None and plain.visibility == "public"
+    filled = FILLED_COLUMNS["gitea"]
+    for column in PRODUCT_COLUMNS:
+        assert (getattr(lib, column) is not None) == (column in filled), column
 
 
 def test_server_clamps_limit(token_env):
@@ -65,17 +96,19 @@ def test_server_clamps_limit(token_env):
     with FakeCodeHost(app) as host:
         records, [verdict] = scan(make(host))
     assert verdict.complete and len(records) == 250
-    assert verdict.fingerprint["page_size"] == 30
-    assert all(r.query["limit"] == "50" for r in app.requests)
+    assert all(r.query["limit"] == "50" for r in app.listing_requests())
     assert pages_requested(app) == [str(n) for n in range(1, 10)]  # 9 * 30 >= 250
 
 
-def test_clamped_without_link_or_total_reads_until_empty_page(token_env):
+def test_without_link_or_total_reads_until_empty_page_but_is_incomplete(token_env):
+    """Every repository is read, but with no X-Total-Count the end is known only from an empty
+    page: nothing to check the listing against, so the scope is incomplete."""
     app = GiteaApp(max_items=30, send_link=False, send_total=False)
     app.add_owner("Org", 250)
     with FakeCodeHost(app) as host:
         records, [verdict] = scan(make(host))
-    assert verdict.complete and len(records) == 250
+    assert len(records) == 250 and not verdict.complete
+    assert "no X-Total-Count" in verdict.reason
     assert pages_requested(app) == [str(n) for n in range(1, 11)]  # the 10th is empty
 
 
@@ -84,7 +117,7 @@ def test_clamped_without_link_stops_at_total(token_env):
     app.add_owner("Org", 240)
     with FakeCodeHost(app) as host:
         records, [verdict] = scan(make(host))
-    assert verdict.complete and len(records) == 240 and len(app.requests) == 8
+    assert verdict.complete and len(records) == 240 and len(app.listing_requests()) == 8
 
 
 def test_link_from_another_root_url_is_only_a_hint(token_env):
@@ -92,7 +125,7 @@ def test_link_from_another_root_url_is_only_a_hint(token_env):
     app.add_owner("Org", 120)
     with FakeCodeHost(app) as host:
         records, [verdict] = scan(make(host))
-    assert verdict.complete and len(records) == 120 and len(app.requests) == 3
+    assert verdict.complete and len(records) == 120 and len(app.listing_requests()) == 3
 
 
 def test_users_vs_orgs(token_env):
@@ -101,10 +134,10 @@ def test_users_vs_orgs(token_env):
     with FakeCodeHost(app) as host:
         records, [verdict] = scan(make(host, "bob", owner_type="user"))
         assert verdict.complete and len(records) == 4
-        assert app.requests[0].path.startswith("/api/v1/users/bob/repos")
+        assert app.listing_requests()[0].path.startswith("/api/v1/users/bob/repos")
         records, [verdict] = scan(make(host, "bob"))
     assert records == [] and not verdict.complete
-    assert "org 'bob' not found" in verdict.reason and "/api/v1/orgs/bob/repos" in verdict.reason
+    assert "org 'bob' not found" in verdict.reason and "/api/v1/orgs/bob " in verdict.reason
 
 
 def test_empty_org_is_complete(token_env):
@@ -113,51 +146,6 @@ def test_empty_org_is_complete(token_env):
     with FakeCodeHost(app) as host:
         records, [verdict] = scan(make(host))
     assert records == [] and verdict.complete and verdict.seen == 0
-
-
-def test_transient_502_is_retried(gitea):
-    app, host = gitea
-    app.fail_page(2, status=502, times=3)
-    sleep = FakeSleep()
-    records, [verdict] = scan(make(host, sleep=sleep))
-    assert verdict.complete and len(records) == 250 and len(sleep.calls) == 3
-
-
-def test_502_forever_on_page_2_is_incomplete(gitea):
-    app, host = gitea
-    app.fail_page(2, status=502, times=None)
-    records, [verdict] = scan(make(host, max_retries=2))
-    assert len(records) == 50 and verdict.seen == 50 and not verdict.complete
-    assert "page=2" in verdict.reason and "502" in verdict.reason
-
-
-def test_429_retry_after_is_honoured(gitea):
-    app, host = gitea
-    app.rate_limit_page(4, status=429, retry_after=9)
-    sleep = FakeSleep()
-    records, [verdict] = scan(make(host, sleep=sleep))
-    assert verdict.complete and sleep.calls == [pytest.approx(9.0)]
-
-
-def test_truncated_json(gitea):
-    app, host = gitea
-    app.truncate_page(2, times=2)
-    records, [verdict] = scan(make(host))
-    assert verdict.complete and len(records) == 250
-
-    app.truncate_page(5, times=None)
-    records, [verdict] = scan(make(host, max_retries=1))
-    assert len(records) == 200 and not verdict.complete
-    assert "truncated JSON" in verdict.reason and "page=5" in verdict.reason
-
-
-def test_slow_answer_times_out_and_is_retried(gitea):
-    app, host = gitea
-    app.slow_page(2, delay=1.0, times=1)
-    sleep = FakeSleep()
-    with httpx.Client(timeout=0.2) as client:
-        records, [verdict] = scan(make(host, sleep=sleep, client=client))
-    assert verdict.complete and len(records) == 250 and len(sleep.calls) == 1
 
 
 def test_total_mismatch_is_incomplete(token_env):
@@ -203,39 +191,3 @@ def test_server_ignoring_page_parameter_is_incomplete(token_env):
         records, [verdict] = scan(make(host))
     assert len(records) == 50 and not verdict.complete
     assert "page parameter" in verdict.reason
-
-
-def test_rename_keeps_project_key(gitea):
-    app, host = gitea
-    source = make(host)
-    before, _ = scan(source)
-    repo = app.owners["org"].repos[123]
-    app.rename("Org", repo["id"], "new-name")
-    after, [verdict] = scan(source)
-    assert verdict.complete
-    assert {r.project_key for r in before} == {r.project_key for r in after}
-    renamed = next(r for r in after if r.attributes["id"] == repo["id"])
-    assert renamed.name == "new-name" and renamed.location == "Org/new-name"
-
-
-def test_token_sent_and_never_leaked(token_env, caplog):
-    app = GiteaApp(token=TOKEN, clone_credentials="oauth2:s3cr3t-not-real")
-    app.add_owner("Org", 80)
-    app.fail_page(2, status=504, times=None)
-    with FakeCodeHost(app) as host, caplog.at_level(logging.DEBUG):
-        records, [verdict] = scan(make(host, max_retries=1))
-    assert len(records) == 50 and not verdict.complete
-    text = repr(records) + repr(verdict) + caplog.text
-    assert TOKEN not in text and "s3cr3t" not in text
-    assert records[0].remote_url == "https://***@gitea.example.com/Org/repo-0000.git"
-
-
-def test_missing_token_env_warns(monkeypatch, caplog):
-    monkeypatch.delenv("ENUM_TEST_GITEA_MISSING", raising=False)
-    app = GiteaApp()
-    app.add_owner("Org", 2)
-    with FakeCodeHost(app) as host, caplog.at_level(logging.WARNING):
-        records, [verdict] = scan(make(host, token_env="ENUM_TEST_GITEA_MISSING"))
-    assert verdict.complete and len(records) == 2
-    assert "authorization" not in app.requests[0].headers
-    assert "ENUM_TEST_GITEA_MISSING" in caplog.text

@@ -33,8 +33,8 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
+from enum_pipeline.store import InventoryStore
 from enum_pipeline.store import schema as t
-from enum_pipeline.store.lifecycle import InventoryStore
 from enum_pipeline_tests.conftest import make_repo
 
 pytestmark = pytest.mark.slow

@@ -12,6 +12,7 @@ import multiprocessing as mp
 import os
 import subprocess
 import sys
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -23,6 +24,7 @@ from alembic.script import ScriptDirectory
 from sqlalchemy.engine import Engine, make_url
 
 from enum_pipeline.sources.base import ScopeVerdict
+from enum_pipeline.store import CleanupPolicy, InventoryStore
 from enum_pipeline.store import schema as t
 from enum_pipeline.store.engine import (
     _alembic_config,
@@ -31,8 +33,6 @@ from enum_pipeline.store.engine import (
     head_revision,
     upgrade_schema,
 )
-from enum_pipeline.store.lifecycle import InventoryStore
-from enum_pipeline.store.policy import CleanupPolicy
 from enum_pipeline_tests.conftest import pg_schema_url
 from enum_pipeline_tests.helpers import SCOPE, fail_on_sql, key, new_run_id, rec, run_once
 
@@ -307,4 +307,146 @@ def test_migrated_schema_matches_schema_py(db_url):
     assert "status" in str(where) and "active" in str(where)
     for table, name in (("run_state", "ck_run_state_status"), ("cleanups", "ck_cleanups_status")):
         assert name in {c["name"] for c in inspector.get_check_constraints(table)}
+    store.dispose()
+
+
+# --------------------------------------------------------------------------- 0003 moves values
+
+
+def _old_row(key_: str, kind: str, attributes: dict, **values) -> dict:
+    return {
+        "project_key": key_,
+        "scope_key": f"{kind}:scope",
+        "source_kind": kind,
+        "name": key_,
+        "location": key_,
+        "vcs": "git",
+        "markers": [],
+        "attributes": attributes,
+        "content_hash": "h",
+        "default_branch": "main",
+        "last_commit_at": None,
+        **values,
+    }
+
+
+def test_0003_moves_attribute_values_into_columns(db_url):
+    """A 0002 database holding GitHub, GitLab, Gitea and checkout rows (in projects and in
+    staging) is upgraded: the values move out of ``attributes`` into their columns, a
+    checkout's branch becomes ``current_branch``, and the store runs on from it."""
+    engine = create_inventory_engine(db_url)
+    upgrade_schema(engine, "0002")
+    when = datetime(2025, 5, 6, 7, 8, 9, tzinfo=UTC)
+    rows = [
+        _old_row(
+            "github:h:1",
+            "github",
+            {
+                "id": 1,
+                "archived": True,
+                "fork": False,
+                "visibility": "private",
+                "topics": ["a", "b"],
+                "language": "Python",
+                "description": "d",
+                "pushed_at": "2025-01-02T03:04:05Z",
+                "updated_at": "2025-01-01T00:00:00Z",
+            },
+        ),
+        _old_row(
+            "gitlab:h:2",
+            "gitlab",
+            {
+                "id": 2,
+                "archived": False,
+                "fork": True,
+                "visibility": "internal",
+                "topics": [],
+                "star_count": 4,
+                "created_at": "2024-02-03T04:05:06.789Z",
+                "last_activity_at": "2025-02-03T04:05:06Z",
+                "description": None,
+                "forks_count": 1,
+            },
+        ),
+        _old_row(
+            "gitea:h:3",
+            "gitea",
+            {
+                "id": 3,
+                "archived": False,
+                "fork": False,
+                "visibility": "public",
+                "language": "Go",
+                "stars_count": 2,
+                "created_at": "2024-01-01T00:00:00+01:00",
+                "updated_at": "2024-01-02T00:00:00+01:00",
+                "description": "",
+                "mirror": False,
+            },
+        ),
+        _old_row(
+            "fs:/src/app",
+            "filesystem",
+            {"bare": False},
+            default_branch="feature",
+            last_commit_at=when,
+        ),
+        _old_row("fs:/src/b.git", "filesystem", {"bare": True}, default_branch="trunk"),
+    ]
+    old_cols = [
+        "project_key", "scope_key", "source_kind", "name", "location", "vcs", "markers",
+        "attributes", "content_hash", "default_branch", "last_commit_at",
+    ]  # fmt: skip
+    stamp = datetime(2026, 1, 1, tzinfo=UTC)
+    with engine.begin() as conn:
+        for table, extra in (
+            (t.projects, {"run_id": "r1", "first_seen_at": stamp, "last_seen_at": stamp,
+                          "changed_at": stamp}),
+            (t.staged_projects, {"run_id": "r1"}),
+        ):  # fmt: skip
+            cols = [table.c[c] for c in old_cols + list(extra)]
+            old = sa.table(table.name, *[sa.column(c.name, c.type) for c in cols])
+            conn.execute(sa.insert(old), [{**{c: r[c] for c in old_cols}, **extra} for r in rows])
+    upgrade_schema(engine, "0003")
+    for table in (t.projects, t.staged_projects):
+        with engine.connect() as conn:
+            got = {r.project_key: r for r in conn.execute(sa.select(table)).mappings()}
+        gh, gl, ge = got["github:h:1"], got["gitlab:h:2"], got["gitea:h:3"]
+        assert (gh.archived, gh.fork, gh.visibility, gh.language) == (
+            True,
+            False,
+            "private",
+            "Python",
+        )
+        assert gh.topics == ["a", "b"] and gh.description == "d"
+        assert gh.last_activity_at == datetime(2025, 1, 2, 3, 4, 5, tzinfo=UTC)
+        assert gh.attributes == {
+            "id": 1,
+            "pushed_at": "2025-01-02T03:04:05Z",
+            "updated_at": "2025-01-01T00:00:00Z",
+        }
+        assert (gl.archived, gl.fork, gl.visibility, gl.stars) == (False, True, "internal", 4)
+        assert gl.topics == [] and gl.description is None
+        assert gl.created_at == datetime(2024, 2, 3, 4, 5, 6, 789000, tzinfo=UTC)
+        assert gl.last_activity_at == datetime(2025, 2, 3, 4, 5, 6, tzinfo=UTC)
+        assert gl.attributes == {"id": 2, "forks_count": 1}
+        assert (ge.stars, ge.language, ge.description) == (2, "Go", None)
+        assert ge.created_at == datetime(2023, 12, 31, 23, tzinfo=UTC)
+        assert ge.last_activity_at == datetime(2024, 1, 1, 23, tzinfo=UTC)
+        assert ge.attributes == {
+            "id": 3,
+            "mirror": False,
+            "updated_at": "2024-01-02T00:00:00+01:00",
+        }
+        app, bare = got["fs:/src/app"], got["fs:/src/b.git"]
+        assert (app.current_branch, app.default_branch) == ("feature", None)
+        assert app.last_activity_at == when
+        assert (bare.current_branch, bare.default_branch) == (None, "trunk")
+        for row in (app, bare):  # unknown until the next scan reads it
+            assert row.remotes is None and row.in_sync is None and row.license is None
+    engine.dispose()
+    store = InventoryStore(db_url)
+    run_once(store, {SCOPE: ["a"]})
+    assert key("a") in store.project_keys() and "github:h:1" in store.project_keys()
     store.dispose()

@@ -45,8 +45,8 @@ from hypothesis.stateful import (
 )
 
 from enum_pipeline.sources.base import ScopeVerdict
-from enum_pipeline.store import schema as t
-from enum_pipeline.store.lifecycle import (
+from enum_pipeline.store import (
+    CleanupPolicy,
     CleanupRefusedError,
     FlushVerificationError,
     InventoryStore,
@@ -54,7 +54,7 @@ from enum_pipeline.store.lifecycle import (
     StoreError,
     utcnow,
 )
-from enum_pipeline.store.policy import CleanupPolicy
+from enum_pipeline.store import schema as t
 from enum_pipeline_tests.helpers import (
     SCOPE,
     clear_faults,
@@ -120,7 +120,7 @@ def _run_id() -> str:
 
 
 def _under(location: str, prefix: str) -> bool:
-    """Python twin of ``lifecycle._under``."""
+    """Python twin of ``store.cleanup._under``."""
     return location == prefix or location[: len(prefix) + 1] == prefix.rstrip("/") + "/"
 
 
@@ -962,7 +962,7 @@ class InventoryMachine(RuleBasedStateMachine):
                 seen=len(seen),
                 reason=None if complete else f"injected: {kind} read",
                 protected=(f"{_root(scope)}/locked",) if kind == "protected" else (),
-                fingerprint={"st_dev": m.device[scope]},
+                identity={"st_dev": m.device[scope]},
             )
             event = self._point(data, "end_scope")
             if event[0] == "abandon":
@@ -971,7 +971,7 @@ class InventoryMachine(RuleBasedStateMachine):
                 "end_scope", lambda v=verdict: self.store.end_scope(run.run_id, v), event
             )
             if outcome != "rolled_back":
-                run.verdicts[scope] = (complete, verdict.protected, verdict.fingerprint["st_dev"])
+                run.verdicts[scope] = (complete, verdict.protected, verdict.identity["st_dev"])
             self._check()
             if outcome != "ok":
                 self._fail_path(run, f"end_scope {outcome}", data)

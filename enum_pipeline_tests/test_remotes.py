@@ -29,6 +29,15 @@ SECRET_URLS = [
         "FAKE1",
         "https://host/o/r.git?private_token=***&ref=main",
     ),
+    # remote helpers: "<transport>::<address>"
+    ("hg::https://user:hgsekret@hg.example/r", "hgsekret", "hg::https://***@hg.example/r"),
+    (
+        "persistent-https::https://FAKETOK2@host/o/r",
+        "FAKETOK2",
+        "persistent-https::https://***@host/o/r",
+    ),
+    ("git+ssh://user:sshsekret@host/o/r.git", "sshsekret", "git+ssh://***@host/o/r.git"),
+    ("ssh+git://user:sshsekret@host/o/r.git", "sshsekret", "ssh+git://***@host/o/r.git"),
 ]
 
 
@@ -112,3 +121,16 @@ def test_https_and_ssh_forms_agree() -> None:
 )
 def test_normalize_remote_rejects_local_and_empty(url: str) -> None:
     assert normalize_remote(url) is None
+
+
+@pytest.mark.parametrize(
+    ("url", "expected"),
+    [
+        ("hg::https://user:hgsekret@hg.example/team/r", "hg.example/team/r"),
+        ("hg::ssh://hg@hg.example/r", "hg.example/r"),
+        ("git+ssh://user:sshsekret@host/o/r.git", "host/o/r"),
+    ],
+)
+def test_normalize_remote_helper_addresses(url: str, expected: str) -> None:
+    assert normalize_remote(url) == expected
+    assert "sekret" not in (normalize_remote(url) or "")

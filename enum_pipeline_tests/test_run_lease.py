@@ -18,8 +18,8 @@ import pytest
 import sqlalchemy as sa
 
 from enum_pipeline.sources.base import ScopeVerdict
+from enum_pipeline.store import InventoryStore, RunActiveError, RunNotActiveError
 from enum_pipeline.store import schema as t
-from enum_pipeline.store.lifecycle import InventoryStore, RunActiveError, RunNotActiveError
 from enum_pipeline_tests.conftest import pg_schema_url
 from enum_pipeline_tests.helpers import (
     SCOPE,

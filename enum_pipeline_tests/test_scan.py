@@ -8,7 +8,7 @@ import pytest
 
 from enum_pipeline.scan import stage_sources
 from enum_pipeline.sources.base import ScopeVerdict
-from enum_pipeline.store.policy import CleanupPolicy
+from enum_pipeline.store import CleanupPolicy
 from enum_pipeline_tests.helpers import fail_on_sql, key, new_run_id, rec, run_once
 
 A, B = "fs:/srv/a", "fs:/srv/b"

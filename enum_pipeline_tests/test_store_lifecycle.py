@@ -8,8 +8,8 @@ import pytest
 import sqlalchemy as sa
 
 from enum_pipeline.sources.base import ScopeVerdict
-from enum_pipeline.store import schema as t
-from enum_pipeline.store.lifecycle import (
+from enum_pipeline.store import (
+    CleanupPolicy,
     CleanupRefusedError,
     FlushVerificationError,
     InventoryStore,
@@ -18,7 +18,7 @@ from enum_pipeline.store.lifecycle import (
     StoreError,
     utcnow,
 )
-from enum_pipeline.store.policy import CleanupPolicy
+from enum_pipeline.store import schema as t
 from enum_pipeline_tests.helpers import SCOPE, fail_on_sql, key, new_run_id, rec, run_once
 
 OTHER = "fs:/srv/other"
@@ -384,14 +384,14 @@ def test_scope_on_a_different_filesystem_is_not_cleaned(store):
     run_id = new_run_id()
     store.begin(run_id)
     store.stage(run_id, [rec("a"), rec("b")])
-    store.end_scope(run_id, ScopeVerdict(SCOPE, "filesystem", True, 2, fingerprint={"st_dev": 1}))
+    store.end_scope(run_id, ScopeVerdict(SCOPE, "filesystem", True, 2, identity={"st_dev": 1}))
     store.flush(run_id)
     store.verify_and_confirm(run_id)
     store.complete(run_id)
     second = new_run_id()
     store.begin(second)
     store.stage(second, [rec("a")])
-    store.end_scope(second, ScopeVerdict(SCOPE, "filesystem", True, 1, fingerprint={"st_dev": 2}))
+    store.end_scope(second, ScopeVerdict(SCOPE, "filesystem", True, 1, identity={"st_dev": 2}))
     store.flush(second)
     store.verify_and_confirm(second)
     store.complete(second)

@@ -18,12 +18,15 @@ from dagster import (
 from pydantic import Field
 
 from enum_pipeline.defs import tables
+from enum_pipeline.defs.catalog import catalog, database_kind, freshness, source_kinds
 from enum_pipeline.defs.resources import InventoryResource
 from enum_pipeline.scan import ScanSummary, stage_sources
-from enum_pipeline.store.lifecycle import FlushVerificationError
+from enum_pipeline.store import FlushVerificationError
 
 GROUP = "inventory"
 PREVIEW_ROWS = 20
+DB_KINDS = {database_kind()}
+CATALOG = {"owners": catalog().owners, "tags": catalog().tags}
 
 
 class ScanConfig(Config):
@@ -59,7 +62,7 @@ def refuse_partial_enumeration(context) -> None:
         )
 
 
-@asset(group_name=GROUP, kinds={"python"}, pool="enum_pipeline/inventory")
+@asset(group_name=GROUP, kinds=source_kinds(), pool="enum_pipeline/inventory", **CATALOG)
 def scanned_projects(
     context: AssetExecutionContext, config: ScanConfig, inventory: InventoryResource
 ) -> Output[dict]:
@@ -189,7 +192,7 @@ def verify_flush(context: OpExecutionContext, inventory: InventoryResource, flus
                 "added_and_changed",
                 tables.change_rows(delta),
                 tables.CHANGE_SCHEMA,
-                f"enum-pipeline changes {run_id}",
+                f"enum-pipeline diff {run_id}",
             ),
             "scopes": scope_summary(store),
             "preview": MetadataValue.md(_preview_table(preview)),
@@ -206,13 +209,20 @@ def _preview_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-@graph_asset(group_name=GROUP, kinds={"sql"})
+@graph_asset(group_name=GROUP, kinds=DB_KINDS, **CATALOG)
 def projects(scanned_projects: dict) -> dict:
     """The inventory table: the run's flush (``upsert_projects`` → ``verify_flush``)."""
     return verify_flush(upsert_projects(scanned_projects))
 
 
-@asset(group_name=GROUP, kinds={"sql"}, pool="enum_pipeline/inventory")
+# fresh when a run has completed since the schedule's last tick (run_state materializes then)
+@asset(
+    group_name=GROUP,
+    kinds=DB_KINDS,
+    freshness_policy=freshness(),
+    pool="enum_pipeline/inventory",
+    **CATALOG,
+)
 def run_state(
     context: AssetExecutionContext, inventory: InventoryResource, projects: dict
 ) -> Output[dict]:
@@ -304,7 +314,7 @@ def resolve_cleanup_run(context, store, given: str | None, *, approve: bool) -> 
 def cleanup_policy(inventory: InventoryResource, config_path: str | None):
     """The configured cleanup policy, or the safe defaults when no configuration is readable."""
     from enum_pipeline.config import ConfigError
-    from enum_pipeline.store.policy import CleanupPolicy
+    from enum_pipeline.store import CleanupPolicy
 
     try:
         return inventory.pipeline_config(config_path).cleanup
@@ -340,9 +350,10 @@ def cleanup_entries(store, run_id: str, result, policy) -> list:
 
 @asset(
     group_name=GROUP,
-    kinds={"sql"},
+    kinds=DB_KINDS,
     deps=[AssetKey("projects")],
     pool="enum_pipeline/cleanup",
+    **CATALOG,
 )
 def stale_projects_cleanup(
     context: AssetExecutionContext, config: CleanupConfig, inventory: InventoryResource

@@ -7,8 +7,8 @@ from dagster import ConfigurableResource
 from pydantic import Field
 
 from enum_pipeline.config import PipelineConfig, load_config
+from enum_pipeline.store import InventoryStore
 from enum_pipeline.store.engine import default_database_url, redact_database_url
-from enum_pipeline.store.lifecycle import InventoryStore
 
 _stores: dict[tuple[str, float], InventoryStore] = {}
 

@@ -16,7 +16,7 @@ from dagster import (
 
 from enum_pipeline.defs.jobs import cleanup_projects, enumerate_projects
 from enum_pipeline.defs.resources import InventoryResource
-from enum_pipeline.store.lifecycle import UnknownRunError
+from enum_pipeline.store import UnknownRunError
 
 
 def enumeration_run_of(record) -> str | None:

@@ -18,6 +18,11 @@ class ProjectRecord:
     ``scope_key`` names the scope that yielded it (a root folder, an organisation) and
     ``location`` is its place inside that scope (a path, a ``group/subgroup/name``), used to match
     protected sub-scopes.
+
+    Every field after ``attributes`` is None when the source does not know it (``FILLED_COLUMNS``
+    in ``sources/fields.py`` says which a source kind fills); a source never guesses one.
+    ``default_branch`` is the branch the remote (or code host) names as its default;
+    ``current_branch`` is what a checkout has checked out.
     """
 
     project_key: str
@@ -34,6 +39,23 @@ class ProjectRecord:
     last_commit_at: datetime | None = None
     markers: tuple[str, ...] = ()
     attributes: dict[str, Any] = field(default_factory=dict)
+    archived: bool | None = None
+    fork: bool | None = None
+    visibility: str | None = None
+    description: str | None = None
+    topics: tuple[str, ...] | None = None
+    language: str | None = None
+    license: str | None = None  # SPDX id
+    stars: int | None = None
+    created_at: datetime | None = None
+    last_activity_at: datetime | None = None
+    current_branch: str | None = None
+    remotes: dict[str, str] | None = None  # name -> redacted url
+    upstream: str | None = None
+    in_sync: bool | None = None
+    shallow: bool | None = None
+    has_stash: bool | None = None
+    last_fetch_at: datetime | None = None
 
     def content_hash(self) -> str:
         """A digest of everything but identity, so a flush can tell changed rows from unchanged."""
@@ -42,18 +64,26 @@ class ProjectRecord:
             self.last_commit_at.isoformat() if self.last_commit_at is not None else None
         )
         payload["markers"] = sorted(self.markers)
+        if self.topics is not None:
+            payload["topics"] = list(self.topics)
         raw = json.dumps(payload, sort_keys=True, default=str, ensure_ascii=False)
         return hashlib.sha1(raw.encode("utf-8", "surrogateescape")).hexdigest()
 
 
 @dataclass(frozen=True)
 class ScopeVerdict:
-    """How a source ended one scope.
+    """How a source ended one scope, and what its read could and could not see.
 
     ``complete`` is True only when the source provably read the whole scope. An incomplete scope
     protects every project under it from cleanup; a complete scope may still list
-    ``protected`` locations (e.g. an unreadable sub-folder) whose projects are kept.
-    ``fingerprint`` carries facts a later run compares (e.g. the device id of a root folder).
+    ``protected`` locations (sub-trees it did not enter: an unreadable folder, a foreign mount, a
+    symlinked folder not followed) whose projects are kept, each with its reason in
+    ``protected_reasons`` (``"unreadable: ..."``, ``"foreign mount"``, ...).
+
+    ``identity`` says *which* thing was read (a root's real path and device; a code-host owner's
+    stable id and the principal the requests were authenticated as), for a later run to compare.
+    ``coverage`` says *what* the read could see (the walk settings; the visibilities a listing
+    returns and its filters); ``sources.coverage.outside_coverage`` tells a row it excludes.
     """
 
     scope_key: str
@@ -62,7 +92,9 @@ class ScopeVerdict:
     seen: int = 0
     reason: str | None = None
     protected: tuple[str, ...] = ()
-    fingerprint: dict[str, Any] = field(default_factory=dict)
+    identity: dict[str, Any] = field(default_factory=dict)
+    coverage: dict[str, Any] = field(default_factory=dict)
+    protected_reasons: dict[str, str] = field(default_factory=dict)
 
 
 ScanItem = ProjectRecord | ScopeVerdict

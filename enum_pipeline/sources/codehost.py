@@ -1,19 +1,47 @@
-"""What the code-host sources (GitHub, GitLab, Gitea) share: a checked base URL and owner, a
-token read from the environment when a scan starts, one scope, and the retrying HTTP client."""
+"""The listing skeleton every code-host source (GitHub, GitLab, Gitea) runs.
+
+The base owns the scan: the token (read from the environment when a scan starts, never logged),
+the page loop, deduplication, malformed records, the mapping of every error to the verdict, and
+closing the HTTP client. A host supplies only its pagination (``_first_page``, ``_next_page``),
+its identity (``_identify``: the owner's stable id and whom the token belongs to), its record
+mapping (``_record``) and its completeness check (``_check_complete``).
+
+A listing is complete only when every page was read *and* the host's own count agrees with what
+was listed; a listing whose end is known only from a missing next link is incomplete. A
+configured ``token_env`` whose variable is missing or empty, or a token the host rejects, makes
+the scope incomplete: a public-only listing must never pass for a complete read of an owner.
+"""
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections import Counter
+from collections.abc import Callable, Generator, Iterator
+from dataclasses import dataclass, field
+from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
 
-from enum_pipeline.sources.http import USER_AGENT, HttpClient, read_token
+from enum_pipeline.sources.base import ProjectRecord, ScanItem, ScopeVerdict
+from enum_pipeline.sources.http import (
+    USER_AGENT,
+    HttpClient,
+    Page,
+    PageError,
+    describe_page_error,
+    is_env_name,
+    parse_link_header,
+    read_token,
+    same_origin,
+)
 from enum_pipeline.sources.remotes import redact_url
 
 _OWNER_TYPES = {"org": "org", "orgs": "org", "organization": "org", "user": "user", "users": "user"}
+
+#: What ``identity["principal"]`` holds for requests sent without a token.
+ANONYMOUS = "anonymous"
 
 
 def check_owner(owner: str, owner_type: str, host_name: str) -> tuple[str, str]:
@@ -27,13 +55,57 @@ def check_owner(owner: str, owner_type: str, host_name: str) -> tuple[str, str]:
     return owner, kind
 
 
+class ListingError(Exception):
+    """The listing cannot be trusted to be whole (its message is the verdict's reason)."""
+
+
+@dataclass(frozen=True)
+class PageRequest:
+    """The next listing page to ask for."""
+
+    url: str
+    params: dict[str, Any] | None = None
+
+    def full_url(self) -> str:
+        """The URL with its query, as the client sends it (to detect pagination loops)."""
+        return str(httpx.URL(self.url, params=self.params) if self.params else httpx.URL(self.url))
+
+
+@dataclass
+class Listing:
+    """The state of one scan, shared by the skeleton and the host's hooks."""
+
+    headers: dict[str, str]
+    token: str | None
+    seen_ids: set[str] = field(default_factory=set)
+    visited: set[str] = field(default_factory=set)
+    pages: int = 0
+    yielded: int = 0
+    malformed: int = 0
+    filtered: int = 0
+    page_new: int = 0  # new records on the last page read
+    page_malformed: int = 0
+    visibilities: Counter[str] = field(default_factory=Counter)  # of every repository listed
+    extra: dict[str, Any] = field(default_factory=dict)  # the host's own state
+
+    @property
+    def principal(self) -> str:
+        """Whom the requests are authenticated as (set by ``_identify``)."""
+        return str(self.extra.get("principal", ANONYMOUS))
+
+
 class CodeHostSource:
-    """Base of the code-host sources; a subclass sets ``kind``, ``host`` and ``scope_key``."""
+    """Base of the code-host sources; a subclass sets ``kind``, ``host``, ``scope_key``,
+    ``owner_label`` and implements the hooks below."""
 
     kind: str
     host: str
     scope_key: str
     log: logging.Logger
+    accept = "application/json"
+    noun = "repositories"
+    include_forks = True
+    include_archived = True
 
     def __init__(
         self,
@@ -47,6 +119,9 @@ class CodeHostSource:
     ) -> None:
         if urlsplit(base_url or "").scheme not in ("http", "https"):
             raise ValueError(f"base_url must be an http(s) URL, not {redact_url(base_url)!r}")
+        if token_env is not None and not is_env_name(token_env):
+            # never echo it: a value that is not a variable name may be the token itself
+            raise ValueError("token_env must name an environment variable (e.g. GITHUB_TOKEN)")
         self.base_url = base_url.rstrip("/")
         self.token_env = token_env
         self._http = HttpClient(
@@ -57,20 +132,211 @@ class CodeHostSource:
             logger=self.log,
         )
 
-    def scope_keys(self) -> list[str]:
-        """The one scope this source reads."""
-        return [self.scope_key]
+    # -- what a host supplies -------------------------------------------------------------
+
+    @property
+    def owner_label(self) -> str:  # pragma: no cover - per host
+        """The owner as messages name it, e.g. ``org 'Acme'``."""
+        raise NotImplementedError
+
+    @property
+    def owner_name(self) -> str:  # pragma: no cover - per host
+        """The owner as configured (login, group path)."""
+        raise NotImplementedError
 
     def auth_header(self, token: str) -> tuple[str, str]:  # pragma: no cover - per host
         """The header that carries ``token`` on this host."""
         raise NotImplementedError
 
-    def _start(self, accept: str = "application/json") -> tuple[dict[str, str], str | None]:
+    def _identify(self, listing: Listing) -> dict[str, Any]:  # pragma: no cover - per host
+        """``{"owner_id": ..., "principal": ...}``; sets ``listing.extra["principal"]``."""
+        raise NotImplementedError
+
+    def _first_page(self, listing: Listing) -> PageRequest:  # pragma: no cover - per host
+        raise NotImplementedError
+
+    def _next_page(
+        self, page: Page, request: PageRequest, listing: Listing
+    ) -> PageRequest | None:  # pragma: no cover - per host
+        """The page after ``page``, None at the end, or ListingError."""
+        raise NotImplementedError
+
+    def _item_id(self, item: Any) -> str | None:
+        """The stable id of a listed item, or None when it is malformed."""
+        if not isinstance(item, dict) or item.get("id") is None or not item.get("name"):
+            return None
+        return str(item["id"])
+
+    def _visibility(self, item: dict[str, Any]) -> str:
+        """``public``, ``internal`` or ``private``."""
+        if item.get("visibility"):
+            return str(item["visibility"]).lower()
+        return "private" if item.get("private") else "public"
+
+    def _wanted(self, item: dict[str, Any]) -> bool:
+        """False for an item the configured filters drop."""
+        return not (
+            (item.get("archived") and not self.include_archived)
+            or (item.get("fork") and not self.include_forks)
+        )
+
+    def _record(self, item: dict[str, Any]) -> ProjectRecord:  # pragma: no cover - per host
+        raise NotImplementedError
+
+    def _check_complete(self, listing: Listing) -> str | None:  # pragma: no cover - per host
+        """Why the listing, read to its end, is still not provably whole; or None."""
+        raise NotImplementedError
+
+    def _coverage(self, listing: Listing) -> dict[str, Any]:
+        """What the listing could see."""
+        return {
+            "visibilities": self._visibilities(listing),
+            "include_forks": self.include_forks,
+            "include_archived": self.include_archived,
+        }
+
+    def _visibilities(self, listing: Listing) -> list[str]:
+        """The visibilities the listing returns: public only without a token."""
+        if listing.token is None:
+            return ["public"]
+        return ["internal", "private", "public"]
+
+    # -- the skeleton ---------------------------------------------------------------------
+
+    def scope_keys(self) -> list[str]:
+        """The one scope this source reads."""
+        return [self.scope_key]
+
+    def scan(self) -> Iterator[ScanItem]:
+        """Yield the owner's repositories, then one verdict for the owner's scope."""
+        identity: dict[str, Any] = {"host": self.host, "owner": self.owner_name}
+        listing, failure = self._start()
+        try:
+            if failure is None:
+                failure = yield from self._list(listing, identity)
+        except PageError as exc:
+            failure = self._describe(exc, listing)
+        except ListingError as exc:
+            failure = str(exc)
+        finally:
+            self._http.close()
+        yield ScopeVerdict(
+            scope_key=self.scope_key,
+            source_kind=self.kind,
+            complete=failure is None,
+            seen=listing.yielded,
+            reason=failure,
+            identity=identity,
+            coverage=self._coverage(listing),
+        )
+
+    def _start(self) -> tuple[Listing, str | None]:
         """Read the token (kept out of every log and error) and build the request headers."""
-        token = read_token(self.token_env, logger=self.log)
+        token = read_token(self.token_env)
         self._http.set_secrets([token])
-        headers = {"Accept": accept, "User-Agent": USER_AGENT}
+        headers = {"Accept": self.accept, "User-Agent": USER_AGENT}
         if token:
             name, value = self.auth_header(token)
             headers[name] = value
-        return headers, token
+        listing = Listing(headers=headers, token=token)
+        if self.token_env and not token:
+            return listing, (
+                f"environment variable {self.token_env} (token_env) is not set or empty: a "
+                f"listing without it shows public {self.noun} only and cannot stand for "
+                f"{self.owner_label}; set it, or set token_env to null for an anonymous read"
+            )
+        return listing, None
+
+    def _list(
+        self, listing: Listing, identity: dict[str, Any]
+    ) -> Generator[ProjectRecord, None, str | None]:
+        """Identify, read every page, then check the listing; returns why it is not whole."""
+        identity.update(self._identify(listing))
+        request: PageRequest | None = self._first_page(listing)
+        while request is not None:
+            page = self._http.get_json(
+                request.url, params=request.params, headers=listing.headers, expect=list
+            )
+            listing.pages += 1
+            listing.visited.add(page.url)
+            listing.page_new = listing.page_malformed = 0
+            for item in page.data:
+                record = self._accept(item, listing)
+                if record is not None:
+                    yield record
+            request = self._next_page(page, request, listing)
+            if request is not None and request.full_url() in listing.visited:
+                shown = self._http.safe_url(request.full_url())
+                raise ListingError(f"pagination loop: next page {shown} seen before")
+        if listing.malformed:
+            return f"{listing.malformed} {self.noun} without an id or name in the listing"
+        return self._check_complete(listing)
+
+    def _accept(self, item: Any, listing: Listing) -> ProjectRecord | None:
+        """The record of one listed item, or None (malformed, seen already, filtered out)."""
+        key = self._item_id(item)
+        if key is None:
+            listing.malformed += 1
+            listing.page_malformed += 1
+            return None
+        if key in listing.seen_ids:
+            return None  # the list shifted between pages: already yielded
+        listing.seen_ids.add(key)
+        listing.page_new += 1
+        listing.visibilities[self._visibility(item)] += 1
+        if not self._wanted(item):
+            listing.filtered += 1
+            return None
+        listing.yielded += 1
+        return self._record(item)
+
+    def _describe(self, exc: PageError, listing: Listing) -> str:
+        """The verdict reason for a page that failed."""
+        if exc.status == 401 and listing.token:
+            return (
+                f"the token in environment variable {self.token_env} was rejected (HTTP 401 "
+                f"at {exc.url}): {exc.reason}"
+            )
+        return describe_page_error(exc, what=self.owner_label, first_page=listing.pages == 0)
+
+    def _get_user(self, listing: Listing, path: str, login_field: str) -> str:
+        """Whom the token belongs to (``GET`` ``path``), or ``anonymous`` without a token."""
+        if not listing.token:
+            return ANONYMOUS
+        me = self._http.get_json(f"{self.base_url}{path}", headers=listing.headers, expect=dict)
+        login = me.data.get(login_field)
+        if not login:
+            raise ListingError(
+                f"{path} does not say whom the token belongs to: the principal is unknown"
+            )
+        return str(login)
+
+    def _next_link(self, page: Page) -> PageRequest | None:
+        """The ``Link: rel="next"`` page, checked to stay on the configured origin."""
+        nxt = parse_link_header(page.headers.get("link"), base=page.url).get("next")
+        if nxt is None:
+            return None
+        if not same_origin(nxt, self.base_url):
+            raise ListingError(
+                f"page {self._http.safe_url(page.url)}: next link points to another origin "
+                f"({self._http.safe_url(nxt)}); not followed with credentials"
+            )
+        return PageRequest(nxt)
+
+
+def count_check(noun: str, listed: int, totals: set[int], header: str) -> str | None:
+    """Compare a listing with the counts the host reported on its pages (``header``)."""
+    if not totals:
+        return (
+            f"the host reported no {header}: nothing to check the listing against, its end is "
+            "known only from the last page"
+        )
+    if len(totals) > 1:
+        return (
+            f"the {noun} count changed during the listing ({header} {sorted(totals)}): pages "
+            f"may have skipped {noun}"
+        )
+    total = next(iter(totals))
+    if listed != total:
+        return f"server reported {header}={total} {noun} but {listed} were read"
+    return None

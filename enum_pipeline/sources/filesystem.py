@@ -10,13 +10,17 @@ entered. Git metadata comes from ``gitmeta`` (files only, no ``git`` process).
 Scopes: one per root, key ``fs:<os.path.abspath(root)>``, ended by exactly one ``ScopeVerdict``:
 
 * a root that is missing, not a directory or unreadable: ``complete=False`` and no records;
-* a sub-folder that cannot be listed (permission denied, any ``OSError``, path too long): the
-  scope stays complete but the folder is listed in ``protected`` (and in ``reason``), so cleanup
-  keeps every project under it;
-* with ``one_file_system`` the walk does not enter mount points of another device (found once
-  per root in ``/proc/self/mountinfo``, else by an ``lstat`` per folder); they are not errors,
-  and are listed in ``fingerprint["skipped_mounts"]``, as are bind mounts of an ancestor (loops);
+* every sub-tree the walk does not enter is listed in ``protected`` with its reason in
+  ``protected_reasons`` (and in ``reason``), so cleanup keeps every project under it: a folder
+  that cannot be listed (``"unreadable: <error>"``: permission denied, any ``OSError``, path too
+  long); with ``one_file_system`` a mount point of another device (``"foreign mount"``, found once
+  per root in ``/proc/self/mountinfo``, else by an ``lstat`` per folder); a bind mount of an
+  ancestor (a loop); a symlinked folder when symlinks are not followed (``"symlink not
+  followed"``). The scope stays complete;
 * an unexpected exception ends that root with ``complete=False`` (the next roots still run).
+
+``identity`` is the root's real path and device; ``coverage`` the walk settings (what a narrowed
+``skip_names``, ``max_depth`` or ``nested`` no longer reaches is out of coverage, not gone).
 
 Symlinks are never followed unless ``follow_symlinks`` (then loops and folders reached twice are
 detected by ``(st_dev, st_ino)``). ``project_key`` is ``fs:`` + the real path (the root resolved
@@ -125,8 +129,14 @@ MARKER_FILES: frozenset[str] = frozenset(
         "WORKSPACE",
         "MODULE.bazel",
         "BUILD.bazel",
+        "catalog-info.yaml",
+        "CODEOWNERS",
     }
 )
+#: ``CODEOWNERS`` in these sub-folders is recorded as ``<folder>/CODEOWNERS``.
+CODEOWNERS_DIRS: tuple[str, ...] = (".github", "docs")
+#: Any file whose upper-cased name starts with one of these is recorded as the ``LICENSE*`` marker.
+LICENSE_PREFIXES: tuple[str, ...] = ("LICENSE", "LICENCE")
 #: File-name suffixes recorded as ``*<suffix>`` markers (e.g. ``*.csproj``).
 MARKER_SUFFIXES: tuple[str, ...] = (
     ".csproj",
@@ -154,11 +164,16 @@ _VCS_ORDER = ("git", "jj", "hg", "svn", "fossil")  # which VCS names a folder ho
 _METADATA_DIRS = frozenset({".git", ".hg", ".svn", ".jj"})  # never descended into
 
 
-def _markers(names: list[str]) -> tuple[str, ...]:
+def _markers(path: str, names: list[str], subdirs: list[str]) -> tuple[str, ...]:
     found = set(MARKER_FILES.intersection(names))
     for n in names:
         if n.endswith(MARKER_SUFFIXES):
             found.add("*" + n[n.rfind(".") :])
+        elif n[:1] in "Ll" and n.upper().startswith(LICENSE_PREFIXES) and n not in subdirs:
+            found.add("LICENSE*")
+    for d in CODEOWNERS_DIRS:
+        if d in subdirs and os.path.isfile(f"{path}/{d}/CODEOWNERS"):
+            found.add(f"{d}/CODEOWNERS")
     return tuple(sorted(found))
 
 
@@ -275,6 +290,16 @@ class FilesystemSource:
         self.nested = nested
         self.commit_times = commit_times
 
+    def coverage(self) -> dict[str, Any]:
+        """The walk settings, as ``ScopeVerdict.coverage`` carries them."""
+        return {
+            "skip_names": sorted(self.skip_names),
+            "max_depth": self.max_depth,
+            "nested": self.nested,
+            "one_file_system": self.one_file_system,
+            "follow_symlinks": self.follow_symlinks,
+        }
+
     @staticmethod
     def scope_key_for(root: str) -> str:
         """Scope key of one root: ``fs:`` + ``os.path.abspath(root)`` (escaped)."""
@@ -294,6 +319,9 @@ class FilesystemSource:
             yield from _RootWalk(self, root, yielded).run()
 
 
+_Item = tuple[str, str, int, str | None, str | None]
+
+
 class _RootWalk:
     """The walk of one root (state kept on the instance; ``run`` is the generator)."""
 
@@ -304,17 +332,17 @@ class _RootWalk:
         self.yielded = yielded
         self.seen = 0
         self.protected: list[str] = []
-        self.problems: list[str] = []
-        self.skipped_mounts: list[str] = []
+        self.protected_reasons: dict[str, str] = {}
         self.duplicates = 0
         self.symlinks_skipped = 0
         self.root_dev = 0
+        self.dev_each_dir = False
         self.foreign: set[str] | None = None
         self.inner_mounts: set[str] = set()
         self.visited: set[tuple[int, int]] = set()
 
     def _verdict(
-        self, complete: bool, reason: str | None, fingerprint: dict[str, Any]
+        self, complete: bool, reason: str | None, identity: dict[str, Any] | None = None
     ) -> ScopeVerdict:
         return ScopeVerdict(
             scope_key=self.scope_key,
@@ -323,7 +351,9 @@ class _RootWalk:
             seen=self.seen,
             reason=reason,
             protected=tuple(self.protected),
-            fingerprint=fingerprint,
+            identity=identity or {},
+            coverage=self.src.coverage(),
+            protected_reasons=dict(self.protected_reasons),
         )
 
     def run(self) -> Iterator[ScanItem]:
@@ -331,45 +361,40 @@ class _RootWalk:
         try:
             st = os.stat(root)
         except FileNotFoundError:
-            yield self._verdict(False, f"root does not exist: {escape_path(root)}", {})
+            yield self._verdict(False, f"root does not exist: {escape_path(root)}")
             return
         except OSError as exc:
-            yield self._verdict(False, f"root cannot be read: {_describe(exc)}", {})
+            yield self._verdict(False, f"root cannot be read: {_describe(exc)}")
             return
         if not stat.S_ISDIR(st.st_mode):
-            yield self._verdict(False, f"root is not a directory: {escape_path(root)}", {})
+            yield self._verdict(False, f"root is not a directory: {escape_path(root)}")
             return
         try:
             real_root = os.path.realpath(root)
         except OSError as exc:
-            yield self._verdict(False, f"root cannot be resolved: {_describe(exc)}", {})
+            yield self._verdict(False, f"root cannot be resolved: {_describe(exc)}")
             return
         self.root_dev = st.st_dev
-        fingerprint: dict[str, Any] = {
-            "st_dev": st.st_dev,
-            "root_realpath": escape_path(real_root),
-            "skipped_mounts": self.skipped_mounts,
-        }
+        identity: dict[str, Any] = {"real_path": escape_path(real_root), "st_dev": st.st_dev}
         try:
             yield from self._walk(root, real_root, st)
         except _RootUnreadable as exc:
-            yield self._verdict(False, f"root cannot be listed: {exc}", fingerprint)
+            yield self._verdict(False, f"root cannot be listed: {exc}", identity)
             return
         except Exception as exc:  # a bug or the unforeseen: this scope cannot be trusted
             reason = f"scan of this root aborted: {type(exc).__name__}: {exc}"
-            yield self._verdict(False, escape_path(reason), fingerprint)
+            yield self._verdict(False, escape_path(reason), identity)
             return
         reasons = []
         if self.protected:
-            shown = ", ".join(self.problems[:5])
-            more = f" and {len(self.problems) - 5} more" if len(self.problems) > 5 else ""
+            shown = ", ".join(f"{p} ({self.protected_reasons[p]})" for p in self.protected[:5])
+            more = f" and {len(self.protected) - 5} more" if len(self.protected) > 5 else ""
             reasons.append(
-                f"{len(self.protected)} folder(s) could not be read and are protected: "
-                f"{shown}{more}"
+                f"{len(self.protected)} location(s) not entered are protected: {shown}{more}"
             )
         if self.duplicates:
             reasons.append(f"{self.duplicates} project(s) already yielded under an earlier root")
-        yield self._verdict(True, "; ".join(reasons) or None, fingerprint)
+        yield self._verdict(True, "; ".join(reasons) or None, identity)
 
     def _mounts_under(self, real_root: str) -> tuple[set[str], set[str]] | None:
         """Mount points strictly under the root, from ``/proc/self/mountinfo``.
@@ -422,133 +447,149 @@ class _RootWalk:
 
     def _walk(self, root: str, real_root: str, root_st: os.stat_result) -> Iterator[ProjectRecord]:
         src = self.src
-        follow = src.follow_symlinks
         max_depth = src.max_depth
-        nested = src.nested
-        special_names = _SPECIAL_NAMES
         prune = src.skip_names | _METADATA_DIRS
-        dev_each_dir = False
-        if not follow:
+        self.dev_each_dir = False
+        if not src.follow_symlinks:
             found = self._mounts_under(real_root)
             if found is None:
-                dev_each_dir = src.one_file_system
+                self.dev_each_dir = src.one_file_system
             else:
                 self.foreign, self.inner_mounts = found
         # children need a closer look (stat, loop or mount check) in these cases only
-        slow_children = follow or dev_each_dir or bool(self.foreign) or bool(self.inner_mounts)
+        slow_children = (
+            src.follow_symlinks or self.dev_each_dir or bool(self.foreign or self.inner_mounts)
+        )
         self.visited = {(root_st.st_dev, root_st.st_ino)}
 
         # stack items: (walk path, real path, depth, enclosing project key, enclosing vcs)
-        stack: list[tuple[str, str, int, str | None, str | None]] = [
-            (root, real_root, 0, None, None)
-        ]
+        stack: list[_Item] = [(root, real_root, 0, None, None)]
         pop = stack.pop
         while stack:
-            path, real, depth, parent_key, parent_vcs = pop()
-            names: list[str] = []
-            subdirs: list[str] = []
-            try:
-                with os.scandir(path) as it:
-                    for entry in it:
-                        name = entry.name
-                        names.append(name)
-                        if entry.is_dir(follow_symlinks=False):
-                            subdirs.append(name)
-                        elif follow and entry.is_symlink():
-                            subdirs.append(name)  # resolved (or dropped) in _push_slow
-            except OSError as exc:
-                if depth == 0:
-                    raise _RootUnreadable(_describe(exc)) from exc
-                self._protect(path, exc)
+            path, real, depth, parent_key, parent_vcs = item = pop()
+            listed = self._list(path, depth)
+            if listed is None:
                 continue
-
-            if not special_names.isdisjoint(names):
+            names, subdirs, links = listed
+            if not _SPECIAL_NAMES.isdisjoint(names):
                 vcs, vcs_found = _detect(path, names, subdirs, parent_vcs)
                 if vcs is not None:
                     rec = self._record(path, real, vcs, vcs_found, names, subdirs, parent_key)
-                    key = rec.project_key
-                    if key in self.yielded:
+                    if rec.project_key in self.yielded:
                         self.duplicates += 1
                     else:
-                        self.yielded.add(key)
+                        self.yielded.add(rec.project_key)
                         self.seen += 1
                         yield rec
-                    if not nested or vcs == "bare":
+                    if not src.nested or vcs == "bare":
                         continue
-                    parent_key = key
-                    parent_vcs = vcs
+                    item = (path, real, depth, rec.project_key, vcs)
             if max_depth is not None and depth >= max_depth:
                 continue
-            prefix = path + "/" if path != "/" else "/"
-            rprefix = real + "/" if real != "/" else "/"
+            self._protect_links(path, links, prune)
             if slow_children:
-                self._push_slow(
-                    stack, prefix, rprefix, subdirs, prune, depth + 1, parent_key, parent_vcs
-                )
+                self._push_slow(stack, item, subdirs, prune)
             else:
+                prefix = path + "/" if path != "/" else "/"
+                rprefix = real + "/" if real != "/" else "/"
                 d1 = depth + 1
+                _, _, _, key, vcs_ = item
                 stack.extend(
-                    [
-                        (prefix + n, rprefix + n, d1, parent_key, parent_vcs)
-                        for n in subdirs
-                        if n not in prune
-                    ]
+                    [(prefix + n, rprefix + n, d1, key, vcs_) for n in subdirs if n not in prune]
                 )
 
+    def _list(self, path: str, depth: int) -> tuple[list[str], list[str], list[str]] | None:
+        """Entry names, sub-folder names and (unfollowed) symlink names of one folder.
+
+        None when it cannot be listed (it is then protected); an unreadable root raises.
+        """
+        follow = self.src.follow_symlinks
+        names: list[str] = []
+        subdirs: list[str] = []
+        links: list[str] = []
+        try:
+            with os.scandir(path) as it:
+                for entry in it:
+                    name = entry.name
+                    names.append(name)
+                    if entry.is_dir(follow_symlinks=False):
+                        subdirs.append(name)
+                    elif entry.is_symlink():
+                        # followed: resolved (or dropped) in _push_slow; else maybe protected
+                        (subdirs if follow else links).append(name)
+        except OSError as exc:
+            if depth == 0:
+                raise _RootUnreadable(_describe(exc)) from exc
+            self._protect(path, f"unreadable: {exc.strerror or type(exc).__name__}")
+            return None
+        return names, subdirs, links
+
+    def _protect_links(self, path: str, links: list[str], prune: frozenset[str]) -> None:
+        """Protect the symlinked folders the walk does not follow (what is below is unseen)."""
+        prefix = path + "/" if path != "/" else "/"
+        for name in links:
+            if name not in prune and os.path.isdir(prefix + name):
+                self._protect(prefix + name, "symlink not followed")
+
     def _push_slow(
-        self,
-        stack: list[tuple[str, str, int, str | None, str | None]],
-        prefix: str,
-        rprefix: str,
-        subdirs: list[str],
-        prune: frozenset[str],
-        depth: int,
-        parent_key: str | None,
-        parent_vcs: str | None,
+        self, stack: list[_Item], item: _Item, subdirs: list[str], prune: frozenset[str]
     ) -> None:
         """Push children when symlinks are followed or mount points must be checked."""
-        src = self.src
+        path, real, depth, parent_key, parent_vcs = item
+        prefix = path + "/" if path != "/" else "/"
+        rprefix = real + "/" if real != "/" else "/"
         for name in subdirs:
             if name in prune:
                 continue
             cpath = prefix + name
-            creal = rprefix + name
-            if src.follow_symlinks:
-                try:
-                    cst = os.stat(cpath)  # follows symlinks
-                except OSError:
-                    continue  # dangling symlink or vanished folder
-                if not stat.S_ISDIR(cst.st_mode):
-                    continue
-                ident = (cst.st_dev, cst.st_ino)
-                if ident in self.visited:
-                    self.symlinks_skipped += 1  # a loop, or a folder reached twice
-                    continue
-                if src.one_file_system and cst.st_dev != self.root_dev:
-                    self.skipped_mounts.append(escape_path(cpath))
-                    continue
-                self.visited.add(ident)
-                if os.path.islink(cpath):
-                    creal = os.path.realpath(cpath)
-            elif self.foreign is not None:
-                if creal in self.foreign or (
-                    creal in self.inner_mounts and self._is_mount_loop(cpath)
-                ):
-                    self.skipped_mounts.append(escape_path(cpath))
-                    continue
-            elif src.one_file_system:
-                try:
-                    if os.lstat(cpath).st_dev != self.root_dev:
-                        self.skipped_mounts.append(escape_path(cpath))
-                        continue
-                except OSError:
-                    pass  # reported when listed
-            stack.append((cpath, creal, depth, parent_key, parent_vcs))
+            if self.src.follow_symlinks:
+                creal = self._follow(cpath, rprefix + name)
+            else:
+                creal = self._check_mount(cpath, rprefix + name)
+            if creal is not None:
+                stack.append((cpath, creal, depth + 1, parent_key, parent_vcs))
 
-    def _protect(self, path: str, exc: OSError) -> None:
+    def _follow(self, cpath: str, creal: str) -> str | None:
+        """The real path of a child when symlinks are followed, or None: not to be entered."""
+        try:
+            cst = os.stat(cpath)  # follows symlinks
+        except OSError:
+            return None  # dangling symlink or vanished folder
+        if not stat.S_ISDIR(cst.st_mode):
+            return None
+        ident = (cst.st_dev, cst.st_ino)
+        if ident in self.visited:
+            self.symlinks_skipped += 1  # a loop, or a folder reached twice: walked already
+            return None
+        if self.src.one_file_system and cst.st_dev != self.root_dev:
+            self._protect(cpath, "foreign mount")
+            return None
+        self.visited.add(ident)
+        return os.path.realpath(cpath) if os.path.islink(cpath) else creal
+
+    def _check_mount(self, cpath: str, creal: str) -> str | None:
+        """``creal``, or None for a mount point not to be entered (then protected)."""
+        if self.foreign is not None:
+            if creal in self.foreign:
+                self._protect(cpath, "foreign mount")
+                return None
+            if creal in self.inner_mounts and self._is_mount_loop(cpath):
+                self._protect(cpath, "bind mount loop: an ancestor mounted again")
+                return None
+        elif self.dev_each_dir:
+            try:
+                if os.lstat(cpath).st_dev != self.root_dev:
+                    self._protect(cpath, "foreign mount")
+                    return None
+            except OSError:
+                pass  # reported when listed
+        return creal
+
+    def _protect(self, path: str, why: str) -> None:
         p = escape_path(path)
-        self.protected.append(p)
-        self.problems.append(f"{p} ({exc.strerror or type(exc).__name__})")
+        if p not in self.protected_reasons:
+            self.protected.append(p)
+        self.protected_reasons[p] = why
 
     def _record(
         self,
@@ -565,8 +606,9 @@ class _RootWalk:
         base = path.rstrip("/").rsplit("/", 1)[-1] or "/"
         name = escape_path(base)
         attrs: dict[str, Any] = {}
-        remote = branch = head = None
+        remote = branch = head = default = None
         when = None
+        meta = None
         if vcs == "git" or vcs == "bare":
             bare = vcs == "bare"
             if bare:
@@ -579,7 +621,11 @@ class _RootWalk:
                 )
             vcs = "git"
             remote = meta.remote_url
-            branch = meta.branch
+            if bare:  # no checkout: HEAD names the repository's default branch
+                default = meta.branch
+            else:
+                branch = meta.branch
+                default = meta.remote_head
             head = meta.head_commit
             when = meta.last_commit_at
             attrs["bare"] = bare
@@ -601,6 +647,7 @@ class _RootWalk:
             attrs["nested_in"] = parent_key
         if location != path or key_path != real or name != base:
             attrs["path_escaped"] = True
+        checkout = meta is not None and not meta.bare
         return ProjectRecord(
             project_key="fs:" + key_path,
             scope_key=self.scope_key,
@@ -611,11 +658,19 @@ class _RootWalk:
             path=location,
             remote_url=remote,
             normalized_remote=normalize_remote(remote) if remote else None,
-            default_branch=branch,
+            default_branch=default,
+            current_branch=branch,
             head_commit=head,
             last_commit_at=when,
-            markers=_markers(names),
+            last_activity_at=when,
+            markers=_markers(path, names, subdirs),
             attributes=attrs,
+            remotes=(meta.remotes or None) if meta is not None else None,
+            upstream=meta.upstream if checkout else None,
+            in_sync=meta.in_sync if checkout else None,
+            shallow=meta.shallow if meta is not None else None,
+            has_stash=meta.has_stash if checkout else None,
+            last_fetch_at=meta.last_fetch_at if checkout else None,
         )
 
 

@@ -5,30 +5,40 @@ One scope per source: ``gitea:<host>/<owner>``. Gitea silently clamps ``limit`` 
 walks ``page=1, 2, ...`` on the configured base URL (the ``Link`` header is built from the
 server's ``ROOT_URL``, which may name another host, so it is read only as a "there is more" hint)
 and stops on an empty page, or when there is no ``next`` link and ``X-Total-Count`` is reached.
-The scope is complete only when every page was read and the totals agree.
+The scope is complete only when every page was read and ``X-Total-Count`` was sent and agrees.
+
+Identity: the owner's numeric id and the login the token belongs to (``GET /api/v1/user``), or
+``anonymous``. Coverage: public repositories only without a token.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 from urllib.parse import quote
 
 import httpx
 
-from enum_pipeline.sources.base import ProjectRecord, ScanItem, ScopeVerdict
-from enum_pipeline.sources.codehost import CodeHostSource, check_owner
+from enum_pipeline.sources.base import ProjectRecord
+from enum_pipeline.sources.codehost import (
+    CodeHostSource,
+    Listing,
+    ListingError,
+    PageRequest,
+    check_owner,
+    count_check,
+)
 from enum_pipeline.sources.http import (
-    PageError,
-    describe_page_error,
+    Page,
     parse_int_header,
     parse_link_header,
+    parse_timestamp,
     web_host,
 )
 from enum_pipeline.sources.remotes import redact_url
-from enum_pipeline.sources.repos import repo_attributes, repo_record
+from enum_pipeline.sources.repos import int_or_none, repo_attributes, repo_record
 
 log = logging.getLogger(__name__)
 
@@ -70,94 +80,63 @@ class GiteaSource(CodeHostSource):
             f"base_url={redact_url(self.base_url)!r})"
         )
 
+    @property
+    def owner_label(self) -> str:
+        return f"{self.owner_type} {self.owner!r}"
+
+    @property
+    def owner_name(self) -> str:
+        return self.owner
+
     def auth_header(self, token: str) -> tuple[str, str]:
         return "Authorization", f"token {token}"
 
-    def scan(self) -> Iterator[ScanItem]:
-        """Yield the owner's repositories, then one verdict for the owner's scope."""
-        headers, _ = self._start()
-
+    def _owner_url(self) -> str:
         segment = "orgs" if self.owner_type == "org" else "users"
-        url = f"{self.base_url}/api/v1/{segment}/{quote(self.owner, safe='')}/repos"
-        what = f"{self.owner_type} {self.owner!r}"
-        seen_ids: set[str] = set()
-        totals: set[int] = set()
-        yielded = malformed = pages = 0
-        page_no = 1
-        page_size: int | None = None
-        failure: str | None = None
-        try:
-            while True:
-                try:
-                    page = self._http.get_json(
-                        url,
-                        params={"limit": PAGE_LIMIT, "page": page_no},
-                        headers=headers,
-                        expect=list,
-                    )
-                except PageError as exc:
-                    failure = describe_page_error(exc, what=what, first_page=pages == 0)
-                    break
-                pages += 1
-                total = parse_int_header(page.headers, "x-total-count", "x-total")
-                if total is not None:
-                    totals.add(total)
-                if not page.data:
-                    break  # an empty page: the end
-                if page_size is None:
-                    page_size = len(page.data)  # what the server really serves per page
-                new = bad = 0
-                for repo in page.data:
-                    repo_id = repo.get("id") if isinstance(repo, dict) else None
-                    if repo_id is None or not repo.get("name"):
-                        bad += 1
-                        continue
-                    if str(repo_id) in seen_ids:
-                        continue
-                    seen_ids.add(str(repo_id))
-                    new += 1
-                    yield self._record(repo)
-                    yielded += 1
-                malformed += bad
-                if new == 0 and bad == 0:
-                    failure = (
-                        f"page {self._http.safe_url(page.url)} repeated earlier repositories "
-                        "only: the server does not seem to honour the page parameter"
-                    )
-                    break
-                has_next = "next" in parse_link_header(page.headers.get("link"), base=page.url)
-                if not has_next and total is not None and len(seen_ids) + malformed >= total:
-                    break
-                page_no += 1
-        finally:
-            self._http.close()
+        return f"{self.base_url}/api/v1/{segment}/{quote(self.owner, safe='')}"
 
-        if failure is None and malformed:
-            failure = f"{malformed} repositories without an id or name in the listing"
-        if failure is None and totals:
-            if len(totals) > 1:
-                failure = (
-                    f"the repository count changed during the listing (X-Total-Count "
-                    f"{sorted(totals)}): pages may have skipped repositories"
-                )
-            elif len(seen_ids) != next(iter(totals)):
-                failure = (
-                    f"server reported X-Total-Count={next(iter(totals))} repositories but "
-                    f"{len(seen_ids)} were read"
-                )
-        yield ScopeVerdict(
-            scope_key=self.scope_key,
-            source_kind=self.kind,
-            complete=failure is None,
-            seen=yielded,
-            reason=failure,
-            fingerprint={
-                "api_url": redact_url(self.base_url),
-                "owner_type": self.owner_type,
-                "pages": pages,
-                "page_size": page_size,
-                "listed": len(seen_ids),
-            },
+    def _identify(self, listing: Listing) -> dict[str, Any]:
+        """Whom the token belongs to (``GET /api/v1/user``), then the owner's id."""
+        principal = self._get_user(listing, "/api/v1/user", "login")
+        listing.extra["principal"] = principal
+        owner = self._http.get_json(self._owner_url(), headers=listing.headers, expect=dict).data
+        if owner.get("id") is None:
+            raise ListingError(f"the answer for {self.owner_label} carries no id")
+        return {"owner_id": owner["id"], "principal": principal}
+
+    def _visibility(self, item: dict[str, Any]) -> str:
+        if item.get("private"):
+            return "private"
+        return "internal" if item.get("internal") else "public"
+
+    def _first_page(self, listing: Listing) -> PageRequest:
+        listing.extra["totals"] = set()
+        return PageRequest(f"{self._owner_url()}/repos", {"limit": PAGE_LIMIT, "page": 1})
+
+    def _next_page(self, page: Page, request: PageRequest, listing: Listing) -> PageRequest | None:
+        """The next ``page=``; the end is an empty page, or ``X-Total-Count`` reached without a
+        ``next`` link (a short page says nothing: the server clamps ``limit``)."""
+        total = parse_int_header(page.headers, "x-total-count", "x-total")
+        if total is not None:
+            listing.extra["totals"].add(total)
+        if not page.data:
+            return None
+        if listing.page_new == 0 and listing.page_malformed == 0:
+            raise ListingError(
+                f"page {self._http.safe_url(page.url)} repeated earlier repositories only: the "
+                "server does not seem to honour the page parameter"
+            )
+        has_next = "next" in parse_link_header(page.headers.get("link"), base=page.url)
+        read = len(listing.seen_ids) + listing.malformed
+        if not has_next and total is not None and read >= total:
+            return None
+        params = dict(request.params or {})
+        params["page"] = int(params.get("page", 1)) + 1
+        return PageRequest(request.url, params)
+
+    def _check_complete(self, listing: Listing) -> str | None:
+        return count_check(
+            self.noun, len(listing.seen_ids), listing.extra["totals"], "X-Total-Count"
         )
 
     def _record(self, repo: dict[str, Any]) -> ProjectRecord:
@@ -170,13 +149,12 @@ class GiteaSource(CodeHostSource):
         parent = repo.get("parent") if isinstance(repo.get("parent"), dict) else {}
         attributes = repo_attributes(
             repo,
-            visibility,
             forked_from=parent.get("full_name"),
             mirror=bool(repo.get("mirror", False)),
             empty=bool(repo.get("empty", False)),
-            stars_count=repo.get("stars_count"),
-            created_at=repo.get("created_at"),
         )
+        # Gitea 1.22+ lists the SPDX ids of the licence files it detected
+        licenses = [x for x in repo.get("licenses") or [] if isinstance(x, str) and x]
         return repo_record(
             kind=self.kind,
             host=self.host,
@@ -184,4 +162,8 @@ class GiteaSource(CodeHostSource):
             owner=self.owner,
             repo=repo,
             attributes=attributes,
+            visibility=visibility,
+            license=" AND ".join(sorted(licenses)) if licenses else None,
+            stars=int_or_none(repo.get("stars_count")),
+            last_activity_at=parse_timestamp(repo.get("updated_at")),
         )

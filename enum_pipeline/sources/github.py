@@ -7,32 +7,35 @@ the records already read yielded (they are real and fresh).
 
 GitHub's listing has no total and pages by offset, so a repository deleted while the pages are
 read shifts a later one onto a page already read, where it is never seen. The owner's repository
-counts (``GET /orgs/{org}`` or ``/users/{user}``) are read before and after the listing: if they
-moved, or fewer public repositories were listed than the owner has, the scope is incomplete.
+counts (``GET /orgs/{org}``, ``/users/{user}``, or ``/user`` for the token's own account) are read
+before and after the listing: if they moved, or fewer public repositories were listed than the
+owner has, or fewer private ones where the token can see their count, the scope is incomplete.
+
+Identity: the owner's numeric id and the login the token belongs to (``GET /user``), or
+``anonymous``. Coverage: public only, unless the owner's private count is visible to the token.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
-from urllib.parse import quote, urlsplit
+from urllib.parse import quote
 
 import httpx
 
-from enum_pipeline.sources.base import ProjectRecord, ScanItem, ScopeVerdict
-from enum_pipeline.sources.codehost import CodeHostSource, check_owner
-from enum_pipeline.sources.http import (
-    PageError,
-    describe_page_error,
-    parse_link_header,
-    parse_timestamp,
-    same_origin,
-    web_host,
+from enum_pipeline.sources.base import ProjectRecord
+from enum_pipeline.sources.codehost import (
+    CodeHostSource,
+    Listing,
+    ListingError,
+    PageRequest,
+    check_owner,
 )
+from enum_pipeline.sources.http import Page, parse_timestamp, web_host
 from enum_pipeline.sources.remotes import redact_url
-from enum_pipeline.sources.repos import repo_attributes, repo_record
+from enum_pipeline.sources.repos import int_or_none, repo_attributes, repo_record, text_or_none
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +61,7 @@ class GitHubSource(CodeHostSource):
 
     kind = "github"
     log = log
+    accept = "application/vnd.github+json"
 
     def __init__(
         self,
@@ -92,36 +96,87 @@ class GitHubSource(CodeHostSource):
             f"base_url={redact_url(self.base_url)!r})"
         )
 
+    @property
+    def owner_label(self) -> str:
+        return f"{self.owner_type} {self.owner!r}"
+
+    @property
+    def owner_name(self) -> str:
+        return self.owner
+
     def auth_header(self, token: str) -> tuple[str, str]:
         return "Authorization", f"Bearer {token}"
 
-    def _first_page(self, headers: dict[str, str], token: str | None) -> tuple[str, dict]:
-        """The first listing page. A user listed with their own token: ``/user/repos``, which
-        holds their private repositories too (``/users/{user}/repos`` shows public ones only).
-        """
-        # Oldest first: repositories created during the listing land at the end, not mid-list.
-        params: dict[str, Any] = {"per_page": 100, "sort": "created", "direction": "asc"}
-        if self.owner_type == "org":
-            url = f"{self.base_url}/orgs/{quote(self.owner, safe='')}/repos"
-            return url, {**params, "type": "all"}
-        if token:
-            me = self._http.get_json(f"{self.base_url}/user", headers=headers, expect=dict)
-            if str(me.data.get("login", "")).lower() == self.owner.lower():
-                url = f"{self.base_url}/user/repos"
-                return url, {**params, "affiliation": "owner", "visibility": "all"}
-        url = f"{self.base_url}/users/{quote(self.owner, safe='')}/repos"
-        return url, {**params, "type": "owner"}
+    def _start(self) -> tuple[Listing, str | None]:
+        listing, failure = super()._start()
+        listing.headers["X-GitHub-Api-Version"] = "2022-11-28"
+        return listing, failure
 
-    def _owner_counts(self, headers: dict[str, str]) -> dict[str, int]:
-        segment = "orgs" if self.owner_type == "org" else "users"
-        url = f"{self.base_url}/{segment}/{quote(self.owner, safe='')}"
-        data = self._http.get_json(url, headers=headers, expect=dict).data
+    def _identify(self, listing: Listing) -> dict[str, Any]:
+        """Whom the token belongs to (``GET /user``), then the owner's id and counts."""
+        principal = self._get_user(listing, "/user", "login")
+        listing.extra["principal"] = principal
+        if self.owner_type == "org":
+            listing.extra["listing"] = "org"
+        elif principal.lower() == self.owner.lower():
+            listing.extra["listing"] = "own"  # /user/repos holds their private ones too
+        else:
+            listing.extra["listing"] = "public"  # /users/{user}/repos: public ones only
+        data = self._owner(listing)
+        if data.get("id") is None:
+            raise ListingError(f"the answer for {self.owner_label} carries no id")
+        listing.extra["counts"] = self._counts(data)
+        return {"owner_id": data["id"], "principal": principal}
+
+    def _owner(self, listing: Listing) -> dict[str, Any]:
+        """``GET /orgs/{org}``, ``/users/{user}``, or ``/user`` for the token's own account (the
+        only one answering with its private counts)."""
+        if listing.extra.get("listing") == "own":
+            url = f"{self.base_url}/user"
+        else:
+            segment = "orgs" if self.owner_type == "org" else "users"
+            url = f"{self.base_url}/{segment}/{quote(self.owner, safe='')}"
+        return self._http.get_json(url, headers=listing.headers, expect=dict).data
+
+    @staticmethod
+    def _counts(data: dict[str, Any]) -> dict[str, int]:
         return {f: data[f] for f in _COUNT_FIELDS if isinstance(data.get(f), int)}
 
-    def _count_check(
-        self, what: str, before: dict[str, int], after: dict[str, int], listed_public: int
-    ) -> str | None:
-        """Why the listing cannot be trusted to be whole, or None."""
+    def _first_page(self, listing: Listing) -> PageRequest:
+        # Oldest first: repositories created during the listing land at the end, not mid-list.
+        params: dict[str, Any] = {"per_page": 100, "sort": "created", "direction": "asc"}
+        owner = quote(self.owner, safe="")
+        if self.owner_type == "org":
+            return PageRequest(f"{self.base_url}/orgs/{owner}/repos", {**params, "type": "all"})
+        if listing.extra["listing"] == "own":
+            own = {**params, "affiliation": "owner", "visibility": "all"}
+            return PageRequest(f"{self.base_url}/user/repos", own)
+        return PageRequest(f"{self.base_url}/users/{owner}/repos", {**params, "type": "owner"})
+
+    def _next_page(self, page: Page, request: PageRequest, listing: Listing) -> PageRequest | None:
+        return self._next_link(page)
+
+    def _private_field(self) -> str:
+        return "total_private_repos" if self.owner_type == "org" else "owned_private_repos"
+
+    def _visibilities(self, listing: Listing) -> list[str]:
+        """Private (and internal) ones only when the owner's private count is visible to the
+        token and the listing endpoint returns them."""
+        if (
+            listing.token is None
+            or listing.extra.get("listing") not in ("org", "own")
+            or self._private_field() not in listing.extra.get("counts", {})
+        ):
+            return ["public"]
+        return (
+            ["internal", "private", "public"] if self.owner_type == "org" else ["private", "public"]
+        )
+
+    def _check_complete(self, listing: Listing) -> str | None:
+        """The owner's counts, read again, must not have moved, and the listing must hold as
+        many public (and, where counted, private) repositories as the owner has."""
+        before, after = listing.extra["counts"], self._counts(self._owner(listing))
+        what = self.owner_label
         if before != after:
             moved = ", ".join(
                 f"{f} {before.get(f)}→{after.get(f)}"
@@ -133,108 +188,35 @@ class GitHubSource(CodeHostSource):
                 "may have shifted past a repository, the next run reads them again"
             )
         public = after.get("public_repos")
-        if public is not None and listed_public < public:
+        if public is None:
+            return f"{what} reports no public_repos count: nothing to check the listing against"
+        listed_public = listing.visibilities["public"]
+        if listed_public < public:
             return f"the listing holds {listed_public} public repositories, {what} has {public}"
+        private = after.get(self._private_field())
+        listed_private = listing.visibilities["private"] + listing.visibilities["internal"]
+        if "private" in self._visibilities(listing) and listed_private < (private or 0):
+            return f"the listing holds {listed_private} private repositories, {what} has {private}"
         return None
-
-    def scan(self) -> Iterator[ScanItem]:
-        """Yield the owner's repositories, then one verdict for the owner's scope."""
-        headers, token = self._start("application/vnd.github+json")
-        headers["X-GitHub-Api-Version"] = "2022-11-28"
-
-        what = f"{self.owner_type} {self.owner!r}"
-        url, params, listing = "", {}, None
-        seen_ids: set[str] = set()
-        visited: set[str] = set()
-        yielded = filtered = malformed = pages = listed_public = 0
-        failure: str | None = None
-        counts: dict[str, int] = {}
-        try:
-            try:
-                counts = self._owner_counts(headers)
-                url, params = self._first_page(headers, token)
-                listing = urlsplit(url).path
-            except PageError as exc:
-                failure = describe_page_error(exc, what=what, first_page=True)
-            while failure is None:
-                try:
-                    page = self._http.get_json(url, params=params, headers=headers, expect=list)
-                except PageError as exc:
-                    failure = describe_page_error(exc, what=what, first_page=pages == 0)
-                    break
-                pages += 1
-                visited.add(page.url)
-                for repo in page.data:
-                    repo_id = repo.get("id") if isinstance(repo, dict) else None
-                    if repo_id is None or not repo.get("name"):
-                        malformed += 1
-                        continue
-                    if str(repo_id) in seen_ids:
-                        continue  # the list shifted between pages: already yielded
-                    seen_ids.add(str(repo_id))
-                    private = "private" if repo.get("private") else "public"
-                    if (repo.get("visibility") or private) == "public":
-                        listed_public += 1
-                    if (repo.get("archived") and not self.include_archived) or (
-                        repo.get("fork") and not self.include_forks
-                    ):
-                        filtered += 1
-                        continue
-                    yield self._record(repo)
-                    yielded += 1
-                nxt = parse_link_header(page.headers.get("link"), base=page.url).get("next")
-                if nxt is None:
-                    break
-                if not same_origin(nxt, self.base_url):
-                    failure = (
-                        f"page {self._http.safe_url(page.url)}: next link points to another "
-                        f"origin ({self._http.safe_url(nxt)}); not followed with credentials"
-                    )
-                    break
-                if str(httpx.URL(nxt)) in visited:
-                    failure = f"pagination loop: next link {self._http.safe_url(nxt)} seen before"
-                    break
-                url, params = nxt, None
-            if failure is None:
-                try:
-                    after = self._owner_counts(headers)
-                except PageError as exc:
-                    failure = describe_page_error(exc, what=what, first_page=False)
-                else:
-                    failure = self._count_check(what, counts, after, listed_public)
-        finally:
-            self._http.close()
-
-        if failure is None and malformed:
-            failure = f"{malformed} repositories without an id or name in the listing"
-        yield ScopeVerdict(
-            scope_key=self.scope_key,
-            source_kind=self.kind,
-            complete=failure is None,
-            seen=yielded,
-            reason=failure,
-            fingerprint={
-                "api_url": redact_url(self.base_url),
-                "owner_type": self.owner_type,
-                "listing": listing,
-                "pages": pages,
-                "listed": len(seen_ids),
-                "listed_public": listed_public,
-                "owner_counts": counts,
-                "filtered_out": filtered,
-            },
-        )
 
     def _record(self, repo: dict[str, Any]) -> ProjectRecord:
         visibility = repo.get("visibility")
         if not visibility and repo.get("private") is not None:
             visibility = "private" if repo.get("private") else "public"
+        licence = repo.get("license") if isinstance(repo.get("license"), dict) else {}
+        pushed = parse_timestamp(repo.get("pushed_at"))
         return repo_record(
             kind=self.kind,
             host=self.host,
             scope_key=self.scope_key,
             owner=self.owner,
             repo=repo,
-            attributes=repo_attributes(repo, visibility, pushed_at=repo.get("pushed_at")),
-            last_commit_at=parse_timestamp(repo.get("pushed_at")),
+            attributes=repo_attributes(
+                repo, pushed_at=repo.get("pushed_at"), forks_count=repo.get("forks_count")
+            ),
+            visibility=visibility or None,
+            last_commit_at=pushed,
+            license=text_or_none(licence.get("spdx_id")),
+            stars=int_or_none(repo.get("stargazers_count")),
+            last_activity_at=pushed,
         )

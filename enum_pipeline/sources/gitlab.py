@@ -2,31 +2,36 @@
 
 One scope per source: ``gitlab:<host>/<group path>``. The listing asks for keyset pagination
 ordered by id (stable while projects are added or removed) and follows ``Link: rel="next"``;
-where the server answers with offset pagination instead, it follows ``x-next-page`` and checks the
-``x-total`` it reports. The scope is complete only when every page was read and the totals agree.
+where the server answers with offset pagination instead, it follows ``x-next-page``. The listing is
+checked against the ``x-total`` of its offset pages or, for a keyset listing (which carries none),
+of one ``per_page=1`` request; without a total the scope is incomplete. The scope is complete
+only when every page was read and the totals agree.
+
+Identity: the group's numeric id and the username the token belongs to (``GET /api/v4/user``),
+or ``anonymous``. Coverage: public projects only without a token.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 from urllib.parse import quote
 
 import httpx
 
-from enum_pipeline.sources.base import ProjectRecord, ScanItem, ScopeVerdict
-from enum_pipeline.sources.codehost import CodeHostSource
-from enum_pipeline.sources.http import (
-    PageError,
-    describe_page_error,
-    parse_int_header,
-    parse_link_header,
-    same_origin,
-    web_host,
+from enum_pipeline.sources.base import ProjectRecord
+from enum_pipeline.sources.codehost import (
+    CodeHostSource,
+    Listing,
+    ListingError,
+    PageRequest,
+    count_check,
 )
+from enum_pipeline.sources.http import Page, parse_int_header, parse_timestamp, web_host
 from enum_pipeline.sources.remotes import normalize_remote, redact_url
+from enum_pipeline.sources.repos import bool_or_none, int_or_none, text_or_none
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +41,7 @@ class GitLabSource(CodeHostSource):
 
     kind = "gitlab"
     log = log
+    noun = "projects"
 
     def __init__(
         self,
@@ -69,122 +75,98 @@ class GitLabSource(CodeHostSource):
     def __repr__(self) -> str:
         return f"GitLabSource(group={self.group!r}, base_url={redact_url(self.base_url)!r})"
 
+    @property
+    def owner_label(self) -> str:
+        return f"group {self.group!r}"
+
+    @property
+    def owner_name(self) -> str:
+        return self.group
+
     def auth_header(self, token: str) -> tuple[str, str]:
         return "PRIVATE-TOKEN", token
 
-    def _first_page(self) -> tuple[str, dict[str, Any]]:
-        url = f"{self.base_url}/api/v4/groups/{quote(self.group, safe='')}/projects"
+    def _projects_url(self) -> str:
+        return f"{self.base_url}/api/v4/groups/{quote(self.group, safe='')}/projects"
+
+    def _filters(self) -> dict[str, Any]:
         params: dict[str, Any] = {
             "include_subgroups": "true" if self.include_subgroups else "false",
             # Projects shared *into* the group belong to another namespace (and scope).
             "with_shared": "false",
+        }
+        if not self.include_archived:
+            params["archived"] = "false"
+        return params
+
+    def _identify(self, listing: Listing) -> dict[str, Any]:
+        """Whom the token belongs to (``GET /api/v4/user``), then the group's id."""
+        principal = self._get_user(listing, "/api/v4/user", "username")
+        listing.extra["principal"] = principal
+        url = f"{self.base_url}/api/v4/groups/{quote(self.group, safe='')}"
+        group = self._http.get_json(
+            url, params={"with_projects": "false"}, headers=listing.headers, expect=dict
+        ).data
+        if group.get("id") is None:
+            raise ListingError(f"the answer for {self.owner_label} carries no id")
+        return {"owner_id": group["id"], "principal": principal}
+
+    def _item_id(self, item: Any) -> str | None:
+        if not isinstance(item, dict) or item.get("id") is None:
+            return None
+        return str(item["id"]) if item.get("path_with_namespace") else None
+
+    def _first_page(self, listing: Listing) -> PageRequest:
+        listing.extra["totals"] = set()
+        params = {
+            **self._filters(),
             "per_page": 100,
             "order_by": "id",
             "sort": "asc",
             "pagination": "keyset",
         }
-        if not self.include_archived:
-            params["archived"] = "false"
-        return url, params
+        return PageRequest(self._projects_url(), params)
 
-    def scan(self) -> Iterator[ScanItem]:
-        """Yield the group's projects, then one verdict for the group's scope."""
-        headers, _ = self._start()
+    def _next_page(self, page: Page, request: PageRequest, listing: Listing) -> PageRequest | None:
+        """``Link: rel="next"`` (keyset, or offset with links), else ``x-next-page``."""
+        total = parse_int_header(page.headers, "x-total")
+        if total is not None:
+            listing.extra["totals"].add(total)
+        nxt = self._next_link(page)
+        if nxt is not None:
+            return nxt
+        next_page = (page.headers.get("x-next-page") or "").strip()
+        if not next_page:
+            return None
+        if not next_page.isdigit():
+            raise ListingError(
+                f"page {self._http.safe_url(page.url)}: unreadable x-next-page header "
+                f"{next_page[:20]!r}"
+            )
+        params = {**self._filters(), "per_page": 100, "order_by": "id", "sort": "asc"}
+        return PageRequest(self._projects_url(), {**params, "page": int(next_page)})
 
-        first_url, first_params = self._first_page()
-        url, params = first_url, dict(first_params)
-        what = f"group {self.group!r}"
-        seen_ids: set[str] = set()
-        visited: set[str] = set()
-        totals: set[int] = set()
-        yielded = malformed = pages = 0
-        mode = "keyset"
-        failure: str | None = None
-        try:
-            while True:
-                try:
-                    page = self._http.get_json(url, params=params, headers=headers, expect=list)
-                except PageError as exc:
-                    failure = describe_page_error(exc, what=what, first_page=pages == 0)
-                    break
-                pages += 1
-                visited.add(page.url)
-                if page.headers.get("x-page"):
-                    mode = "offset"
-                total = parse_int_header(page.headers, "x-total")
-                if total is not None:
-                    totals.add(total)
-                for project in page.data:
-                    pid = project.get("id") if isinstance(project, dict) else None
-                    if pid is None or not project.get("path_with_namespace"):
-                        malformed += 1
-                        continue
-                    if str(pid) in seen_ids:
-                        continue
-                    seen_ids.add(str(pid))
-                    if project.get("archived") and not self.include_archived:
-                        continue  # the server filters these; a server that does not, we do
-                    yield self._record(project)
-                    yielded += 1
-
-                nxt = parse_link_header(page.headers.get("link"), base=page.url).get("next")
-                if nxt is not None:
-                    if not same_origin(nxt, self.base_url):
-                        failure = (
-                            f"page {self._http.safe_url(page.url)}: next link points to another "
-                            f"origin ({self._http.safe_url(nxt)}); not followed with credentials"
-                        )
-                        break
-                    url, params = nxt, None
-                else:
-                    next_page = (page.headers.get("x-next-page") or "").strip()
-                    if not next_page:
-                        break
-                    if not next_page.isdigit():
-                        failure = (
-                            f"page {self._http.safe_url(page.url)}: unreadable x-next-page "
-                            f"header {next_page[:20]!r}"
-                        )
-                        break
-                    mode = "offset"
-                    url = first_url
-                    params = {k: v for k, v in first_params.items() if k != "pagination"}
-                    params["page"] = int(next_page)
-                full = str(httpx.URL(url, params=params) if params else httpx.URL(url))
-                if full in visited:
-                    failure = f"pagination loop: next page {self._http.safe_url(full)} seen before"
-                    break
-        finally:
-            self._http.close()
-
-        if failure is None and malformed:
-            failure = f"{malformed} projects without an id or path in the listing"
-        if failure is None and totals:
-            if len(totals) > 1:
-                failure = (
-                    f"the project count changed during the listing (x-total {sorted(totals)}): "
-                    "offset pages may have skipped projects"
+    def _check_complete(self, listing: Listing) -> str | None:
+        """Offset pages carry ``x-total``; a keyset listing asks for it (``per_page=1``)."""
+        totals: set[int] = listing.extra["totals"]
+        if not totals:
+            count = self._http.get_json(
+                self._projects_url(),
+                params={**self._filters(), "per_page": 1},
+                headers=listing.headers,
+                expect=list,
+            )
+            total = parse_int_header(count.headers, "x-total")
+            if total is None:
+                return (
+                    "GitLab reported no x-total for the group's projects (it omits it past "
+                    "10,000): nothing to check the listing against"
                 )
-            elif len(seen_ids) != next(iter(totals)):
-                failure = (
-                    f"server reported x-total={next(iter(totals))} projects but "
-                    f"{len(seen_ids)} were read"
-                )
-        if failure is None and pages > 1 and mode == "offset" and not totals:
-            log.info("GitLab %s: offset pagination without x-total; no count check", what)
-        yield ScopeVerdict(
-            scope_key=self.scope_key,
-            source_kind=self.kind,
-            complete=failure is None,
-            seen=yielded,
-            reason=failure,
-            fingerprint={
-                "api_url": redact_url(self.base_url),
-                "pagination": mode,
-                "pages": pages,
-                "listed": len(seen_ids),
-            },
-        )
+            totals = {total}
+        return count_check(self.noun, len(listing.seen_ids), totals, "x-total")
+
+    def _coverage(self, listing: Listing) -> dict[str, Any]:
+        return {**super()._coverage(listing), "include_subgroups": self.include_subgroups}
 
     def _record(self, project: dict[str, Any]) -> ProjectRecord:
         http_url = project.get("http_url_to_repo") or None
@@ -204,16 +186,8 @@ class GitLabSource(CodeHostSource):
             "ssh_url": (
                 redact_url(project["ssh_url_to_repo"]) if project.get("ssh_url_to_repo") else None
             ),
-            "archived": bool(project.get("archived", False)),
-            "visibility": project.get("visibility"),
-            "topics": list(topics),
-            "star_count": project.get("star_count"),
             "forks_count": project.get("forks_count"),
-            "last_activity_at": project.get("last_activity_at"),
-            "created_at": project.get("created_at"),
-            "description": project.get("description"),
             "empty_repo": project.get("empty_repo"),
-            "fork": bool(forked),
             "forked_from_id": forked.get("id"),
             "forked_from_path": forked.get("path_with_namespace"),
             "namespace_full_path": namespace.get("full_path"),
@@ -230,4 +204,13 @@ class GitLabSource(CodeHostSource):
             normalized_remote=normalize_remote(web_url or http_url or ""),
             default_branch=project.get("default_branch") or None,
             attributes=attributes,
+            archived=bool_or_none(project.get("archived")),
+            # the list names the source of a fork; a project without it is not one
+            fork=bool(forked),
+            visibility=text_or_none(project.get("visibility")),
+            description=text_or_none(project.get("description")),
+            topics=tuple(str(t) for t in topics if isinstance(t, str | int)),
+            stars=int_or_none(project.get("star_count")),
+            created_at=parse_timestamp(project.get("created_at")),
+            last_activity_at=parse_timestamp(project.get("last_activity_at")),
         )

@@ -1,7 +1,10 @@
 """Read git metadata straight from files: no ``git`` process, no dulwich ``Repo`` on the hot path.
 
 ``read_git_meta`` reads ``HEAD``, one ref (loose file, else ``packed-refs``), ``config`` (for the
-remote) and the HEAD commit object (for its committer time). The commit is read from its loose
+remotes and the branch's upstream) and the HEAD commit object (for its committer time); then the
+cheap state of a checkout, each one file lookup and never an index walk: the remote's ``HEAD``
+(its default branch), the upstream ref (in sync or not), ``shallow``, ``refs/stash`` and the
+``FETCH_HEAD`` time. The commit is read from its loose
 object file when there is one; packed commits are found through the pack's ``.idx`` (version 2)
 and inflated in place; only deltified commits, v1 indexes, alternates and multi-pack-index-only
 layouts fall back to dulwich. Nothing here raises on malformed input: every problem is collected
@@ -49,6 +52,13 @@ class GitMeta:
     ref_storage: str | None = None
     remote_name: str | None = None
     remote_url: str | None = None  # already redacted
+    remotes: dict[str, str] = field(default_factory=dict)  # name -> redacted url, file order
+    remote_head: str | None = None  # the branch refs/remotes/<remote>/HEAD names (default branch)
+    upstream: str | None = None  # e.g. "origin/main" (branch.<name>.remote + merge)
+    in_sync: bool | None = None  # HEAD == upstream ref; None when either is unknown
+    shallow: bool = False
+    has_stash: bool = False
+    last_fetch_at: datetime | None = None  # FETCH_HEAD mtime
     last_commit_at: datetime | None = None
     errors: list[str] = field(default_factory=list)
 
@@ -146,11 +156,39 @@ def looks_like_bare_repo(path: str) -> bool:
 # --------------------------------------------------------------------------------------- refs
 
 
-def read_ref(git_dir: str, common_dir: str, ref: str, _depth: int = 0) -> str | None:
+class PackedRefs:
+    """``packed-refs`` of one repository, read at most once however many refs are looked up."""
+
+    __slots__ = ("common_dir", "_data")
+
+    def __init__(self, common_dir: str) -> None:
+        self.common_dir = common_dir
+        self._data: bytes | None = None
+
+    def get(self, ref: str) -> str | None:
+        """The sha ``ref`` has in ``packed-refs``; None when absent (or no such file)."""
+        if self._data is None:
+            try:
+                data = read_small(self.common_dir + "/packed-refs", 1 << 30)
+            except (FileNotFoundError, NotADirectoryError):
+                data = b""
+            self._data = data if data.endswith(b"\n") or not data else data + b"\n"
+        return _find_packed(self._data, ref)
+
+
+def read_ref(
+    git_dir: str,
+    common_dir: str,
+    ref: str,
+    _depth: int = 0,
+    *,
+    packed: PackedRefs | None = None,
+) -> str | None:
     """Resolve ``ref`` (e.g. ``refs/heads/main``) to a hex sha: loose file, else ``packed-refs``.
 
     Follows symbolic refs (``ref: ...``) up to 5 levels. Returns None when the ref does not exist
     (an unborn branch); raises ``GitMetaError``/``OSError`` when a file is unreadable or malformed.
+    ``packed``: a ``PackedRefs`` shared by several lookups in one repository.
     """
     if _depth > 5:
         raise GitMetaError(f"symbolic ref loop at {ref}")
@@ -163,11 +201,27 @@ def read_ref(git_dir: str, common_dir: str, ref: str, _depth: int = 0) -> str | 
         raw = None
     if raw is not None:
         if raw.startswith(b"ref:"):
-            return read_ref(git_dir, common_dir, decode_text(raw[4:].strip()), _depth + 1)
+            target = decode_text(raw[4:].strip())
+            return read_ref(git_dir, common_dir, target, _depth + 1, packed=packed)
         if _is_sha(raw):
             return raw.decode("ascii")
         raise GitMetaError(f"malformed ref file {ref}")
+    if packed is not None:
+        return packed.get(ref)
     return read_packed_ref(common_dir, ref)
+
+
+def read_symref(common_dir: str, ref: str) -> str | None:
+    """The target of the symbolic ref file ``ref`` (e.g. ``refs/remotes/origin/HEAD``), or None
+    when it does not exist or is not symbolic (``packed-refs`` never holds symbolic refs)."""
+    try:
+        raw = read_small(common_dir + "/" + ref, 65536).strip()
+    except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+        return None
+    if not raw.startswith(b"ref:"):
+        return None
+    target = decode_text(raw[4:].strip())
+    return target if _valid_refname(target) else None
 
 
 def read_packed_ref(common_dir: str, ref: str) -> str | None:
@@ -176,9 +230,13 @@ def read_packed_ref(common_dir: str, ref: str) -> str | None:
         data = read_small(common_dir + "/packed-refs", 1 << 30)
     except (FileNotFoundError, NotADirectoryError):
         return None
-    needle = b" " + os.fsencode(ref) + b"\n"
     if not data.endswith(b"\n"):
         data += b"\n"
+    return _find_packed(data, ref)
+
+
+def _find_packed(data: bytes, ref: str) -> str | None:
+    needle = b" " + os.fsencode(ref) + b"\n"
     pos = data.find(needle)
     while pos != -1:
         start = data.rfind(b"\n", 0, pos) + 1
@@ -335,6 +393,54 @@ def remote_urls(data: bytes) -> dict[str, str]:
         if section == "remote" and key == "url" and sub is not None and value:
             urls.setdefault(sub, value)
     return urls
+
+
+def _branch_upstream_fast(data: bytes, branch: str) -> dict[str, str] | None:
+    """``remote``/``merge`` of ``[branch "<branch>"]`` in a plain config as git writes it; None
+    when the layout needs the full parser."""
+    if b"\\" in data or b"\r" in data:
+        return None
+    low = data.lower()
+    headers = data.count(b'\n[branch "') + data.startswith(b'[branch "')
+    if low.count(b"branch") != data.count(b"[branch ") or low.count(b"[branch") != headers:
+        return None  # old-style or indented headers, "branch" in another place: parse properly
+    hdr = b'[branch "' + os.fsencode(branch) + b'"]'
+    found: dict[str, str] = {}
+    pos = data.find(hdr)
+    while pos != -1:
+        if pos and data[pos - 1] != 0x0A:
+            return None
+        eol = data.find(b"\n", pos)
+        eol = len(data) if eol == -1 else eol
+        if data[pos + len(hdr) : eol].strip(b" \t"):
+            return None  # a key on the header line
+        end = data.find(b"\n[", eol)
+        for line in data[eol : len(data) if end == -1 else end].split(b"\n"):
+            key, eq, value = line.partition(b"=")
+            key = key.strip(b" \t").lower()
+            if key in (b"remote", b"merge") and eq:
+                value = value.strip(b" \t")
+                if b'"' in value or b"#" in value or b";" in value:
+                    return None
+                found[key.decode("ascii")] = decode_text(value)
+        pos = data.find(hdr, eol)
+    return found
+
+
+def branch_upstream(data: bytes, branch: str) -> tuple[str, str] | None:
+    """``(branch.<branch>.remote, branch.<branch>.merge)`` from config bytes; None unless both
+    are set (the last value of each wins, as in git)."""
+    if b"ranch" not in data:
+        return None
+    found = _branch_upstream_fast(data, branch)
+    if found is None:
+        found = {}
+        for section, sub, key, value in parse_git_config(data):
+            if section == "branch" and sub == branch and key in ("remote", "merge") and value:
+                found[key] = value
+    if found.get("remote") and found.get("merge"):
+        return found["remote"], found["merge"]
+    return None
 
 
 def pick_remote(urls: dict[str, str]) -> tuple[str, str] | None:
@@ -573,7 +679,7 @@ def read_git_meta(
     bare: bool = False,
     commit_times: bool = True,
 ) -> GitMeta:
-    """Read HEAD, branch, head commit, remote and last commit time of one repository.
+    """Read HEAD, branch, head commit, remotes, last commit time and a checkout's cheap state.
 
     ``dotgit`` is the ``.git`` entry of a work tree (directory or ``gitdir:`` file), or the
     repository folder itself when ``bare``. Never raises: problems are listed in ``errors``.
@@ -589,40 +695,11 @@ def read_git_meta(
             return meta
     meta.git_dir = git_dir
     meta.common_dir = common_dir
-
-    sha: str | None = None
-    try:
-        head = read_small(git_dir + "/HEAD", 65536).strip()
-        if head.startswith(b"ref:"):
-            ref = decode_text(head[4:].strip())
-            meta.head_ref = ref
-            meta.branch = ref[11:] if ref.startswith("refs/heads/") else ref
-            sha = read_ref(git_dir, common_dir, ref)
-            if sha is None:
-                if os.path.isdir(common_dir + "/reftable"):
-                    meta.ref_storage = "reftable"
-                    meta.branch = None
-                else:
-                    meta.unborn = True
-        elif _is_sha(head):
-            sha = head.decode("ascii")
-            meta.detached = True
-        else:
-            meta.errors.append("HEAD: neither a symbolic ref nor a commit id")
-    except (OSError, GitMetaError, ValueError) as exc:
-        meta.errors.append(f"HEAD: {_err(exc)}")
-    meta.head_commit = sha
-
-    try:
-        picked = pick_remote(remote_urls(read_small(common_dir + "/config", 1 << 24)))
-        if picked is not None:
-            meta.remote_name = picked[0]
-            meta.remote_url = redact_url(picked[1])
-    except FileNotFoundError:
-        pass
-    except (OSError, ValueError) as exc:
-        meta.errors.append(f"config: {_err(exc)}")
-
+    packed = PackedRefs(common_dir)
+    sha = meta.head_commit = _read_head(meta, git_dir, common_dir, packed)
+    config = _read_remote(meta, common_dir)
+    if not bare:
+        _checkout_state(meta, git_dir, common_dir, config, sha, packed)
     if sha is not None and commit_times:
         try:
             meta.last_commit_at = commit_time(common_dir + "/objects", sha)
@@ -631,3 +708,88 @@ def read_git_meta(
         except Exception as exc:  # corrupt objects must never abort a scan
             meta.errors.append(f"HEAD commit: {_err(exc)}")
     return meta
+
+
+def _read_head(meta: GitMeta, git_dir: str, common_dir: str, packed: PackedRefs) -> str | None:
+    """The commit HEAD points at (branch, detached, unborn and reftable noted on ``meta``)."""
+    try:
+        head = read_small(git_dir + "/HEAD", 65536).strip()
+        if head.startswith(b"ref:"):
+            ref = decode_text(head[4:].strip())
+            meta.head_ref = ref
+            meta.branch = ref[11:] if ref.startswith("refs/heads/") else ref
+            sha = read_ref(git_dir, common_dir, ref, packed=packed)
+            if sha is None:
+                if os.path.isdir(common_dir + "/reftable"):
+                    meta.ref_storage = "reftable"
+                    meta.branch = None
+                else:
+                    meta.unborn = True
+            return sha
+        if _is_sha(head):
+            meta.detached = True
+            return head.decode("ascii")
+        meta.errors.append("HEAD: neither a symbolic ref nor a commit id")
+    except (OSError, GitMetaError, ValueError) as exc:
+        meta.errors.append(f"HEAD: {_err(exc)}")
+    return None
+
+
+def _read_remote(meta: GitMeta, common_dir: str) -> bytes:
+    """The remotes (redacted) and the one the repository was most likely cloned from; returns
+    the config bytes (b"" when unreadable) for the upstream lookup."""
+    config = b""
+    try:
+        config = read_small(common_dir + "/config", 1 << 24)
+        urls = remote_urls(config)
+        picked = pick_remote(urls)
+        if picked is not None:
+            meta.remote_name = picked[0]
+            meta.remote_url = redact_url(picked[1])
+            meta.remotes = {name: redact_url(url) for name, url in urls.items()}
+    except FileNotFoundError:
+        pass
+    except (OSError, ValueError) as exc:
+        meta.errors.append(f"config: {_err(exc)}")
+    return config
+
+
+def _checkout_state(
+    meta: GitMeta,
+    git_dir: str,
+    common_dir: str,
+    config: bytes,
+    sha: str | None,
+    packed: PackedRefs,
+) -> None:
+    """Fill the remote's default branch, upstream and sync, shallow, stash and last fetch."""
+    try:
+        if meta.remote_name is not None:
+            prefix = f"refs/remotes/{meta.remote_name}/"
+            target = read_symref(common_dir, prefix + "HEAD")
+            if target is not None and target.startswith(prefix):
+                meta.remote_head = target[len(prefix) :]
+        if meta.head_ref is not None and meta.head_ref.startswith("refs/heads/"):
+            up = branch_upstream(config, meta.head_ref[11:]) if config else None
+            if up is not None:
+                remote, merge = up
+                short = merge[11:] if merge.startswith("refs/heads/") else merge
+                if remote == ".":
+                    meta.upstream, ref = short, merge
+                else:
+                    meta.upstream, ref = f"{remote}/{short}", f"refs/remotes/{remote}/{short}"
+                theirs = read_ref(git_dir, common_dir, ref, packed=packed)
+                if theirs is not None and sha is not None:
+                    meta.in_sync = theirs == sha
+        # a stash is its reflog (``git stash`` always writes it, packed or not): one lookup
+        meta.has_stash = os.path.exists(common_dir + "/logs/refs/stash")
+    except (OSError, GitMetaError, ValueError) as exc:
+        meta.errors.append(f"refs: {_err(exc)}")
+    meta.shallow = os.path.exists(common_dir + "/shallow")
+    try:
+        mtime = os.stat(git_dir + "/FETCH_HEAD").st_mtime
+        meta.last_fetch_at = datetime.fromtimestamp(int(mtime), tz=UTC)
+    except (FileNotFoundError, NotADirectoryError):
+        pass
+    except OSError as exc:
+        meta.errors.append(f"FETCH_HEAD: {_err(exc)}")

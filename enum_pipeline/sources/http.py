@@ -68,17 +68,33 @@ class Page:
     from_cache: bool = False
 
 
-def read_token(env_name: str | None, *, logger: logging.Logger | None = None) -> str | None:
-    """Return the token held in environment variable ``env_name``, or None (with a warning)."""
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+# How tokens of the supported hosts begin (GitHub classic and fine-grained, GitLab).
+_TOKEN_PREFIXES = ("ghp_", "gho_", "ghu_", "ghs_", "ghr_", "github_pat_", "glpat", "gldt", "glrt")
+
+
+def is_env_name(name: str) -> bool:
+    """True when ``name`` can be an environment variable's name and does not look like a token.
+
+    A ``token_env`` that fails this is most likely the token itself, pasted in the wrong key:
+    callers reject it without ever showing it. Besides the syntax (letters, digits, ``_``), a
+    known token prefix (``ghp_``, ``github_pat_``, ``glpat``...) or a long run mixing lower-case
+    letters and digits (Gitea's tokens are 40 hex digits) is refused.
+    """
+    if not isinstance(name, str) or len(name) > 255 or _ENV_NAME.fullmatch(name) is None:
+        return False
+    if name.lower().startswith(_TOKEN_PREFIXES):
+        return False
+    mixed = any(c.islower() for c in name) and any(c.isdigit() for c in name)
+    return not (len(name) >= 30 and mixed)
+
+
+def read_token(env_name: str | None) -> str | None:
+    """The token held in environment variable ``env_name``; None when unset, empty or unnamed."""
     if not env_name:
         return None
     value = os.environ.get(env_name, "").strip()
-    if not value:
-        (logger or log).warning(
-            "environment variable %s is not set or empty: requests are unauthenticated", env_name
-        )
-        return None
-    return value
+    return value or None
 
 
 def web_host(base_url: str) -> str:
@@ -294,51 +310,11 @@ class HttpClient:
         waited = 0.0
         attempt = 0
         while True:
-            error: str
-            wait: float | None = None
-            cached = self._etag_cache.get(cache_key)
-            send_headers = dict(request_headers)
-            if cached is not None:
-                send_headers["If-None-Match"] = cached[0]
-            try:
-                response = self._send(full_url, send_headers)
-            except httpx.TimeoutException as exc:
-                error = f"timeout ({type(exc).__name__})"
-            except httpx.TransportError as exc:
-                error = f"connection error ({type(exc).__name__}: {self.scrub(str(exc))[:200]})"
-            else:
-                status = response.status_code
-                if status == 304 and cached is not None:
-                    data = _decode(cached[1], expect)
-                    if data is not _INVALID:
-                        self._etag_cache.move_to_end(cache_key)
-                        return Page(full_url, 200, httpx.Headers(cached[2]), data, True)
-                    self._cache_drop(cache_key)
-                    error = "cached body no longer decodes"
-                elif 200 <= status < 300:
-                    data = _decode(response.content, expect)
-                    if data is not _INVALID:
-                        etag = response.headers.get("etag")
-                        if etag:
-                            self._cache_put(cache_key, etag, response.content, response.headers)
-                        return Page(full_url, status, response.headers, data)
-                    kind = "JSON" if expect is None else f"JSON {expect.__name__}"
-                    error = f"HTTP {status} with invalid or truncated {kind} body"
-                else:
-                    limit_wait = self._rate_limit_wait(response)
-                    if limit_wait is not None:
-                        error = f"rate limited (HTTP {status})"
-                        wait = None if limit_wait < 0 else limit_wait
-                    elif status in TRANSIENT_STATUSES:
-                        error = f"HTTP {status} {response.reason_phrase}".rstrip()
-                        wait = _parse_retry_after(response.headers.get("retry-after"), self._clock)
-                    else:
-                        message = self.scrub(_error_message(response))
-                        reason = f"HTTP {status} {response.reason_phrase}".rstrip()
-                        if message:
-                            reason += f": {message}"
-                        raise PageError(shown, reason, status)
+            outcome = self._attempt(full_url, request_headers, cache_key, expect, shown)
+            if isinstance(outcome, Page):
+                return outcome
             # A transient failure: retry if the budget allows.
+            error, wait = outcome
             if attempt >= self.max_retries:
                 raise PageError(shown, f"{error}; gave up after {attempt + 1} attempts")
             delay = max(self._backoff(attempt), wait or 0.0)
@@ -360,6 +336,60 @@ class HttpClient:
             self._sleep(delay)
             waited += delay
             attempt += 1
+
+    def _attempt(
+        self,
+        full_url: str,
+        request_headers: dict[str, str],
+        cache_key: str,
+        expect: type | None,
+        shown: str,
+    ) -> Page | tuple[str, float | None]:
+        """One GET: the page, or ``(transient error, seconds asked to wait)``; PageError when
+        the answer is final (a 4xx that is not a rate limit)."""
+        cached = self._etag_cache.get(cache_key)
+        send_headers = dict(request_headers)
+        if cached is not None:
+            send_headers["If-None-Match"] = cached[0]
+        try:
+            response = self._send(full_url, send_headers)
+        except httpx.TimeoutException as exc:
+            return f"timeout ({type(exc).__name__})", None
+        except httpx.TransportError as exc:
+            return f"connection error ({type(exc).__name__}: {self.scrub(str(exc))[:200]})", None
+        status = response.status_code
+        if status == 304 and cached is not None:
+            data = _decode(cached[1], expect)
+            if data is not _INVALID:
+                self._etag_cache.move_to_end(cache_key)
+                return Page(full_url, 200, httpx.Headers(cached[2]), data, True)
+            self._cache_drop(cache_key)
+            return "cached body no longer decodes", None
+        if 200 <= status < 300:
+            data = _decode(response.content, expect)
+            if data is not _INVALID:
+                etag = response.headers.get("etag")
+                if etag:
+                    self._cache_put(cache_key, etag, response.content, response.headers)
+                return Page(full_url, status, response.headers, data)
+            kind = "JSON" if expect is None else f"JSON {expect.__name__}"
+            return f"HTTP {status} with invalid or truncated {kind} body", None
+        return self._failure(response, shown)
+
+    def _failure(self, response: httpx.Response, shown: str) -> tuple[str, float | None]:
+        """A rate limit or a transient status to retry; PageError for any other status."""
+        status = response.status_code
+        limit_wait = self._rate_limit_wait(response)
+        if limit_wait is not None:
+            return f"rate limited (HTTP {status})", None if limit_wait < 0 else limit_wait
+        if status in TRANSIENT_STATUSES:
+            wait = _parse_retry_after(response.headers.get("retry-after"), self._clock)
+            return f"HTTP {status} {response.reason_phrase}".rstrip(), wait
+        message = self.scrub(_error_message(response))
+        reason = f"HTTP {status} {response.reason_phrase}".rstrip()
+        if message:
+            reason += f": {message}"
+        raise PageError(shown, reason, status)
 
 
 _INVALID = object()

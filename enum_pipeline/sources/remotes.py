@@ -8,7 +8,9 @@ replaced with ``***`` when it holds a password (``user:secret@``) or when the sc
 one (over HTTP a lone user name is often a token: ``https://<token>@github.com/...``). A plain SSH
 login (``ssh://git@host/...``) and scp-like addresses (``git@github.com:org/repo.git``) are kept.
 Query parameters whose name suggests a secret (``token``, ``private_token``, ``password`` ...)
-get the value ``***``. Nothing else is changed: an ``@`` in the path (``https://h/o/r@v1``) stays.
+get the value ``***``. A remote-helper address (``<transport>::<address>``, e.g.
+``hg::https://user:pw@host/repo``) has its address redacted by the same rules. Nothing else is
+changed: an ``@`` in the path (``https://h/o/r@v1``) stays.
 """
 
 from __future__ import annotations
@@ -19,6 +21,8 @@ REDACTED = "***"
 
 _SSH_SCHEMES = frozenset({"ssh", "git+ssh", "ssh+git"})
 _SCHEME_RE = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
+# git's remote helpers: "<transport>::<address>" (hg::https://..., persistent-https::...)
+_HELPER_RE = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)::(.*)$", re.DOTALL)
 _SECRET_PARAM_RE = re.compile(
     r"(?i)(^|[?&;])((?:[a-z0-9_.-]*(?:token|secret|password|passwd|pwd|auth|key|sig|signature))"
     r"|access_token|private_token|credential[s]?)=([^&;#]*)"
@@ -41,6 +45,9 @@ def redact_url(url: str) -> str:
     """Return ``url`` with any credentials it carries replaced by ``***`` (see module docstring)."""
     if not url:
         return url
+    helper = _HELPER_RE.match(url)
+    if helper is not None:
+        return f"{helper.group(1)}::{redact_url(helper.group(2))}"
     m = _SCHEME_RE.match(url)
     if m is None:
         sm = _SCP_RE.match(url)
@@ -102,6 +109,9 @@ def normalize_remote(url: str) -> str | None:
     if not url:
         return None
     url = url.strip()
+    helper = _HELPER_RE.match(url)
+    if helper is not None:
+        url = helper.group(2).strip()  # hg::https://host/repo is the repository at its address
     m = _SCHEME_RE.match(url)
     if m is not None:
         scheme = m.group(1).lower()

@@ -1,43 +1,49 @@
-"""The inventory store: schema, migrations and the run lifecycle (no Dagster here)."""
+"""The inventory store: schema, migrations and the run lifecycle (no Dagster here).
 
-from enum_pipeline.store import changes as _changes
-from enum_pipeline.store.lifecycle import (
+Import from here, never from a submodule outside the store.
+"""
+
+from enum_pipeline.store.changes import ProjectChange
+from enum_pipeline.store.errors import (
     CleanupRefusedError,
-    CleanupResult,
-    FlushResult,
     FlushVerificationError,
-    InventoryStore,
     RunActiveError,
-    RunInfo,
     RunNotActiveError,
     StoreError,
     UnknownRunError,
-    VerifyResult,
-    open_store,
 )
+from enum_pipeline.store.inventory import InventoryStore, open_store
+from enum_pipeline.store.liveness import holder_is_dead
 from enum_pipeline.store.policy import CleanupPolicy
-
-# The facade's read-only operator views (CONTRACTS.md 5), defined in store/changes.py.
-InventoryStore.run_changes = _changes.run_changes
-InventoryStore.holder = _changes.holder
-InventoryStore.restorable_cleanups = _changes.restorable_cleanups
-InventoryStore.cleanup_plan = _changes.cleanup_plan
-InventoryStore.scope_summary = _changes.scope_summary
-ProjectChange = _changes.ProjectChange
+from enum_pipeline.store.records import (
+    CleanupResult,
+    CleanupStatus,
+    FlushResult,
+    RunInfo,
+    RunStatus,
+    ScopeCleanup,
+    VerifyResult,
+    utcnow,
+)
 
 __all__ = [
     "CleanupPolicy",
     "CleanupRefusedError",
     "CleanupResult",
+    "CleanupStatus",
     "FlushResult",
     "FlushVerificationError",
     "InventoryStore",
+    "ProjectChange",
     "RunActiveError",
     "RunInfo",
     "RunNotActiveError",
+    "RunStatus",
+    "ScopeCleanup",
     "StoreError",
     "UnknownRunError",
     "VerifyResult",
-    "ProjectChange",
+    "holder_is_dead",
     "open_store",
+    "utcnow",
 ]

@@ -7,15 +7,17 @@ its cleanup) removed, by project.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
 
+from enum_pipeline.store import reads, runs
 from enum_pipeline.store import schema as t
+from enum_pipeline.store.records import RunInfo, utcnow
 
 if TYPE_CHECKING:
-    from enum_pipeline.store.lifecycle import InventoryStore, RunInfo
+    from enum_pipeline.store.context import StoreContext
     from enum_pipeline.store.policy import CleanupPolicy
 
 # Columns whose difference is not a change an operator cares about (bookkeeping, or derived).
@@ -57,7 +59,7 @@ class PlannedEntry:
     reason: str
 
 
-def run_changes(store: InventoryStore, run_id: str) -> list[ProjectChange]:
+def run_changes(ctx: StoreContext, run_id: str) -> list[ProjectChange]:
     """What run ``run_id`` added, changed and removed, added first, then changed, then removed.
 
     Added and changed are read from ``projects`` (a row first seen, or whose content changed,
@@ -65,7 +67,7 @@ def run_changes(store: InventoryStore, run_id: str) -> list[ProjectChange]:
     newest earlier staged row of the project (empty when that staging was pruned). A later run
     that changed a project again hides the earlier change. Removed: the run's cleanup history.
     """
-    info = store.get_run(run_id)
+    info = reads.get_run(ctx, run_id)
     p, s, rs = t.projects, t.staged_projects, t.run_state
     since = info.started_at
     until = info.finished_at or info.heartbeat_at
@@ -73,7 +75,7 @@ def run_changes(store: InventoryStore, run_id: str) -> list[ProjectChange]:
     changed_window = sa.and_(p.c.changed_at >= since, p.c.changed_at <= until)
     compared = [c for c in t.PROJECT_DATA_COLUMNS if c not in _NOT_COMPARED]
     out: list[ProjectChange] = []
-    with store.engine.connect() as conn:
+    with ctx.engine.connect() as conn:
         rows = conn.execute(
             sa.select(p.c.project_key, p.c.name, p.c.scope_key, p.c.location, window.label("new"))
             .select_from(s.join(p, p.c.project_key == s.c.project_key))
@@ -107,6 +109,33 @@ def run_changes(store: InventoryStore, run_id: str) -> list[ProjectChange]:
                 ProjectChange(r.project_key, r.name, r.scope_key, "changed", fields, r.location)
             )
         h = t.removed_projects
+        # Added by this run, removed since by a later cleanup: the history row still says when
+        # the project was first seen.
+        added_back: set[str] = set()
+        gone = (
+            sa.select(s.c.project_key)
+            .where(s.c.run_id == run_id)
+            .where(~sa.exists().where(p.c.project_key == s.c.project_key))
+        )
+        for r in conn.execute(
+            sa.select(h.c.project_key, h.c.scope_key, h.c.row).where(
+                h.c.project_key.in_(gone), h.c.removed_by_run_id != run_id
+            )
+        ):
+            row = r.row or {}
+            first = _aware(row.get("first_seen_at"))
+            if r.project_key not in added_back and first and since <= first <= until:
+                added_back.add(r.project_key)
+                out.append(
+                    ProjectChange(
+                        r.project_key,
+                        row.get("name", r.project_key),
+                        r.scope_key,
+                        "added",
+                        (),
+                        row.get("location", ""),
+                    )
+                )
         for r in conn.execute(
             sa.select(h.c.project_key, h.c.scope_key, h.c.row)
             .where(h.c.removed_by_run_id == run_id)
@@ -128,14 +157,19 @@ def run_changes(store: InventoryStore, run_id: str) -> list[ProjectChange]:
     return out
 
 
-def holder(store: InventoryStore) -> tuple[RunInfo, str | None] | None:
-    """The active run, and why a new run would take it over (None: it holds the inventory)."""
-    from enum_pipeline.store.lifecycle import utcnow
+def _aware(value: str | None) -> datetime | None:
+    if not value:
+        return None
+    moment = datetime.fromisoformat(value)
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
-    active = store.active_run()
+
+def holder(ctx: StoreContext) -> tuple[RunInfo, str | None] | None:
+    """The active run, and why a new run would take it over (None: it holds the inventory)."""
+    active = reads.active_run(ctx)
     if active is None:
         return None
-    with store.engine.connect() as conn:
+    with ctx.engine.connect() as conn:
         row = (
             conn.execute(sa.select(t.run_state).where(t.run_state.c.run_id == active.run_id))
             .mappings()
@@ -143,14 +177,14 @@ def holder(store: InventoryStore) -> tuple[RunInfo, str | None] | None:
         )
         if row is None:
             return None
-        reason = store._abandon_reason(conn, row, utcnow())
+        reason = runs._abandon_reason(ctx, conn, row, utcnow())
     return active, reason
 
 
-def restorable_cleanups(store: InventoryStore, names: int = 5) -> list[Restorable]:
+def restorable_cleanups(ctx: StoreContext, names: int = 5) -> list[Restorable]:
     """Cleanups with removed projects not yet restored, newest first (``names``: a sample)."""
     h = t.removed_projects
-    with store.engine.connect() as conn:
+    with ctx.engine.connect() as conn:
         groups = conn.execute(
             sa.select(h.c.removed_by_run_id, sa.func.max(h.c.removed_at), sa.func.count())
             .where(h.c.restored_at.is_(None))
@@ -172,7 +206,7 @@ def restorable_cleanups(store: InventoryStore, names: int = 5) -> list[Restorabl
 
 
 def cleanup_plan(
-    store: InventoryStore, run_id: str, policy: CleanupPolicy, *, limit: int | None = None
+    ctx: StoreContext, run_id: str, policy: CleanupPolicy, *, limit: int | None = None
 ) -> list[PlannedEntry]:
     """Per project, what the cleanup of ``run_id`` would do now: every row of the run's scopes
     the run did not see, with ``remove`` / ``mark_missing`` / ``keep`` and the reason.
@@ -181,9 +215,9 @@ def cleanup_plan(
     only; the cleanup itself decides in its own transaction.
     """
     p, sc = t.projects, t.run_scopes
-    info = store.get_run(run_id)
+    info = reads.get_run(ctx, run_id)
     out: list[PlannedEntry] = []
-    with store.engine.connect() as conn:
+    with ctx.engine.connect() as conn:
         scopes = conn.execute(sa.select(sc).where(sc.c.run_id == run_id)).mappings().all()
         for scope in scopes:
             stmt = (
@@ -222,11 +256,11 @@ def cleanup_plan(
     return out
 
 
-def scope_summary(store: InventoryStore) -> list[dict[str, Any]]:
+def scope_summary(ctx: StoreContext) -> list[dict[str, Any]]:
     """Per scope of ``projects``: total, missing, out of coverage, and whether the newest
     read of the scope was incomplete."""
     p, sc, rs = t.projects, t.run_scopes, t.run_state
-    with store.engine.connect() as conn:
+    with ctx.engine.connect() as conn:
         counts = conn.execute(
             sa.select(
                 p.c.scope_key,

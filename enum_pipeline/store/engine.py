@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import sqlite3
 import time
 from pathlib import Path
@@ -26,9 +27,22 @@ def default_database_url() -> str:
     return f"sqlite:///{DEFAULT_SQLITE_PATH.resolve()}"
 
 
+_SECRET_QUERY_KEY = re.compile(r"(?i)pass|pwd|secret|token|key|auth|credential")
+
+
 def redact_database_url(url: str) -> str:
-    """The URL with its password hidden, for logs and metadata."""
-    return make_url(url).render_as_string(hide_password=True)
+    """The URL with its password hidden, for logs and metadata.
+
+    Both places a password can take are hidden: the user info (``user:pw@``) and the query
+    (``?password=...``, ``sslpassword``, ``sslkey`` ...). An unparsable URL is not shown at all.
+    """
+    try:
+        parsed = make_url(url)
+    except Exception:  # noqa: BLE001 - whatever it is, it may hold a password
+        return "<unparsable database URL>"
+    query = {k: ("***" if _SECRET_QUERY_KEY.search(k) else v) for k, v in parsed.query.items()}
+    shown = parsed.set(query=query).render_as_string(hide_password=True)
+    return shown.replace("=%2A%2A%2A", "=***")  # the query's *** comes back percent-encoded
 
 
 def create_inventory_engine(url: str) -> Engine:

@@ -10,6 +10,8 @@ from sqlalchemy.dialects.postgresql import JSONB
 metadata = sa.MetaData()
 
 JSONType = sa.JSON().with_variant(JSONB(), "postgresql")
+# Python None is SQL NULL ("not known"), never a JSON null
+NullableJSON = sa.JSON(none_as_null=True).with_variant(JSONB(none_as_null=True), "postgresql")
 
 RUN_STATUSES = ("active", "completed", "failed")
 CLEANUP_STATUSES = ("done", "blocked", "noop")
@@ -39,7 +41,12 @@ class UTCDateTime(sa.TypeDecorator):
 
 
 def _project_columns() -> list[sa.Column]:
-    """Columns a source fills, shared by ``projects``, ``staged_projects``."""
+    """Columns a source fills, shared by ``projects``, ``staged_projects``.
+
+    Their names are the ``ProjectRecord`` field names (``content_hash`` excepted), so a row is
+    the record's fields in this order. NULL means "this source does not know" (see
+    ``sources/fields.py``).
+    """
     return [
         sa.Column("scope_key", sa.Text, nullable=False),
         sa.Column("source_kind", sa.String(32), nullable=False),
@@ -55,10 +62,36 @@ def _project_columns() -> list[sa.Column]:
         sa.Column("markers", JSONType),
         sa.Column("attributes", JSONType),
         sa.Column("content_hash", sa.String(64), nullable=False),
+        *product_columns(),
+    ]
+
+
+def product_columns() -> list[sa.Column]:
+    """What the inventory answers questions with (migration 0003): code-host facts and the
+    cheap state of a checkout."""
+    return [
+        sa.Column("archived", sa.Boolean),
+        sa.Column("fork", sa.Boolean),
+        sa.Column("visibility", sa.String(16)),
+        sa.Column("description", sa.Text),
+        sa.Column("topics", NullableJSON),
+        sa.Column("language", sa.Text),
+        sa.Column("license", sa.Text),
+        sa.Column("stars", sa.BigInteger),
+        sa.Column("created_at", UTCDateTime()),
+        sa.Column("last_activity_at", UTCDateTime()),
+        sa.Column("current_branch", sa.Text),
+        sa.Column("remotes", NullableJSON),
+        sa.Column("upstream", sa.Text),
+        sa.Column("in_sync", sa.Boolean),
+        sa.Column("shallow", sa.Boolean),
+        sa.Column("has_stash", sa.Boolean),
+        sa.Column("last_fetch_at", UTCDateTime()),
     ]
 
 
 PROJECT_DATA_COLUMNS = [c.name for c in _project_columns()]
+PRODUCT_COLUMNS = [c.name for c in product_columns()]
 
 # One row: the generation counter, and the row every writer locks to serialise begin/cleanup.
 inventory = sa.Table(

@@ -1,0 +1,80 @@
+"""Which inventory columns each source kind fills (the rest stay NULL: never a guess).
+
+Reports and the README read ``FILLED_COLUMNS`` to tell "this source does not know" from "the
+value is empty". Columns every kind fills (``project_key``, ``name``, ``location``, ``scope_key``,
+``source_kind``) are not listed.
+"""
+
+from __future__ import annotations
+
+#: The product columns, in the order reports and ``enum-pipeline projects`` show them.
+PRODUCT_COLUMNS: tuple[str, ...] = (
+    "archived",
+    "fork",
+    "visibility",
+    "description",
+    "topics",
+    "language",
+    "license",
+    "stars",
+    "created_at",
+    "last_activity_at",
+    "default_branch",
+    "current_branch",
+    "remotes",
+    "upstream",
+    "in_sync",
+    "shallow",
+    "has_stash",
+    "last_fetch_at",
+)
+
+_CODE_HOST_COMMON = (
+    "vcs",
+    "remote_url",
+    "normalized_remote",
+    "default_branch",
+    "archived",
+    "fork",
+    "visibility",
+    "description",
+    "topics",
+    "stars",
+    "created_at",
+    "last_activity_at",
+)
+
+FILLED_COLUMNS: dict[str, frozenset[str]] = {
+    # a checkout: what its .git files and its folder say (no code-host facts)
+    "filesystem": frozenset(
+        {
+            "vcs",
+            "path",
+            "remote_url",
+            "normalized_remote",
+            "default_branch",  # git: refs/remotes/<remote>/HEAD when present; bare: HEAD
+            "current_branch",
+            "head_commit",
+            "last_commit_at",
+            "last_activity_at",  # the HEAD commit's committer time
+            "markers",
+            "remotes",
+            "upstream",
+            "in_sync",
+            "shallow",
+            "has_stash",
+            "last_fetch_at",
+        }
+    ),
+    # GitHub's repository object: license.spdx_id, stargazers_count, pushed_at
+    "github": frozenset({*_CODE_HOST_COMMON, "language", "license", "last_commit_at"}),
+    # GitLab's project list has no language and no SPDX licence id
+    "gitlab": frozenset(_CODE_HOST_COMMON),
+    # Gitea/Forgejo: licenses (1.22+), stars_count, updated_at
+    "gitea": frozenset({*_CODE_HOST_COMMON, "language", "license"}),
+}
+
+
+def filled_columns(source_kind: str) -> frozenset[str]:
+    """The columns ``source_kind`` fills; empty for an unknown kind."""
+    return FILLED_COLUMNS.get(source_kind, frozenset())

@@ -1,0 +1,65 @@
+"""What every concern of the store shares: the engine, the dialect, the leases, the timeout.
+
+Every store function is a short transaction of its own; nothing holds a transaction across the
+scan. Writers that must not interleave (``begin``, ``safe_cleanup_old_projects``, ``restore``)
+first lock the single ``inventory`` row (``lock_inventory``), and the partial unique index on
+``run_state(status)`` keeps a second ``active`` run out whatever launched it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import timedelta
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection, Engine
+
+from enum_pipeline.store import schema as t
+from enum_pipeline.store.dialect import Dialect
+from enum_pipeline.store.errors import RunNotActiveError, UnknownRunError
+from enum_pipeline.store.liveness import LeaseKeeper
+from enum_pipeline.store.records import RunStatus
+
+
+@dataclass
+class StoreContext:
+    """The shared parts of one ``InventoryStore``."""
+
+    engine: Engine
+    dialect: Dialect
+    leases: LeaseKeeper
+    heartbeat_timeout: timedelta
+
+    def lock_inventory(self, conn: Connection) -> int:
+        """Serialise writers on the inventory row; returns the last generation handed out."""
+        stmt = sa.select(t.inventory.c.last_generation).where(t.inventory.c.id == 1)
+        return int(conn.execute(self.dialect.for_update(stmt)).scalar_one())
+
+    def run_row(self, conn: Connection, run_id: str, *, lock: bool = False):
+        """The ``run_state`` row of ``run_id`` (locked when ``lock``); ``UnknownRunError``."""
+        stmt = sa.select(t.run_state).where(t.run_state.c.run_id == run_id)
+        if lock:
+            stmt = self.dialect.for_update(stmt)
+        row = conn.execute(stmt).mappings().first()
+        if row is None:
+            raise UnknownRunError(f"no run_state row for run {run_id}")
+        return row
+
+    def require_active(self, conn: Connection, run_id: str):
+        """The locked row of ``run_id``; ``RunNotActiveError`` unless it may still write."""
+        row = self.run_row(conn, run_id, lock=True)
+        if row["status"] != RunStatus.ACTIVE:
+            raise RunNotActiveError(
+                f"run {run_id} is {row['status']}"
+                + (f" ({row['error']})" if row["error"] else "")
+                + "; it can no longer write"
+            )
+        self.leases.keep(run_id)
+        return row
+
+
+def set_run(conn: Connection, run_id: str, **values) -> int:
+    """Update the ``run_state`` row of ``run_id``; returns the rows changed."""
+    return conn.execute(
+        sa.update(t.run_state).where(t.run_state.c.run_id == run_id).values(**values)
+    ).rowcount

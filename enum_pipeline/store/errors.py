@@ -1,0 +1,31 @@
+"""The store's refusals: one base class, one subclass a reason."""
+
+from __future__ import annotations
+
+
+class StoreError(Exception):
+    """Base class of the store's refusals."""
+
+
+class RunActiveError(StoreError):
+    """Another run holds the inventory."""
+
+    def __init__(self, run_id: str, detail: str):
+        super().__init__(f"run {run_id} is active ({detail}); refusing to start another run")
+        self.run_id = run_id
+
+
+class UnknownRunError(StoreError):
+    """No ``run_state`` row for that run id."""
+
+
+class RunNotActiveError(StoreError):
+    """The run is not ``active``; it cannot stage or flush."""
+
+
+class FlushVerificationError(StoreError):
+    """What the run staged is not what ``projects`` holds after the flush."""
+
+
+class CleanupRefusedError(StoreError):
+    """The run is not a completed, flush-verified run."""

@@ -1,0 +1,241 @@
+"""``InventoryStore``: the run lifecycle of DESIGN.md behind one object.
+
+begin, stage, flush, verify, complete/fail, cleanup, restore. Each method delegates to the
+module of its concern (``runs``, ``staging``, ``flush``, ``cleanup``, ``history``, ``reads``),
+all sharing one ``StoreContext``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy.engine import Engine
+
+from enum_pipeline.sources.base import ProjectRecord, ScopeVerdict
+from enum_pipeline.store import changes, cleanup, flush, history, reads, runs, staging
+from enum_pipeline.store.context import StoreContext
+from enum_pipeline.store.dialect import dialect_for
+from enum_pipeline.store.engine import create_inventory_engine, ensure_schema
+from enum_pipeline.store.liveness import LeaseKeeper
+from enum_pipeline.store.policy import CleanupPolicy
+from enum_pipeline.store.records import CleanupResult, FlushResult, RunInfo, VerifyResult
+
+
+class InventoryStore:
+    """The inventory database and its run lifecycle. Safe to share between threads."""
+
+    def __init__(self, url: str, *, heartbeat_timeout: timedelta = timedelta(minutes=15)):
+        self.url = url
+        self.engine: Engine = create_inventory_engine(url)
+        dialect = dialect_for(self.engine)
+        leases = LeaseKeeper(self.engine, enabled=dialect.has_leases)
+        self._ctx = StoreContext(self.engine, dialect, leases, heartbeat_timeout)
+        ensure_schema(self.engine)
+
+    @property
+    def heartbeat_timeout(self) -> timedelta:
+        """How long a silent active run counts as alive."""
+        return self._ctx.heartbeat_timeout
+
+    @heartbeat_timeout.setter
+    def heartbeat_timeout(self, value: timedelta) -> None:
+        self._ctx.heartbeat_timeout = value
+
+    @property
+    def dialect(self) -> str:
+        """The database's dialect name: ``sqlite`` or ``postgresql``."""
+        return self.engine.dialect.name
+
+    def dispose(self) -> None:
+        """Close pooled connections and drop the leases of runs this store holds."""
+        self._ctx.leases.release_all()
+        self.engine.dispose()
+
+    # ------------------------------------------------------------------ run state machine
+
+    def begin(self, run_id: str, *, now: datetime | None = None) -> int:
+        """Start run ``run_id`` and return its generation; refuse while another run is active.
+
+        An active run whose heartbeat expired, whose process on this host is gone, or (on
+        PostgreSQL) whose database session is gone, is first marked ``failed`` (``abandoned``).
+        """
+        return runs.begin(self._ctx, run_id, now)
+
+    def heartbeat(self, run_id: str, *, now: datetime | None = None) -> None:
+        """Tell reapers the run is alive; on PostgreSQL, take the lease again if its session
+        was lost while the run is still ours (``RunActiveError`` if another session took it)."""
+        runs.heartbeat(self._ctx, run_id, now)
+
+    def resume(self, run_id: str, attempt_run_id: str) -> int:
+        """Re-activate a failed run whose scan is staged, so a re-execution can finish its flush.
+
+        Allowed only while no other run is active and no newer run has begun, so a re-execution
+        can never write over a newer run's view; a run still ``active`` is taken over only when
+        its holder's lease is ours or free. Returns the run's generation.
+        """
+        return runs.resume(self._ctx, run_id, attempt_run_id)
+
+    def complete(self, run_id: str) -> str:
+        """End the run: ``completed`` iff its flush was verified, else ``failed``."""
+        return runs.complete(self._ctx, run_id)
+
+    def fail(self, run_id: str, reason: str) -> bool:
+        """Mark an ``active`` run ``failed``. Returns False when it was not active (no change)."""
+        return runs.fail(self._ctx, run_id, reason)
+
+    def fail_attempt(self, attempt_run_id: str, reason: str) -> list[str]:
+        """Mark failed the active run whose current attempt is Dagster run ``attempt_run_id``."""
+        return runs.fail_attempt(self._ctx, attempt_run_id, reason)
+
+    def reap(
+        self,
+        *,
+        now: datetime | None = None,
+        attempt_finished: Callable[[str], bool] | None = None,
+    ) -> list[str]:
+        """Mark ``failed`` (``abandoned``) every active run that provably stopped.
+
+        Stopped: heartbeat older than the timeout, process on this host gone, database session
+        gone (PostgreSQL lease free), or (when
+        ``attempt_finished`` is given) the orchestrator says its attempt ended.
+        """
+        return runs.reap(self._ctx, now, attempt_finished)
+
+    # ------------------------------------------------------------------ staging
+
+    def reset_staging(self, run_id: str) -> None:
+        """Forget what an earlier attempt of this run staged (a scan that starts over)."""
+        staging.reset_staging(self._ctx, run_id)
+
+    def stage(self, run_id: str, records: Iterable[ProjectRecord]) -> int:
+        """Durably stage a batch of records for ``run_id``; returns how many were new.
+
+        A key seen twice in one run (overlapping roots) is kept once, first sighting wins.
+        """
+        return staging.stage(self._ctx, run_id, records)
+
+    def end_scope(self, run_id: str, verdict: ScopeVerdict) -> None:
+        """Record how the run ended one scope (complete or not, why, what is protected)."""
+        staging.end_scope(self._ctx, run_id, verdict)
+
+    def prune_staging(self, keep_runs: int = 3) -> int:
+        """Drop staged rows of finished runs except the newest ``keep_runs``; returns rows."""
+        return staging.prune_staging(self._ctx, keep_runs)
+
+    # ------------------------------------------------------------------ flush / verify
+
+    def flush(self, run_id: str) -> FlushResult:
+        """Upsert the run's staged records into ``projects`` in one set-based statement.
+
+        A row last seen by a newer generation is never overwritten (fencing).
+        """
+        return flush.flush(self._ctx, run_id)
+
+    def verify_and_confirm(self, run_id: str) -> VerifyResult:
+        """Prove the flush: every staged key is in ``projects`` with this run's generation.
+
+        Only then set ``last_confirmed_run_id`` on those rows and ``flush_succeeded`` on the run,
+        in the same transaction. Raises ``FlushVerificationError`` otherwise.
+        """
+        return flush.verify_and_confirm(self._ctx, run_id)
+
+    # ------------------------------------------------------------------ cleanup / history
+
+    def approve_cleanup(self, run_id: str, approved_by: str) -> dict[str, Any]:
+        """Approve the blocked cleanup of ``run_id`` for the numbers it was blocked with."""
+        return cleanup.approve_cleanup(self._ctx, run_id, approved_by)
+
+    def safe_cleanup_old_projects(
+        self,
+        run_id: str,
+        policy: CleanupPolicy | None = None,
+        *,
+        dry_run: bool = False,
+        approved_by: str | None = None,
+    ) -> CleanupResult:
+        """Remove the projects a completed, verified run did not see, in one transaction.
+
+        Only scopes the run read completely are considered; a row is a candidate only if its
+        ``seen_generation`` is strictly older than the run's (NULL never deletes); protected
+        sub-scopes are kept; the deletion guard may hold the whole cleanup back (``blocked``).
+        Removed rows go to ``removed_projects``. Running it twice changes nothing.
+        """
+        return cleanup.safe_cleanup_old_projects(self._ctx, run_id, policy, dry_run, approved_by)
+
+    def cleanup_record(self, run_id: str) -> dict[str, Any] | None:
+        """The recorded cleanup of ``run_id``, if any."""
+        return cleanup.cleanup_record(self._ctx, run_id)
+
+    def history(self, run_id: str | None = None) -> list[dict[str, Any]]:
+        """Removed projects (optionally those one cleanup removed), newest first."""
+        return history.history(self._ctx, run_id)
+
+    def restore(self, cleanup_run_id: str, restored_by: str = "operator") -> list[str]:
+        """Bring back every project the cleanup of ``cleanup_run_id`` removed and that is absent.
+
+        Returns the restored keys. Running it again restores nothing more.
+        """
+        return history.restore(self._ctx, cleanup_run_id, restored_by)
+
+    # ------------------------------------------------------------------ reads
+
+    def get_run(self, run_id: str) -> RunInfo:
+        """The ``run_state`` row of ``run_id``."""
+        return reads.get_run(self._ctx, run_id)
+
+    def runs(self, limit: int = 50) -> list[RunInfo]:
+        """The newest runs first."""
+        return reads.runs(self._ctx, limit)
+
+    def active_run(self) -> RunInfo | None:
+        """The active run, if any."""
+        return reads.active_run(self._ctx)
+
+    def scopes(self, run_id: str) -> list[dict[str, Any]]:
+        """The scope verdicts a run recorded."""
+        return reads.scopes(self._ctx, run_id)
+
+    def project_keys(self, scope_key: str | None = None) -> set[str]:
+        """Keys of the projects in the inventory (optionally of one scope)."""
+        return reads.project_keys(self._ctx, scope_key)
+
+    def projects(self, limit: int | None = None) -> list[dict[str, Any]]:
+        """Rows of ``projects``, ordered by key."""
+        return reads.projects(self._ctx, limit)
+
+    def count_projects(self) -> int:
+        """How many projects the inventory holds."""
+        return reads.count_projects(self._ctx)
+
+    # ------------------------------------------------------------------ operator views
+
+    def run_changes(self, run_id: str) -> list[changes.ProjectChange]:
+        """What run ``run_id`` added, changed (which columns) and removed, by project."""
+        return changes.run_changes(self._ctx, run_id)
+
+    def holder(self) -> tuple[RunInfo, str | None] | None:
+        """The active run, and why a new run would take it over (None: it holds on)."""
+        return changes.holder(self._ctx)
+
+    def restorable_cleanups(self, names: int = 5) -> list[changes.Restorable]:
+        """Cleanups whose removed projects are not all restored, newest first."""
+        return changes.restorable_cleanups(self._ctx, names)
+
+    def cleanup_plan(
+        self, run_id: str, policy: CleanupPolicy, *, limit: int | None = None
+    ) -> list[changes.PlannedEntry]:
+        """Per project, what the cleanup of ``run_id`` would do now, and why (read only)."""
+        return changes.cleanup_plan(self._ctx, run_id, policy, limit=limit)
+
+    def scope_summary(self) -> list[dict[str, Any]]:
+        """Per scope: total, missing, out of coverage, incomplete newest read."""
+        return changes.scope_summary(self._ctx)
+
+
+def open_store(url: str | None = None, **kwargs: Any) -> InventoryStore:
+    """An ``InventoryStore`` on ``url`` (default: ``ENUM_PIPELINE_DATABASE_URL`` or SQLite)."""
+    from enum_pipeline.store.engine import default_database_url
+
+    return InventoryStore(url or default_database_url(), **kwargs)
