@@ -162,7 +162,7 @@ def _one_line(out: str) -> str:
     return lines[0]
 
 
-@pytest.mark.parametrize("command", [("cleanup",), ("approve",), ("history",), ("changes",)])
+@pytest.mark.parametrize("command", [("cleanup",), ("approve",), ("history",), ("diff",)])
 def test_unknown_run_id_is_one_line_naming_the_runs_that_exist(cli, inventory, repo_tree, command):
     assert cli("run", "--root", str(repo_tree))[0] == 0
     [run] = inventory.runs()
