@@ -245,6 +245,9 @@ def test_blocked_cleanup_fails_its_run_names_the_projects_and_approve_cleanup_ne
     approved = defs.resolve_job_def("approve_cleanup").execute_in_process(instance=instance)
     assert approved.success
     assert approved.output_for_node("stale_projects_cleanup")["removed"] == 5
+    [done] = approved.asset_materializations_for_node("stale_projects_cleanup")
+    [restorable] = done.metadata["restorable"].value.records
+    assert (restorable.data["cleanup_of_run"], restorable.data["removed"]) == (second.run_id, 5)
     assert env.project_keys() == set()
     assert _latest_projects_metadata(instance)["dagster/row_count"].value == 0
 

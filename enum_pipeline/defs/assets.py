@@ -407,6 +407,9 @@ def stale_projects_cleanup(
     }
     if result.status == "blocked":
         metadata["approve"] = MetadataValue.url(approve_link(run_id))
+    if result.status == "done" and not result.dry_run and result.removed:
+        # What the restore_projects job can bring back (this cleanup and older ones).
+        metadata["restorable"] = tables.restorable_table(store)
     if not held and (result.removed or result.marked_missing):
         context.instance.report_runless_asset_event(
             tables.projects_row_count_event(

@@ -108,7 +108,7 @@ def restore_removed_projects(
             **tables.table_metadata(
                 "projects", restored, tables.RESTORE_SCHEMA, f"enum-pipeline history {run_id}"
             ),
-            "still_restorable": restorable_table(store),
+            "still_restorable": tables.restorable_table(store),
         }
     )
     context.instance.report_runless_asset_event(
@@ -128,20 +128,6 @@ def restorable_sentence(given: str, restorable: list) -> str:
         return f"nothing to restore for {given!r}: no cleanup has removed projects not restored"
     listed = ", ".join(f"{r.run_id} ({r.count}: {', '.join(r.names)})" for r in restorable[:5])
     return f"nothing to restore for {given!r}; restorable cleanups (run ids): {listed}"
-
-
-def restorable_table(store):
-    """The cleanups that can be restored, with what each removed, as table metadata."""
-    rows = [
-        {
-            "cleanup_of_run": r.run_id,
-            "removed": r.count,
-            "removed_at": f"{r.removed_at:%Y-%m-%d %H:%M:%S}",
-            "names": ", ".join(r.names) + (", …" if r.count > len(r.names) else ""),
-        }
-        for r in store.restorable_cleanups()
-    ]
-    return tables.capped(rows, tables.RESTORABLE_SCHEMA, "enum-pipeline history")["table"]
 
 
 @job(

@@ -145,3 +145,17 @@ def projects_row_count_event(store, description: str, **metadata) -> AssetMateri
             **metadata,
         },
     )
+
+
+def restorable_table(store):
+    """The cleanups that can be restored, with what each removed, as table metadata."""
+    rows = [
+        {
+            "cleanup_of_run": r.run_id,
+            "removed": r.count,
+            "removed_at": f"{r.removed_at:%Y-%m-%d %H:%M:%S}",
+            "names": ", ".join(r.names) + (", …" if r.count > len(r.names) else ""),
+        }
+        for r in store.restorable_cleanups()
+    ]
+    return capped(rows, RESTORABLE_SCHEMA, "enum-pipeline history")["table"]
