@@ -263,7 +263,11 @@ def test_browser_finds_the_blocked_cleanup_and_approves_it_without_typing_an_id(
                 )
                 page = browser.new_page(viewport={"width": 1400, "height": 1000})
                 page.set_default_timeout(60_000)
-                walk(page, base, shots, cleanup_id, second)
+                try:
+                    walk(page, base, shots, cleanup_id, second)
+                except BaseException:
+                    page.screenshot(path=str(shots / "failure.png"), full_page=True)
+                    raise
                 browser.close()
             assert projects_row_count(gql) == 0
     finally:
@@ -282,10 +286,24 @@ def sync_api_timeout():
 def walk(page, base: str, shots: Path, cleanup_id: str, enumeration_id: str) -> None:
     """The operator's walk: lineage → the failed cleanup → its approve link → launch → names."""
     page.goto(f"{base}/asset-groups/inventory/lineage")  # the "inventory" group's lineage
-    page.get_by_text("stale_projects_cleanup").first.wait_for()
     skip = page.get_by_role("button", name="Skip")  # the first visit's newsletter dialog
     with contextlib.suppress(sync_api_timeout()):
-        skip.click(timeout=10_000)
+        skip.click(timeout=30_000)
+    page.screenshot(path=str(shots / "0-lineage-groups.png"), full_page=True)
+    cleanup_node = page.get_by_text("stale_projects_cleanup").last
+    if not page.get_by_text("stale_projects_cleanup").count():
+        # Groups start collapsed (inventory, reports): expand the inventory group.
+        page.get_by_text("inventory", exact=True).first.click()
+        page.keyboard.press("ArrowRight")
+        with contextlib.suppress(sync_api_timeout()):
+            cleanup_node.wait_for(timeout=10_000)
+        if not cleanup_node.is_visible():
+            page.get_by_text("inventory", exact=True).last.dblclick()
+            with contextlib.suppress(sync_api_timeout()):
+                cleanup_node.wait_for(timeout=10_000)
+        if not cleanup_node.is_visible():  # the asset's own lineage view
+            page.goto(f"{base}/assets/stale_projects_cleanup?view=lineage")
+    cleanup_node.wait_for()
     time.sleep(2)
     page.screenshot(path=str(shots / "1-lineage.png"), full_page=True)
 
