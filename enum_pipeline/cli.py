@@ -212,6 +212,7 @@ def cmd_run(args) -> int:
     """One enumeration run through Dagster, then the cleanup the sensor would request."""
     from enum_pipeline.config import load_config
     from enum_pipeline.definitions import defs
+    from enum_pipeline.steps import cleanup_due
     from enum_pipeline.store import UnknownRunError
 
     if args.root is not None and any(not r.strip() for r in args.root):
@@ -255,7 +256,8 @@ def cmd_run(args) -> int:
                 print(f"  incomplete scope {scope['scope_key']}: {scope['reason']}")
             elif scope["protected"]:
                 print(f"  protected in {scope['scope_key']}: {', '.join(scope['protected'])}")
-    if not result.success or info is None or info.status != "completed":
+    due = cleanup_due(store, result.run_id)
+    if not result.success or not due.due:
         for error in _step_errors(result):
             print(f"enum-pipeline: {error}", file=sys.stderr)
         if info is not None and info.error:

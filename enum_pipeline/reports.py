@@ -11,6 +11,7 @@ from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
+from enum_pipeline.sources.fields import filled_columns
 from enum_pipeline.store.query import OUTPUT_COLUMNS, output_row
 
 if TYPE_CHECKING:
@@ -80,8 +81,17 @@ def inventory_frame(rows: Iterable[Mapping[str, Any]]) -> pd.DataFrame:
     return df
 
 
-def _counts(series: pd.Series, unknown: str = "(unknown)") -> dict[str, int]:
-    counts = series.astype("object").where(series.notna(), unknown).value_counts()
+#: The label of a value the project's source does not provide (``FILLED_COLUMNS``), as opposed
+#: to ``(unknown)``: a source that provides the column sent nothing for this project.
+NOT_FILLED = "(n/a)"
+
+
+def _counts(series: pd.Series, kinds: pd.Series | None = None) -> dict[str, int]:
+    values = series.astype("object").where(series.notna(), "(unknown)")
+    if kinds is not None:
+        fills = kinds.map(lambda k: series.name in filled_columns(str(k)))
+        values = values.where(series.notna() | fills, NOT_FILLED)
+    counts = values.value_counts()
     return {str(k): int(v) for k, v in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))}
 
 
@@ -104,7 +114,11 @@ def activity_age(df: pd.DataFrame, now: datetime | None = None) -> dict[str, int
 
 
 def summary(df: pd.DataFrame, now: datetime | None = None) -> dict[str, dict[str, int]]:
-    """Counts by source, scope, VCS, visibility, language, ecosystem marker and activity age."""
+    """Counts by source, scope, VCS, visibility, language, ecosystem marker and activity age.
+
+    A visibility or language the project's source does not provide counts as ``(n/a)``; one it
+    provides but left empty as ``(unknown)``.
+    """
     markers: dict[str, int] = {}
     for ms in df["markers"]:
         for m in ms or ():
@@ -113,8 +127,8 @@ def summary(df: pd.DataFrame, now: datetime | None = None) -> dict[str, dict[str
         "source_kind": _counts(df["source_kind"]),
         "scope_key": _counts(df["scope_key"]),
         "vcs": _counts(df["vcs"]),
-        "visibility": _counts(df["visibility"]),
-        "language": _counts(df["language"]),
+        "visibility": _counts(df["visibility"], df["source_kind"]),
+        "language": _counts(df["language"], df["source_kind"]),
         "marker": dict(sorted(markers.items(), key=lambda kv: (-kv[1], kv[0]))),
         "activity_age": activity_age(df, now),
     }

@@ -1,6 +1,6 @@
 """Stream sources into the store's durable staging, in batches, ending every scope with a verdict.
 
-No Dagster here: the asset calls ``stage_sources`` and only records what it returns.
+No Dagster here: ``steps.start_run`` calls ``stage_sources`` after ``begin``.
 """
 
 from __future__ import annotations

@@ -1,5 +1,7 @@
 """Shared fixtures: every store test runs on SQLite and on a real PostgreSQL server.
 
+Helpers (functions a test calls) live in ``helpers.py``; only fixtures stay here.
+
 PostgreSQL: ``ENUM_PIPELINE_TEST_PG_URL`` (default the local server, user postgres). One
 database per test session, one schema per test. With ``CI=true`` an unreachable server is a
 failure, never a skip.
@@ -8,7 +10,6 @@ failure, never a skip.
 from __future__ import annotations
 
 import os
-import subprocess
 import uuid
 from pathlib import Path
 
@@ -17,6 +18,9 @@ import sqlalchemy as sa
 from sqlalchemy.engine import make_url
 
 from enum_pipeline.store import InventoryStore
+from enum_pipeline_tests.helpers import git, make_repo, pg_schema_url
+
+__all__ = ["git", "make_repo", "pg_schema_url"]  # helpers.py holds them; old imports still work
 
 PG_ADMIN_URL = os.environ.get(
     "ENUM_PIPELINE_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
@@ -48,17 +52,6 @@ def pg_database():
     admin.dispose()
 
 
-def pg_schema_url(pg_database) -> str:
-    """A URL for a fresh, empty schema in the session's PostgreSQL database."""
-    schema = f"t_{uuid.uuid4().hex[:12]}"
-    engine = sa.create_engine(pg_database)
-    with engine.begin() as conn:
-        conn.exec_driver_sql(f'CREATE SCHEMA "{schema}"')
-    engine.dispose()
-    url = pg_database.update_query_dict({"options": f"-csearch_path={schema}"})
-    return url.render_as_string(hide_password=False)
-
-
 @pytest.fixture(params=["sqlite", "postgresql"])
 def db_url(request, tmp_path: Path) -> str:
     """A fresh, empty inventory database URL on each backend."""
@@ -73,42 +66,6 @@ def store(db_url):
     s = InventoryStore(db_url)
     yield s
     s.dispose()
-
-
-def git(cwd: Path, *args: str, env: dict[str, str] | None = None) -> str:
-    """Run a real ``git`` command in ``cwd`` for a test fixture, isolated from the user's and the
-    system's configuration; returns its stripped stdout (a failure fails the test)."""
-    base = {
-        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
-        "HOME": str(cwd if cwd.is_dir() else cwd.parent),
-        "GIT_CONFIG_NOSYSTEM": "1",
-        "GIT_CONFIG_GLOBAL": os.devnull,
-        "LC_ALL": "C",
-    }
-    config = {
-        "init.defaultBranch": "main",
-        "user.name": "Test",
-        "user.email": "test@example.invalid",
-        "protocol.file.allow": "always",  # local submodules
-        "gc.auto": "0",
-    }
-    cmd = ["git"] + [arg for k, v in config.items() for arg in ("-c", f"{k}={v}")] + list(args)
-    out = subprocess.run(cmd, cwd=cwd, env={**base, **(env or {})}, capture_output=True, text=True)
-    assert out.returncode == 0, f"git {' '.join(args)}: {out.stderr}"
-    return out.stdout.strip()
-
-
-def make_repo(path: Path, *, commit: bool = True, remote: str | None = None) -> Path:
-    """A real ``git init`` repository at ``path`` with one commit."""
-    path.mkdir(parents=True, exist_ok=True)
-    git(path, "init", "-q")
-    if remote:
-        git(path, "remote", "add", "origin", remote)
-    if commit:
-        (path / "README.md").write_text(f"# {path.name}\n")
-        git(path, "add", "README.md")
-        git(path, "commit", "-q", "-m", "init")
-    return path
 
 
 @pytest.fixture

@@ -1,14 +1,20 @@
-"""Test helpers: synthetic records, one whole lifecycle, SQL-level fault injection."""
+"""Test helpers: synthetic records, one whole lifecycle, SQL-level fault injection, real git
+repositories, PostgreSQL schemas. Fixtures stay in ``conftest.py``."""
 
 from __future__ import annotations
 
 import contextlib
+import os
+import subprocess
 import time
 import uuid
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
 
 import sqlalchemy as sa
 
+from enum_pipeline import steps
 from enum_pipeline.sources.base import ProjectRecord, ScopeVerdict
 from enum_pipeline.store import CleanupPolicy, InventoryStore
 
@@ -40,6 +46,22 @@ def new_run_id() -> str:
     return str(uuid.uuid4())
 
 
+@dataclass
+class StaticSource:
+    """A source that yields fixed records and verdicts, scope by scope (no I/O)."""
+
+    items: dict[str, tuple[list[ProjectRecord], ScopeVerdict]]
+    kind: str = "filesystem"
+
+    def scope_keys(self) -> list[str]:
+        return list(self.items)
+
+    def scan(self) -> Iterator[ProjectRecord | ScopeVerdict]:
+        for records, verdict in self.items.values():
+            yield from records
+            yield verdict
+
+
 def run_once(
     store: InventoryStore,
     seen: dict[str, Iterable[str]],
@@ -50,27 +72,25 @@ def run_once(
     policy: CleanupPolicy | None = None,
     run_id: str | None = None,
 ):
-    """One whole run: begin, stage ``seen`` per scope, end scopes, flush, verify, complete,
-    and (when ``cleanup``) the cleanup. Returns ``(run_id, cleanup_result_or_None)``."""
+    """One whole run through the step layer (start, flush, verify, finish) with ``seen`` per
+    scope, and (when ``cleanup``) the cleanup. Returns ``(run_id, cleanup_result_or_None)``."""
     run_id = run_id or new_run_id()
-    store.begin(run_id)
+    items = {}
     for scope, names in seen.items():
         names = list(names)
-        store.stage(run_id, [rec(n, scope) for n in names])
-        store.end_scope(
-            run_id,
-            ScopeVerdict(
-                scope_key=scope,
-                source_kind="filesystem",
-                complete=(complete or {}).get(scope, True),
-                seen=len(names),
-                reason=None if (complete or {}).get(scope, True) else "root unreadable",
-                protected=(protected or {}).get(scope, ()),
-            ),
+        whole = (complete or {}).get(scope, True)
+        verdict = ScopeVerdict(
+            scope_key=scope,
+            source_kind="filesystem",
+            complete=whole,
+            seen=len(names),
+            reason=None if whole else "root unreadable",
+            protected=(protected or {}).get(scope, ()),
         )
-    store.flush(run_id)
-    store.verify_and_confirm(run_id)
-    assert store.complete(run_id) == "completed"
+        items[scope] = ([rec(n, scope) for n in names], verdict)
+    _, verified, finished = steps.run_through(store, run_id, [StaticSource(items)])
+    assert verified.flush_succeeded, verified.error
+    assert finished.status == "completed", finished.info.error
     result = store.safe_cleanup_old_projects(run_id, policy) if cleanup else None
     return run_id, result
 
@@ -195,3 +215,50 @@ def terminate_backends(store: InventoryStore, pids: list[int], wait: float = 60.
             return
         time.sleep(0.01)
     raise AssertionError(f"backends {pids} still alive after {wait}s")
+
+
+def pg_schema_url(pg_database) -> str:
+    """A URL for a fresh, empty schema in the session's PostgreSQL database."""
+    schema = f"t_{uuid.uuid4().hex[:12]}"
+    engine = sa.create_engine(pg_database)
+    with engine.begin() as conn:
+        conn.exec_driver_sql(f'CREATE SCHEMA "{schema}"')
+    engine.dispose()
+    url = pg_database.update_query_dict({"options": f"-csearch_path={schema}"})
+    return url.render_as_string(hide_password=False)
+
+
+def git(cwd: Path, *args: str, env: dict[str, str] | None = None) -> str:
+    """Run a real ``git`` command in ``cwd`` for a test fixture, isolated from the user's and the
+    system's configuration; returns its stripped stdout (a failure fails the test)."""
+    base = {
+        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+        "HOME": str(cwd if cwd.is_dir() else cwd.parent),
+        "GIT_CONFIG_NOSYSTEM": "1",
+        "GIT_CONFIG_GLOBAL": os.devnull,
+        "LC_ALL": "C",
+    }
+    config = {
+        "init.defaultBranch": "main",
+        "user.name": "Test",
+        "user.email": "test@example.invalid",
+        "protocol.file.allow": "always",  # local submodules
+        "gc.auto": "0",
+    }
+    cmd = ["git"] + [arg for k, v in config.items() for arg in ("-c", f"{k}={v}")] + list(args)
+    out = subprocess.run(cmd, cwd=cwd, env={**base, **(env or {})}, capture_output=True, text=True)
+    assert out.returncode == 0, f"git {' '.join(args)}: {out.stderr}"
+    return out.stdout.strip()
+
+
+def make_repo(path: Path, *, commit: bool = True, remote: str | None = None) -> Path:
+    """A real ``git init`` repository at ``path`` with one commit."""
+    path.mkdir(parents=True, exist_ok=True)
+    git(path, "init", "-q")
+    if remote:
+        git(path, "remote", "add", "origin", remote)
+    if commit:
+        (path / "README.md").write_text(f"# {path.name}\n")
+        git(path, "add", "README.md")
+        git(path, "commit", "-q", "-m", "init")
+    return path

@@ -13,8 +13,7 @@ import pytest
 from dagster import DagsterInstance, DagsterRunStatus, RunsFilter
 
 from enum_pipeline.store import InventoryStore
-from enum_pipeline_tests.conftest import make_repo
-from enum_pipeline_tests.helpers import install_fault
+from enum_pipeline_tests.helpers import install_fault, make_repo
 
 CLI = str(Path(sys.executable).with_name("enum-pipeline"))
 
@@ -216,7 +215,7 @@ def test_bad_inputs_exit_2_with_one_line_and_begin_nothing(cli, inventory, tmp_p
 @pytest.mark.parametrize(
     "url, expected",
     [
-        ("not a url", "is not a database URL"),
+        ("not a url", "Could not parse SQLAlchemy URL"),
         ("nosuchdb://user@host/db", "is not usable"),
         ("postgresql+psycopg://enum:s3cret@127.0.0.1:1/inventory", "cannot open the inventory"),
     ],

@@ -35,7 +35,7 @@ from dagster_postgres import PostgresRunStorage
 from sqlalchemy.engine import URL, make_url
 
 from enum_pipeline.definitions import defs
-from enum_pipeline_tests.conftest import make_repo
+from enum_pipeline_tests.helpers import make_repo
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEPLOY_YAML = REPO_ROOT / "deploy" / "dagster.postgres.yaml"

@@ -19,7 +19,7 @@ from enum_pipeline.sources.gitmeta import (
     remote_urls,
     resolve_git_dir,
 )
-from enum_pipeline_tests.conftest import git
+from enum_pipeline_tests.helpers import git
 
 pytestmark = pytest.mark.skipif(shutil.which("git") is None, reason="git not installed")
 

@@ -35,7 +35,7 @@ import sqlalchemy as sa
 
 from enum_pipeline.store import InventoryStore
 from enum_pipeline.store import schema as t
-from enum_pipeline_tests.conftest import make_repo
+from enum_pipeline_tests.helpers import make_repo
 
 pytestmark = pytest.mark.slow
 
@@ -153,7 +153,7 @@ class Harness:
     def start(self) -> subprocess.Popen:
         log = open(self.tmp / "cli.log", "w")  # noqa: SIM115 - closed with the process
         proc = subprocess.Popen(
-            [CLI, "run", "--root", str(self.tree)],
+            [CLI, "run", "--root", str(self.tree), "--no-reports"],  # reports: not under test
             cwd=self.tmp,
             env=self.env,
             stdout=log,

@@ -33,8 +33,15 @@ from enum_pipeline.store.engine import (
     head_revision,
     upgrade_schema,
 )
-from enum_pipeline_tests.conftest import pg_schema_url
-from enum_pipeline_tests.helpers import SCOPE, fail_on_sql, key, new_run_id, rec, run_once
+from enum_pipeline_tests.helpers import (
+    SCOPE,
+    fail_on_sql,
+    key,
+    new_run_id,
+    pg_schema_url,
+    rec,
+    run_once,
+)
 
 OTHER = "fs:/srv/other"
 CLI = Path(sys.executable).with_name("enum-pipeline")

@@ -78,8 +78,10 @@ def test_report_assets_materialize_with_their_metadata(enumerated, tmp_path):
     assert summary["projects"] == 8
     assert summary["source_kind/filesystem"] == 5 and summary["source_kind/github"] == 3
     assert summary["vcs/git"] == 8
-    assert summary["visibility/public"] == 3 and summary["visibility/(unknown)"] == 5
+    # checkouts do not know a visibility or language (FILLED_COLUMNS): n/a, not unknown
+    assert summary["visibility/public"] == 3 and summary["visibility/(n/a)"] == 5
     assert summary["language/Python"] == 2 and summary["language/Go"] == 1
+    assert summary["language/(n/a)"] == 5 and "language/(unknown)" not in summary
     assert summary["marker/pyproject.toml"] == 1
     assert summary["activity_age/< 7 days"] == 5  # the checkouts' commits were just made
     assert summary["activity_age/>= 1 year"] == 3  # the fake's pushed_at dates (2024)

@@ -20,12 +20,12 @@ import sqlalchemy as sa
 from enum_pipeline.sources.base import ScopeVerdict
 from enum_pipeline.store import InventoryStore, RunActiveError, RunNotActiveError
 from enum_pipeline.store import schema as t
-from enum_pipeline_tests.conftest import pg_schema_url
 from enum_pipeline_tests.helpers import (
     SCOPE,
     key,
     lease_holders,
     new_run_id,
+    pg_schema_url,
     rec,
     run_once,
     terminate_backends,

@@ -20,8 +20,8 @@ from pydantic import Field
 from enum_pipeline.defs import tables
 from enum_pipeline.defs.catalog import catalog, database_kind, freshness, source_kinds
 from enum_pipeline.defs.resources import InventoryResource
-from enum_pipeline.scan import ScanSummary, stage_sources
-from enum_pipeline.store import FlushVerificationError
+from enum_pipeline.scan import ScanSummary
+from enum_pipeline.steps import finish_run, flush_run, start_run, verify_run
 
 GROUP = "inventory"
 PREVIEW_ROWS = 20
@@ -38,6 +38,20 @@ class ScanConfig(Config):
     roots: list[str] | None = Field(
         default=None, description="Scan these folders instead of the configured sources."
     )
+
+
+# The executors that run every step of a job in the launching process: the run's holder (its
+# pid, its lease, its heartbeat thread; see enum_pipeline.steps) must outlive the first step.
+IN_PROCESS_EXECUTORS = ("in_process", "execute_in_process_executor")
+
+
+def _require_in_process(context: AssetExecutionContext) -> None:
+    executor = context.job_def.executor_def.name
+    if executor not in IN_PROCESS_EXECUTORS:
+        raise Failure(
+            f"the enumeration must run under the in-process executor, not {executor!r}: its "
+            "steps share the process that holds the run (pid, lease, heartbeat thread)"
+        )
 
 
 def _scope_table(scopes: list[dict]) -> MetadataValue:
@@ -70,18 +84,17 @@ def scanned_projects(
 
     Every scope ends complete or incomplete; an incomplete scope protects its projects.
     """
+    _require_in_process(context)
     refuse_partial_enumeration(context)
     from enum_pipeline.config import ConfigError
 
     try:
         pipeline = inventory.pipeline_config(config.config_path, config.roots)
-        sources = pipeline.build_sources()
+        sources = pipeline.build_sources()  # every source checked before the run begins
     except ConfigError as err:
         raise Failure(str(err)) from None
     store = inventory.store()
     run_id = context.run.run_id
-    generation = store.begin(run_id)
-    context.log.info(f"run {run_id}: generation {generation} on {inventory.display_url()}")
 
     def progress(summary: ScanSummary) -> None:
         context.log.info(
@@ -89,19 +102,16 @@ def scanned_projects(
             f"{summary.seconds:.0f}s"
         )
 
-    try:
-        summary = stage_sources(
-            store,
-            run_id,
-            generation,
-            sources,
-            batch_size=pipeline.batch_size,
-            parallel_sources=pipeline.parallel_sources,
-            on_progress=progress,
-        )
-    except BaseException as err:
-        store.fail(run_id, f"scan failed: {type(err).__name__}: {err}")
-        raise
+    summary = start_run(
+        store,
+        run_id,
+        lambda: sources,
+        batch_size=pipeline.batch_size,
+        parallel_sources=pipeline.parallel_sources,
+        on_progress=progress,
+        log=lambda m: context.log.info(f"{m} on {inventory.display_url()}"),
+    )
+    generation = summary.generation
     data = summary.as_dict()
     for verdict in summary.incomplete:
         context.log.warning(f"scope {verdict.scope_key} incomplete: {verdict.reason}")
@@ -129,21 +139,13 @@ def upsert_projects(
     In a re-execution (a new Dagster run) the staged run is resumed, never re-scanned.
     """
     refuse_partial_enumeration(context)
-    store = inventory.store()
     run_id = scanned["run_id"]
     if context.run_id != run_id and context.run.parent_run_id is None:
         raise Failure(
             "projects is written by its own scan: launch the job enumerate_projects "
             "(or re-execute a failed enumeration from failure); nothing was begun"
         )
-    if context.run_id != run_id:
-        generation = store.resume(run_id, context.run_id)
-        context.log.info(f"resuming run {run_id} (generation {generation}) from its staging")
-    try:
-        result = store.flush(run_id)
-    except BaseException as err:
-        store.fail(run_id, f"flush failed: {type(err).__name__}: {err}")
-        raise
+    result = flush_run(inventory.store(), run_id, context.run_id, log=context.log.info)
     context.log.info(
         f"flushed {result.staged}: {result.added} added, {result.changed} changed, "
         f"{result.unchanged} unchanged"
@@ -160,16 +162,8 @@ def verify_flush(context: OpExecutionContext, inventory: InventoryResource, flus
     """
     store = inventory.store()
     run_id = flushed["run_id"]
-    error = None
-    try:
-        verified = store.verify_and_confirm(run_id)
-        confirmed = verified.confirmed
-    except FlushVerificationError as err:
-        store.fail(run_id, f"flush verification failed: {err}")
-        error, confirmed = str(err), 0
-    except BaseException as err:
-        store.fail(run_id, f"verify failed: {type(err).__name__}: {err}")
-        raise
+    outcome = verify_run(store, run_id)
+    error, confirmed = outcome.error, outcome.confirmed
     value = {**flushed, "flush_succeeded": error is None, "confirmed": confirmed, "error": error}
     preview = store.projects(limit=PREVIEW_ROWS)
     delta = [c for c in store.run_changes(run_id) if c.change != "removed"]
@@ -228,10 +222,9 @@ def run_state(
 ) -> Output[dict]:
     """Complete the run: ``completed`` iff its flush was verified, else ``failed``."""
     refuse_partial_enumeration(context)
-    store = inventory.store()
     run_id = projects["run_id"]
-    status = store.complete(run_id)
-    info = store.get_run(run_id)
+    finished = finish_run(inventory.store(), run_id, log=context.log.info)
+    status, info = finished.status, finished.info
     metadata = {
         "run_id": run_id,
         "generation": info.generation,
@@ -246,9 +239,6 @@ def run_state(
     }
     if status != "completed":
         raise Failure(f"run {run_id} ended {status}: {info.error}", metadata=metadata)
-    pruned = store.prune_staging(keep_runs=2)
-    if pruned:
-        context.log.info(f"dropped {pruned} staged rows of older runs")
     return Output({"run_id": run_id, "status": status}, metadata=metadata)
 
 

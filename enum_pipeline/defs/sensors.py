@@ -16,7 +16,7 @@ from dagster import (
 
 from enum_pipeline.defs.jobs import cleanup_projects, enumerate_projects
 from enum_pipeline.defs.resources import InventoryResource
-from enum_pipeline.store import UnknownRunError
+from enum_pipeline.steps import cleanup_due
 
 
 def enumeration_run_of(record) -> str | None:
@@ -45,7 +45,8 @@ def cleanup_run_config(run_id: str, **extra) -> dict:
     description="Starts cleanup_projects once for each confirmed flush of projects.",
 )
 def cleanup_after_confirmed_flush(context: SensorEvaluationContext, inventory: InventoryResource):
-    """One cleanup run per confirmed flush, read from the latest ``projects`` materialization."""
+    """One cleanup run per confirmed flush, read from the latest ``projects`` materialization;
+    whether it is due is ``steps.cleanup_due`` (the CLI asks the same)."""
     # Cleanups and restores record row counts on projects too; the sensor wants the flushes.
     records = [
         r
@@ -63,20 +64,12 @@ def cleanup_after_confirmed_flush(context: SensorEvaluationContext, inventory: I
     if run_id is None:
         context.update_cursor(str(storage_id))
         return SkipReason("latest projects materialization carries no run_id")
-    if not metadata.get("flush_succeeded") or not metadata["flush_succeeded"].value:
-        context.update_cursor(str(storage_id))
-        error = metadata["error"].value if "error" in metadata else "unknown"
-        return SkipReason(f"flush of run {run_id} was not confirmed ({error}); nothing to clean")
-    try:
-        info = inventory.store().get_run(run_id)
-    except UnknownRunError:
-        context.update_cursor(str(storage_id))
-        return SkipReason(f"run {run_id} is unknown to the inventory database")
-    if info.status == "active":
-        return SkipReason(f"run {run_id} has not completed yet; waiting")
+    due = cleanup_due(inventory.store(), run_id)
+    if due.wait:
+        return SkipReason(due.reason)
     context.update_cursor(str(storage_id))
-    if info.status != "completed":
-        return SkipReason(f"run {run_id} ended {info.status} ({info.error}); nothing to clean")
+    if not due.due:
+        return SkipReason(due.reason)
     return RunRequest(
         run_key=run_id,
         run_config=cleanup_run_config(run_id),

@@ -13,7 +13,6 @@ from enum_pipeline.store.errors import (
     UnknownRunError,
 )
 from enum_pipeline.store.inventory import InventoryStore, open_store
-from enum_pipeline.store.liveness import holder_is_dead
 from enum_pipeline.store.policy import CleanupPolicy
 from enum_pipeline.store.records import (
     CleanupResult,
@@ -43,7 +42,6 @@ __all__ = [
     "StoreError",
     "UnknownRunError",
     "VerifyResult",
-    "holder_is_dead",
     "open_store",
     "utcnow",
 ]

@@ -30,6 +30,11 @@ class StoreContext:
     leases: LeaseKeeper
     heartbeat_timeout: timedelta
 
+    @property
+    def inventory_key(self) -> str:
+        """This inventory's name in the process-wide registry of live holders."""
+        return self.engine.url.render_as_string(hide_password=True)
+
     def lock_inventory(self, conn: Connection) -> int:
         """Serialise writers on the inventory row; returns the last generation handed out."""
         stmt = sa.select(t.inventory.c.last_generation).where(t.inventory.c.id == 1)

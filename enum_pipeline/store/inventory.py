@@ -18,7 +18,7 @@ from enum_pipeline.store import changes, cleanup, flush, history, reads, runs, s
 from enum_pipeline.store.context import StoreContext
 from enum_pipeline.store.dialect import dialect_for
 from enum_pipeline.store.engine import create_inventory_engine, ensure_schema
-from enum_pipeline.store.liveness import LeaseKeeper
+from enum_pipeline.store.liveness import LOCAL_HOLDERS, LeaseKeeper
 from enum_pipeline.store.policy import CleanupPolicy
 from enum_pipeline.store.records import CleanupResult, FlushResult, RunInfo, VerifyResult
 
@@ -58,15 +58,30 @@ class InventoryStore:
     def begin(self, run_id: str, *, now: datetime | None = None) -> int:
         """Start run ``run_id`` and return its generation; refuse while another run is active.
 
-        An active run whose heartbeat expired, whose process on this host is gone, or (on
-        PostgreSQL) whose database session is gone, is first marked ``failed`` (``abandoned``).
+        An active run whose holder is provably gone (its process on this host gone, or on
+        PostgreSQL its database session) is first marked ``failed`` (``abandoned``); so is one
+        whose heartbeat expired, but only when nothing else tells of its holder: a live holder
+        always vetoes an old heartbeat (``liveness.abandon_reason``).
         """
         return runs.begin(self._ctx, run_id, now)
 
-    def heartbeat(self, run_id: str, *, now: datetime | None = None) -> None:
+    def heartbeat(self, run_id: str, *, now: datetime | None = None) -> bool:
         """Tell reapers the run is alive; on PostgreSQL, take the lease again if its session
-        was lost while the run is still ours (``RunActiveError`` if another session took it)."""
-        runs.heartbeat(self._ctx, run_id, now)
+        was lost while the run is still ours (``RunActiveError`` if another session took it).
+        Returns False once the run is no longer active."""
+        return runs.heartbeat(self._ctx, run_id, now)
+
+    def hold_here(self, run_id: str) -> None:
+        """Record that a thread of this process keeps ``run_id`` alive (see ``LocalHolders``)."""
+        LOCAL_HOLDERS.add(self._ctx.inventory_key, run_id)
+
+    def release_here(self, run_id: str) -> None:
+        """Undo ``hold_here``."""
+        LOCAL_HOLDERS.discard(self._ctx.inventory_key, run_id)
+
+    def held_here(self, run_id: str) -> bool:
+        """True while a thread of this process keeps ``run_id`` alive."""
+        return LOCAL_HOLDERS.holds(self._ctx.inventory_key, run_id)
 
     def resume(self, run_id: str, attempt_run_id: str) -> int:
         """Re-activate a failed run whose scan is staged, so a re-execution can finish its flush.
@@ -97,17 +112,13 @@ class InventoryStore:
     ) -> list[str]:
         """Mark ``failed`` (``abandoned``) every active run that provably stopped.
 
-        Stopped: heartbeat older than the timeout, process on this host gone, database session
-        gone (PostgreSQL lease free), or (when
+        Stopped: process on this host gone, database session gone (PostgreSQL lease free), a
+        heartbeat older than the timeout with no live holder to veto it, or (when
         ``attempt_finished`` is given) the orchestrator says its attempt ended.
         """
         return runs.reap(self._ctx, now, attempt_finished)
 
     # ------------------------------------------------------------------ staging
-
-    def reset_staging(self, run_id: str) -> None:
-        """Forget what an earlier attempt of this run staged (a scan that starts over)."""
-        staging.reset_staging(self._ctx, run_id)
 
     def stage(self, run_id: str, records: Iterable[ProjectRecord]) -> int:
         """Durably stage a batch of records for ``run_id``; returns how many were new.

@@ -95,6 +95,11 @@ class LeaseKeeper:
         self._lock = threading.Lock()
         self._space: int | None = None
 
+    @property
+    def enabled(self) -> bool:
+        """True on PostgreSQL, where runs hold leases."""
+        return self._enabled
+
     def holds(self, run_id: str) -> bool:
         """True while this process holds (or held and has not dropped) ``run_id``'s lease."""
         return run_id in self._leases
@@ -186,20 +191,78 @@ class LeaseKeeper:
         )
 
 
+class LocalHolders:
+    """Runs some thread of this process keeps alive (the step layer's heartbeat thread).
+
+    For a run whose recorded holder is this very process, a pid check proves nothing (the pid
+    is alive: it is ours) and so does its lease (this process holds it); this registry is the
+    exact signal instead. Keyed by inventory (its URL) and run id; shared by every store of the
+    process, so a second ``InventoryStore`` on the same database sees the holder too.
+    """
+
+    def __init__(self) -> None:
+        self._held: dict[tuple[str, str], int] = {}
+        self._lock = threading.Lock()
+
+    def add(self, inventory: str, run_id: str) -> None:
+        """Record that a thread of this process keeps ``run_id`` alive."""
+        with self._lock:
+            self._held[(inventory, run_id)] = self._held.get((inventory, run_id), 0) + 1
+
+    def discard(self, inventory: str, run_id: str) -> None:
+        """Undo one ``add``."""
+        with self._lock:
+            count = self._held.pop((inventory, run_id), 0) - 1
+            if count > 0:
+                self._held[(inventory, run_id)] = count
+
+    def holds(self, inventory: str, run_id: str) -> bool:
+        """True while a thread of this process keeps ``run_id`` alive."""
+        return (inventory, run_id) in self._held
+
+
+LOCAL_HOLDERS = LocalHolders()
+
+
+def _is_this_process(row) -> bool:
+    if row["host"] != socket.gethostname() or row["pid"] != os.getpid():
+        return False
+    return row["pid_start"] is None or row["pid_start"] == process_start_time(os.getpid())
+
+
 def abandon_reason(
-    conn: Connection, row, now: datetime, *, timeout: timedelta, leases: LeaseKeeper
+    conn: Connection,
+    row,
+    now: datetime,
+    *,
+    timeout: timedelta,
+    leases: LeaseKeeper,
+    held_here: bool,
 ) -> str | None:
-    """Why the active run ``row`` provably stopped, or None while it may be alive."""
-    if now - row["heartbeat_at"] > timeout:
-        return (
-            f"abandoned: heartbeat stopped at {row['heartbeat_at'].isoformat()} "
-            f"(timeout {timeout.total_seconds():.0f}s)"
-        )
+    """Why the active run ``row`` provably stopped, or None while it may be alive.
+
+    1. Provably gone: its process on this host is gone or its pid reused; on PostgreSQL, its
+       lease is free (the holder's database session ended).
+    2. A live holder vetoes an old heartbeat: its pid alive on this host, its lease held, or,
+       when the holder is this very process, ``held_here`` (a thread of ours keeps the run).
+    3. Only with no liveness signal at all (a holder on another host of a SQLite inventory; a
+       run of this process that no thread keeps) does an expired heartbeat abandon the run.
+    """
     if holder_is_dead(row["host"], row["pid"], row["pid_start"]):
         return f"abandoned: process {row['pid']} on {row['host']} is gone"
     if leases.is_free(conn, row["lease"]):
         return (
             f"abandoned: the database session of pid {row['pid']} on {row['host']} "
             f"is gone (lease {row['lease']} free)"
+        )
+    if _is_this_process(row):
+        if held_here:
+            return None
+    elif (row["host"] == socket.gethostname() and row["pid"]) or (leases.enabled and row["lease"]):
+        return None  # alive on this host, or its lease is held: the heartbeat's age is moot
+    if now - row["heartbeat_at"] > timeout:
+        return (
+            f"abandoned: heartbeat stopped at {row['heartbeat_at'].isoformat()} "
+            f"(timeout {timeout.total_seconds():.0f}s, no other sign of its holder)"
         )
     return None

@@ -15,7 +15,7 @@ from sqlalchemy.engine import Connection
 from enum_pipeline.store import schema as t
 from enum_pipeline.store.context import StoreContext, set_run
 from enum_pipeline.store.errors import RunActiveError, StoreError
-from enum_pipeline.store.liveness import abandon_reason, this_process
+from enum_pipeline.store.liveness import LOCAL_HOLDERS, abandon_reason, this_process
 from enum_pipeline.store.records import RunStatus, utcnow
 
 _ACTIVE = t.run_state.c.status == RunStatus.ACTIVE
@@ -89,17 +89,23 @@ def _insert_run(conn: Connection, run_id: str, generation: int, lease, now: date
 
 
 def _abandon_reason(ctx: StoreContext, conn: Connection, row, now: datetime) -> str | None:
-    return abandon_reason(conn, row, now, timeout=ctx.heartbeat_timeout, leases=ctx.leases)
+    held_here = LOCAL_HOLDERS.holds(ctx.inventory_key, row["run_id"])
+    return abandon_reason(
+        conn, row, now, timeout=ctx.heartbeat_timeout, leases=ctx.leases, held_here=held_here
+    )
 
 
-def heartbeat(ctx: StoreContext, run_id: str, now: datetime | None = None) -> None:
-    """Tell reapers the run is alive; keep its lease (see ``InventoryStore.heartbeat``)."""
+def heartbeat(ctx: StoreContext, run_id: str, now: datetime | None = None) -> bool:
+    """Tell reapers the run is alive; keep its lease. False once the run is no longer active."""
     ctx.leases.keep(run_id)
     with ctx.engine.begin() as conn:
-        conn.execute(
-            sa.update(t.run_state)
-            .where(t.run_state.c.run_id == run_id, _ACTIVE)
-            .values(heartbeat_at=now or utcnow())
+        return (
+            conn.execute(
+                sa.update(t.run_state)
+                .where(t.run_state.c.run_id == run_id, _ACTIVE)
+                .values(heartbeat_at=now or utcnow())
+            ).rowcount
+            > 0
         )
 
 
@@ -124,6 +130,9 @@ def _resume(ctx: StoreContext, run_id: str, attempt_run_id: str, now: datetime) 
             raise StoreError(f"run {run_id} is already completed")
         if row["status"] != RunStatus.ACTIVE:
             _refuse_stale_resume(conn, run_id, generation, last_generation)
+        elif not ctx.leases.enabled and _abandon_reason(ctx, conn, row, now) is None:
+            # On PostgreSQL taking the lease below is the test; without leases, the pid is.
+            raise RunActiveError(run_id, "its holder may still be alive")
         set_run(
             conn,
             run_id,

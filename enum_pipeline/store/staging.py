@@ -37,15 +37,6 @@ def _record_row(run_id: str, record: ProjectRecord) -> dict[str, Any]:
     }
 
 
-def reset_staging(ctx: StoreContext, run_id: str) -> None:
-    """Forget what an earlier attempt of this run staged (a scan that starts over)."""
-    with ctx.engine.begin() as conn:
-        ctx.require_active(conn, run_id)
-        conn.execute(sa.delete(t.staged_projects).where(t.staged_projects.c.run_id == run_id))
-        conn.execute(sa.delete(t.run_scopes).where(t.run_scopes.c.run_id == run_id))
-        set_run(conn, run_id, scanned_count=0, staged_count=0)
-
-
 def stage(ctx: StoreContext, run_id: str, records: Iterable[ProjectRecord]) -> int:
     """Durably stage a batch of records for ``run_id``; returns how many were new.
 

@@ -1,0 +1,56 @@
+"""Code-host listings in real runs through the store (both backends): what a read could not
+see is never removed."""
+
+from __future__ import annotations
+
+import pytest
+
+from enum_pipeline.scan import stage_sources
+from enum_pipeline.sources.github import GitHubSource
+from enum_pipeline.store import InventoryStore
+from enum_pipeline_tests.fake_codehosts import FakeCodeHost, FakeSleep, GitHubApp
+from enum_pipeline_tests.helpers import new_run_id
+
+TOKEN_ENV = "ENUM_TEST_RUNS_TOKEN"
+TOKEN = "test-only-runs-token-NOT-REAL-0010"
+
+
+def _run(store: InventoryStore, source):
+    run_id = new_run_id()
+    generation = store.begin(run_id)
+    summary = stage_sources(store, run_id, generation, [source])
+    store.flush(run_id)
+    store.verify_and_confirm(run_id)
+    assert store.complete(run_id) == "completed"
+    return summary.verdicts[0], store.safe_cleanup_old_projects(run_id)
+
+
+@pytest.mark.parametrize("value", [None, ""], ids=["unset", "empty"])
+def test_owner_whose_token_disappears_keeps_its_private_repositories(
+    store, monkeypatch, value
+) -> None:
+    app = GitHubApp(token=TOKEN)
+    repos = app.add_owner("Acme", 60)
+    private = {r["id"] for r in repos if r["private"]}
+    assert private
+    with FakeCodeHost(app) as host:
+
+        def source() -> GitHubSource:
+            return GitHubSource("Acme", base_url=host.url, token_env=TOKEN_ENV, sleep=FakeSleep())
+
+        monkeypatch.setenv(TOKEN_ENV, TOKEN)
+        verdict, _ = _run(store, source())
+        assert verdict.complete and verdict.seen == 60
+        assert {r["project_key"] for r in store.projects()} == {
+            f"github:{host.host}:{r['id']}" for r in repos
+        }
+
+        for _ in range(2):  # two runs in a row without the token
+            if value is None:
+                monkeypatch.delenv(TOKEN_ENV, raising=False)
+            else:
+                monkeypatch.setenv(TOKEN_ENV, value)
+            verdict, cleanup = _run(store, source())
+            assert not verdict.complete and TOKEN_ENV in verdict.reason
+            assert cleanup.removed == 0
+            assert len(store.projects()) == 60  # the private ones too
