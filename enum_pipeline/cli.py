@@ -1,7 +1,8 @@
 """``enum-pipeline``: run an enumeration through Dagster, clean up, approve, restore, migrate.
 
 Exit codes of ``run``: 0 completed (cleanup ran or had nothing to do), 1 the run failed,
-2 usage or configuration error, 3 completed but the deletion guard held the cleanup back.
+2 usage or configuration error (one line, nothing begun) or a run refused because another holds
+the inventory, 3 completed but the deletion guard held the cleanup back.
 """
 
 from __future__ import annotations
@@ -15,6 +16,72 @@ import time
 from pathlib import Path
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_BLOCKED = 0, 1, 2, 3
+LISTED = 50  # names printed before "N more"
+# The code location as the UI names it (links in the metadata use this name).
+WORKSPACE = """load_from:
+  - python_module:
+      module_name: enum_pipeline.definitions
+      attribute: defs
+      location_name: enum_pipeline
+"""
+
+
+class UsageError(Exception):
+    """A bad input: one line on stderr, exit 2, nothing begun."""
+
+
+def _store():
+    """The inventory store, or a UsageError naming the database URL (password hidden)."""
+    import sqlalchemy as sa
+
+    from enum_pipeline.store import open_store
+    from enum_pipeline.store.engine import default_database_url, redact_database_url
+
+    url = default_database_url()
+    try:
+        shown = redact_database_url(url)
+    except sa.exc.ArgumentError:
+        raise UsageError(
+            "ENUM_PIPELINE_DATABASE_URL is not a database URL "
+            "(expected e.g. postgresql+psycopg://user@host/db or sqlite:///path)"
+        ) from None
+    try:
+        store = open_store(url)
+    except (sa.exc.ArgumentError, sa.exc.NoSuchModuleError) as err:
+        raise UsageError(f"ENUM_PIPELINE_DATABASE_URL {shown} is not usable: {err}") from None
+    except sa.exc.DBAPIError as err:
+        first = str(err.orig or err).strip().splitlines()[0] if str(err.orig or err) else ""
+        raise UsageError(f"cannot open the inventory database {shown}: {first}") from None
+    _OPENED.append(store)
+    return store
+
+
+def _run_list(store, limit: int = 5) -> str:
+    runs = store.runs(limit)
+    if not runs:
+        return "the inventory has no runs yet"
+    return "newest runs: " + ", ".join(f"{r.run_id} ({r.status})" for r in runs)
+
+
+def _resolve_run(store, given: str) -> str:
+    """The enumeration run id for ``given``: an inventory run id, or the Dagster run id of a
+    cleanup, approval or restore of one. A UsageError names what exists otherwise."""
+    from enum_pipeline.store import UnknownRunError
+
+    try:
+        store.get_run(given)
+        return given
+    except UnknownRunError:
+        pass
+    instance = _instance()
+    record = instance.get_run_by_id(given)
+    if record is not None:
+        from enum_pipeline.defs.sensors import enumeration_run_of
+
+        run_id = enumeration_run_of(record)
+        if run_id:
+            return run_id
+    raise UsageError(f"no run {given!r} in the inventory; {_run_list(store)}")
 
 
 def _ensure_dagster_home() -> Path:
@@ -25,12 +92,23 @@ def _ensure_dagster_home() -> Path:
         os.environ["DAGSTER_HOME"] = home
     path = Path(home)
     path.mkdir(parents=True, exist_ok=True)
-    if not (path / "dagster.yaml").exists() and Path("dagster.yaml").is_file():
-        shutil.copyfile("dagster.yaml", path / "dagster.yaml")
+    if not (path / "dagster.yaml").exists():
+        shutil.copyfile(_project_dagster_yaml(), path / "dagster.yaml")
     return path
 
 
 _OPENED: list = []  # Dagster instances and stores the command opened, closed before exit
+
+
+def _project_dagster_yaml() -> Path:
+    """``./dagster.yaml`` when present, else the one next to the package (a source checkout)."""
+    here = Path("dagster.yaml")
+    if here.is_file():
+        return here
+    shipped = Path(__file__).resolve().parents[1] / "dagster.yaml"
+    if shipped.is_file():
+        return shipped
+    raise UsageError("no dagster.yaml here; run from the project folder or set DAGSTER_HOME")
 
 
 def _instance():
@@ -40,14 +118,6 @@ def _instance():
     instance = DagsterInstance.get()
     _OPENED.append(instance)
     return instance
-
-
-def _store():
-    from enum_pipeline.store import open_store
-
-    store = open_store()
-    _OPENED.append(store)
-    return store
 
 
 def _close_opened() -> None:
@@ -71,9 +141,13 @@ def _step_errors(result) -> list[str]:
 
 
 def _print_cleanup(data: dict) -> None:
-    held_back = data.get("dry_run") or data["status"] == "blocked"
-    verb = "would remove" if held_back else "removed"
-    count = data.get("would_remove", data["removed"]) if held_back else data["removed"]
+    dry = data.get("dry_run")
+    held = dry or data["status"] == "blocked"
+    counts = (
+        f"would remove {data.get('would_remove', 0)}, removed 0"
+        if held
+        else f"removed {data['removed']}"
+    )
     kept = ""
     for label, field in (
         ("out of coverage", "out_of_coverage"),
@@ -83,17 +157,22 @@ def _print_cleanup(data: dict) -> None:
         if data.get(field):
             kept += f", kept {label} {data[field]}"
     print(
-        f"cleanup: {data['status']}{' (dry run)' if data.get('dry_run') else ''} — {verb} "
-        f"{count}, marked missing {data['marked_missing']}, kept because incomplete "
-        f"{data['kept_incomplete']}{kept}" + (f" ({data['reason']})" if data.get("reason") else "")
+        f"cleanup: {data['status']}{' (dry run)' if dry else ''} — {counts}, marked missing "
+        f"{data['marked_missing']}, kept because incomplete {data['kept_incomplete']}{kept}"
+        + (f" ({data['reason']})" if data.get("reason") else "")
     )
-    if data.get("dry_run") or data["status"] == "blocked":
+    if held:
         for scope in data["scopes"]:
             note = scope["blocked_reason"] or scope["skipped_reason"] or ""
             print(
                 f"  {scope['scope_key']}: {scope['total']} projects, {scope['candidates']} not "
                 f"seen, {scope['protected']} protected" + (f" — {note}" if note else "")
             )
+    entries = data.get("entries") or []
+    for entry in entries[:LISTED]:
+        print(f"  {entry['action']:<12} {entry['name']}  {entry['location']}  ({entry['reason']})")
+    if len(entries) > LISTED:
+        print(f"  … {len(entries) - LISTED} more: enum-pipeline cleanup {data['run_id']} --dry-run")
 
 
 def _cleanup(instance, run_id: str, args, *, approve=False, dry_run=False) -> tuple[int, dict]:
@@ -112,11 +191,14 @@ def _cleanup(instance, run_id: str, args, *, approve=False, dry_run=False) -> tu
         raise_on_error=False,
         tags={"enum_pipeline/enumeration_run": run_id},
     )
-    if not result.success:
+    try:
+        data = result.output_for_node("stale_projects_cleanup")
+    except Exception:  # noqa: BLE001 - the step failed before its output: report its error
+        data = None
+    if data is None:
         for error in _step_errors(result):
             print(f"cleanup failed: {error}", file=sys.stderr)
         return EXIT_FAILED, {}
-    data = result.output_for_node("stale_projects_cleanup")
     _print_cleanup(data)
     if data["status"] == "blocked":
         print(
@@ -128,20 +210,41 @@ def _cleanup(instance, run_id: str, args, *, approve=False, dry_run=False) -> tu
     return EXIT_OK, data
 
 
+def _refusal(store) -> str | None:
+    """Why a new run would be refused now (who holds the inventory), or None."""
+    from datetime import UTC, datetime
+
+    held = store.holder()
+    if held is None or held[1] is not None:
+        return None
+    run, _ = held
+    age = (datetime.now(UTC) - run.heartbeat_at).total_seconds()
+    timeout = store.heartbeat_timeout.total_seconds()
+    return (
+        f"run {run.run_id} holds the inventory (pid {run.pid} on {run.host}, since "
+        f"{run.started_at:%Y-%m-%d %H:%M:%S} UTC, heartbeat {age:.0f}s ago); wait for it, or "
+        f"stop that process and run again: a run whose process is gone is taken over at once, "
+        f"a silent one after {timeout:.0f}s"
+    )
+
+
 def cmd_run(args) -> int:
     """One enumeration run through Dagster, then the cleanup the sensor would request."""
-    from enum_pipeline.config import ConfigError, load_config
+    from enum_pipeline.config import load_config
     from enum_pipeline.definitions import defs
     from enum_pipeline.steps import cleanup_due
     from enum_pipeline.store import UnknownRunError
 
+    if args.root is not None and any(not r.strip() for r in args.root):
+        raise UsageError("--root needs a folder, not an empty string")
     roots = [os.path.abspath(os.path.expanduser(r)) for r in args.root or []] or None
     config_path = os.path.abspath(args.config) if args.config else None
-    try:
-        load_config(config_path, roots)
-    except ConfigError as err:
-        print(f"enum-pipeline: {err}", file=sys.stderr)
-        return EXIT_USAGE
+    # Every source is built (and so checked) before anything begins.
+    load_config(config_path, roots).build_sources()
+    store = _store()
+    refusal = _refusal(store)
+    if refusal:
+        raise UsageError(refusal)
     scan = {}
     if roots:
         scan["roots"] = roots
@@ -154,12 +257,15 @@ def cmd_run(args) -> int:
         instance=instance, run_config=_run_config(args, scan), raise_on_error=False
     )
     elapsed = time.monotonic() - started
-    store = _store()
     try:
         info = store.get_run(result.run_id)
     except UnknownRunError:
         info = None
     scopes = store.scopes(result.run_id) if info is not None else []
+    if info is None:
+        refusal = _refusal(store)
+        if refusal:
+            raise UsageError(refusal)
     if info is not None:
         print(
             f"run {result.run_id} (generation {info.generation}): {info.status} in {elapsed:.1f}s"
@@ -187,6 +293,26 @@ def cmd_run(args) -> int:
     return code
 
 
+def _cleanable(store, given: str) -> str:
+    run_id = _resolve_run(store, given)
+    info = store.get_run(run_id)
+    if info.status != "completed" or not info.flush_succeeded:
+        raise UsageError(
+            f"run {run_id} is {info.status} (flush verified: {info.flush_succeeded}); only a "
+            f"completed, flush-verified run cleans up; {_run_list(store)}"
+        )
+    return run_id
+
+
+def _blocked_list(store) -> str:
+    blocked = [
+        r.run_id
+        for r in store.runs(50)
+        if (store.cleanup_record(r.run_id) or {}).get("status") == "blocked"
+    ]
+    return "blocked cleanups: " + ", ".join(blocked) if blocked else "no cleanup is blocked"
+
+
 def _reports(instance, run_id: str, args) -> bool:
     """Materialize the report assets after a completed run (a failure is shown, not fatal)."""
     from enum_pipeline.definitions import defs
@@ -206,22 +332,76 @@ def _reports(instance, run_id: str, args) -> bool:
 
 def cmd_cleanup(args) -> int:
     """The cleanup of one run (as the sensor requests it), optionally approved or dry."""
-    code, _ = _cleanup(_instance(), args.run_id, args, approve=args.approve, dry_run=args.dry_run)
+    store = _store()
+    run_id = _cleanable(store, args.run_id)
+    if args.approve:
+        _require_blocked(store, run_id)
+    code, _ = _cleanup(_instance(), run_id, args, approve=args.approve, dry_run=args.dry_run)
     return code
+
+
+def _require_blocked(store, run_id: str) -> None:
+    record = store.cleanup_record(run_id)
+    if record is None or record["status"] != "blocked":
+        state = record["status"] if record else "not run yet"
+        raise UsageError(
+            f"the cleanup of run {run_id} is {state}, not blocked; {_blocked_list(store)}"
+        )
 
 
 def cmd_approve(args) -> int:
     """Approve and carry out a cleanup the deletion guard held back."""
-    code, _ = _cleanup(_instance(), args.run_id, args, approve=True)
+    store = _store()
+    run_id = _cleanable(store, args.run_id)
+    _require_blocked(store, run_id)
+    code, _ = _cleanup(_instance(), run_id, args, approve=True)
     return code
 
 
+def restorable_error(store, given: str) -> str:
+    """The sentence for an id with nothing to restore: what can be restored instead."""
+    items = store.restorable_cleanups()
+    if not items:
+        return f"nothing to restore for {given!r}: no cleanup has removed projects not restored"
+    listed = ", ".join(
+        f"{r.run_id} ({r.count} removed {r.removed_at:%Y-%m-%d %H:%M}: {', '.join(r.names)}"
+        + (", …" if r.count > len(r.names) else "")
+        + ")"
+        for r in items[:5]
+    )
+    return f"nothing to restore for {given!r}; restorable cleanups: {listed}"
+
+
 def cmd_restore(args) -> int:
-    """Bring back the projects a cleanup removed."""
-    keys = _store().restore(args.run_id, restored_by=f"cli:{os.environ.get('USER', '?')}")
-    print(f"restored {len(keys)} projects removed by the cleanup of run {args.run_id}")
-    for key in keys[:50]:
+    """Bring back the projects a cleanup removed (through the ``restore_projects`` job)."""
+    from enum_pipeline.definitions import defs
+
+    store = _store()
+    try:
+        run_id = _resolve_run(store, args.run_id)
+    except UsageError:
+        raise UsageError(restorable_error(store, args.run_id)) from None
+    if run_id not in {r.run_id for r in store.restorable_cleanups()}:
+        raise UsageError(restorable_error(store, run_id))
+    job = defs.resolve_job_def("restore_projects")
+    result = job.execute_in_process(
+        instance=_instance(),
+        run_config={
+            "ops": {"restore_removed_projects": {"config": {"run_id": run_id}}},
+            "loggers": {"console": {"config": {"log_level": args.log_level}}},
+        },
+        raise_on_error=False,
+    )
+    if not result.success:
+        for error in _step_errors(result):
+            print(f"restore failed: {error}", file=sys.stderr)
+        return EXIT_FAILED
+    keys = result.output_for_node("restore_removed_projects")
+    print(f"restored {len(keys)} projects removed by the cleanup of run {run_id}")
+    for key in keys[:LISTED]:
         print(f"  {key}")
+    if len(keys) > LISTED:
+        print(f"  … {len(keys) - LISTED} more: enum-pipeline history {run_id}")
     return EXIT_OK
 
 
@@ -290,9 +470,24 @@ def cmd_prune_orphans(args) -> int:
 
 def cmd_history(args) -> int:
     """Removed projects, as JSON lines."""
-    for row in _store().history(args.run_id):
+    store = _store()
+    run_id = _resolve_run(store, args.run_id) if args.run_id else None
+    for row in store.history(run_id):
         print(json.dumps(row, default=str))
     return EXIT_OK
+
+
+def cmd_ui(args) -> int:
+    """The Dagster UI on 127.0.0.1 with ``DAGSTER_HOME`` prepared (``./dagster.yaml`` in force)."""
+    home = _ensure_dagster_home()
+    print(f"DAGSTER_HOME={home}; UI on http://127.0.0.1:{args.port}", file=sys.stderr)
+    dagster = Path(sys.executable).with_name("dagster")
+    argv = [str(dagster) if dagster.exists() else "dagster", "dev", "-h", "127.0.0.1"]
+    workspace = home / "workspace.yaml"
+    workspace.write_text(WORKSPACE)
+    argv += ["-p", str(args.port), "-w", str(workspace)]
+    os.execvpe(argv[0], argv, os.environ)
+    return EXIT_FAILED  # not reached
 
 
 def cmd_db(args) -> int:
@@ -337,11 +532,10 @@ def _filter(args):
 
 def _select(args) -> list[dict] | None:
     """The filtered inventory rows, or None after printing a filter error."""
-    from enum_pipeline.store import open_store
     from enum_pipeline.store.query import FilterError, output_row, select_projects
 
     try:
-        return [output_row(r) for r in select_projects(open_store().engine, _filter(args))]
+        return [output_row(r) for r in select_projects(_store().engine, _filter(args))]
     except FilterError as err:
         print(f"enum-pipeline: {err}", file=sys.stderr)
         return None
@@ -415,9 +609,7 @@ DIFF_COLUMNS = ("change", "name", "scope_key", "fields", "project_key", "run_id"
 
 def cmd_diff(args) -> int:
     """What one run (default: the latest) added, changed (which fields) and removed."""
-    from enum_pipeline.store import UnknownRunError, open_store
-
-    store = open_store()
+    store = _store()
     run_id = args.run_id
     if run_id is None:
         latest = store.runs(1)
@@ -425,11 +617,7 @@ def cmd_diff(args) -> int:
             print("enum-pipeline: no run recorded yet", file=sys.stderr)
             return EXIT_USAGE
         run_id = latest[0].run_id
-    try:
-        store.get_run(run_id)
-    except UnknownRunError:
-        print(f"enum-pipeline: unknown run id {run_id!r}", file=sys.stderr)
-        return EXIT_USAGE
+    run_id = _resolve_run(store, run_id)
     rows = [
         {
             "change": c.change,
@@ -528,6 +716,9 @@ def build_parser() -> argparse.ArgumentParser:
     diff.add_argument("run_id", nargs="?", help="default: the latest run")
     diff.add_argument("--format", choices=["table", "json", "csv"], default="table")
     diff.set_defaults(func=cmd_diff)
+    ui = sub.add_parser("ui", help="start the Dagster UI (dagster dev) on 127.0.0.1")
+    ui.add_argument("--port", type=int, default=3000)
+    ui.set_defaults(func=cmd_ui)
 
     db = sub.add_parser("db", help="schema migrations")
     db.add_argument("db_command", choices=["upgrade", "current"])
@@ -568,10 +759,14 @@ def _main(argv: list[str] | None) -> int:
         args = parser.parse_args(argv)
     except SystemExit as exit_:
         return EXIT_USAGE if exit_.code else EXIT_OK
+    from enum_pipeline.config import ConfigError
     from enum_pipeline.store import StoreError
 
     try:
         return args.func(args)
+    except (UsageError, ConfigError) as err:
+        print(f"enum-pipeline: {err}", file=sys.stderr)
+        return EXIT_USAGE
     except StoreError as err:
         print(f"enum-pipeline: {err}", file=sys.stderr)
         return EXIT_FAILED

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Annotated, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator
 
 from enum_pipeline.sources.base import Source
 from enum_pipeline.store import CleanupPolicy
@@ -60,6 +60,13 @@ class FilesystemSourceConfig(_Strict):
     one_file_system: bool = True
     max_depth: int | None = Field(None, ge=0)
     nested: bool = Field(True, description="Look inside repositories for nested ones.")
+
+    @field_validator("roots")
+    @classmethod
+    def _no_empty_root(cls, roots: list[str]) -> list[str]:
+        if any(not root.strip() for root in roots):
+            raise ValueError("a root must be a folder, not an empty string")
+        return roots
 
     def build(self) -> list[Source]:
         """One source per root, so roots can be scanned in parallel."""
@@ -162,17 +169,28 @@ class PipelineConfig(_Strict):
         1, ge=1, le=64, description="Sources (and filesystem roots) scanned at the same time."
     )
 
+    _origin: str = PrivateAttr("the configuration")
+
     def build_sources(self) -> list[Source]:
-        """Instantiate every configured source."""
-        return [source for config in self.sources for source in config.build()]
+        """Instantiate every configured source; a value a source refuses is a ConfigError
+        naming the source's key and the file."""
+        sources: list[Source] = []
+        for index, config in enumerate(self.sources):
+            try:
+                sources.extend(config.build())
+            except ValueError as err:
+                raise ConfigError(
+                    f"invalid configuration in {self._origin}: sources.{index}.{config.kind}: {err}"
+                ) from None
+        return sources
 
 
 def _format_errors(err: ValidationError, origin: str) -> str:
     lines = []
     for e in err.errors():
         loc = ".".join(str(p) for p in e["loc"] if not str(p).startswith("function-"))
-        lines.append(f"  {loc or '(top level)'}: {e['msg']}")
-    return f"invalid configuration in {origin}:\n" + "\n".join(lines)
+        lines.append(f"{loc or '(top level)'}: {e['msg']}")
+    return f"invalid configuration in {origin}: " + "; ".join(lines)
 
 
 def parse_config(data: object, origin: str) -> PipelineConfig:
@@ -180,9 +198,11 @@ def parse_config(data: object, origin: str) -> PipelineConfig:
     if not isinstance(data, dict):
         raise ConfigError(f"invalid configuration in {origin}: the top level must be a mapping")
     try:
-        return PipelineConfig.model_validate(data)
+        config = PipelineConfig.model_validate(data)
     except ValidationError as err:
         raise ConfigError(_format_errors(err, origin)) from None
+    config._origin = origin
+    return config
 
 
 def _yaml_problem(err: yaml.YAMLError) -> str:
@@ -200,6 +220,10 @@ def load_config_file(path: str | os.PathLike[str]) -> PipelineConfig:
         text = path.read_text(encoding="utf-8")
     except OSError as err:
         raise ConfigError(f"cannot read configuration file {path}: {err.strerror}") from None
+    except UnicodeDecodeError as err:
+        raise ConfigError(
+            f"cannot read configuration file {path}: not UTF-8 text (byte {err.start})"
+        ) from None
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as err:

@@ -245,3 +245,86 @@ def test_rows_out_of_coverage_are_listed_with_their_reason(cli, inventory):
     code, out = cli("runs")
     assert code == 0 and "kept out of coverage: 1, orphaned: 0" in out
     assert f"{key('vendor/b')} — out of coverage: skip_names holds 'vendor'" in out
+
+
+def _one_line(out: str) -> str:
+    lines = out.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in out, out
+    assert lines[0].startswith("enum-pipeline: "), out
+    return lines[0]
+
+
+@pytest.mark.parametrize("command", [("cleanup",), ("approve",), ("history",), ("diff",)])
+def test_unknown_run_id_is_one_line_naming_the_runs_that_exist(cli, inventory, repo_tree, command):
+    assert cli("run", "--root", str(repo_tree))[0] == 0
+    [run] = inventory.runs()
+    code, out = cli(*command, "no-such-run")
+    assert code == 2
+    line = _one_line(out)
+    assert "no-such-run" in line and run.run_id in line
+    assert len(inventory.runs()) == 1
+
+
+def test_approve_without_a_blocked_cleanup_and_restore_without_removals_say_so(
+    cli, inventory, repo_tree
+):
+    code, out = cli("run", "--root", str(repo_tree))
+    assert code == 0, out
+    run_id = _run_id(out)
+    code, out = cli("approve", run_id)
+    assert code == 2 and "not blocked" in _one_line(out) and "no cleanup is blocked" in out
+    code, out = cli("restore", run_id)
+    assert code == 2 and "nothing to restore" in _one_line(out)
+    shutil.rmtree(repo_tree / "gamma")
+    code, out = cli("run", "--root", str(repo_tree))
+    assert code == 0 and "removed 1" in out, out
+    second = _run_id(out)
+    code, out = cli("restore", run_id)  # the first run removed nothing: name the one that did
+    assert code == 2 and second in _one_line(out) and "gamma" in out
+
+
+def test_bad_inputs_exit_2_with_one_line_and_begin_nothing(cli, inventory, tmp_path):
+    bad_owner = tmp_path / "owner.yaml"
+    bad_owner.write_text("sources:\n  - kind: github\n    owner: acme/tools\n")
+    latin1 = tmp_path / "latin1.yaml"
+    latin1.write_bytes("sources: []  # caf\xe9\n".encode("latin-1"))
+    folder = tmp_path / "a-folder.yaml"
+    folder.mkdir()
+    cases = [
+        (("run", "--root", ""), "--root needs a folder"),
+        (("run", "--config", str(bad_owner)), "sources.0.github: invalid GitHub owner"),
+        (("run", "--config", str(latin1)), "not UTF-8"),
+        (("run", "--config", str(folder)), "cannot read configuration file"),
+        (("run", "--config", str(tmp_path / "missing.yaml")), "cannot read configuration file"),
+    ]
+    for args, expected in cases:
+        code, out = cli(*args)
+        assert code == 2, (args, out)
+        assert expected in _one_line(out), (args, out)
+    assert str(bad_owner) in cli("run", "--config", str(bad_owner))[1]
+    assert inventory.runs() == []
+
+
+@pytest.mark.parametrize(
+    "url, expected",
+    [
+        ("not a url", "Could not parse SQLAlchemy URL"),
+        ("nosuchdb://user@host/db", "is not usable"),
+        ("postgresql+psycopg://enum:s3cret@127.0.0.1:1/inventory", "cannot open the inventory"),
+    ],
+)
+def test_wrong_database_url_is_one_line_without_the_password(cli, repo_tree, url, expected):
+    code, out = cli("run", "--root", str(repo_tree), extra_env={"ENUM_PIPELINE_DATABASE_URL": url})
+    assert code == 2
+    assert expected in _one_line(out)
+    assert "s3cret" not in out
+
+
+def test_a_refused_second_run_says_who_holds_the_inventory(cli, inventory, repo_tree):
+    inventory.begin("holder-run")
+    code, out = cli("run", "--root", str(repo_tree))
+    assert code == 2
+    line = _one_line(out)
+    assert "run holder-run holds the inventory" in line and f"pid {os.getpid()}" in line
+    assert "since" in line and "taken over" in line
+    assert [r.run_id for r in inventory.runs()] == ["holder-run"]

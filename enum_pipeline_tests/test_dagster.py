@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 from dagster import (
+    AssetCheckSeverity,
     AssetKey,
     DagsterInstance,
     ReexecutionOptions,
@@ -82,7 +83,16 @@ def test_enumerate_projects_materializes_a_real_git_tree(env, instance, repo_tre
     info = env.get_run(result.run_id)
     assert (info.status, info.flush_succeeded, info.generation) == ("completed", True, 1)
     checks = result.get_asset_check_evaluations()
-    assert [c.passed for c in checks] == [True]
+    assert {c.check_name: c.passed for c in checks} == {
+        "projects_flush_verified": True,
+        "projects_scopes_complete": True,
+    }
+    added = meta["added_and_changed"]
+    assert sorted((r.data["change"], r.data["name"]) for r in added.records) == [
+        ("added", n) for n in sorted(names)
+    ]
+    scopes = meta["scopes"]
+    assert [(r.data["total"], r.data["incomplete"]) for r in scopes.records] == [(5, False)]
     alpha = next(r for r in env.projects() if r["name"] == "alpha")
     assert "pyproject.toml" in alpha["markers"] and len(alpha["head_commit"]) == 40
 
@@ -112,7 +122,8 @@ def test_sensor_requests_nothing_for_a_failed_flush(env, instance, db_url):
     assert f"flush of run {result.run_id} was not confirmed" in tick.skip_message
     info = env.get_run(result.run_id)
     assert info.status == "failed" and "verification" in info.error
-    assert [c.passed for c in result.get_asset_check_evaluations()] == [False]
+    checks = {c.check_name: c.passed for c in result.get_asset_check_evaluations()}
+    assert checks["projects_flush_verified"] is False
 
 
 def test_sensor_skips_while_no_flush_exists(env, instance):
@@ -193,23 +204,89 @@ def test_cleanup_removes_a_deleted_repository(env, instance, repo_tree):
     assert "beta" in {r["name"] for r in env.projects()}
 
 
-def test_blocked_cleanup_fails_its_check_and_launchpad_approval_runs_it(env, instance, repo_tree):
+def _latest_projects_metadata(instance: DagsterInstance) -> dict:
+    event = instance.get_latest_materialization_event(AssetKey("projects"))
+    return event.asset_materialization.metadata
+
+
+def _table_names(value) -> list[str]:
+    return [record.data["name"] for record in value.records]
+
+
+def test_blocked_cleanup_fails_its_run_names_the_projects_and_approve_cleanup_needs_no_id(
+    env, instance, repo_tree
+):
     _enumerate(instance)
     for child in repo_tree.iterdir():
         shutil.rmtree(child)
     second = _enumerate(instance)
+    flush = _latest_flush_metadata(instance)
+    assert flush["dagster/table_name"] == "projects"
+    assert "project_key" in {c.name for c in flush["dagster/column_schema"].columns}
     job = defs.resolve_job_def("cleanup_projects")
     blocked = job.execute_in_process(
-        instance=instance, run_config=cleanup_run_config(second.run_id)
+        instance=instance, run_config=cleanup_run_config(second.run_id), raise_on_error=False
     )
-    assert blocked.output_for_node("stale_projects_cleanup")["status"] == "blocked"
-    assert [c.passed for c in blocked.get_asset_check_evaluations()] == [False]
+    assert not blocked.success  # recorded, then failed: not a green success
+    data = blocked.output_for_node("stale_projects_cleanup")
+    assert (data["status"], data["removed"], data["would_remove"]) == ("blocked", 0, 5)
+    [check] = blocked.get_asset_check_evaluations()
+    assert not check.passed and check.severity == AssetCheckSeverity.ERROR
+    assert "would remove 5" in check.description and "removed 0" in check.description
+    [mat] = blocked.asset_materializations_for_node("stale_projects_cleanup")
+    assert mat.metadata["removed"].value == 0
+    assert sorted(_table_names(mat.metadata["projects"].value)) == sorted(
+        ["alpha", "beta", "gamma", "delta", "epsilon"]
+    )
+    assert {r.data["action"] for r in mat.metadata["projects"].value.records} == {"remove"}
+    assert "approve_cleanup" in mat.metadata["approve"].value
     assert len(env.project_keys()) == 5
-    approved = job.execute_in_process(
-        instance=instance, run_config=cleanup_run_config(second.run_id, approve=True)
-    )
+
+    approved = defs.resolve_job_def("approve_cleanup").execute_in_process(instance=instance)
+    assert approved.success
     assert approved.output_for_node("stale_projects_cleanup")["removed"] == 5
+    [done] = approved.asset_materializations_for_node("stale_projects_cleanup")
+    [restorable] = done.metadata["restorable"].value.records
+    assert (restorable.data["cleanup_of_run"], restorable.data["removed"]) == (second.run_id, 5)
     assert env.project_keys() == set()
+    assert _latest_projects_metadata(instance)["dagster/row_count"].value == 0
+
+    restore = defs.resolve_job_def("restore_projects")
+    wrong = restore.execute_in_process(
+        instance=instance,
+        run_config={"ops": {"restore_removed_projects": {"config": {"run_id": "nope"}}}},
+        raise_on_error=False,
+    )
+    assert not wrong.success
+    [failure] = [e for e in wrong.all_events if e.is_step_failure]
+    assert second.run_id in failure.step_failure_data.error.message
+    # The cleanup's own Dagster run id is accepted as well as the enumeration run's.
+    back = restore.execute_in_process(
+        instance=instance,
+        run_config={"ops": {"restore_removed_projects": {"config": {"run_id": approved.run_id}}}},
+    )
+    assert len(back.output_for_node("restore_removed_projects")) == 5
+    assert len(env.project_keys()) == 5
+    assert _latest_projects_metadata(instance)["dagster/row_count"].value == 5
+
+
+def test_materializing_part_of_the_enumeration_refuses_before_beginning(env, instance):
+    result = defs.resolve_implicit_global_asset_job_def().execute_in_process(
+        instance=instance, asset_selection=[AssetKey("scanned_projects")], raise_on_error=False
+    )
+    assert not result.success
+    [failure] = [e for e in result.all_events if e.is_step_failure]
+    assert "enumerate_projects" in failure.step_failure_data.error.message
+    assert env.runs() == []
+    first = _enumerate(instance)
+    for key in ("projects", "run_state"):
+        result = defs.resolve_implicit_global_asset_job_def().execute_in_process(
+            instance=instance, asset_selection=[AssetKey(key)], raise_on_error=False
+        )
+        assert not result.success
+        [failure] = [e for e in result.all_events if e.is_step_failure]
+        assert "launch the job enumerate_projects" in failure.step_failure_data.error.message
+    assert [(r.run_id, r.status) for r in env.runs()] == [(first.run_id, "completed")]
 
 
 def _enumerate_job():

@@ -172,12 +172,13 @@ def test_postgres_yaml_reads_every_connection_parameter_from_env():
     assert "postgres_url" not in config["storage"]["postgres"]
     # psycopg 3 (plain `postgresql` under SQLAlchemy 2.1) breaks dagster-postgres' NOTIFY.
     assert db["scheme"] == "postgresql+psycopg2"
-    limits = config["run_coordinator"]["config"]["tag_concurrency_limits"]
+    limits = config["concurrency"]["runs"]["tag_concurrency_limits"]
     assert {(lim["key"], lim["limit"]) for lim in limits} == {
         ("enum_pipeline/inventory", 1),
         ("enum_pipeline/cleanup", 1),
     }
     assert config["run_coordinator"]["class"] == "QueuedRunCoordinator"
+    assert config["concurrency"]["pools"] == {"default_limit": 1, "granularity": "run"}
     assert config["run_monitoring"]["enabled"] is True
     assert config["telemetry"]["enabled"] is False
 

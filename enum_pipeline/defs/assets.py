@@ -17,6 +17,7 @@ from dagster import (
 )
 from pydantic import Field
 
+from enum_pipeline.defs import tables
 from enum_pipeline.defs.catalog import catalog, database_kind, freshness, source_kinds
 from enum_pipeline.defs.resources import InventoryResource
 from enum_pipeline.scan import ScanSummary
@@ -61,7 +62,21 @@ def _scope_table(scopes: list[dict]) -> MetadataValue:
     return MetadataValue.md("\n".join(lines))
 
 
-@asset(group_name=GROUP, kinds=source_kinds(), **CATALOG)
+ENUMERATION_RUN_TAG = "enum_pipeline/enumeration_run"
+ENUMERATION = {AssetKey("scanned_projects"), AssetKey("projects"), AssetKey("run_state")}
+
+
+def refuse_partial_enumeration(context) -> None:
+    """One sentence, before anything begins, when a run selects part of the enumeration."""
+    selection = context.run.asset_selection
+    if selection and not set(selection) >= ENUMERATION:
+        raise Failure(
+            "scanned_projects, projects and run_state are one run: launch the job "
+            "enumerate_projects (or materialize the three together); nothing was begun"
+        )
+
+
+@asset(group_name=GROUP, kinds=source_kinds(), pool="enum_pipeline/inventory", **CATALOG)
 def scanned_projects(
     context: AssetExecutionContext, config: ScanConfig, inventory: InventoryResource
 ) -> Output[dict]:
@@ -70,8 +85,14 @@ def scanned_projects(
     Every scope ends complete or incomplete; an incomplete scope protects its projects.
     """
     _require_in_process(context)
-    pipeline = inventory.pipeline_config(config.config_path, config.roots)
-    sources = pipeline.build_sources()
+    refuse_partial_enumeration(context)
+    from enum_pipeline.config import ConfigError
+
+    try:
+        pipeline = inventory.pipeline_config(config.config_path, config.roots)
+        sources = pipeline.build_sources()  # every source checked before the run begins
+    except ConfigError as err:
+        raise Failure(str(err)) from None
     store = inventory.store()
     run_id = context.run.run_id
 
@@ -114,7 +135,7 @@ def scanned_projects(
     )
 
 
-@op(out=Out(dict))
+@op(out=Out(dict), pool="enum_pipeline/inventory")
 def upsert_projects(
     context: OpExecutionContext, inventory: InventoryResource, scanned: dict
 ) -> dict:
@@ -122,7 +143,13 @@ def upsert_projects(
 
     In a re-execution (a new Dagster run) the staged run is resumed, never re-scanned.
     """
+    refuse_partial_enumeration(context)
     run_id = scanned["run_id"]
+    if context.run_id != run_id and context.run.parent_run_id is None:
+        raise Failure(
+            "projects is written by its own scan: launch the job enumerate_projects "
+            "(or re-execute a failed enumeration from failure); nothing was begun"
+        )
     result = flush_run(inventory.store(), run_id, context.run_id, log=context.log.info)
     context.log.info(
         f"flushed {result.staged}: {result.added} added, {result.changed} changed, "
@@ -131,7 +158,7 @@ def upsert_projects(
     return asdict(result)
 
 
-@op(out=Out(dict))
+@op(out=Out(dict), pool="enum_pipeline/inventory")
 def verify_flush(context: OpExecutionContext, inventory: InventoryResource, flushed: dict):
     """Prove every staged record landed with this run's generation, then confirm the rows.
 
@@ -144,6 +171,7 @@ def verify_flush(context: OpExecutionContext, inventory: InventoryResource, flus
     error, confirmed = outcome.error, outcome.confirmed
     value = {**flushed, "flush_succeeded": error is None, "confirmed": confirmed, "error": error}
     preview = store.projects(limit=PREVIEW_ROWS)
+    delta = [c for c in store.run_changes(run_id) if c.change != "removed"]
     yield Output(
         value,
         metadata={
@@ -157,6 +185,15 @@ def verify_flush(context: OpExecutionContext, inventory: InventoryResource, flus
             "confirmed": confirmed,
             "dagster/row_count": store.count_projects(),
             "error": error or "",
+            "dagster/table_name": "projects",
+            "dagster/column_schema": tables.projects_column_schema(),
+            **tables.table_metadata(
+                "added_and_changed",
+                tables.change_rows(delta),
+                tables.CHANGE_SCHEMA,
+                f"enum-pipeline diff {run_id}",
+            ),
+            "scopes": scope_summary(store),
             "preview": MetadataValue.md(_preview_table(preview)),
         },
     )
@@ -178,11 +215,18 @@ def projects(scanned_projects: dict) -> dict:
 
 
 # fresh when a run has completed since the schedule's last tick (run_state materializes then)
-@asset(group_name=GROUP, kinds=DB_KINDS, freshness_policy=freshness(), **CATALOG)
+@asset(
+    group_name=GROUP,
+    kinds=DB_KINDS,
+    freshness_policy=freshness(),
+    pool="enum_pipeline/inventory",
+    **CATALOG,
+)
 def run_state(
     context: AssetExecutionContext, inventory: InventoryResource, projects: dict
 ) -> Output[dict]:
     """Complete the run: ``completed`` iff its flush was verified, else ``failed``."""
+    refuse_partial_enumeration(context)
     run_id = projects["run_id"]
     finished = finish_run(inventory.store(), run_id, log=context.log.info)
     status, info = finished.status, finished.info
@@ -206,7 +250,13 @@ def run_state(
 class CleanupConfig(Config):
     """Run config of ``stale_projects_cleanup``."""
 
-    run_id: str = Field(description="The enumeration run whose cleanup this is.")
+    run_id: str | None = Field(
+        default=None,
+        description=(
+            "The enumeration run whose cleanup this is (or the Dagster run id of its cleanup). "
+            "Empty: with approve, the newest run's blocked cleanup; else the newest completed run."
+        ),
+    )
     approve: bool = Field(
         default=False,
         description="Approve this run's blocked cleanup: exactly the projects its plan listed.",
@@ -219,53 +269,140 @@ class CleanupConfig(Config):
     )
 
 
-@asset(group_name=GROUP, kinds=DB_KINDS, deps=[AssetKey("projects")], **CATALOG)
+def scope_summary(store) -> MetadataValue:
+    """The per-scope summary of ``projects`` as table metadata."""
+    rows = [
+        {k: r[k] for k in ("scope", "total", "missing", "out_of_coverage", "incomplete")}
+        for r in store.scope_summary()
+    ]
+    return tables.capped(rows, tables.SCOPE_SCHEMA, "enum-pipeline runs")["table"]
+
+
+def resolve_cleanup_run(context, store, given: str | None, *, approve: bool) -> str:
+    """The enumeration run a cleanup, approval or restore is about; a Failure names the ones
+    that exist when ``given`` is none of them."""
+    from enum_pipeline.defs.sensors import enumeration_run_of
+    from enum_pipeline.store import UnknownRunError
+
+    if given is None:
+        newest = next((r for r in store.runs(50) if r.status == "completed"), None)
+        if newest is None:
+            raise Failure("no completed run to clean up yet: launch enumerate_projects first")
+        if approve and (store.cleanup_record(newest.run_id) or {}).get("status") != "blocked":
+            raise Failure(
+                f"no cleanup is waiting for approval: the newest completed run {newest.run_id} "
+                f"has cleanup {(store.cleanup_record(newest.run_id) or {}).get('status', 'none')}"
+            )
+        return newest.run_id
+    try:
+        store.get_run(given)
+        return given
+    except UnknownRunError:
+        pass
+    record = context.instance.get_run_by_id(given)
+    run_id = enumeration_run_of(record) if record is not None else None
+    if run_id:
+        return run_id
+    runs = ", ".join(f"{r.run_id} ({r.status})" for r in store.runs(5)) or "none yet"
+    raise Failure(f"no run {given!r} in the inventory; newest runs: {runs}")
+
+
+def cleanup_entries(store, run_id: str, result) -> list:
+    """Per project, what this cleanup did or would do: the plan it made now, or (a cleanup
+    already carried out) the plan the store persisted for it."""
+    return list(result.entries) or store.cleanup_entries(run_id)
+
+
+@asset(
+    group_name=GROUP,
+    kinds=DB_KINDS,
+    deps=[AssetKey("projects")],
+    pool="enum_pipeline/cleanup",
+    **CATALOG,
+)
 def stale_projects_cleanup(
     context: AssetExecutionContext, config: CleanupConfig, inventory: InventoryResource
 ) -> Output[dict]:
     """Remove what a completed, verified run did not see (``safe_cleanup_old_projects``).
 
-    Requested only by the ``cleanup_after_confirmed_flush`` sensor or by an operator.
+    Requested by the ``cleanup_after_confirmed_flush`` sensor, by ``approve_cleanup`` (one
+    click: the pending blocked cleanup) or by an operator. A blocked cleanup is recorded with
+    the projects it would remove, then its blocking check fails the Dagster run.
     """
     store = inventory.store()
+    run_id = resolve_cleanup_run(context, store, config.run_id, approve=config.approve)
+    if context.run.tags.get(ENUMERATION_RUN_TAG) != run_id:
+        # So the Runs list filters by it, and restore accepts this Dagster run's id.
+        context.instance.add_run_tags(context.run.run_id, {ENUMERATION_RUN_TAG: run_id})
     approver = f"dagster run {context.run.run_id}" if config.approve else None
     if config.approve:
-        store.approve_cleanup(config.run_id, approver)
-    result = store.safe_cleanup_old_projects(
-        config.run_id, dry_run=config.dry_run, approved_by=approver
-    )
+        store.approve_cleanup(run_id, approver)
+    result = store.safe_cleanup_old_projects(run_id, dry_run=config.dry_run, approved_by=approver)
     data = result.as_dict()
+    held = result.dry_run or result.status == "blocked"
+    entries = tables.entry_rows(cleanup_entries(store, run_id, result))
+    data["entries"] = entries[: tables.LISTED]
+    if result.status == "blocked":
+        context.log.error(
+            f"cleanup of run {run_id} held back by the deletion guard: {result.reason}. "
+            f"Nothing was removed. Approve it in one step: launch the job approve_cleanup "
+            f"(or `enum-pipeline approve {run_id}`)."
+        )
+    metadata = {
+        "run_id": run_id,
+        "status": result.status,
+        "dry_run": result.dry_run,
+        "candidates": result.candidates,
+        "removed": result.removed,
+        "would_remove": result.would_remove,
+        "out_of_coverage": result.out_of_coverage,
+        "orphaned": result.orphaned,
+        "held": result.held,
+        "marked_missing": result.marked_missing,
+        "kept_incomplete": result.kept_incomplete,
+        "reason": result.reason or "",
+        **tables.table_metadata(
+            "projects", entries, tables.CLEANUP_SCHEMA, f"enum-pipeline cleanup {run_id} --dry-run"
+        ),
+        "scopes": MetadataValue.md(_cleanup_scopes_md(result)),
+    }
+    if result.status == "blocked":
+        metadata["approve"] = MetadataValue.url(approve_link(run_id))
+    if result.status == "done" and not result.dry_run and result.removed:
+        # What the restore_projects job can bring back (this cleanup and older ones).
+        metadata["restorable"] = tables.restorable_table(store)
+    if not held and (result.removed or result.marked_missing):
+        context.instance.report_runless_asset_event(
+            tables.projects_row_count_event(
+                store,
+                f"cleanup of run {run_id}: removed {result.removed}",
+                enum_pipeline_event="cleanup",
+                cleanup_of_run=run_id,
+            )
+        )
+    return Output(data, metadata=metadata)
+
+
+def approve_link(run_id: str) -> str:
+    """A launchpad path of ``approve_cleanup`` with this run's approval filled in."""
+    from urllib.parse import urlencode
+
+    import yaml
+
+    config = {"ops": {"stale_projects_cleanup": {"config": {"run_id": run_id, "approve": True}}}}
+    query = urlencode({"config": yaml.safe_dump(config)})
+    return f"/locations/enum_pipeline/jobs/approve_cleanup/playground/setup?{query}"
+
+
+def _cleanup_scopes_md(result) -> str:
     lines = [
-        "| scope | complete | total | candidates | removed | kept (protected) | note |",
-        "|---|---|---|---|---|---|---|",
+        "| scope | complete | total | candidates | kept (protected) | note |",
+        "|---|---|---|---|---|---|",
     ]
     for s in result.scopes:
         note = (s.blocked_reason or s.skipped_reason or "").replace("|", "\\|")
         lines.append(
-            f"| {s.scope_key} | {s.complete} | {s.total} | {s.candidates} | {s.removed} "
-            f"| {s.protected} | {note} |"
+            f"| {s.scope_key} | {s.complete} | {s.total} | {s.candidates} | {s.protected} "
+            f"| {note} |"
         )
-    if result.status == "blocked":
-        context.log.warning(
-            f"cleanup of run {config.run_id} held back by the deletion guard: {result.reason}. "
-            "Approve it with run config approve: true or `enum-pipeline approve "
-            f"{config.run_id}`."
-        )
-    return Output(
-        data,
-        metadata={
-            "run_id": config.run_id,
-            "status": result.status,
-            "dry_run": result.dry_run,
-            "candidates": result.candidates,
-            "removed": result.removed,
-            "would_remove": result.would_remove,
-            "out_of_coverage": result.out_of_coverage,
-            "orphaned": result.orphaned,
-            "held": result.held,
-            "marked_missing": result.marked_missing,
-            "kept_incomplete": result.kept_incomplete,
-            "reason": result.reason or "",
-            "scopes": MetadataValue.md("\n".join(lines)),
-        },
-    )
+    return "\n".join(lines)

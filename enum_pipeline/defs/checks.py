@@ -24,18 +24,41 @@ def projects_flush_verified(inventory: InventoryResource, projects: dict) -> Ass
     )
 
 
-@asset_check(asset=stale_projects_cleanup)
+@asset_check(asset=stale_projects_cleanup, blocking=True)
 def cleanup_not_blocked(stale_projects_cleanup: dict) -> AssetCheckResult:
-    """Fails when the deletion guard held the cleanup back (an operator must look)."""
-    blocked = stale_projects_cleanup["status"] == "blocked"
+    """Fails (ERROR, blocking: the cleanup's Dagster run fails) when the deletion guard held the
+    cleanup back; approve it with the job ``approve_cleanup``."""
+    data = stale_projects_cleanup
+    blocked = data["status"] == "blocked"
+    description = None
+    if blocked:
+        description = (
+            f"held back: would remove {data['would_remove']} of the projects of run "
+            f"{data['run_id']}, removed 0 ({data.get('reason')}); approve with the job "
+            "approve_cleanup"
+        )
     return AssetCheckResult(
         passed=not blocked,
         severity=AssetCheckSeverity.ERROR,
-        description=stale_projects_cleanup.get("reason") if blocked else None,
+        description=description,
         metadata={
-            "run_id": stale_projects_cleanup["run_id"],
-            "status": stale_projects_cleanup["status"],
-            "candidates": stale_projects_cleanup["candidates"],
-            "removed": stale_projects_cleanup["removed"],
+            "run_id": data["run_id"],
+            "status": data["status"],
+            "candidates": data["candidates"],
+            "would_remove": data["would_remove"],
+            "removed": data["removed"],
+            "marked_missing": data["marked_missing"],
         },
+    )
+
+
+@asset_check(asset=projects)
+def projects_scopes_complete(inventory: InventoryResource) -> AssetCheckResult:
+    """Warns when the newest read of a scope was incomplete (its projects are kept, unchecked)."""
+    incomplete = [s for s in inventory.store().scope_summary() if s["incomplete"]]
+    return AssetCheckResult(
+        passed=not incomplete,
+        severity=AssetCheckSeverity.WARN,
+        description="; ".join(f"{s['scope']}: {s['reason']}" for s in incomplete) or None,
+        metadata={"incomplete_scopes": len(incomplete)},
     )

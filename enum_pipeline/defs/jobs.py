@@ -3,6 +3,7 @@
 from dagster import (
     AssetSelection,
     Config,
+    Failure,
     OpExecutionContext,
     define_asset_job,
     in_process_executor,
@@ -11,6 +12,7 @@ from dagster import (
 )
 from pydantic import Field
 
+from enum_pipeline.defs import tables
 from enum_pipeline.defs.assets import projects, run_state, scanned_projects, stale_projects_cleanup
 from enum_pipeline.defs.resources import InventoryResource
 
@@ -23,7 +25,10 @@ enumerate_projects = define_asset_job(
     selection=AssetSelection.assets(scanned_projects, projects, run_state),
     executor_def=in_process_executor,
     tags={INVENTORY_TAG: "default"},
-    description="Scan every source, flush and verify, then complete the run.",
+    description=(
+        "Scan every source, flush and verify, then complete the run (the delta, by project, "
+        "is in the metadata of projects)."
+    ),
 )
 
 cleanup_projects = define_asset_job(
@@ -31,30 +36,110 @@ cleanup_projects = define_asset_job(
     selection=AssetSelection.assets(stale_projects_cleanup),
     executor_def=in_process_executor,
     tags={"enum_pipeline/cleanup": "default"},
-    description="Remove what a completed, verified run did not see (deletion guard applies).",
+    description=(
+        "Remove what a completed, verified run did not see (deletion guard applies); a blocked "
+        "cleanup fails its check and this run: approve it with approve_cleanup."
+    ),
+)
+
+
+approve_cleanup = define_asset_job(
+    "approve_cleanup",
+    selection=AssetSelection.assets(stale_projects_cleanup),
+    executor_def=in_process_executor,
+    tags={"enum_pipeline/cleanup": "default"},
+    config={"ops": {"stale_projects_cleanup": {"config": {"approve": True}}}},
+    description=(
+        "One click: approve and carry out the blocked cleanup of the newest completed run, for "
+        "the projects it was blocked with (see its metadata). Set run_id for another one."
+    ),
 )
 
 
 class RestoreConfig(Config):
     """Run config of ``restore_projects``."""
 
-    run_id: str = Field(description="The run whose cleanup removed the projects to bring back.")
+    run_id: str | None = Field(
+        default=None,
+        description=(
+            "The enumeration run whose cleanup removed the projects, or the cleanup's own "
+            "Dagster run id. Empty: the newest cleanup with projects to restore (listed in the "
+            "metadata of restore_projects' last run and of stale_projects_cleanup)."
+        ),
+    )
 
 
-@op
+@op(pool="enum_pipeline/cleanup")
 def restore_removed_projects(
     context: OpExecutionContext, config: RestoreConfig, inventory: InventoryResource
 ) -> list[str]:
     """Bring back every project the cleanup of ``run_id`` removed (those not present again)."""
-    keys = inventory.store().restore(config.run_id, restored_by=f"dagster run {context.run.run_id}")
-    context.log.info(f"restored {len(keys)} projects removed by the cleanup of {config.run_id}")
-    context.add_output_metadata({"restored": len(keys), "run_id": config.run_id})
+    store = inventory.store()
+    restorable = store.restorable_cleanups()
+    if config.run_id is None:
+        if not restorable:
+            raise Failure("nothing to restore: no cleanup has removed projects not restored")
+        run_id = restorable[0].run_id
+    else:
+        from enum_pipeline.defs.assets import resolve_cleanup_run
+
+        try:
+            run_id = resolve_cleanup_run(context, store, config.run_id, approve=False)
+        except Failure:
+            run_id = None
+        if run_id not in {r.run_id for r in restorable}:
+            raise Failure(restorable_sentence(config.run_id, restorable))
+    rows = {h["project_key"]: h for h in store.history(run_id) if h["restored_at"] is None}
+    keys = store.restore(run_id, restored_by=f"dagster run {context.run.run_id}")
+    context.log.info(f"restored {len(keys)} projects removed by the cleanup of {run_id}")
+    restored = [
+        {
+            "name": rows[k]["row"].get("name", k) if k in rows else k,
+            "scope": rows[k]["scope_key"] if k in rows else "",
+            "location": rows[k]["row"].get("location", "") if k in rows else "",
+            "project_key": k,
+        }
+        for k in keys
+    ]
+    context.add_output_metadata(
+        {
+            "restored": len(keys),
+            "run_id": run_id,
+            **tables.table_metadata(
+                "projects", restored, tables.RESTORE_SCHEMA, f"enum-pipeline history {run_id}"
+            ),
+            "still_restorable": tables.restorable_table(store),
+        }
+    )
+    context.instance.report_runless_asset_event(
+        tables.projects_row_count_event(
+            store,
+            f"restore of the cleanup of run {run_id}: {len(keys)} back",
+            enum_pipeline_event="restore",
+            cleanup_of_run=run_id,
+        )
+    )
     return keys
 
 
-@job(executor_def=in_process_executor, tags={"enum_pipeline/cleanup": "default"})
+def restorable_sentence(given: str, restorable: list) -> str:
+    """An id with nothing to restore: the sentence naming the cleanups that can be restored."""
+    if not restorable:
+        return f"nothing to restore for {given!r}: no cleanup has removed projects not restored"
+    listed = ", ".join(f"{r.run_id} ({r.count}: {', '.join(r.names)})" for r in restorable[:5])
+    return f"nothing to restore for {given!r}; restorable cleanups (run ids): {listed}"
+
+
+@job(
+    executor_def=in_process_executor,
+    tags={"enum_pipeline/cleanup": "default"},
+    description=(
+        "Restore what one cleanup removed: empty config restores the newest cleanup; run_id "
+        "takes the enumeration run's id or the cleanup's Dagster run id."
+    ),
+)
 def restore_projects():
-    """Restore what one cleanup removed (launch it with the run id in the launchpad)."""
+    """Restore what one cleanup removed."""
     restore_removed_projects()
 
 

@@ -19,6 +19,20 @@ from enum_pipeline.defs.resources import InventoryResource
 from enum_pipeline.steps import cleanup_due
 
 
+def enumeration_run_of(record) -> str | None:
+    """The enumeration run a Dagster cleanup/approval/restore run was about (from its tag or
+    its run config), or None."""
+    run_id = record.tags.get("enum_pipeline/enumeration_run")
+    if run_id:
+        return run_id
+    ops = (record.run_config or {}).get("ops", {})
+    for node in ("stale_projects_cleanup", "restore_removed_projects"):
+        value = ops.get(node, {}).get("config", {}).get("run_id")
+        if value:
+            return value
+    return None
+
+
 def cleanup_run_config(run_id: str, **extra) -> dict:
     """Run config of ``cleanup_projects`` for enumeration run ``run_id``."""
     return {"ops": {"stale_projects_cleanup": {"config": {"run_id": run_id, **extra}}}}
@@ -28,11 +42,17 @@ def cleanup_run_config(run_id: str, **extra) -> dict:
     job=cleanup_projects,
     minimum_interval_seconds=30,
     default_status=DefaultSensorStatus.RUNNING,
+    description="Starts cleanup_projects once for each confirmed flush of projects.",
 )
 def cleanup_after_confirmed_flush(context: SensorEvaluationContext, inventory: InventoryResource):
     """One cleanup run per confirmed flush, read from the latest ``projects`` materialization;
     whether it is due is ``steps.cleanup_due`` (the CLI asks the same)."""
-    records = context.instance.fetch_materializations(AssetKey("projects"), limit=1).records
+    # Cleanups and restores record row counts on projects too; the sensor wants the flushes.
+    records = [
+        r
+        for r in context.instance.fetch_materializations(AssetKey("projects"), limit=20).records
+        if "flush_succeeded" in r.event_log_entry.asset_materialization.metadata
+    ]
     if not records:
         return SkipReason("no flush of projects recorded yet")
     storage_id = records[0].storage_id
@@ -57,7 +77,11 @@ def cleanup_after_confirmed_flush(context: SensorEvaluationContext, inventory: I
     )
 
 
-@run_failure_sensor(monitored_jobs=[enumerate_projects], default_status=DefaultSensorStatus.RUNNING)
+@run_failure_sensor(
+    monitored_jobs=[enumerate_projects],
+    default_status=DefaultSensorStatus.RUNNING,
+    description="Marks the inventory run failed when its Dagster run fails.",
+)
 def mark_failed_enumeration_runs(context: RunFailureSensorContext, inventory: InventoryResource):
     """A failed Dagster run leaves no ``active`` run_state behind."""
     run = context.dagster_run
@@ -71,13 +95,18 @@ def mark_failed_enumeration_runs(context: RunFailureSensorContext, inventory: In
     run_status=DagsterRunStatus.CANCELED,
     monitored_jobs=[enumerate_projects],
     default_status=DefaultSensorStatus.RUNNING,
+    description="Marks the inventory run failed when its Dagster run is cancelled.",
 )
 def mark_canceled_enumeration_runs(context: RunStatusSensorContext, inventory: InventoryResource):
     """A cancelled Dagster run leaves no ``active`` run_state behind."""
     inventory.store().fail_attempt(context.dagster_run.run_id, "dagster run was canceled")
 
 
-@sensor(minimum_interval_seconds=60, default_status=DefaultSensorStatus.RUNNING)
+@sensor(
+    minimum_interval_seconds=60,
+    default_status=DefaultSensorStatus.RUNNING,
+    description="Marks failed every active run whose heartbeat stopped or whose process ended.",
+)
 def reap_abandoned_runs(context: SensorEvaluationContext, inventory: InventoryResource):
     """Mark ``failed`` every active run whose heartbeat stopped or whose Dagster run ended."""
 

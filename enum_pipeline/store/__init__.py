@@ -3,6 +3,7 @@
 Import from here, never from a submodule outside the store.
 """
 
+from enum_pipeline.store.changes import ProjectChange
 from enum_pipeline.store.errors import (
     CleanupRefusedError,
     FlushVerificationError,
@@ -36,6 +37,7 @@ __all__ = [
     "FlushResult",
     "FlushVerificationError",
     "InventoryStore",
+    "ProjectChange",
     "RunActiveError",
     "RunInfo",
     "RunNotActiveError",

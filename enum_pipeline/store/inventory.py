@@ -14,7 +14,17 @@ from typing import Any
 from sqlalchemy.engine import Engine
 
 from enum_pipeline.sources.base import ProjectRecord, ScopeVerdict
-from enum_pipeline.store import cleanup, flush, history, identity, orphans, reads, runs, staging
+from enum_pipeline.store import (
+    changes,
+    cleanup,
+    flush,
+    history,
+    identity,
+    orphans,
+    reads,
+    runs,
+    staging,
+)
 from enum_pipeline.store.context import StoreContext
 from enum_pipeline.store.dialect import dialect_for
 from enum_pipeline.store.engine import create_inventory_engine, ensure_schema
@@ -293,6 +303,30 @@ class InventoryStore:
     def count_projects(self) -> int:
         """How many projects the inventory holds."""
         return reads.count_projects(self._ctx)
+
+    # ------------------------------------------------------------------ operator views
+
+    def run_changes(self, run_id: str) -> list[changes.ProjectChange]:
+        """What run ``run_id`` added, changed (which columns) and removed, by project."""
+        return changes.run_changes(self._ctx, run_id)
+
+    def holder(self) -> tuple[RunInfo, str | None] | None:
+        """The active run, and why a new run would take it over (None: it holds on)."""
+        return changes.holder(self._ctx)
+
+    def restorable_cleanups(self, names: int = 5) -> list[changes.Restorable]:
+        """Cleanups whose removed projects are not all restored, newest first."""
+        return changes.restorable_cleanups(self._ctx, names)
+
+    def cleanup_plan(
+        self, run_id: str, policy: CleanupPolicy, *, limit: int | None = None
+    ) -> list[changes.PlannedEntry]:
+        """Per project, what the cleanup of ``run_id`` would do now, and why (read only)."""
+        return changes.cleanup_plan(self._ctx, run_id, policy, limit=limit)
+
+    def scope_summary(self) -> list[dict[str, Any]]:
+        """Per scope: total, missing, out of coverage, incomplete newest read."""
+        return changes.scope_summary(self._ctx)
 
 
 def open_store(url: str | None = None, **kwargs: Any) -> InventoryStore:

@@ -1,0 +1,161 @@
+"""Dagster table metadata that names projects: run deltas, cleanup plans, restores."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+
+from dagster import (
+    AssetKey,
+    AssetMaterialization,
+    MetadataValue,
+    TableColumn,
+    TableRecord,
+    TableSchema,
+)
+
+from enum_pipeline.store import schema as t
+
+LISTED = 50  # rows shown in one table; the rest are counted with the command that lists all
+
+CHANGE_SCHEMA = TableSchema(
+    columns=[
+        TableColumn("change", "string", description="added, changed or removed"),
+        TableColumn("name", "string"),
+        TableColumn("fields", "string", description="the columns that changed"),
+        TableColumn("location", "string"),
+        TableColumn("scope", "string"),
+    ]
+)
+
+CLEANUP_SCHEMA = TableSchema(
+    columns=[
+        TableColumn("action", "string", description="remove, mark_missing or keep"),
+        TableColumn("name", "string"),
+        TableColumn("reason", "string"),
+        TableColumn("location", "string"),
+        TableColumn("scope", "string"),
+    ]
+)
+
+RESTORE_SCHEMA = TableSchema(
+    columns=[
+        TableColumn("name", "string"),
+        TableColumn("location", "string"),
+        TableColumn("scope", "string"),
+        TableColumn("project_key", "string"),
+    ]
+)
+
+RESTORABLE_SCHEMA = TableSchema(
+    columns=[
+        TableColumn("cleanup_of_run", "string", description="id to pass to restore_projects"),
+        TableColumn("removed", "int"),
+        TableColumn("removed_at", "string"),
+        TableColumn("names", "string", description="the first projects it removed"),
+    ]
+)
+
+SCOPE_SCHEMA = TableSchema(
+    columns=[
+        TableColumn("scope", "string"),
+        TableColumn("total", "int"),
+        TableColumn("missing", "int", description="not seen by the newest runs, kept"),
+        TableColumn("out_of_coverage", "int"),
+        TableColumn("incomplete", "bool", description="the newest read of the scope failed"),
+    ]
+)
+
+_SQL_TYPES = {"TEXT": "string", "VARCHAR": "string", "BIGINT": "int", "INTEGER": "int"}
+
+
+def capped(
+    rows: Sequence[dict], schema: TableSchema, more_hint: str, limit: int = LISTED
+) -> dict[str, MetadataValue]:
+    """``{"<name>": table, "<name>_more": "N more: <hint>"}`` parts for a list of rows."""
+    shown = [TableRecord({k: ("" if v is None else v) for k, v in r.items()}) for r in rows[:limit]]
+    out: dict[str, MetadataValue] = {"table": MetadataValue.table(shown, schema=schema)}
+    if len(rows) > limit:
+        out["more"] = MetadataValue.text(f"{len(rows) - limit} more: {more_hint}")
+    return out
+
+
+def table_metadata(
+    name: str, rows: Sequence[dict], schema: TableSchema, more_hint: str
+) -> dict[str, MetadataValue]:
+    """Metadata entries ``name`` (the table) and ``name_more`` (when capped)."""
+    parts = capped(rows, schema, more_hint)
+    return {name if k == "table" else f"{name}_more": v for k, v in parts.items()}
+
+
+def change_rows(changes: Iterable) -> list[dict]:
+    """Rows of ``CHANGE_SCHEMA`` from ``ProjectChange``s."""
+    return [
+        {
+            "change": c.change,
+            "name": c.name,
+            "scope": c.scope_key,
+            "location": c.location,
+            "fields": ", ".join(c.fields),
+        }
+        for c in changes
+    ]
+
+
+def entry_rows(entries: Iterable) -> list[dict]:
+    """Rows of ``CLEANUP_SCHEMA`` from cleanup entries (objects or dicts)."""
+    rows = []
+    for e in entries:
+        get = e.get if isinstance(e, dict) else lambda k, e=e: getattr(e, k)
+        rows.append(
+            {
+                "action": get("action"),
+                "name": get("name"),
+                "scope": get("scope_key"),
+                "location": get("location"),
+                "reason": get("reason") or "",
+            }
+        )
+    return rows
+
+
+def projects_column_schema() -> TableSchema:
+    """The shape of the ``projects`` table, for ``dagster/column_schema``."""
+    columns = []
+    for c in t.projects.columns:
+        kind = type(c.type).__name__.upper()
+        columns.append(
+            TableColumn(
+                c.name,
+                _SQL_TYPES.get(kind, kind.lower()),
+                description="primary key" if c.primary_key else None,
+            )
+        )
+    return TableSchema(columns=columns)
+
+
+def projects_row_count_event(store, description: str, **metadata) -> AssetMaterialization:
+    """A materialization of ``projects`` recording its current row count (after a cleanup or a
+    restore changed it outside the enumeration)."""
+    return AssetMaterialization(
+        asset_key=AssetKey("projects"),
+        description=description,
+        metadata={
+            "dagster/row_count": store.count_projects(),
+            "dagster/table_name": "projects",
+            **metadata,
+        },
+    )
+
+
+def restorable_table(store):
+    """The cleanups that can be restored, with what each removed, as table metadata."""
+    rows = [
+        {
+            "cleanup_of_run": r.run_id,
+            "removed": r.count,
+            "removed_at": f"{r.removed_at:%Y-%m-%d %H:%M:%S}",
+            "names": ", ".join(r.names) + (", …" if r.count > len(r.names) else ""),
+        }
+        for r in store.restorable_cleanups()
+    ]
+    return capped(rows, RESTORABLE_SCHEMA, "enum-pipeline history")["table"]

@@ -1,0 +1,304 @@
+"""Read-only views for operators: a run's delta, who holds the inventory, what can be restored.
+
+Nothing here writes. ``run_changes`` is CONTRACTS.md 5: what one run added, changed and (through
+its cleanup) removed, by project.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+import sqlalchemy as sa
+
+from enum_pipeline.store import reads, runs
+from enum_pipeline.store import schema as t
+from enum_pipeline.store.records import RunInfo, utcnow
+
+if TYPE_CHECKING:
+    from enum_pipeline.store.context import StoreContext
+    from enum_pipeline.store.policy import CleanupPolicy
+
+# Columns whose difference is not a change an operator cares about (bookkeeping, or derived).
+_NOT_COMPARED = {"content_hash", "scope_key", "source_kind"}
+CHANGE_KINDS = ("added", "changed", "removed")
+
+
+@dataclass(frozen=True)
+class ProjectChange:
+    """One project a run added, changed or removed (``fields``: the columns that changed)."""
+
+    project_key: str
+    name: str
+    scope_key: str
+    change: str
+    fields: tuple[str, ...] = ()
+    location: str = ""
+
+
+@dataclass(frozen=True)
+class Restorable:
+    """A cleanup whose removed projects can still be restored."""
+
+    run_id: str
+    removed_at: datetime
+    count: int
+    names: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class PlannedEntry:
+    """What a cleanup does (or would do) to one project and why."""
+
+    project_key: str
+    name: str
+    scope_key: str
+    location: str
+    action: str  # remove, mark_missing, keep
+    reason: str
+
+
+def run_changes(ctx: StoreContext, run_id: str) -> list[ProjectChange]:
+    """What run ``run_id`` added, changed and removed, added first, then changed, then removed.
+
+    Added and changed are read from ``projects`` (a row first seen, or whose content changed,
+    during the run's flush) joined with the run's staged rows; the changed columns come from the
+    newest earlier staged row of the project (empty when that staging was pruned). A later run
+    that changed a project again hides the earlier change. Removed: the run's cleanup history.
+    """
+    info = reads.get_run(ctx, run_id)
+    p, s, rs = t.projects, t.staged_projects, t.run_state
+    since = info.started_at
+    until = info.finished_at or info.heartbeat_at
+    window = sa.and_(p.c.first_seen_at >= since, p.c.first_seen_at <= until)
+    changed_window = sa.and_(p.c.changed_at >= since, p.c.changed_at <= until)
+    compared = [c for c in t.PROJECT_DATA_COLUMNS if c not in _NOT_COMPARED]
+    out: list[ProjectChange] = []
+    with ctx.engine.connect() as conn:
+        rows = conn.execute(
+            sa.select(p.c.project_key, p.c.name, p.c.scope_key, p.c.location, window.label("new"))
+            .select_from(s.join(p, p.c.project_key == s.c.project_key))
+            .where(s.c.run_id == run_id, sa.or_(window, changed_window))
+            .order_by(p.c.name, p.c.project_key)
+        ).all()
+        changed_keys = [r.project_key for r in rows if not r.new]
+        before: dict[str, dict[str, Any]] = {}
+        now_rows: dict[str, dict[str, Any]] = {}
+        for start in range(0, len(changed_keys), 1000):
+            chunk = changed_keys[start : start + 1000]
+            for r in conn.execute(
+                sa.select(s, rs.c.generation)
+                .select_from(s.join(rs, rs.c.run_id == s.c.run_id))
+                .where(s.c.project_key.in_(chunk), rs.c.generation <= info.generation)
+                .order_by(rs.c.generation)
+            ).mappings():
+                target = now_rows if r["run_id"] == run_id else before
+                target[r["project_key"]] = dict(r)
+        for r in rows:
+            if r.new:
+                out.append(
+                    ProjectChange(r.project_key, r.name, r.scope_key, "added", (), r.location)
+                )
+                continue
+            old, new = before.get(r.project_key), now_rows.get(r.project_key)
+            fields = (
+                tuple(c for c in compared if old[c] != new[c]) if old is not None and new else ()
+            )
+            out.append(
+                ProjectChange(r.project_key, r.name, r.scope_key, "changed", fields, r.location)
+            )
+        h = t.removed_projects
+        # Added by this run, removed since by a later cleanup: the history row still says when
+        # the project was first seen.
+        added_back: set[str] = set()
+        gone = (
+            sa.select(s.c.project_key)
+            .where(s.c.run_id == run_id)
+            .where(~sa.exists().where(p.c.project_key == s.c.project_key))
+        )
+        for r in conn.execute(
+            sa.select(h.c.project_key, h.c.scope_key, h.c.row).where(
+                h.c.project_key.in_(gone), h.c.removed_by_run_id != run_id
+            )
+        ):
+            row = r.row or {}
+            first = _aware(row.get("first_seen_at"))
+            if r.project_key not in added_back and first and since <= first <= until:
+                added_back.add(r.project_key)
+                out.append(
+                    ProjectChange(
+                        r.project_key,
+                        row.get("name", r.project_key),
+                        r.scope_key,
+                        "added",
+                        (),
+                        row.get("location", ""),
+                    )
+                )
+        for r in conn.execute(
+            sa.select(h.c.project_key, h.c.scope_key, h.c.row)
+            .where(h.c.removed_by_run_id == run_id)
+            .order_by(h.c.id)
+        ):
+            row = r.row or {}
+            out.append(
+                ProjectChange(
+                    r.project_key,
+                    row.get("name", r.project_key),
+                    r.scope_key,
+                    "removed",
+                    (),
+                    row.get("location", ""),
+                )
+            )
+    order = {kind: i for i, kind in enumerate(CHANGE_KINDS)}
+    out.sort(key=lambda c: (order[c.change], c.name, c.project_key))
+    return out
+
+
+def _aware(value: str | None) -> datetime | None:
+    if not value:
+        return None
+    moment = datetime.fromisoformat(value)
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+def holder(ctx: StoreContext) -> tuple[RunInfo, str | None] | None:
+    """The active run, and why a new run would take it over (None: it holds the inventory)."""
+    active = reads.active_run(ctx)
+    if active is None:
+        return None
+    with ctx.engine.connect() as conn:
+        row = (
+            conn.execute(sa.select(t.run_state).where(t.run_state.c.run_id == active.run_id))
+            .mappings()
+            .first()
+        )
+        if row is None:
+            return None
+        reason = runs._abandon_reason(ctx, conn, row, utcnow())
+    return active, reason
+
+
+def restorable_cleanups(ctx: StoreContext, names: int = 5) -> list[Restorable]:
+    """Cleanups with removed projects not yet restored, newest first (``names``: a sample)."""
+    h = t.removed_projects
+    with ctx.engine.connect() as conn:
+        groups = conn.execute(
+            sa.select(h.c.removed_by_run_id, sa.func.max(h.c.removed_at), sa.func.count())
+            .where(h.c.restored_at.is_(None))
+            .group_by(h.c.removed_by_run_id)
+            .order_by(sa.func.max(h.c.id).desc())
+        ).all()
+        out = []
+        for run_id, removed_at, count in groups:
+            rows = conn.execute(
+                sa.select(h.c.project_key, h.c.row)
+                .where(h.c.removed_by_run_id == run_id, h.c.restored_at.is_(None))
+                .order_by(h.c.id)
+                .limit(names)
+            ).all()
+            sample = [(r.row or {}).get("name", r.project_key) for r in rows]
+            removed = t.UTCDateTime().process_result_value(removed_at, conn.dialect)
+            out.append(Restorable(run_id, removed, int(count), sample))
+    return out
+
+
+def cleanup_plan(
+    ctx: StoreContext, run_id: str, policy: CleanupPolicy, *, limit: int | None = None
+) -> list[PlannedEntry]:
+    """Per project, what the cleanup of ``run_id`` would do now: every row of the run's scopes
+    the run did not see, with ``remove`` / ``mark_missing`` / ``keep`` and the reason.
+
+    A display of the store's rules (complete scope, protected locations, missed runs), read
+    only; the cleanup itself decides in its own transaction.
+    """
+    p, sc = t.projects, t.run_scopes
+    info = reads.get_run(ctx, run_id)
+    out: list[PlannedEntry] = []
+    with ctx.engine.connect() as conn:
+        scopes = conn.execute(sa.select(sc).where(sc.c.run_id == run_id)).mappings().all()
+        for scope in scopes:
+            stmt = (
+                sa.select(p.c.project_key, p.c.name, p.c.location, p.c.missed_runs)
+                .where(
+                    p.c.scope_key == scope["scope_key"],
+                    p.c.seen_generation.is_not(None),
+                    p.c.seen_generation < info.generation,
+                )
+                .order_by(p.c.name, p.c.project_key)
+            )
+            if limit is not None:
+                stmt = stmt.limit(limit)
+            protected = scope["protected"] or []
+            for r in conn.execute(stmt):
+                under = next(
+                    (x for x in protected if r.location == x or r.location.startswith(x + "/")),
+                    None,
+                )
+                if not scope["complete"]:
+                    action, reason = "keep", f"scope read incompletely: {scope['reason']}"
+                elif under is not None:
+                    action, reason = "keep", f"under protected {under}"
+                elif r.missed_runs + 1 >= policy.missing_runs_before_delete:
+                    action, reason = "remove", "not seen by a complete read of its scope"
+                else:
+                    action = "mark_missing"
+                    reason = (
+                        f"missed {r.missed_runs + 1} of {policy.missing_runs_before_delete} runs"
+                    )
+                out.append(
+                    PlannedEntry(
+                        r.project_key, r.name, scope["scope_key"], r.location, action, reason
+                    )
+                )
+    return out
+
+
+def scope_summary(ctx: StoreContext) -> list[dict[str, Any]]:
+    """Per scope of ``projects``: total, missing, out of coverage, and whether the newest
+    read of the scope was incomplete."""
+    p, sc, rs = t.projects, t.run_scopes, t.run_state
+    with ctx.engine.connect() as conn:
+        counts = conn.execute(
+            sa.select(
+                p.c.scope_key,
+                sa.func.count(),
+                sa.func.count(p.c.missing_since),
+            )
+            .group_by(p.c.scope_key)
+            .order_by(p.c.scope_key)
+        ).all()
+        newest = sa.select(sc.c.scope_key, sc.c.complete, sc.c.reason, rs.c.generation).select_from(
+            sc.join(rs, rs.c.run_id == sc.c.run_id)
+        )
+        latest: dict[str, tuple[bool, str | None]] = {}
+        for r in conn.execute(newest.order_by(rs.c.generation)):
+            latest[r.scope_key] = (bool(r.complete), r.reason)
+    out = []
+    for scope_key, total, missing in counts:
+        complete, reason = latest.get(scope_key, (True, None))
+        out.append(
+            {
+                "scope": scope_key,
+                "total": int(total),
+                "missing": int(missing),
+                "out_of_coverage": 0,
+                "incomplete": not complete,
+                "reason": reason or "",
+            }
+        )
+    for scope_key, (complete, reason) in latest.items():
+        if scope_key not in {o["scope"] for o in out} and not complete:
+            out.append(
+                {
+                    "scope": scope_key,
+                    "total": 0,
+                    "missing": 0,
+                    "out_of_coverage": 0,
+                    "incomplete": True,
+                    "reason": reason or "",
+                }
+            )
+    return out

@@ -1,0 +1,363 @@
+"""The operator's surface through a real ``enum-pipeline ui`` (``dagster dev``: webserver and
+daemon, the project's ``dagster.yaml`` in force), over GraphQL and in a real browser.
+
+A run, a blocked cleanup (its Dagster run fails; its metadata names the projects; removed 0),
+the one-step approval (``approve_cleanup``, no id typed), a restore by the cleanup's own Dagster
+run id, and the row count on ``projects`` after each. The browser test drives Debian's chromium
+through Playwright (``scripts/test`` installs chromium when missing) and keeps its screenshots
+under ``enum_pipeline_tests/artifacts/``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from enum_pipeline_tests.conftest import make_repo
+from enum_pipeline_tests.test_deployment_graphql import (
+    FINISHED,
+    LAUNCH_RUN_MUTATION,
+    LOCATION,
+    REPOSITORY,
+    RUN_QUERY,
+    GraphQL,
+    _dump_logs,
+    _free_port,
+    _process_group,
+    _runs,
+    _wait,
+)
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+CLI = str(Path(sys.executable).with_name("enum-pipeline"))
+ARTIFACTS = REPO_ROOT / "enum_pipeline_tests" / "artifacts"
+CHROMIUM = os.environ.get("ENUM_PIPELINE_CHROMIUM", "/usr/bin/chromium")
+NAMES = ["alpha", "beta", "gamma"]
+TIMEOUT = 240
+
+RUN_EVENTS_QUERY = """
+query ($runId: ID!) {
+  runOrError(runId: $runId) {
+    __typename
+    ... on Run {
+      status
+      eventConnection {
+        events {
+          __typename
+          ... on MaterializationEvent {
+            assetKey { path }
+            metadataEntries {
+              label
+              ... on IntMetadataEntry { intValue }
+              ... on TextMetadataEntry { text }
+              ... on UrlMetadataEntry { url }
+              ... on TableMetadataEntry { table { records } }
+            }
+          }
+          ... on AssetCheckEvaluationEvent {
+            evaluation { success severity description }
+          }
+        }
+      }
+    }
+  }
+}
+"""
+
+PROJECTS_ROW_COUNT_QUERY = """
+query {
+  assetOrError(assetKey: {path: ["projects"]}) {
+    ... on Asset {
+      assetMaterializations(limit: 1) {
+        metadataEntries { label ... on IntMetadataEntry { intValue } }
+      }
+    }
+  }
+}
+"""
+
+
+@contextlib.contextmanager
+def ui_server(tmp_path: Path, db_url: str) -> Iterator[tuple[GraphQL, Path, int, tuple]]:
+    """``enum-pipeline ui`` on a free port with a fresh ``DAGSTER_HOME`` it seeds itself."""
+    src = tmp_path / "src"
+    for name in NAMES:
+        make_repo(src / name)
+    home = tmp_path / "dagster_home"  # absent: the ui command creates and seeds it
+    env = {
+        **os.environ,
+        "DAGSTER_HOME": str(home),
+        "ENUM_PIPELINE_ROOTS": str(src),
+        "ENUM_PIPELINE_DATABASE_URL": db_url,
+        "PYTHONUNBUFFERED": "1",
+    }
+    env.pop("ENUM_PIPELINE_CONFIG", None)
+    port = _free_port()
+    log = tmp_path / "enum-pipeline-ui.log"
+    gql = GraphQL(f"http://127.0.0.1:{port}")
+    try:
+        with _process_group([CLI, "ui", "--port", str(port)], env, log) as proc:
+            _wait(
+                "for the UI",
+                TIMEOUT,
+                lambda: gql.http.get("/server_info").status_code == 200,
+                (proc,),
+            )
+            assert "QueuedRunCoordinator" in (home / "dagster.yaml").read_text()
+            yield gql, src, port, (proc,)
+    except BaseException:
+        _dump_logs([log])
+        raise
+    finally:
+        gql.close()
+
+
+def launch(gql: GraphQL, job: str, run_config: dict | None = None) -> str:
+    """Launch ``job`` through GraphQL; returns the Dagster run id."""
+
+    def launched():
+        data = gql(
+            LAUNCH_RUN_MUTATION,
+            executionParams={
+                "selector": {
+                    "repositoryLocationName": LOCATION,
+                    "repositoryName": REPOSITORY,
+                    "jobName": job,
+                },
+                "runConfigData": run_config or {},
+            },
+        )["launchRun"]
+        assert data["__typename"] == "LaunchRunSuccess", data
+        return data["run"]["runId"]
+
+    return _wait(f"to launch {job}", TIMEOUT, launched)
+
+
+def finished(gql: GraphQL, run_id: str, procs) -> str:
+    """Wait for a run to finish; returns its status."""
+
+    def status():
+        run = gql(RUN_QUERY, runId=run_id)["runOrError"]
+        return run["status"] if run["status"] in FINISHED else None
+
+    return _wait(f"for run {run_id}", TIMEOUT, status, procs)
+
+
+def sensor_cleanup(gql: GraphQL, enumeration_run: str, procs) -> tuple[str, str]:
+    """The cleanup run the sensor starts for ``enumeration_run``: (run id, final status)."""
+    tags = [{"key": "enum_pipeline/enumeration_run", "value": enumeration_run}]
+
+    def done():
+        runs = _runs(gql, pipelineName="cleanup_projects", tags=tags)
+        return next(((r["runId"], r["status"]) for r in runs if r["status"] in FINISHED), None)
+
+    return _wait("for the sensor's cleanup_projects", TIMEOUT + 60, done, procs, interval=2.0)
+
+
+def run_events(gql: GraphQL, run_id: str) -> tuple[dict, list[dict]]:
+    """(metadata of the run's stale_projects_cleanup materialization, check evaluations)."""
+    data = gql(RUN_EVENTS_QUERY, runId=run_id)["runOrError"]
+    events = data["eventConnection"]["events"]
+    metadata = {}
+    for e in events:
+        cleanup = e.get("assetKey", {}).get("path") == ["stale_projects_cleanup"]
+        if e["__typename"] == "MaterializationEvent" and cleanup:
+            metadata = {m["label"]: m for m in e["metadataEntries"]}
+    checks = [e["evaluation"] for e in events if e["__typename"] == "AssetCheckEvaluationEvent"]
+    return metadata, checks
+
+
+def projects_row_count(gql: GraphQL) -> int:
+    data = gql(PROJECTS_ROW_COUNT_QUERY)["assetOrError"]
+    [latest] = data["assetMaterializations"]
+    entries = {m["label"]: m for m in latest["metadataEntries"]}
+    return entries["dagster/row_count"]["intValue"]
+
+
+def blocked_cleanup(gql: GraphQL, src: Path, procs) -> tuple[str, str]:
+    """Enumerate, empty the root, enumerate again: (second run id, its blocked cleanup's id)."""
+    first = launch(gql, "enumerate_projects")
+    assert finished(gql, first, procs) == "SUCCESS"
+    assert projects_row_count(gql) == len(NAMES)
+    assert sensor_cleanup(gql, first, procs)[1] == "SUCCESS"  # nothing to remove
+    for child in src.iterdir():
+        shutil.rmtree(child)
+    second = launch(gql, "enumerate_projects")
+    assert finished(gql, second, procs) == "SUCCESS"
+    cleanup_id, status = sensor_cleanup(gql, second, procs)
+    assert status == "FAILURE"  # recorded, then failed by its blocking check
+    return second, cleanup_id
+
+
+@pytest.mark.slow
+def test_graphql_run_blocked_cleanup_one_step_approval_restore(tmp_path, db_url):
+    with ui_server(tmp_path, db_url) as (gql, src, _port, procs):
+        second, cleanup_id = blocked_cleanup(gql, src, procs)
+        metadata, checks = run_events(gql, cleanup_id)
+        assert metadata["status"]["text"] == "blocked"
+        assert metadata["removed"]["intValue"] == 0
+        assert metadata["would_remove"]["intValue"] == len(NAMES)
+        records = [json.loads(r) for r in metadata["projects"]["table"]["records"]]
+        assert sorted(r["name"] for r in records) == NAMES
+        assert {r["action"] for r in records} == {"remove"}
+        assert "approve_cleanup" in metadata["approve"]["url"]
+        [check] = checks
+        assert not check["success"] and check["severity"] == "ERROR"
+        assert f"would remove {len(NAMES)}" in check["description"]
+        assert projects_row_count(gql) == len(NAMES)
+
+        approval = launch(gql, "approve_cleanup")  # no config typed: the pending cleanup
+        assert finished(gql, approval, procs) == "SUCCESS"
+        metadata, checks = run_events(gql, approval)
+        assert metadata["removed"]["intValue"] == len(NAMES)
+        gone = [json.loads(r) for r in metadata["projects"]["table"]["records"]]
+        assert sorted(r["name"] for r in gone) == NAMES
+        assert [c["success"] for c in checks] == [True]
+        assert projects_row_count(gql) == 0
+
+        restore = launch(
+            gql,
+            "restore_projects",
+            {"ops": {"restore_removed_projects": {"config": {"run_id": approval}}}},
+        )
+        assert finished(gql, restore, procs) == "SUCCESS"
+        assert projects_row_count(gql) == len(NAMES)
+
+
+def _browser():
+    playwright = pytest.importorskip("playwright.sync_api")
+    if not Path(CHROMIUM).exists():
+        pytest.fail(f"{CHROMIUM} missing: scripts/test installs it (apt-get install chromium)")
+    return playwright
+
+
+@pytest.mark.slow
+def test_browser_finds_the_blocked_cleanup_and_approves_it_without_typing_an_id(tmp_path, request):
+    sync_api = _browser()
+    db_url = f"sqlite:///{tmp_path / 'inventory.sqlite'}"
+    shots = tmp_path / "screenshots"
+    shots.mkdir()
+    try:
+        with ui_server(tmp_path, db_url) as (gql, src, port, procs):
+            second, cleanup_id = blocked_cleanup(gql, src, procs)
+            base = f"http://127.0.0.1:{port}"
+            with sync_api.sync_playwright() as pw:
+                browser = pw.chromium.launch(
+                    executable_path=CHROMIUM,
+                    args=[
+                        "--headless",
+                        "--no-sandbox",
+                        "--disable-gpu",
+                        "--disable-background-networking",
+                        "--disable-component-update",
+                        "--no-first-run",
+                    ],
+                )
+                page = browser.new_page(viewport={"width": 1400, "height": 1000})
+                page.set_default_timeout(60_000)
+                try:
+                    walk(page, base, shots, cleanup_id, second)
+                except BaseException:
+                    page.screenshot(path=str(shots / "failure.png"), full_page=True)
+                    raise
+                browser.close()
+            assert projects_row_count(gql) == 0
+    finally:
+        ARTIFACTS.mkdir(exist_ok=True)
+        target = ARTIFACTS / request.node.name
+        shutil.rmtree(target, ignore_errors=True)
+        shutil.copytree(shots, target)
+
+
+def sync_api_timeout():
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
+
+    return PlaywrightTimeout
+
+
+def walk(page, base: str, shots: Path, cleanup_id: str, enumeration_id: str) -> None:
+    """The operator's walk: lineage → the failed cleanup → its approve link → launch → names."""
+    page.goto(f"{base}/asset-groups/inventory/lineage")  # the "inventory" group's lineage
+    skip = page.get_by_role("button", name="Skip")  # the first visit's newsletter dialog
+    with contextlib.suppress(sync_api_timeout()):
+        skip.click(timeout=30_000)
+    page.screenshot(path=str(shots / "0-lineage-groups.png"), full_page=True)
+    cleanup_node = page.get_by_text("stale_projects_cleanup").last
+    if not page.get_by_text("stale_projects_cleanup").count():
+        # Groups start collapsed (inventory, reports): expand the inventory group.
+        page.get_by_text("inventory", exact=True).first.click()
+        page.keyboard.press("ArrowRight")
+        with contextlib.suppress(sync_api_timeout()):
+            cleanup_node.wait_for(timeout=10_000)
+        if not cleanup_node.is_visible():
+            page.get_by_text("inventory", exact=True).last.dblclick()
+            with contextlib.suppress(sync_api_timeout()):
+                cleanup_node.wait_for(timeout=10_000)
+        if not cleanup_node.is_visible():  # the asset's own lineage view
+            page.goto(f"{base}/assets/stale_projects_cleanup?view=lineage")
+    cleanup_node.wait_for()
+    time.sleep(2)
+    page.screenshot(path=str(shots / "1-lineage.png"), full_page=True)
+
+    page.get_by_text("stale_projects_cleanup").last.click()
+    time.sleep(3)
+    page.screenshot(path=str(shots / "2-cleanup-selected.png"), full_page=True)
+
+    page.goto(f"{base}/assets/stale_projects_cleanup")
+    page.get_by_text("blocked").first.wait_for()
+    time.sleep(2)
+    page.screenshot(path=str(shots / "3-blocked-cleanup.png"), full_page=True)
+    names_on_page(page, shots / "3b-would-remove-named.png")
+
+    # The approval, without typing an id: the blocked cleanup's own "approve" link opens the
+    # launchpad of approve_cleanup with this cleanup's run id filled in.
+    link = page.locator('a[href*="approve_cleanup/playground"]')
+    approve_href = link.first.get_attribute("href")
+    assert "approve_cleanup" in approve_href
+
+    page.goto(f"{base}/runs/{cleanup_id}")
+    page.get_by_text("Failure").first.wait_for()
+    time.sleep(2)
+    page.screenshot(path=str(shots / "4-cleanup-run-failed.png"), full_page=True)
+
+    # The approval: the job approve_cleanup's launchpad comes filled in; nothing is typed.
+    page.goto(f"{base}/assets/stale_projects_cleanup")
+    link = page.locator('a[href*="approve_cleanup/playground"]').first
+    link.scroll_into_view_if_needed()
+    page.screenshot(path=str(shots / "5-approve-link.png"))
+    href = link.get_attribute("href")  # the UI opens it in a new tab; follow it in this one
+    page.goto(href if href.startswith("http") else f"{base}{href}")
+    launch_button = page.get_by_role("button", name="Launch Run")
+    launch_button.wait_for()
+    page.get_by_text(enumeration_id).first.wait_for()  # the filled-in config names the run
+    time.sleep(3)
+    page.screenshot(path=str(shots / "5b-approve-launchpad.png"), full_page=True)
+    launch_button.click()
+    page.wait_for_url("**/runs/**", timeout=60_000)
+    page.get_by_text("Success").first.wait_for(timeout=180_000)
+    time.sleep(2)
+    page.screenshot(path=str(shots / "6-approval-run.png"), full_page=True)
+
+    page.goto(f"{base}/assets/stale_projects_cleanup")
+    page.get_by_text("done").first.wait_for()
+    time.sleep(2)
+    page.screenshot(path=str(shots / "7-approved-cleanup.png"), full_page=True)
+    names_on_page(page, shots / "7b-removed-projects-named.png")
+
+
+def names_on_page(page, shot: Path) -> None:
+    """Every project name is shown (scrolled into view) in the metadata's projects table."""
+    for name in NAMES:
+        cell = page.get_by_text(name, exact=True).first
+        cell.scroll_into_view_if_needed()
+        assert cell.is_visible(), name
+    page.wait_for_timeout(1000)
+    page.screenshot(path=str(shot))
