@@ -377,11 +377,14 @@ def cmd_restore(args) -> int:
     from enum_pipeline.definitions import defs
 
     store = _store()
-    try:
-        run_id = _resolve_run(store, args.run_id)
-    except UsageError:
-        raise UsageError(restorable_error(store, args.run_id)) from None
-    if run_id not in {r.run_id for r in store.restorable_cleanups()}:
+    restorable = {r.run_id for r in store.restorable_cleanups()}
+    run_id = args.run_id  # a cleanup's run, or a prune's id, with projects to bring back
+    if run_id not in restorable:
+        try:
+            run_id = _resolve_run(store, args.run_id)
+        except UsageError:
+            raise UsageError(restorable_error(store, args.run_id)) from None
+    if run_id not in restorable:
         raise UsageError(restorable_error(store, run_id))
     job = defs.resolve_job_def("restore_projects")
     result = job.execute_in_process(

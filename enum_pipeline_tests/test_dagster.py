@@ -380,8 +380,9 @@ def test_blocked_cleanup_stays_blocked_from_the_sensor_and_the_launchpad_when_co
         tick = _sensor_tick(instance)
         assert [r.run_key for r in tick.run_requests] == [second.run_id]
         requested = _cleanup_job().execute_in_process(
-            instance=instance, run_config=tick.run_requests[0].run_config
+            instance=instance, run_config=tick.run_requests[0].run_config, raise_on_error=False
         )
+        assert not requested.success  # a blocked cleanup fails its run, after recording it
         data = requested.output_for_node("stale_projects_cleanup")
         assert (data["status"], data["removed"], data["would_remove"]) == ("blocked", 0, 2)
         assert "max_delete_count=1" in data["reason"]
@@ -389,7 +390,7 @@ def test_blocked_cleanup_stays_blocked_from_the_sensor_and_the_launchpad_when_co
         with execute_job(
             reconstructable(_cleanup_job), instance=instance, run_config=launchpad
         ) as result:
-            assert result.success
+            assert not result.success
             (event,) = result.asset_materializations_for_node("stale_projects_cleanup")
         meta = {k: v.value for k, v in event.metadata.items()}
         assert (meta["status"], meta["removed"], meta["would_remove"]) == ("blocked", 0, 2)

@@ -80,6 +80,8 @@ def restore_removed_projects(
         if not restorable:
             raise Failure("nothing to restore: no cleanup has removed projects not restored")
         run_id = restorable[0].run_id
+    elif config.run_id in {r.run_id for r in restorable}:
+        run_id = config.run_id  # a cleanup's run, or a prune's id
     else:
         from enum_pipeline.defs.assets import resolve_cleanup_run
 
