@@ -75,3 +75,37 @@ def test_foreign_mount_and_symlinked_folder_keep_their_projects(store, tmp_path)
         assert {r["location"] for r in store.projects()} == before
     finally:
         subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
+
+
+def _tree(root: Path) -> None:
+    for rel in ("a", "x/y/deep", "app", "app/sub/mod", "app/vendor/lib", "vendor/top"):
+        _fake_repo(root / rel)
+
+
+@pytest.mark.parametrize(
+    ("narrowed", "unreached"),
+    [
+        ({"skip_names": ["vendor"]}, {"app/vendor/lib", "vendor/top"}),
+        ({"max_depth": 1}, {"x/y/deep", "app/sub/mod", "app/vendor/lib", "vendor/top"}),
+        ({"nested": False}, {"app/sub/mod", "app/vendor/lib"}),
+    ],
+    ids=["skip_names", "max_depth", "nested=False"],
+)
+def test_narrowed_walk_keeps_what_it_no_longer_reaches(store, tmp_path, narrowed, unreached):
+    """The same root, its walk narrowed: what the walk no longer reaches is still on disk. Two
+    runs in a row remove nothing, and each lists those rows as out of coverage with the rule."""
+    root = tmp_path / "root"
+    _tree(root)
+    verdict, _ = _run(store, FilesystemSource([str(root)]))
+    assert verdict.seen == 6
+    everything = {r["location"] for r in store.projects()}
+    gone = {str(root / rel) for rel in unreached}
+    for _ in range(2):
+        verdict, cleanup = _run(store, FilesystemSource([str(root)], **narrowed))
+        assert verdict.complete and verdict.seen == 6 - len(gone)
+        assert cleanup.removed == 0 and cleanup.would_remove == 0
+        assert {r["location"] for r in store.projects()} == everything
+        kept = {e.location: e for e in store.cleanup_entries(cleanup.run_id)}
+        assert set(kept) == gone
+        for entry in kept.values():
+            assert entry.action == "keep" and entry.reason.startswith("out of coverage: ")
