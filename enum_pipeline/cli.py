@@ -228,12 +228,10 @@ def _refusal(store) -> str | None:
     )
 
 
-def cmd_run(args) -> int:
-    """One enumeration run through Dagster, then the cleanup the sensor would request."""
+def _checked_run_inputs(args) -> tuple[dict, object]:
+    """The scan's run config and the store, once every input is checked and no run holds the
+    inventory; a UsageError (exit 2, nothing begun) otherwise."""
     from enum_pipeline.config import load_config
-    from enum_pipeline.definitions import defs
-    from enum_pipeline.steps import cleanup_due
-    from enum_pipeline.store import UnknownRunError
 
     if args.root is not None and any(not r.strip() for r in args.root):
         raise UsageError("--root needs a folder, not an empty string")
@@ -250,35 +248,48 @@ def cmd_run(args) -> int:
         scan["roots"] = roots
     if config_path:
         scan["config_path"] = config_path
+    return scan, store
+
+
+def _print_run(store, run_id: str, elapsed: float):
+    """The run's one-line summary and its incomplete or protected scopes; its ``RunInfo``, or
+    None when the run never began (a UsageError when another run holds the inventory)."""
+    from enum_pipeline.store import UnknownRunError
+
+    try:
+        info = store.get_run(run_id)
+    except UnknownRunError:
+        refusal = _refusal(store)
+        if refusal:
+            raise UsageError(refusal) from None
+        return None
+    print(
+        f"run {run_id} (generation {info.generation}): {info.status} in {elapsed:.1f}s"
+        f" — found {info.scanned_count}, added {info.added_count}, changed "
+        f"{info.changed_count}, unchanged {info.unchanged_count}"
+    )
+    for scope in store.scopes(run_id):
+        if not scope["complete"]:
+            print(f"  incomplete scope {scope['scope_key']}: {scope['reason']}")
+        elif scope["protected"]:
+            print(f"  protected in {scope['scope_key']}: {', '.join(scope['protected'])}")
+    return info
+
+
+def cmd_run(args) -> int:
+    """One enumeration run through Dagster, then the cleanup the sensor would request."""
+    from enum_pipeline.definitions import defs
+    from enum_pipeline.steps import cleanup_due
+
+    scan, store = _checked_run_inputs(args)
     instance = _instance()
     started = time.monotonic()
     job = defs.resolve_job_def("enumerate_projects")
     result = job.execute_in_process(
         instance=instance, run_config=_run_config(args, scan), raise_on_error=False
     )
-    elapsed = time.monotonic() - started
-    try:
-        info = store.get_run(result.run_id)
-    except UnknownRunError:
-        info = None
-    scopes = store.scopes(result.run_id) if info is not None else []
-    if info is None:
-        refusal = _refusal(store)
-        if refusal:
-            raise UsageError(refusal)
-    if info is not None:
-        print(
-            f"run {result.run_id} (generation {info.generation}): {info.status} in {elapsed:.1f}s"
-            f" — found {info.scanned_count}, added {info.added_count}, changed "
-            f"{info.changed_count}, unchanged {info.unchanged_count}"
-        )
-        for scope in scopes:
-            if not scope["complete"]:
-                print(f"  incomplete scope {scope['scope_key']}: {scope['reason']}")
-            elif scope["protected"]:
-                print(f"  protected in {scope['scope_key']}: {', '.join(scope['protected'])}")
-    due = cleanup_due(store, result.run_id)
-    if not result.success or not due.due:
+    info = _print_run(store, result.run_id, time.monotonic() - started)
+    if not result.success or not cleanup_due(store, result.run_id).due:
         for error in _step_errors(result):
             print(f"enum-pipeline: {error}", file=sys.stderr)
         if info is not None and info.error:
@@ -434,9 +445,7 @@ def cmd_runs(args) -> int:
 
 def cmd_accept(args) -> int:
     """Accept a scope's changed identity, so its cleanup is no longer held back."""
-    from enum_pipeline.store import open_store
-
-    accepted = open_store().accept_scope_identity(
+    accepted = _store().accept_scope_identity(
         args.scope_key, args.run, accepted_by=f"cli:{os.environ.get('USER', '?')}"
     )
     print(
@@ -449,10 +458,8 @@ def cmd_accept(args) -> int:
 
 def cmd_prune_orphans(args) -> int:
     """Remove orphaned and out-of-coverage projects, under the deletion guard, into history."""
-    from enum_pipeline.store import open_store
-
     approver = f"cli:{os.environ.get('USER', '?')}" if args.approve else None
-    result = open_store().prune_orphans(
+    result = _store().prune_orphans(
         dry_run=args.dry_run, approved_by=approver, scope_key=args.scope
     )
     verb = "removed" if result.status == "done" and not result.dry_run else "would remove"
@@ -649,7 +656,9 @@ def _filter_options(parser: argparse.ArgumentParser) -> None:
     f.add_argument("--language", help="main language, as the code host names it")
     f.add_argument("--topic", help="projects carrying this topic")
     f.add_argument("--stale-days", type=int, metavar="N", help="last activity more than N days ago")
-    f.add_argument("--status", help="present or missing")
+    f.add_argument(
+        "--status", help="present, missing, out_of_coverage or orphaned (kept rows and why)"
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -11,7 +11,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
-from enum_pipeline.sources.base import ProjectRecord, ScopeVerdict, Source
+from enum_pipeline.sources.base import ProjectRecord, ScanItem, ScopeVerdict, Source
 from enum_pipeline.store import InventoryStore
 
 
@@ -59,6 +59,76 @@ class ScanSummary:
 ProgressFn = Callable[[ScanSummary], None]
 
 
+class _Progress:
+    """The summary's counters, shared by the sources' threads, and the periodic report."""
+
+    def __init__(self, summary: ScanSummary, on_progress: ProgressFn | None, every: float):
+        self.summary, self.on_progress, self.every = summary, on_progress, every
+        self.started = self.last_report = time.monotonic()
+        self.lock = threading.Lock()
+
+    def record(self, staged: int, scanned: int, verdict: ScopeVerdict | None = None) -> None:
+        with self.lock:
+            self.summary.staged += staged
+            self.summary.scanned += scanned
+            if verdict is not None:
+                self.summary.verdicts.append(verdict)
+            now = time.monotonic()
+            if self.on_progress and now - self.last_report >= self.every:
+                self.summary.seconds = now - self.started
+                self.on_progress(self.summary)
+                self.last_report = now
+
+
+def _next_item(items) -> tuple[ScanItem | None, str | None]:
+    """The source's next item, or (None, None) at its end, or (None, why) when it raised."""
+    try:
+        return next(items), None
+    except StopIteration:
+        return None, None
+    except Exception as err:  # a broken source ends only its own scopes, never the run
+        return None, f"{type(err).__name__}: {err}"
+
+
+def _scan_one(
+    store: InventoryStore, run_id: str, source: Source, batch_size: int, progress: _Progress
+) -> None:
+    """Stream one source into staging; every scope it did not end is ended incomplete."""
+    batch: list[ProjectRecord] = []
+
+    def flush_batch() -> None:
+        if batch:
+            progress.record(store.stage(run_id, batch), len(batch))
+            batch.clear()
+
+    def end(verdict: ScopeVerdict) -> None:
+        flush_batch()
+        store.end_scope(run_id, verdict)
+        progress.record(0, 0, verdict)
+
+    expected = list(source.scope_keys())
+    ended: set[str] = set()
+    items = iter(source.scan())
+    while True:
+        item, failure = _next_item(items)
+        if item is None:
+            break
+        if isinstance(item, ScopeVerdict):
+            end(item)
+            ended.add(item.scope_key)
+            continue
+        batch.append(item)
+        if len(batch) >= batch_size:
+            flush_batch()
+    flush_batch()
+    reason = (
+        f"source failed: {failure}" if failure else "source ended without a verdict for this scope"
+    )
+    for scope_key in expected:
+        if scope_key not in ended:
+            end(ScopeVerdict(scope_key, source.kind, complete=False, reason=reason))
+
+
 def stage_sources(
     store: InventoryStore,
     run_id: str,
@@ -78,71 +148,17 @@ def stage_sources(
     are protected), never empty. Store errors propagate and end the scan.
     """
     summary = ScanSummary(run_id, generation)
-    started = time.monotonic()
-    lock = threading.Lock()
-    last_report = [started]
-
-    def record(staged: int, scanned: int, verdict: ScopeVerdict | None = None) -> None:
-        with lock:
-            summary.staged += staged
-            summary.scanned += scanned
-            if verdict is not None:
-                summary.verdicts.append(verdict)
-            now = time.monotonic()
-            if on_progress and now - last_report[0] >= progress_every:
-                summary.seconds = now - started
-                on_progress(summary)
-                last_report[0] = now
-
-    def scan_one(source: Source) -> None:
-        batch: list[ProjectRecord] = []
-
-        def flush_batch() -> None:
-            if batch:
-                staged = store.stage(run_id, batch)
-                record(staged, len(batch))
-                batch.clear()
-
-        expected = list(source.scope_keys())
-        ended: set[str] = set()
-        failure: str | None = None
-        items = iter(source.scan())
-        while True:
-            try:
-                item = next(items)
-            except StopIteration:
-                break
-            except Exception as err:  # a broken source ends only its own scopes, never the run
-                failure = f"{type(err).__name__}: {err}"
-                break
-            if isinstance(item, ScopeVerdict):
-                flush_batch()
-                store.end_scope(run_id, item)
-                record(0, 0, item)
-                ended.add(item.scope_key)
-            else:
-                batch.append(item)
-                if len(batch) >= batch_size:
-                    flush_batch()
-        flush_batch()
-        for scope_key in expected:
-            if scope_key in ended:
-                continue
-            reason = (
-                f"source failed: {failure}"
-                if failure
-                else "source ended without a verdict for this scope"
-            )
-            verdict = ScopeVerdict(scope_key, source.kind, complete=False, reason=reason)
-            store.end_scope(run_id, verdict)
-            record(0, 0, verdict)
-
+    progress = _Progress(summary, on_progress, progress_every)
     if parallel_sources <= 1 or len(sources) <= 1:
         for source in sources:
-            scan_one(source)
+            _scan_one(store, run_id, source, batch_size, progress)
     else:
         with ThreadPoolExecutor(max_workers=parallel_sources, thread_name_prefix="scan") as pool:
-            for future in [pool.submit(scan_one, source) for source in sources]:
+            futures = [
+                pool.submit(_scan_one, store, run_id, source, batch_size, progress)
+                for source in sources
+            ]
+            for future in futures:
                 future.result()
-    summary.seconds = time.monotonic() - started
+    summary.seconds = time.monotonic() - progress.started
     return summary
