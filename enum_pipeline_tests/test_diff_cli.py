@@ -60,7 +60,8 @@ def test_diff_lists_added_and_changed_with_fields(db_url, tmp_path):
     assert code == 0 and out.splitlines()[0].split() == ["CHANGE", "NAME", "SCOPE_KEY", "FIELDS"]
 
     code, out, err = run("diff", "no-such-run")
-    assert code == 2 and out == "" and err.strip() == "enum-pipeline: unknown run id 'no-such-run'"
+    assert code == 2 and out == "" and len(err.strip().splitlines()) == 1, err
+    assert err.startswith("enum-pipeline: no run 'no-such-run' in the inventory; newest runs: ")
 
 
 def test_run_changes_asset(enumerated):  # noqa: F811 (the imported fixture)
