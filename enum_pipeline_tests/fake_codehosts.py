@@ -14,8 +14,7 @@ Each app serves generated repositories with the real pagination semantics of its
 
 Failure injection is per *page* (1-based index in the listing): :meth:`FakeApp.fail_page`,
 :meth:`FakeApp.rate_limit_page`, :meth:`FakeApp.truncate_page`, :meth:`FakeApp.slow_page`.
-``etags=True`` makes 200 answers carry an ``ETag`` and answer a matching ``If-None-Match`` with
-304. ``token=...`` makes the app refuse (401) requests with another credential (requests without
+``token=...`` makes the app refuse (401) requests with another credential (requests without
 one are anonymous); without it, any credential is accepted. As on the real hosts, private (and
 internal) repositories are listed and counted only for an authenticated request, each app
 answers whom a token belongs to (``token_owner``: GitHub ``GET /user``, GitLab
@@ -28,7 +27,6 @@ status answered).
 
 from __future__ import annotations
 
-import hashlib
 import json
 import socket
 import threading
@@ -94,17 +92,15 @@ class RecordedRequest:
 
 
 class FakeApp:
-    """Base of the fake APIs: routing is the subclass's, faults/ETags/recording are here."""
+    """Base of the fake APIs: routing is the subclass's, faults and recording are here."""
 
     def __init__(
         self,
         *,
         token: str | None = None,
-        etags: bool = False,
         token_owner: str | None = "token-bot",
     ) -> None:
         self.token = token
-        self.etags = etags
         self.token_owner = token_owner  # None: the token cannot say whom it belongs to
         self.token_owner_id = 4242
         self.cut_after_page: int | None = None
@@ -180,10 +176,6 @@ class FakeApp:
         with self.lock:
             return [r for r in self.requests if r.page is not None]
 
-    def listing_statuses(self) -> list[int | None]:
-        """The statuses answered to listing pages, in order."""
-        return [r.status for r in self.listing_requests()]
-
     # -- request handling ----------------------------------------------------------------------
 
     def route(self, req: RecordedRequest, host: str) -> Reply:  # pragma: no cover - abstract
@@ -213,7 +205,7 @@ class FakeApp:
         return Reply.json(200, {login_field: self.token_owner, "id": self.token_owner_id})
 
     def handle(self, req: RecordedRequest, host: str) -> Reply:
-        """Answer one request: route it, then apply faults and ETags, and record it."""
+        """Answer one request: route it, then apply faults, and record it."""
         with self.lock:
             self.requests.append(req)
             if (
@@ -234,11 +226,6 @@ class FakeApp:
                     if fault.then is not None:
                         fault.then()
                     break
-            if self.etags and reply.status == 200 and reply.body:
-                etag = '"' + hashlib.sha1(reply.body).hexdigest() + '"'
-                reply.headers["ETag"] = etag
-                if req.headers.get("if-none-match") == etag:
-                    reply = Reply(304, {"ETag": etag}, b"", reply.page, reply.delay)
             req.status = reply.status
             return reply
 
@@ -788,10 +775,9 @@ class _Handler(BaseHTTPRequestHandler):
             self.send_header("Content-Type", "application/json; charset=utf-8")
             for k, v in reply.headers.items():
                 self.send_header(k, v)
-            if reply.status != 304:
-                self.send_header("Content-Length", str(len(reply.body)))
+            self.send_header("Content-Length", str(len(reply.body)))
             self.end_headers()
-            if reply.status != 304 and reply.body:
+            if reply.body:
                 self.wfile.write(reply.body)
         except (BrokenPipeError, ConnectionResetError):
             pass

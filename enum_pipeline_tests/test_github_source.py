@@ -215,19 +215,6 @@ def test_secondary_rate_limit_403(github):
     assert sleep.calls == [pytest.approx(60.0), pytest.approx(5.0)]
 
 
-def test_etag_304_served_from_cache(token_env):
-    app = GitHubApp(etags=True)
-    app.add_owner("Acme", 250)
-    with FakeCodeHost(app) as host:
-        source = make(host)
-        first, [v1] = scan(source)
-        second, [v2] = scan(source)
-    assert v1.complete and v2.complete
-    assert first == second
-    assert app.listing_statuses() == [200, 200, 200, 304, 304, 304]
-    assert all("if-none-match" in r.headers for r in app.listing_requests()[3:])
-
-
 def test_filters(github):
     app, host = github
     records, [verdict] = scan(make(host, include_archived=False, include_forks=False))

@@ -14,14 +14,12 @@ the known secret values).
 from __future__ import annotations
 
 import email.utils
-import hashlib
 import json
 import logging
 import os
 import random
 import re
 import time
-from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -65,7 +63,6 @@ class Page:
     status: int
     headers: httpx.Headers
     data: Any
-    from_cache: bool = False
 
 
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
@@ -151,11 +148,11 @@ def parse_int_header(headers: Mapping[str, str], *names: str) -> int | None:
 
 
 class HttpClient:
-    """A JSON GET client with bounded retries, rate-limit waits and an ETag cache.
+    """A JSON GET client with bounded retries and rate-limit waits.
 
     ``client`` may be injected (it is then never closed here); otherwise one is created on first
-    use and closed by :meth:`close`. The ETag cache outlives :meth:`close`, so a source that keeps
-    its ``HttpClient`` between scans sends ``If-None-Match`` and serves 304s from memory.
+    use and closed by :meth:`close`. No conditional requests (``If-None-Match``): a 304 would need
+    the page bodies kept across runs, and sources are built anew every run.
     """
 
     def __init__(
@@ -169,7 +166,6 @@ class HttpClient:
         backoff_base: float = 1.0,
         backoff_max: float = 60.0,
         timeout: httpx.Timeout | float = DEFAULT_TIMEOUT,
-        etag_cache_bytes: int = 64 * 1024 * 1024,
         rng: random.Random | None = None,
         logger: logging.Logger | None = None,
     ) -> None:
@@ -185,9 +181,6 @@ class HttpClient:
         self._rng = rng or random.Random()
         self._log = logger or log
         self._secrets: tuple[str, ...] = ()
-        self._etag_cache: OrderedDict[str, tuple[str, bytes, dict[str, str]]] = OrderedDict()
-        self._etag_cache_bytes = etag_cache_bytes
-        self._etag_cache_size = 0
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -204,7 +197,7 @@ class HttpClient:
         return self._client
 
     def close(self) -> None:
-        """Close the underlying client if this object created it (the ETag cache is kept)."""
+        """Close the underlying client if this object created it."""
         if self._owns_client and self._client is not None:
             self._client.close()
             self._client = None
@@ -220,27 +213,6 @@ class HttpClient:
     def safe_url(self, url: str | httpx.URL) -> str:
         """A URL fit for logs and error messages: credentials redacted, secrets scrubbed."""
         return self.scrub(redact_url(str(url)))
-
-    def _cache_key(self, url: str, headers: Mapping[str, str]) -> str:
-        # The answer depends on who asks: key the cache by the credentials too (hashed).
-        auth = "\n".join(f"{k}:{v}" for k, v in sorted(headers.items()))
-        return url + "\n" + hashlib.sha256(auth.encode()).hexdigest()
-
-    def _cache_put(self, key: str, etag: str, body: bytes, headers: httpx.Headers) -> None:
-        if len(body) > self._etag_cache_bytes:
-            return
-        self._cache_drop(key)
-        keep = {k.lower(): v for k, v in headers.items() if k.lower() != "set-cookie"}
-        self._etag_cache[key] = (etag, body, keep)
-        self._etag_cache_size += len(body)
-        while self._etag_cache_size > self._etag_cache_bytes and self._etag_cache:
-            _, (_, old, _) = self._etag_cache.popitem(last=False)
-            self._etag_cache_size -= len(old)
-
-    def _cache_drop(self, key: str) -> None:
-        old = self._etag_cache.pop(key, None)
-        if old is not None:
-            self._etag_cache_size -= len(old[1])
 
     def _backoff(self, attempt: int) -> float:
         """Exponential backoff with "equal jitter": half fixed, half random."""
@@ -306,11 +278,10 @@ class HttpClient:
         full_url = str(httpx.URL(url, params=params) if params else httpx.URL(url))
         shown = self.safe_url(full_url)
         request_headers = dict(headers or {})
-        cache_key = self._cache_key(full_url, request_headers)
         waited = 0.0
         attempt = 0
         while True:
-            outcome = self._attempt(full_url, request_headers, cache_key, expect, shown)
+            outcome = self._attempt(full_url, request_headers, expect, shown)
             if isinstance(outcome, Page):
                 return outcome
             # A transient failure: retry if the budget allows.
@@ -341,36 +312,21 @@ class HttpClient:
         self,
         full_url: str,
         request_headers: dict[str, str],
-        cache_key: str,
         expect: type | None,
         shown: str,
     ) -> Page | tuple[str, float | None]:
         """One GET: the page, or ``(transient error, seconds asked to wait)``; PageError when
         the answer is final (a 4xx that is not a rate limit)."""
-        cached = self._etag_cache.get(cache_key)
-        send_headers = dict(request_headers)
-        if cached is not None:
-            send_headers["If-None-Match"] = cached[0]
         try:
-            response = self._send(full_url, send_headers)
+            response = self._send(full_url, request_headers)
         except httpx.TimeoutException as exc:
             return f"timeout ({type(exc).__name__})", None
         except httpx.TransportError as exc:
             return f"connection error ({type(exc).__name__}: {self.scrub(str(exc))[:200]})", None
         status = response.status_code
-        if status == 304 and cached is not None:
-            data = _decode(cached[1], expect)
-            if data is not _INVALID:
-                self._etag_cache.move_to_end(cache_key)
-                return Page(full_url, 200, httpx.Headers(cached[2]), data, True)
-            self._cache_drop(cache_key)
-            return "cached body no longer decodes", None
         if 200 <= status < 300:
             data = _decode(response.content, expect)
             if data is not _INVALID:
-                etag = response.headers.get("etag")
-                if etag:
-                    self._cache_put(cache_key, etag, response.content, response.headers)
                 return Page(full_url, status, response.headers, data)
             kind = "JSON" if expect is None else f"JSON {expect.__name__}"
             return f"HTTP {status} with invalid or truncated {kind} body", None
