@@ -1,10 +1,11 @@
 """The listing skeleton every code-host source (GitHub, GitLab, Gitea) runs.
 
-The base owns the scan: the token (read from the environment when a scan starts, never logged),
-the page loop, deduplication, malformed records, the mapping of every error to the verdict, and
+The base owns the scan: the owner and the scope key, the token (read from the environment when a
+scan starts, never logged), the page loop, deduplication, malformed records, the identity (whom
+the token belongs to and the owner's stable id), the mapping of every error to the verdict, and
 closing the HTTP client. A host supplies only its pagination (``_first_page``, ``_next_page``),
-its identity (``_identify``: the owner's stable id and whom the token belongs to), its record
-mapping (``_record``) and its completeness check (``_check_complete``).
+where its owner and its token's user are read (``_owner_info``, ``user_path``), its record
+mapping (``_record``, on ``sources.repos``) and its completeness check (``_check_complete``).
 
 A listing is complete only when every page was read *and* the host's own count agrees with what
 was listed; a listing whose end is known only from a missing next link is incomplete. A
@@ -19,7 +20,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypedDict
 from urllib.parse import urlsplit
 
 import httpx
@@ -35,6 +36,7 @@ from enum_pipeline.sources.http import (
     parse_link_header,
     read_token,
     same_origin,
+    web_host,
 )
 from enum_pipeline.sources.remotes import redact_url
 
@@ -53,6 +55,15 @@ def check_owner(owner: str, owner_type: str, host_name: str) -> tuple[str, str]:
     if kind is None:
         raise ValueError(f"owner_type must be 'org' or 'user', not {owner_type!r}")
     return owner, kind
+
+
+class HttpOptions(TypedDict, total=False):
+    """How a code-host source's HTTP client is built and retries (keywords every host takes)."""
+
+    client: httpx.Client | None
+    max_retries: int
+    max_wait_seconds: float
+    sleep: Callable[[float], None]
 
 
 class ListingError(Exception):
@@ -95,26 +106,33 @@ class Listing:
 
 
 class CodeHostSource:
-    """Base of the code-host sources; a subclass sets ``kind``, ``host``, ``scope_key``,
-    ``owner_label`` and implements the hooks below."""
+    """Base of the code-host sources; a subclass sets ``kind``, ``log``, ``user_path`` and
+    implements the hooks below.
+
+    ``owner`` is the owner as configured (a login, a group path) and ``owner_type`` what it is
+    (``org``, ``user``, ``group``); the scope key is ``<kind>:<web host>/<owner, lower-cased>``.
+    """
 
     kind: str
-    host: str
-    scope_key: str
     log: logging.Logger
     accept = "application/json"
     noun = "repositories"
+    #: ``GET`` path (below ``base_url``) and field of whom the token belongs to.
+    user_path: str
+    user_field = "login"
     include_forks = True
     include_archived = True
 
     def __init__(
         self,
+        owner: str,
+        owner_type: str,
         base_url: str,
         token_env: str | None,
         *,
-        client: httpx.Client | None,
-        max_retries: int,
-        max_wait_seconds: float,
+        client: httpx.Client | None = None,
+        max_retries: int = 5,
+        max_wait_seconds: float = 300,
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         if urlsplit(base_url or "").scheme not in ("http", "https"):
@@ -122,8 +140,12 @@ class CodeHostSource:
         if token_env is not None and not is_env_name(token_env):
             # never echo it: a value that is not a variable name may be the token itself
             raise ValueError("token_env must name an environment variable (e.g. GITHUB_TOKEN)")
+        self.owner = owner
+        self.owner_type = owner_type
         self.base_url = base_url.rstrip("/")
         self.token_env = token_env
+        self.host = self._web_host(self.base_url)
+        self.scope_key = f"{self.kind}:{self.host}/{owner.lower()}"
         self._http = HttpClient(
             client=client,
             max_retries=max_retries,
@@ -132,24 +154,30 @@ class CodeHostSource:
             logger=self.log,
         )
 
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}(owner={self.owner!r}, owner_type={self.owner_type!r}, "
+            f"base_url={redact_url(self.base_url)!r})"
+        )
+
+    @property
+    def owner_label(self) -> str:
+        """The owner as messages name it, e.g. ``org 'Acme'``."""
+        return f"{self.owner_type} {self.owner!r}"
+
     # -- what a host supplies -------------------------------------------------------------
 
-    @property
-    def owner_label(self) -> str:  # pragma: no cover - per host
-        """The owner as messages name it, e.g. ``org 'Acme'``."""
-        raise NotImplementedError
-
-    @property
-    def owner_name(self) -> str:  # pragma: no cover - per host
-        """The owner as configured (login, group path)."""
-        raise NotImplementedError
+    def _web_host(self, base_url: str) -> str:
+        """The host the scope key and project keys name."""
+        return web_host(base_url)
 
     def auth_header(self, token: str) -> tuple[str, str]:  # pragma: no cover - per host
         """The header that carries ``token`` on this host."""
         raise NotImplementedError
 
-    def _identify(self, listing: Listing) -> dict[str, Any]:  # pragma: no cover - per host
-        """``{"owner_id": ..., "principal": ...}``; sets ``listing.extra["principal"]``."""
+    def _owner_info(self, listing: Listing) -> dict[str, Any]:  # pragma: no cover - per host
+        """The owner's object (it must carry the owner's stable ``id``); called once the
+        principal is known (``listing.principal``)."""
         raise NotImplementedError
 
     def _first_page(self, listing: Listing) -> PageRequest:  # pragma: no cover - per host
@@ -209,7 +237,7 @@ class CodeHostSource:
 
     def scan(self) -> Iterator[ScanItem]:
         """Yield the owner's repositories, then one verdict for the owner's scope."""
-        identity: dict[str, Any] = {"host": self.host, "owner": self.owner_name}
+        identity: dict[str, Any] = {"host": self.host, "owner": self.owner}
         listing, failure = self._start()
         try:
             if failure is None:
@@ -290,6 +318,15 @@ class CodeHostSource:
         listing.yielded += 1
         return self._record(item)
 
+    def _identify(self, listing: Listing) -> dict[str, Any]:
+        """Whom the token belongs to, then the owner's stable id."""
+        principal = self._get_user(listing)
+        listing.extra["principal"] = principal
+        owner = self._owner_info(listing)
+        if owner.get("id") is None:
+            raise ListingError(f"the answer for {self.owner_label} carries no id")
+        return {"owner_id": owner["id"], "principal": principal}
+
     def _describe(self, exc: PageError, listing: Listing) -> str:
         """The verdict reason for a page that failed."""
         if exc.status == 401 and listing.token:
@@ -299,12 +336,13 @@ class CodeHostSource:
             )
         return describe_page_error(exc, what=self.owner_label, first_page=listing.pages == 0)
 
-    def _get_user(self, listing: Listing, path: str, login_field: str) -> str:
-        """Whom the token belongs to (``GET`` ``path``), or ``anonymous`` without a token."""
+    def _get_user(self, listing: Listing) -> str:
+        """Whom the token belongs to (``GET`` ``user_path``), or ``anonymous`` without a token."""
         if not listing.token:
             return ANONYMOUS
+        path = self.user_path
         me = self._http.get_json(f"{self.base_url}{path}", headers=listing.headers, expect=dict)
-        login = me.data.get(login_field)
+        login = me.data.get(self.user_field)
         if not login:
             raise ListingError(
                 f"{path} does not say whom the token belongs to: the principal is unknown"

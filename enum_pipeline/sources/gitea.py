@@ -14,31 +14,21 @@ Identity: the owner's numeric id and the login the token belongs to (``GET /api/
 from __future__ import annotations
 
 import logging
-import time
-from collections.abc import Callable
-from typing import Any
+from typing import Any, Unpack
 from urllib.parse import quote
-
-import httpx
 
 from enum_pipeline.sources.base import ProjectRecord
 from enum_pipeline.sources.codehost import (
     CodeHostSource,
+    HttpOptions,
     Listing,
     ListingError,
     PageRequest,
     check_owner,
     count_check,
 )
-from enum_pipeline.sources.http import (
-    Page,
-    parse_int_header,
-    parse_link_header,
-    parse_timestamp,
-    web_host,
-)
-from enum_pipeline.sources.remotes import redact_url
-from enum_pipeline.sources.repos import int_or_none, repo_attributes, repo_record
+from enum_pipeline.sources.http import Page, parse_int_header, parse_link_header, parse_timestamp
+from enum_pipeline.sources.repos import int_or_none, repo_record
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +40,7 @@ class GiteaSource(CodeHostSource):
 
     kind = "gitea"
     log = log
+    user_path = "/api/v1/user"
 
     def __init__(
         self,
@@ -57,36 +48,9 @@ class GiteaSource(CodeHostSource):
         base_url: str,
         owner_type: str = "org",
         token_env: str | None = "GITEA_TOKEN",
-        client: httpx.Client | None = None,
-        max_retries: int = 5,
-        max_wait_seconds: float = 300,
-        sleep: Callable[[float], None] = time.sleep,
+        **http: Unpack[HttpOptions],
     ) -> None:
-        self.owner, self.owner_type = check_owner(owner, owner_type, "Gitea")
-        super().__init__(
-            base_url,
-            token_env,
-            client=client,
-            max_retries=max_retries,
-            max_wait_seconds=max_wait_seconds,
-            sleep=sleep,
-        )
-        self.host = web_host(self.base_url)
-        self.scope_key = f"gitea:{self.host}/{self.owner.lower()}"
-
-    def __repr__(self) -> str:
-        return (
-            f"GiteaSource(owner={self.owner!r}, owner_type={self.owner_type!r}, "
-            f"base_url={redact_url(self.base_url)!r})"
-        )
-
-    @property
-    def owner_label(self) -> str:
-        return f"{self.owner_type} {self.owner!r}"
-
-    @property
-    def owner_name(self) -> str:
-        return self.owner
+        super().__init__(*check_owner(owner, owner_type, "Gitea"), base_url, token_env, **http)
 
     def auth_header(self, token: str) -> tuple[str, str]:
         return "Authorization", f"token {token}"
@@ -95,14 +59,8 @@ class GiteaSource(CodeHostSource):
         segment = "orgs" if self.owner_type == "org" else "users"
         return f"{self.base_url}/api/v1/{segment}/{quote(self.owner, safe='')}"
 
-    def _identify(self, listing: Listing) -> dict[str, Any]:
-        """Whom the token belongs to (``GET /api/v1/user``), then the owner's id."""
-        principal = self._get_user(listing, "/api/v1/user", "login")
-        listing.extra["principal"] = principal
-        owner = self._http.get_json(self._owner_url(), headers=listing.headers, expect=dict).data
-        if owner.get("id") is None:
-            raise ListingError(f"the answer for {self.owner_label} carries no id")
-        return {"owner_id": owner["id"], "principal": principal}
+    def _owner_info(self, listing: Listing) -> dict[str, Any]:
+        return self._http.get_json(self._owner_url(), headers=listing.headers, expect=dict).data
 
     def _visibility(self, item: dict[str, Any]) -> str:
         if item.get("private"):
@@ -140,29 +98,19 @@ class GiteaSource(CodeHostSource):
         )
 
     def _record(self, repo: dict[str, Any]) -> ProjectRecord:
-        if repo.get("private"):
-            visibility = "private"
-        elif repo.get("internal"):
-            visibility = "internal"
-        else:
-            visibility = "public"
         parent = repo.get("parent") if isinstance(repo.get("parent"), dict) else {}
-        attributes = repo_attributes(
-            repo,
-            forked_from=parent.get("full_name"),
-            mirror=bool(repo.get("mirror", False)),
-            empty=bool(repo.get("empty", False)),
-        )
+        extra = {
+            "forked_from": parent.get("full_name"),
+            "mirror": bool(repo.get("mirror", False)),
+            "empty": bool(repo.get("empty", False)),
+        }
         # Gitea 1.22+ lists the SPDX ids of the licence files it detected
         licenses = [x for x in repo.get("licenses") or [] if isinstance(x, str) and x]
         return repo_record(
-            kind=self.kind,
-            host=self.host,
-            scope_key=self.scope_key,
-            owner=self.owner,
-            repo=repo,
-            attributes=attributes,
-            visibility=visibility,
+            self,
+            repo,
+            extra=extra,
+            visibility=self._visibility(repo),
             license=" AND ".join(sorted(licenses)) if licenses else None,
             stars=int_or_none(repo.get("stars_count")),
             last_activity_at=parse_timestamp(repo.get("updated_at")),

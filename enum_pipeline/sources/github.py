@@ -18,24 +18,19 @@ Identity: the owner's numeric id and the login the token belongs to (``GET /user
 from __future__ import annotations
 
 import logging
-import time
-from collections.abc import Callable
-from typing import Any
+from typing import Any, Unpack
 from urllib.parse import quote
-
-import httpx
 
 from enum_pipeline.sources.base import ProjectRecord
 from enum_pipeline.sources.codehost import (
     CodeHostSource,
+    HttpOptions,
     Listing,
-    ListingError,
     PageRequest,
     check_owner,
 )
 from enum_pipeline.sources.http import Page, parse_timestamp, web_host
-from enum_pipeline.sources.remotes import redact_url
-from enum_pipeline.sources.repos import int_or_none, repo_attributes, repo_record, text_or_none
+from enum_pipeline.sources.repos import int_or_none, repo_record, text_or_none
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +57,7 @@ class GitHubSource(CodeHostSource):
     kind = "github"
     log = log
     accept = "application/vnd.github+json"
+    user_path = "/user"
 
     def __init__(
         self,
@@ -71,38 +67,14 @@ class GitHubSource(CodeHostSource):
         token_env: str | None = "GITHUB_TOKEN",
         include_archived: bool = True,
         include_forks: bool = True,
-        client: httpx.Client | None = None,
-        max_retries: int = 5,
-        max_wait_seconds: float = 300,
-        sleep: Callable[[float], None] = time.sleep,
+        **http: Unpack[HttpOptions],
     ) -> None:
-        self.owner, self.owner_type = check_owner(owner, owner_type, "GitHub")
-        super().__init__(
-            base_url,
-            token_env,
-            client=client,
-            max_retries=max_retries,
-            max_wait_seconds=max_wait_seconds,
-            sleep=sleep,
-        )
+        super().__init__(*check_owner(owner, owner_type, "GitHub"), base_url, token_env, **http)
         self.include_archived = include_archived
         self.include_forks = include_forks
-        self.host = github_web_host(self.base_url)
-        self.scope_key = f"github:{self.host}/{self.owner.lower()}"
 
-    def __repr__(self) -> str:
-        return (
-            f"GitHubSource(owner={self.owner!r}, owner_type={self.owner_type!r}, "
-            f"base_url={redact_url(self.base_url)!r})"
-        )
-
-    @property
-    def owner_label(self) -> str:
-        return f"{self.owner_type} {self.owner!r}"
-
-    @property
-    def owner_name(self) -> str:
-        return self.owner
+    def _web_host(self, base_url: str) -> str:
+        return github_web_host(base_url)
 
     def auth_header(self, token: str) -> tuple[str, str]:
         return "Authorization", f"Bearer {token}"
@@ -112,21 +84,17 @@ class GitHubSource(CodeHostSource):
         listing.headers["X-GitHub-Api-Version"] = "2022-11-28"
         return listing, failure
 
-    def _identify(self, listing: Listing) -> dict[str, Any]:
-        """Whom the token belongs to (``GET /user``), then the owner's id and counts."""
-        principal = self._get_user(listing, "/user", "login")
-        listing.extra["principal"] = principal
+    def _owner_info(self, listing: Listing) -> dict[str, Any]:
+        """Which listing the principal gets, then the owner and its counts."""
         if self.owner_type == "org":
             listing.extra["listing"] = "org"
-        elif principal.lower() == self.owner.lower():
+        elif listing.principal.lower() == self.owner.lower():
             listing.extra["listing"] = "own"  # /user/repos holds their private ones too
         else:
             listing.extra["listing"] = "public"  # /users/{user}/repos: public ones only
         data = self._owner(listing)
-        if data.get("id") is None:
-            raise ListingError(f"the answer for {self.owner_label} carries no id")
         listing.extra["counts"] = self._counts(data)
-        return {"owner_id": data["id"], "principal": principal}
+        return data
 
     def _owner(self, listing: Listing) -> dict[str, Any]:
         """``GET /orgs/{org}``, ``/users/{user}``, or ``/user`` for the token's own account (the
@@ -206,14 +174,9 @@ class GitHubSource(CodeHostSource):
         licence = repo.get("license") if isinstance(repo.get("license"), dict) else {}
         pushed = parse_timestamp(repo.get("pushed_at"))
         return repo_record(
-            kind=self.kind,
-            host=self.host,
-            scope_key=self.scope_key,
-            owner=self.owner,
-            repo=repo,
-            attributes=repo_attributes(
-                repo, pushed_at=repo.get("pushed_at"), forks_count=repo.get("forks_count")
-            ),
+            self,
+            repo,
+            extra={"pushed_at": repo.get("pushed_at"), "forks_count": repo.get("forks_count")},
             visibility=visibility or None,
             last_commit_at=pushed,
             license=text_or_none(licence.get("spdx_id")),

@@ -14,24 +14,21 @@ or ``anonymous``. Coverage: public projects only without a token.
 from __future__ import annotations
 
 import logging
-import time
-from collections.abc import Callable
-from typing import Any
+from typing import Any, Unpack
 from urllib.parse import quote
-
-import httpx
 
 from enum_pipeline.sources.base import ProjectRecord
 from enum_pipeline.sources.codehost import (
     CodeHostSource,
+    HttpOptions,
     Listing,
     ListingError,
     PageRequest,
     count_check,
 )
-from enum_pipeline.sources.http import Page, parse_int_header, parse_timestamp, web_host
-from enum_pipeline.sources.remotes import normalize_remote, redact_url
-from enum_pipeline.sources.repos import bool_or_none, int_or_none, text_or_none
+from enum_pipeline.sources.http import Page, parse_int_header, parse_timestamp
+from enum_pipeline.sources.remotes import redact_url
+from enum_pipeline.sources.repos import host_record, int_or_none, text_or_none
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +39,8 @@ class GitLabSource(CodeHostSource):
     kind = "gitlab"
     log = log
     noun = "projects"
+    user_path = "/api/v4/user"
+    user_field = "username"
 
     def __init__(
         self,
@@ -50,44 +49,26 @@ class GitLabSource(CodeHostSource):
         token_env: str | None = "GITLAB_TOKEN",
         include_subgroups: bool = True,
         include_archived: bool = True,
-        client: httpx.Client | None = None,
-        max_retries: int = 5,
-        max_wait_seconds: float = 300,
-        sleep: Callable[[float], None] = time.sleep,
+        **http: Unpack[HttpOptions],
     ) -> None:
         group = (group or "").strip().strip("/")
         if not group:
             raise ValueError("a GitLab group path is required")
-        super().__init__(
-            base_url,
-            token_env,
-            client=client,
-            max_retries=max_retries,
-            max_wait_seconds=max_wait_seconds,
-            sleep=sleep,
-        )
-        self.group = group
+        super().__init__(group, "group", base_url, token_env, **http)
         self.include_subgroups = include_subgroups
         self.include_archived = include_archived
-        self.host = web_host(self.base_url)
-        self.scope_key = f"gitlab:{self.host}/{group.lower()}"
 
     def __repr__(self) -> str:
-        return f"GitLabSource(group={self.group!r}, base_url={redact_url(self.base_url)!r})"
-
-    @property
-    def owner_label(self) -> str:
-        return f"group {self.group!r}"
-
-    @property
-    def owner_name(self) -> str:
-        return self.group
+        return f"GitLabSource(group={self.owner!r}, base_url={redact_url(self.base_url)!r})"
 
     def auth_header(self, token: str) -> tuple[str, str]:
         return "PRIVATE-TOKEN", token
 
     def _projects_url(self) -> str:
-        return f"{self.base_url}/api/v4/groups/{quote(self.group, safe='')}/projects"
+        return f"{self._group_url()}/projects"
+
+    def _group_url(self) -> str:
+        return f"{self.base_url}/api/v4/groups/{quote(self.owner, safe='')}"
 
     def _filters(self) -> dict[str, Any]:
         params: dict[str, Any] = {
@@ -99,17 +80,11 @@ class GitLabSource(CodeHostSource):
             params["archived"] = "false"
         return params
 
-    def _identify(self, listing: Listing) -> dict[str, Any]:
-        """Whom the token belongs to (``GET /api/v4/user``), then the group's id."""
-        principal = self._get_user(listing, "/api/v4/user", "username")
-        listing.extra["principal"] = principal
-        url = f"{self.base_url}/api/v4/groups/{quote(self.group, safe='')}"
-        group = self._http.get_json(
-            url, params={"with_projects": "false"}, headers=listing.headers, expect=dict
+    def _owner_info(self, listing: Listing) -> dict[str, Any]:
+        params = {"with_projects": "false"}
+        return self._http.get_json(
+            self._group_url(), params=params, headers=listing.headers, expect=dict
         ).data
-        if group.get("id") is None:
-            raise ListingError(f"the answer for {self.owner_label} carries no id")
-        return {"owner_id": group["id"], "principal": principal}
 
     def _item_id(self, item: Any) -> str | None:
         if not isinstance(item, dict) or item.get("id") is None:
@@ -169,7 +144,6 @@ class GitLabSource(CodeHostSource):
         return {**super()._coverage(listing), "include_subgroups": self.include_subgroups}
 
     def _record(self, project: dict[str, Any]) -> ProjectRecord:
-        http_url = project.get("http_url_to_repo") or None
         web_url = project.get("web_url") or None
         namespace = project.get("namespace") if isinstance(project.get("namespace"), dict) else {}
         forked = project.get("forked_from_project")
@@ -193,24 +167,18 @@ class GitLabSource(CodeHostSource):
             "namespace_full_path": namespace.get("full_path"),
             "namespace_kind": namespace.get("kind"),
         }
-        return ProjectRecord(
-            project_key=f"gitlab:{self.host}:{project['id']}",
-            scope_key=self.scope_key,
-            source_kind=self.kind,
+        return host_record(
+            self,
+            project,
             name=str(project.get("name") or project.get("path") or project["id"]),
             location=str(project["path_with_namespace"]),
-            vcs="git",
-            remote_url=redact_url(http_url) if http_url else None,
-            normalized_remote=normalize_remote(web_url or http_url or ""),
-            default_branch=project.get("default_branch") or None,
+            clone_url=project.get("http_url_to_repo"),
+            web_url=web_url,
             attributes=attributes,
-            archived=bool_or_none(project.get("archived")),
             # the list names the source of a fork; a project without it is not one
             fork=bool(forked),
             visibility=text_or_none(project.get("visibility")),
-            description=text_or_none(project.get("description")),
             topics=tuple(str(t) for t in topics if isinstance(t, str | int)),
             stars=int_or_none(project.get("star_count")),
-            created_at=parse_timestamp(project.get("created_at")),
             last_activity_at=parse_timestamp(project.get("last_activity_at")),
         )

@@ -1,13 +1,16 @@
-"""Turning a GitHub-shaped repository object (GitHub, Gitea/Forgejo) into a ProjectRecord."""
+"""Turning a code host's repository object into a ProjectRecord: what every host maps alike
+(``host_record``), and the GitHub-shaped object GitHub and Gitea/Forgejo share (``repo_record``)."""
 
 from __future__ import annotations
 
-from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from enum_pipeline.sources.base import ProjectRecord
 from enum_pipeline.sources.http import parse_timestamp
 from enum_pipeline.sources.remotes import normalize_remote, redact_url
+
+if TYPE_CHECKING:
+    from enum_pipeline.sources.codehost import CodeHostSource
 
 
 def repo_attributes(repo: dict[str, Any], **extra: Any) -> dict[str, Any]:
@@ -49,44 +52,52 @@ def topics_or_none(value: Any) -> tuple[str, ...] | None:
     return tuple(str(t) for t in value if isinstance(t, str | int))
 
 
-def repo_record(
+def host_record(
+    source: CodeHostSource,
+    item: dict[str, Any],
     *,
-    kind: str,
-    host: str,
-    scope_key: str,
-    owner: str,
-    repo: dict[str, Any],
-    attributes: dict[str, Any],
-    visibility: str | None,
-    last_commit_at: datetime | None = None,
-    license: str | None = None,
-    stars: int | None = None,
-    last_activity_at: datetime | None = None,
+    name: str,
+    location: str,
+    clone_url: str | None,
+    web_url: str | None,
+    **columns: Any,
 ) -> ProjectRecord:
-    """The record of one repository; identity is ``kind:host:numeric id`` (renames keep it)."""
-    clone_url = repo.get("clone_url") or None
-    html_url = repo.get("html_url") or None
-    name = str(repo["name"])
+    """The record of one repository on a code host; identity is ``kind:host:numeric id`` (renames
+    keep it). The columns every host names alike (``default_branch``, ``archived``,
+    ``description``, ``created_at``) are read here; ``columns`` holds the host's own."""
     return ProjectRecord(
-        project_key=f"{kind}:{host}:{repo['id']}",
-        scope_key=scope_key,
-        source_kind=kind,
+        project_key=f"{source.kind}:{source.host}:{item['id']}",
+        scope_key=source.scope_key,
+        source_kind=source.kind,
         name=name,
-        location=str(repo.get("full_name") or f"{owner}/{name}"),
+        location=location,
         vcs="git",
         remote_url=redact_url(clone_url) if clone_url else None,
-        normalized_remote=normalize_remote(html_url or clone_url or ""),
-        default_branch=repo.get("default_branch") or None,
-        last_commit_at=last_commit_at,
-        attributes=attributes,
-        archived=bool_or_none(repo.get("archived")),
+        normalized_remote=normalize_remote(web_url or clone_url or ""),
+        default_branch=item.get("default_branch") or None,
+        archived=bool_or_none(item.get("archived")),
+        description=text_or_none(item.get("description")),
+        created_at=parse_timestamp(item.get("created_at")),
+        **columns,
+    )
+
+
+def repo_record(
+    source: CodeHostSource, repo: dict[str, Any], *, extra: dict[str, Any], **columns: Any
+) -> ProjectRecord:
+    """The record of a GitHub-shaped repository object: ``extra`` are the host's own attributes
+    (besides ``repo_attributes``), ``columns`` its own columns."""
+    name = str(repo["name"])
+    return host_record(
+        source,
+        repo,
+        name=name,
+        location=str(repo.get("full_name") or f"{source.owner}/{name}"),
+        clone_url=repo.get("clone_url"),
+        web_url=repo.get("html_url"),
+        attributes=repo_attributes(repo, **extra),
         fork=bool_or_none(repo.get("fork")),
-        visibility=visibility,
-        description=text_or_none(repo.get("description")),
         topics=topics_or_none(repo.get("topics")),
         language=text_or_none(repo.get("language")),
-        license=license,
-        stars=stars,
-        created_at=parse_timestamp(repo.get("created_at")),
-        last_activity_at=last_activity_at,
+        **columns,
     )
