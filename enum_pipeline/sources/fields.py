@@ -7,6 +7,17 @@ value is empty". Columns every kind fills (``project_key``, ``name``, ``location
 
 from __future__ import annotations
 
+#: What a checkout's .git files say about its working copy (only the filesystem source knows).
+_CHECKOUT_COLUMNS = (
+    "current_branch",
+    "remotes",
+    "upstream",
+    "in_sync",
+    "shallow",
+    "has_stash",
+    "last_fetch_at",
+)
+
 #: The product columns, in the order reports and ``enum-pipeline projects`` show them.
 PRODUCT_COLUMNS: tuple[str, ...] = (
     "archived",
@@ -20,13 +31,7 @@ PRODUCT_COLUMNS: tuple[str, ...] = (
     "created_at",
     "last_activity_at",
     "default_branch",
-    "current_branch",
-    "remotes",
-    "upstream",
-    "in_sync",
-    "shallow",
-    "has_stash",
-    "last_fetch_at",
+    *_CHECKOUT_COLUMNS,
 )
 
 _CODE_HOST_COMMON = (
@@ -53,17 +58,11 @@ FILLED_COLUMNS: dict[str, frozenset[str]] = {
             "remote_url",
             "normalized_remote",
             "default_branch",  # git: refs/remotes/<remote>/HEAD when present; bare: HEAD
-            "current_branch",
             "head_commit",
             "last_commit_at",
             "last_activity_at",  # the HEAD commit's committer time
             "markers",
-            "remotes",
-            "upstream",
-            "in_sync",
-            "shallow",
-            "has_stash",
-            "last_fetch_at",
+            *_CHECKOUT_COLUMNS,
         }
     ),
     # GitHub's repository object: license.spdx_id, stargazers_count, pushed_at
