@@ -8,9 +8,10 @@ Environment:
 
 from __future__ import annotations
 
+import importlib
 import os
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, ClassVar, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator
@@ -31,8 +32,11 @@ class _Strict(BaseModel):
 
 
 class _CodeHost(_Strict):
-    """What the code-host configs share: ``token_env`` names a variable, it never holds a token."""
+    """What the code-host configs share: ``token_env`` names a variable, it never holds a token;
+    every other key is the source class's keyword of the same name."""
 
+    #: ``module:class`` of the source, imported only when one is configured.
+    source_class: ClassVar[str]
     token_env: str | None = None
 
     @field_validator("token_env")
@@ -48,6 +52,11 @@ class _CodeHost(_Strict):
                 "is not shown)"
             )
         return value
+
+    def build(self) -> list[Source]:
+        module, name = self.source_class.split(":")
+        source = getattr(importlib.import_module(module), name)
+        return [source(**self.model_dump(exclude={"kind"}))]
 
 
 class FilesystemSourceConfig(_Strict):
@@ -88,6 +97,7 @@ class FilesystemSourceConfig(_Strict):
 class GitHubSourceConfig(_CodeHost):
     """Repositories of a GitHub (or GitHub Enterprise) organisation or user."""
 
+    source_class = "enum_pipeline.sources.github:GitHubSource"
     kind: Literal["github"]
     owner: str = Field(min_length=1)
     owner_type: Literal["org", "user"] = "org"
@@ -96,15 +106,11 @@ class GitHubSourceConfig(_CodeHost):
     include_archived: bool = True
     include_forks: bool = True
 
-    def build(self) -> list[Source]:
-        from enum_pipeline.sources.github import GitHubSource
-
-        return [GitHubSource(**self.model_dump(exclude={"kind"}))]
-
 
 class GitLabSourceConfig(_CodeHost):
     """Projects of a GitLab group (with its subgroups), on gitlab.com or self-managed."""
 
+    source_class = "enum_pipeline.sources.gitlab:GitLabSource"
     kind: Literal["gitlab"]
     group: str = Field(min_length=1)
     base_url: str = "https://gitlab.com"
@@ -112,25 +118,16 @@ class GitLabSourceConfig(_CodeHost):
     include_subgroups: bool = True
     include_archived: bool = True
 
-    def build(self) -> list[Source]:
-        from enum_pipeline.sources.gitlab import GitLabSource
-
-        return [GitLabSource(**self.model_dump(exclude={"kind"}))]
-
 
 class GiteaSourceConfig(_CodeHost):
     """Repositories of a Gitea or Forgejo organisation or user."""
 
+    source_class = "enum_pipeline.sources.gitea:GiteaSource"
     kind: Literal["gitea"]
     owner: str = Field(min_length=1)
     base_url: str
     owner_type: Literal["org", "user"] = "org"
     token_env: str | None = "GITEA_TOKEN"
-
-    def build(self) -> list[Source]:
-        from enum_pipeline.sources.gitea import GiteaSource
-
-        return [GiteaSource(**self.model_dump(exclude={"kind"}))]
 
 
 SourceConfig = Annotated[
