@@ -93,7 +93,6 @@ class Listing:
     pages: int = 0
     yielded: int = 0
     malformed: int = 0
-    filtered: int = 0
     page_new: int = 0  # new records on the last page read
     page_malformed: int = 0
     visibilities: Counter[str] = field(default_factory=Counter)  # of every repository listed
@@ -313,7 +312,6 @@ class CodeHostSource:
         listing.page_new += 1
         listing.visibilities[self._visibility(item)] += 1
         if not self._wanted(item):
-            listing.filtered += 1
             return None
         listing.yielded += 1
         return self._record(item)
