@@ -270,7 +270,6 @@ class FilesystemSource:
         max_depth: int | None = None,
         *,
         nested: bool = True,
-        commit_times: bool = True,
     ) -> None:
         """Configure the walk.
 
@@ -280,7 +279,6 @@ class FilesystemSource:
         of another device. ``max_depth``: deepest folder listed (a root is depth 0); projects
         deeper are out of scope. ``nested``: keep walking inside work trees to find nested
         repositories (submodules, vendored clones); False stops at each project root.
-        ``commit_times``: read the HEAD commit object for ``last_commit_at``.
         """
         self.roots = [os.fsdecode(r) for r in roots]
         self.skip_names = frozenset(DEFAULT_SKIP_NAMES if skip_names is None else skip_names)
@@ -288,7 +286,6 @@ class FilesystemSource:
         self.one_file_system = one_file_system
         self.max_depth = max_depth
         self.nested = nested
-        self.commit_times = commit_times
 
     def coverage(self) -> dict[str, Any]:
         """The walk settings, as ``ScopeVerdict.coverage`` carries them."""
@@ -612,13 +609,11 @@ class _RootWalk:
         if vcs == "git" or vcs == "bare":
             bare = vcs == "bare"
             if bare:
-                meta = read_git_meta(path, bare=True, commit_times=self.src.commit_times)
+                meta = read_git_meta(path, bare=True)
             else:
                 # a real .git directory is in subdirs; a file or a symlink is looked at closer
                 is_dir = True if ".git" in subdirs else None
-                meta = read_git_meta(
-                    path + "/.git", is_dir=is_dir, commit_times=self.src.commit_times
-                )
+                meta = read_git_meta(path + "/.git", is_dir=is_dir)
             vcs = "git"
             remote = meta.remote_url
             if bare:  # no checkout: HEAD names the repository's default branch

@@ -143,16 +143,6 @@ def _with_commondir(git_dir: str) -> tuple[str, str, bool]:
     return git_dir, common, True
 
 
-def looks_like_bare_repo(path: str) -> bool:
-    """True when ``path`` holds ``HEAD``, ``config``, ``objects/`` and ``refs/`` (a bare repo)."""
-    return (
-        os.path.isfile(os.path.join(path, "HEAD"))
-        and os.path.isfile(os.path.join(path, "config"))
-        and os.path.isdir(os.path.join(path, "objects"))
-        and os.path.isdir(os.path.join(path, "refs"))
-    )
-
-
 # --------------------------------------------------------------------------------------- refs
 
 
@@ -677,7 +667,6 @@ def read_git_meta(
     *,
     is_dir: bool | None = None,
     bare: bool = False,
-    commit_times: bool = True,
 ) -> GitMeta:
     """Read HEAD, branch, head commit, remotes, last commit time and a checkout's cheap state.
 
@@ -700,7 +689,7 @@ def read_git_meta(
     config = _read_remote(meta, common_dir)
     if not bare:
         _checkout_state(meta, git_dir, common_dir, config, sha, packed)
-    if sha is not None and commit_times:
+    if sha is not None:
         try:
             meta.last_commit_at = commit_time(common_dir + "/objects", sha)
             if meta.last_commit_at is None:
