@@ -40,8 +40,6 @@ from enum_pipeline.sources.http import (
 )
 from enum_pipeline.sources.remotes import redact_url
 
-_OWNER_TYPES = {"org": "org", "orgs": "org", "organization": "org", "user": "user", "users": "user"}
-
 #: What ``identity["principal"]`` holds for requests sent without a token.
 ANONYMOUS = "anonymous"
 
@@ -51,10 +49,9 @@ def check_owner(owner: str, owner_type: str, host_name: str) -> tuple[str, str]:
     owner = (owner or "").strip()
     if not owner or "/" in owner:
         raise ValueError(f"invalid {host_name} owner {owner!r}")
-    kind = _OWNER_TYPES.get((owner_type or "").strip().lower())
-    if kind is None:
+    if owner_type not in ("org", "user"):
         raise ValueError(f"owner_type must be 'org' or 'user', not {owner_type!r}")
-    return owner, kind
+    return owner, owner_type
 
 
 class HttpOptions(TypedDict, total=False):

@@ -60,7 +60,6 @@ class Page:
     """A JSON page that was read: ``url`` is the URL requested (not redacted, keep internal)."""
 
     url: str
-    status: int
     headers: httpx.Headers
     data: Any
 
@@ -327,7 +326,7 @@ class HttpClient:
         if 200 <= status < 300:
             data = _decode(response.content, expect)
             if data is not _INVALID:
-                return Page(full_url, status, response.headers, data)
+                return Page(full_url, response.headers, data)
             kind = "JSON" if expect is None else f"JSON {expect.__name__}"
             return f"HTTP {status} with invalid or truncated {kind} body", None
         return self._failure(response, shown)
