@@ -157,7 +157,6 @@ _VCS_NAMES = {
     "_FOSSIL_": "fossil",
 }
 _BARE_FILES = ("HEAD", "config")
-_BARE_DIRS = ("objects", "refs")
 # names whose presence makes a folder worth a closer look (checked with one set operation)
 _SPECIAL_NAMES = frozenset((*_VCS_NAMES, *_BARE_FILES))
 _VCS_ORDER = ("git", "jj", "hg", "svn", "fossil")  # which VCS names a folder holding several
