@@ -269,10 +269,10 @@ def _print_run(store, run_id: str, elapsed: float):
         f"{info.changed_count}, unchanged {info.unchanged_count}"
     )
     for scope in store.scopes(run_id):
-        if not scope["complete"]:
-            print(f"  incomplete scope {scope['scope_key']}: {scope['reason']}")
-        elif scope["protected"]:
-            print(f"  protected in {scope['scope_key']}: {', '.join(scope['protected'])}")
+        if not scope.complete:
+            print(f"  incomplete scope {scope.scope_key}: {scope.reason}")
+        elif scope.protected:
+            print(f"  protected in {scope.scope_key}: {', '.join(scope.protected)}")
     return info
 
 
@@ -315,15 +315,6 @@ def _cleanable(store, given: str) -> str:
     return run_id
 
 
-def _blocked_list(store) -> str:
-    blocked = [
-        r.run_id
-        for r in store.runs(50)
-        if (store.cleanup_record(r.run_id) or {}).get("status") == "blocked"
-    ]
-    return "blocked cleanups: " + ", ".join(blocked) if blocked else "no cleanup is blocked"
-
-
 def _reports(instance, run_id: str, args) -> bool:
     """Materialize the report assets after a completed run (a failure is shown, not fatal)."""
     from enum_pipeline.definitions import defs
@@ -353,11 +344,8 @@ def cmd_cleanup(args) -> int:
 
 def _require_blocked(store, run_id: str) -> None:
     record = store.cleanup_record(run_id)
-    if record is None or record["status"] != "blocked":
-        state = record["status"] if record else "not run yet"
-        raise UsageError(
-            f"the cleanup of run {run_id} is {state}, not blocked; {_blocked_list(store)}"
-        )
+    if record is None or record.status != "blocked":
+        raise UsageError(store.wrong_target("approve", run_id))
 
 
 def cmd_approve(args) -> int:
@@ -367,20 +355,6 @@ def cmd_approve(args) -> int:
     _require_blocked(store, run_id)
     code, _ = _cleanup(_instance(), run_id, args, approve=True)
     return code
-
-
-def restorable_error(store, given: str) -> str:
-    """The sentence for an id with nothing to restore: what can be restored instead."""
-    items = store.restorable_cleanups()
-    if not items:
-        return f"nothing to restore for {given!r}: no cleanup has removed projects not restored"
-    listed = ", ".join(
-        f"{r.run_id} ({r.count} removed {r.removed_at:%Y-%m-%d %H:%M}: {', '.join(r.names)}"
-        + (", …" if r.count > len(r.names) else "")
-        + ")"
-        for r in items[:5]
-    )
-    return f"nothing to restore for {given!r}; restorable cleanups: {listed}"
 
 
 def cmd_restore(args) -> int:
@@ -394,9 +368,9 @@ def cmd_restore(args) -> int:
         try:
             run_id = _resolve_run(store, args.run_id)
         except UsageError:
-            raise UsageError(restorable_error(store, args.run_id)) from None
+            raise UsageError(store.wrong_target("restore", args.run_id)) from None
     if run_id not in restorable:
-        raise UsageError(restorable_error(store, run_id))
+        raise UsageError(store.wrong_target("restore", run_id))
     job = defs.resolve_job_def("restore_projects")
     result = job.execute_in_process(
         instance=_instance(),
@@ -427,7 +401,7 @@ def cmd_runs(args) -> int:
         print(
             f"{run.generation:>6} {run.run_id} {run.status:<9} flush_succeeded="
             f"{run.flush_succeeded!s:<5} found={run.scanned_count} removed={run.removed_count}"
-            f" cleanup={cleanup['status'] if cleanup else '-'}"
+            f" cleanup={cleanup.status if cleanup else '-'}"
             + (f" error={run.error}" if run.error else "")
         )
     kept = store.kept_projects()
@@ -483,7 +457,7 @@ def cmd_history(args) -> int:
     store = _store()
     run_id = _resolve_run(store, args.run_id) if args.run_id else None
     for row in store.history(run_id):
-        print(json.dumps(row, default=str))
+        print(json.dumps(row.to_dict(), default=str))
     return EXIT_OK
 
 

@@ -70,11 +70,14 @@ def test_cleanup_plan_says_per_project_what_would_happen(store):
     run_once(store, {SCOPE: ["alpha", "beta", "gamma"]})
     run_id, result = run_once(store, {SCOPE: []}, cleanup=True)
     assert result.status == "blocked"
-    plan = store.cleanup_plan(run_id, CleanupPolicy())
+    plan = store.safe_cleanup_old_projects(run_id, dry_run=True).entries
     assert sorted((e.name, e.action) for e in plan) == [
         ("alpha", "remove"),
         ("beta", "remove"),
         ("gamma", "remove"),
     ]
-    marking = store.cleanup_plan(run_id, CleanupPolicy(missing_runs_before_delete=3))
+    # The policy is the one a run is begun with: a run begun under a grace of three runs marks.
+    policy = CleanupPolicy(missing_runs_before_delete=3)
+    graced, _ = run_once(store, {SCOPE: []}, policy=policy, cleanup=False)
+    marking = store.safe_cleanup_old_projects(graced, dry_run=True).entries
     assert {e.action for e in marking} == {"mark_missing"}

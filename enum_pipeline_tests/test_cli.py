@@ -74,7 +74,7 @@ def test_run_delete_run_removes_the_repository_and_keeps_history(cli, inventory,
     assert "removed 1" in out
     assert "gamma" not in _names(inventory)
     run_id = _run_id(out)
-    assert [h["row"]["name"] for h in inventory.history(run_id)] == ["gamma"]
+    assert [h.row["name"] for h in inventory.history(run_id)] == ["gamma"]
     with DagsterInstance.from_config(str(cli.home)) as instance:
         runs = instance.get_runs(RunsFilter(statuses=[DagsterRunStatus.SUCCESS]))
     assert {r.job_name for r in runs} == {"enumerate_projects", "cleanup_projects"}
@@ -198,7 +198,7 @@ def test_accept_from_the_cli_records_who_accepted(cli, inventory):
     code, out = cli("accept", SCOPE)
     assert code == 0 and f"read by run {held}" in out, out
     reading = inventory.scopes(held)[0]
-    assert reading["trusted"] and reading["identity_accepted_by"].startswith("cli:")
+    assert reading.trusted and reading.identity_accepted_by.startswith("cli:")
     _, result = run_verdicts(
         inventory, {SCOPE: ["a"]}, verdicts={SCOPE: {"identity": {"st_dev": 2}}}
     )

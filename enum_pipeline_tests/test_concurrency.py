@@ -340,20 +340,18 @@ def _check_race_outcome(
     gone = {key(n, scope) for n in GONE}
     assert before - after <= gone  # I1: only what neither run 2 nor run 3 saw
     history = store.history(run2)
-    removed = {h["project_key"] for h in history}
+    removed = {h.project_key for h in history}
     assert before - after <= removed  # I6: every removal recorded …
     assert removed <= {key(n, scope) for n in ("b", "c", *GONE)}  # … and only unseen rows
     assert len(history) == len(removed)
     for h in history:  # a recorded removal is either still gone or was seen again by run 3
-        assert h["project_key"] not in after or h["project_key"] in seen3_keys
+        assert h.project_key not in after or h.project_key in seen3_keys
     record = store.cleanup_record(run2)
-    assert record is not None and record["status"] in ("done", "noop")
+    assert record is not None and record.status in ("done", "noop")
     _assert_lifecycle_invariants(store)
     if removed & seen3_keys:
         return "cleanup first: b, c removed, then written back by the flush"
-    if any(
-        (s["skipped_reason"] or "").startswith("superseded") for s in record["details"]["scopes"]
-    ):
+    if any((s["skipped_reason"] or "").startswith("superseded") for s in record.details["scopes"]):
         return "run 3 completed first: cleanup superseded"
     return "flush first: b, c fresh, cleanup skipped them"
 
@@ -415,13 +413,13 @@ def test_pg_cleanup_does_not_wait_on_rows_a_newer_run_is_flushing(db_url):
         _collect(results, 1)
         gone = sorted(key(n) for n in GONE)
         assert sorted(cleanup["removed_keys"]) == gone
-        assert sorted(h["project_key"] for h in store.history(run2)) == gone
+        assert sorted(h.project_key for h in store.history(run2)) == gone
         _check_race_outcome(store, SCOPE, before, run2, run3, seen3)
         for row in store.projects():
             assert row["missing_since"] is None and row["missed_runs"] == 0
         record = store.cleanup_record(run2)
         assert (cleanup["removed"], cleanup["marked_missing"]) == (3, 0)
-        assert (record["removed"], record["marked_missing"], record["candidates"]) == (3, 0, 3)
+        assert (record.removed, record.marked_missing, record.candidates) == (3, 0, 3)
     finally:
         cleaner.stop()
         runner.stop()
@@ -522,7 +520,7 @@ def test_pg_connection_terminated_mid_flush_loses_nothing(db_url, when):
     assert result.status == "done"
     assert result.removed_keys == sorted(key(p) for p in dropped)
     assert store.project_keys() == {key(p) for p in previous[5:]}
-    assert sorted(h["project_key"] for h in store.history(run3)) == result.removed_keys
+    assert sorted(h.project_key for h in store.history(run3)) == result.removed_keys
     assert store.history(run2) == []
     _assert_lifecycle_invariants(store)
     store.dispose()

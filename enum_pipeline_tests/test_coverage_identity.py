@@ -133,8 +133,8 @@ def test_changed_identity_holds_three_runs_and_is_cleaned_after_acceptance(store
         assert store.project_keys() == {key("a"), key("b"), key("c")}
     accepted = store.accept_scope_identity(SCOPE, accepted_by="tester")
     assert accepted["run_id"] == held[-1] and accepted["previous_identity"] == before
-    reading = next(s for s in store.scopes(held[-1]) if s["scope_key"] == SCOPE)
-    assert reading["identity_accepted_by"] == "tester" and reading["trusted"]
+    reading = next(s for s in store.scopes(held[-1]) if s.scope_key == SCOPE)
+    assert reading.identity_accepted_by == "tester" and reading.trusted
     _, result = run(store, {SCOPE: ["a"]}, verdicts={SCOPE: {"identity": after}})
     assert sorted(result.removed_keys) == [key("b"), key("c")]
 
@@ -211,8 +211,8 @@ def test_rows_of_an_unconfigured_scope_are_orphaned_and_only_pruned_explicitly(s
     assert (pruned.status, pruned.removed) == ("done", 2)
     assert store.project_keys() == {key("a"), key("b")}
     history = store.history(pruned.run_id)
-    assert {h["project_key"] for h in history} == {key("x", OTHER), key("y", OTHER)}
-    assert all(h["reason"].startswith("orphan") for h in history)
+    assert {h.project_key for h in history} == {key("x", OTHER), key("y", OTHER)}
+    assert all(h.reason.startswith("orphan") for h in history)
     assert sorted(store.restore(pruned.run_id)) == [key("x", OTHER), key("y", OTHER)]
     # configured again (not read this time): the marks go, nothing is removed
     run(store, {SCOPE: ["a", "b"]}, configured=both, policy=LENIENT)

@@ -195,7 +195,7 @@ def test_cleanup_removes_a_deleted_repository(env, instance, repo_tree):
     data = cleanup.output_for_node("stale_projects_cleanup")
     assert data["status"] == "done" and data["removed"] == 1
     assert "beta" not in {r["name"] for r in env.projects()}
-    assert [h["row"]["name"] for h in env.history(second.run_id)] == ["beta"]
+    assert [h.row["name"] for h in env.history(second.run_id)] == ["beta"]
     restore = defs.resolve_job_def("restore_projects").execute_in_process(
         instance=instance,
         run_config={"ops": {"restore_removed_projects": {"config": {"run_id": second.run_id}}}},
@@ -415,7 +415,7 @@ def test_accept_scope_identity_and_prune_orphans_jobs(env, instance):
         instance=instance, run_config={"ops": {"accept_identity": {"config": {"scope_key": SCOPE}}}}
     )
     assert accepted.output_for_node("accept_identity")["run_id"] == held
-    assert env.scopes(held)[1]["identity_accepted_by"] == f"dagster run {accepted.run_id}"
+    assert env.scopes(held)[1].identity_accepted_by == f"dagster run {accepted.run_id}"
     run_verdicts(env, {SCOPE: ["a", "b"]}, configured=[SCOPE])
     assert key("x", other) in {r["project_key"] for r in env.kept_projects()}
     job = defs.resolve_job_def("prune_orphans")
@@ -427,4 +427,4 @@ def test_accept_scope_identity_and_prune_orphans_jobs(env, instance):
     data = done.output_for_node("prune_orphaned_projects")
     assert (data["status"], data["removed"]) == ("done", 1)
     assert key("x", other) not in env.project_keys()
-    assert [h["project_key"] for h in env.history(data["run_id"])] == [key("x", other)]
+    assert [h.project_key for h in env.history(data["run_id"])] == [key("x", other)]

@@ -199,11 +199,11 @@ class Harness:
         after = store.project_keys()
         lost = []
         for k in sorted(before - after):
-            history = [h for h in store.history() if h["project_key"] == k]
+            history = [h for h in store.history() if h.project_key == k]
             legit = (
                 killed is not None
                 and store.get_run(killed["run_id"]).status == "completed"
-                and any(h["removed_by_run_id"] == killed["run_id"] for h in history)
+                and any(h.removed_by_run_id == killed["run_id"] for h in history)
                 and k in self.removed_from_tree
                 and k not in self.tree_keys()
             )

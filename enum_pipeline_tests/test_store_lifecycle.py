@@ -127,8 +127,8 @@ def test_completed_run_removes_exactly_the_unseen_and_records_history(store):
     assert result.removed_keys == [key("b")]
     assert store.project_keys() == {key("a"), key("c"), key("x", OTHER)}
     history = store.history(run_id)
-    assert [h["project_key"] for h in history] == [key("b")]
-    assert history[0]["row"]["name"] == "b"
+    assert [h.project_key for h in history] == [key("b")]
+    assert history[0].row["name"] == "b"
     assert store.get_run(run_id).removed_count == 1
 
 
@@ -163,7 +163,7 @@ def test_restore_brings_removed_projects_back(store):
     assert sorted(restored) == [key("b"), key("c")]
     assert store.project_keys() == {key("a"), key("b"), key("c")}
     assert store.restore(run_id) == []
-    assert all(h["restored_at"] is not None for h in store.history(run_id))
+    assert all(h.restored_at is not None for h in store.history(run_id))
 
 
 def test_cleanup_is_idempotent(store):
@@ -314,7 +314,7 @@ def test_guard_blocks_emptying_a_scope_and_approval_releases_it(store):
     assert result.status == "blocked" and "would remove all 2" in result.reason
     assert store.project_keys() == {key("a"), key("b")}
     assert store.get_run(run_id).status == "completed"
-    assert store.cleanup_record(run_id)["status"] == "blocked"
+    assert store.cleanup_record(run_id).status == "blocked"
     store.approve_cleanup(run_id, "tester")
     approved = store.safe_cleanup_old_projects(run_id)
     assert approved.status == "done" and approved.removed == 2

@@ -288,10 +288,11 @@ def resolve_cleanup_run(context, store, given: str | None, *, approve: bool) -> 
         newest = next((r for r in store.runs(50) if r.status == "completed"), None)
         if newest is None:
             raise Failure("no completed run to clean up yet: launch enumerate_projects first")
-        if approve and (store.cleanup_record(newest.run_id) or {}).get("status") != "blocked":
+        record = store.cleanup_record(newest.run_id) if approve else None
+        if approve and (record is None or record.status != "blocked"):
             raise Failure(
                 f"no cleanup is waiting for approval: the newest completed run {newest.run_id} "
-                f"has cleanup {(store.cleanup_record(newest.run_id) or {}).get('status', 'none')}"
+                f"has cleanup {record.status if record else 'none'}"
             )
         return newest.run_id
     try:

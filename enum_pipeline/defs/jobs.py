@@ -31,28 +31,32 @@ enumerate_projects = define_asset_job(
     ),
 )
 
-cleanup_projects = define_asset_job(
+CLEANUP_TAGS = {"enum_pipeline/cleanup": "default"}
+
+
+def _cleanup_job(name: str, description: str, config: dict | None = None):
+    """A job of the cleanup asset alone, in process, under the cleanup tag."""
+    return define_asset_job(
+        name,
+        selection=AssetSelection.assets(stale_projects_cleanup),
+        executor_def=in_process_executor,
+        tags=CLEANUP_TAGS,
+        config=config,
+        description=description,
+    )
+
+
+cleanup_projects = _cleanup_job(
     "cleanup_projects",
-    selection=AssetSelection.assets(stale_projects_cleanup),
-    executor_def=in_process_executor,
-    tags={"enum_pipeline/cleanup": "default"},
-    description=(
-        "Remove what a completed, verified run did not see (deletion guard applies); a blocked "
-        "cleanup fails its check and this run: approve it with approve_cleanup."
-    ),
+    "Remove what a completed, verified run did not see (deletion guard applies); a blocked "
+    "cleanup fails its check and this run: approve it with approve_cleanup.",
 )
 
-
-approve_cleanup = define_asset_job(
+approve_cleanup = _cleanup_job(
     "approve_cleanup",
-    selection=AssetSelection.assets(stale_projects_cleanup),
-    executor_def=in_process_executor,
-    tags={"enum_pipeline/cleanup": "default"},
+    "One click: approve and carry out the blocked cleanup of the newest completed run, for "
+    "the projects it was blocked with (see its metadata). Set run_id for another one.",
     config={"ops": {"stale_projects_cleanup": {"config": {"approve": True}}}},
-    description=(
-        "One click: approve and carry out the blocked cleanup of the newest completed run, for "
-        "the projects it was blocked with (see its metadata). Set run_id for another one."
-    ),
 )
 
 
@@ -90,15 +94,15 @@ def restore_removed_projects(
         except Failure:
             run_id = None
         if run_id not in {r.run_id for r in restorable}:
-            raise Failure(restorable_sentence(config.run_id, restorable))
-    rows = {h["project_key"]: h for h in store.history(run_id) if h["restored_at"] is None}
+            raise Failure(store.wrong_target("restore", config.run_id))
+    rows = {h.project_key: h for h in store.history(run_id) if h.restored_at is None}
     keys = store.restore(run_id, restored_by=f"dagster run {context.run.run_id}")
     context.log.info(f"restored {len(keys)} projects removed by the cleanup of {run_id}")
     restored = [
         {
-            "name": rows[k]["row"].get("name", k) if k in rows else k,
-            "scope": rows[k]["scope_key"] if k in rows else "",
-            "location": rows[k]["row"].get("location", "") if k in rows else "",
+            "name": rows[k].row.get("name", k) if k in rows else k,
+            "scope": rows[k].scope_key if k in rows else "",
+            "location": rows[k].row.get("location", "") if k in rows else "",
             "project_key": k,
         }
         for k in keys
@@ -124,17 +128,9 @@ def restore_removed_projects(
     return keys
 
 
-def restorable_sentence(given: str, restorable: list) -> str:
-    """An id with nothing to restore: the sentence naming the cleanups that can be restored."""
-    if not restorable:
-        return f"nothing to restore for {given!r}: no cleanup has removed projects not restored"
-    listed = ", ".join(f"{r.run_id} ({r.count}: {', '.join(r.names)})" for r in restorable[:5])
-    return f"nothing to restore for {given!r}; restorable cleanups (run ids): {listed}"
-
-
 @job(
     executor_def=in_process_executor,
-    tags={"enum_pipeline/cleanup": "default"},
+    tags=CLEANUP_TAGS,
     description=(
         "Restore what one cleanup removed: empty config restores the newest cleanup; run_id "
         "takes the enumeration run's id or the cleanup's Dagster run id."
@@ -183,7 +179,7 @@ def accept_identity(
     return {k: str(v) if k == "accepted_at" else v for k, v in accepted.items()}
 
 
-@job(executor_def=in_process_executor, tags={"enum_pipeline/cleanup": "default"})
+@job(executor_def=in_process_executor, tags=CLEANUP_TAGS)
 def accept_scope_identity():
     """Accept the new identity of a scope whose cleanup is held because it changed (a different
     filesystem or real path at a root, another owner id or principal on a code host)."""
@@ -225,7 +221,7 @@ def prune_orphaned_projects(
     return result.as_dict()
 
 
-@job(executor_def=in_process_executor, tags={"enum_pipeline/cleanup": "default"})
+@job(executor_def=in_process_executor, tags=CLEANUP_TAGS)
 def prune_orphans():
     """Remove orphaned and out-of-coverage projects (kept by every cleanup) explicitly."""
     prune_orphaned_projects()

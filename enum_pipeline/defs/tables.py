@@ -17,52 +17,40 @@ from enum_pipeline.store import schema as t
 
 LISTED = 50  # rows shown in one table; the rest are counted with the command that lists all
 
-CHANGE_SCHEMA = TableSchema(
-    columns=[
-        TableColumn("change", "string", description="added, changed or removed"),
-        TableColumn("name", "string"),
-        TableColumn("fields", "string", description="the columns that changed"),
-        TableColumn("location", "string"),
-        TableColumn("scope", "string"),
-    ]
-)
 
-CLEANUP_SCHEMA = TableSchema(
-    columns=[
-        TableColumn("action", "string", description="remove, mark_missing or keep"),
-        TableColumn("name", "string"),
-        TableColumn("reason", "string"),
-        TableColumn("location", "string"),
-        TableColumn("scope", "string"),
-    ]
-)
+def _schema(*columns: str | tuple[str, str] | tuple[str, str, str]) -> TableSchema:
+    """A table schema; each column is a name (a string column) or (name, type[, description])."""
 
-RESTORE_SCHEMA = TableSchema(
-    columns=[
-        TableColumn("name", "string"),
-        TableColumn("location", "string"),
-        TableColumn("scope", "string"),
-        TableColumn("project_key", "string"),
-    ]
-)
+    def column(c) -> TableColumn:
+        name, kind, *about = (c, "string") if isinstance(c, str) else c
+        return TableColumn(name, kind, description=about[0] if about else None)
 
-RESTORABLE_SCHEMA = TableSchema(
-    columns=[
-        TableColumn("cleanup_of_run", "string", description="id to pass to restore_projects"),
-        TableColumn("removed", "int"),
-        TableColumn("removed_at", "string"),
-        TableColumn("names", "string", description="the first projects it removed"),
-    ]
-)
+    return TableSchema(columns=[column(c) for c in columns])
 
-SCOPE_SCHEMA = TableSchema(
-    columns=[
-        TableColumn("scope", "string"),
-        TableColumn("total", "int"),
-        TableColumn("missing", "int", description="not seen by the newest runs, kept"),
-        TableColumn("out_of_coverage", "int"),
-        TableColumn("incomplete", "bool", description="the newest read of the scope failed"),
-    ]
+
+CHANGE_SCHEMA = _schema(
+    ("change", "string", "added, changed or removed"),
+    "name",
+    ("fields", "string", "the columns that changed"),
+    "location",
+    "scope",
+)
+CLEANUP_SCHEMA = _schema(
+    ("action", "string", "remove, mark_missing or keep"), "name", "reason", "location", "scope"
+)
+RESTORE_SCHEMA = _schema("name", "location", "scope", "project_key")
+RESTORABLE_SCHEMA = _schema(
+    ("cleanup_of_run", "string", "id to pass to restore_projects"),
+    ("removed", "int"),
+    ("removed_at", "string"),
+    ("names", "string", "the first projects it removed"),
+)
+SCOPE_SCHEMA = _schema(
+    "scope",
+    ("total", "int"),
+    ("missing", "int", "not seen by the newest runs, kept"),
+    ("out_of_coverage", "int"),
+    ("incomplete", "bool", "the newest read of the scope failed"),
 )
 
 _SQL_TYPES = {"TEXT": "string", "VARCHAR": "string", "BIGINT": "int", "INTEGER": "int"}

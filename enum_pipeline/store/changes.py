@@ -14,11 +14,11 @@ import sqlalchemy as sa
 
 from enum_pipeline.store import reads, runs
 from enum_pipeline.store import schema as t
-from enum_pipeline.store.records import RunInfo, utcnow
+from enum_pipeline.store.cleanup import cleanup_record
+from enum_pipeline.store.records import CleanupStatus, RunInfo, utcnow
 
 if TYPE_CHECKING:
     from enum_pipeline.store.context import StoreContext
-    from enum_pipeline.store.policy import CleanupPolicy
 
 # Columns whose difference is not a change an operator cares about (bookkeeping, or derived).
 _NOT_COMPARED = {"content_hash", "scope_key", "source_kind"}
@@ -45,18 +45,6 @@ class Restorable:
     removed_at: datetime
     count: int
     names: list[str] = field(default_factory=list)
-
-
-@dataclass(frozen=True)
-class PlannedEntry:
-    """What a cleanup does (or would do) to one project and why."""
-
-    project_key: str
-    name: str
-    scope_key: str
-    location: str
-    action: str  # remove, mark_missing, keep
-    reason: str
 
 
 def run_changes(ctx: StoreContext, run_id: str) -> list[ProjectChange]:
@@ -122,39 +110,26 @@ def run_changes(ctx: StoreContext, run_id: str) -> list[ProjectChange]:
                 h.c.project_key.in_(gone), h.c.removed_by_run_id != run_id
             )
         ):
-            row = r.row or {}
-            first = _aware(row.get("first_seen_at"))
+            first = _aware((r.row or {}).get("first_seen_at"))
             if r.project_key not in added_back and first and since <= first <= until:
                 added_back.add(r.project_key)
-                out.append(
-                    ProjectChange(
-                        r.project_key,
-                        row.get("name", r.project_key),
-                        r.scope_key,
-                        "added",
-                        (),
-                        row.get("location", ""),
-                    )
-                )
+                out.append(_from_history(r, "added"))
         for r in conn.execute(
             sa.select(h.c.project_key, h.c.scope_key, h.c.row)
             .where(h.c.removed_by_run_id == run_id)
             .order_by(h.c.id)
         ):
-            row = r.row or {}
-            out.append(
-                ProjectChange(
-                    r.project_key,
-                    row.get("name", r.project_key),
-                    r.scope_key,
-                    "removed",
-                    (),
-                    row.get("location", ""),
-                )
-            )
+            out.append(_from_history(r, "removed"))
     order = {kind: i for i, kind in enumerate(CHANGE_KINDS)}
     out.sort(key=lambda c: (order[c.change], c.name, c.project_key))
     return out
+
+
+def _from_history(r, change: str) -> ProjectChange:
+    """The change of a project from its history row (``project_key``, ``scope_key``, ``row``)."""
+    row = r.row or {}
+    name, location = row.get("name", r.project_key), row.get("location", "")
+    return ProjectChange(r.project_key, name, r.scope_key, change, (), location)
 
 
 def _aware(value: str | None) -> datetime | None:
@@ -205,55 +180,44 @@ def restorable_cleanups(ctx: StoreContext, names: int = 5) -> list[Restorable]:
     return out
 
 
-def cleanup_plan(
-    ctx: StoreContext, run_id: str, policy: CleanupPolicy, *, limit: int | None = None
-) -> list[PlannedEntry]:
-    """Per project, what the cleanup of ``run_id`` would do now: every row of the run's scopes
-    the run did not see, with ``remove`` / ``mark_missing`` / ``keep`` and the reason.
+def wrong_target(ctx: StoreContext, action: str, given: str) -> str:
+    """The one sentence an operator gets when ``given`` is no target for ``action``:
+    ``restore`` (nothing to restore: the cleanups that can be restored, when and what they
+    removed) or ``approve`` (its cleanup is not blocked: the cleanups that are)."""
+    if action == "approve":
+        record = cleanup_record(ctx, given)
+        state = record.status if record else "not run yet"
+        return f"the cleanup of run {given} is {state}, not blocked; {_blocked_list(ctx)}"
+    items = restorable_cleanups(ctx)
+    if not items:
+        return f"nothing to restore for {given!r}: no cleanup has removed projects not restored"
+    listed = ", ".join(
+        f"{r.run_id} ({r.count} removed {r.removed_at:%Y-%m-%d %H:%M}: {', '.join(r.names)}"
+        + (", …" if r.count > len(r.names) else "")
+        + ")"
+        for r in items[:5]
+    )
+    return f"nothing to restore for {given!r}; restorable cleanups: {listed}"
 
-    A display of the store's rules (complete scope, protected locations, missed runs), read
-    only; the cleanup itself decides in its own transaction.
-    """
-    p, sc = t.projects, t.run_scopes
-    info = reads.get_run(ctx, run_id)
-    out: list[PlannedEntry] = []
+
+def _blocked_list(ctx: StoreContext, runs: int = 50) -> str:
+    """The blocked cleanups among the newest ``runs`` runs, newest first."""
+    rs, c = t.run_state, t.cleanups
+    newest = (
+        sa.select(rs.c.run_id, rs.c.generation)
+        .order_by(rs.c.generation.desc())
+        .limit(runs)
+        .subquery()
+    )
     with ctx.engine.connect() as conn:
-        scopes = conn.execute(sa.select(sc).where(sc.c.run_id == run_id)).mappings().all()
-        for scope in scopes:
-            stmt = (
-                sa.select(p.c.project_key, p.c.name, p.c.location, p.c.missed_runs)
-                .where(
-                    p.c.scope_key == scope["scope_key"],
-                    p.c.seen_generation.is_not(None),
-                    p.c.seen_generation < info.generation,
-                )
-                .order_by(p.c.name, p.c.project_key)
-            )
-            if limit is not None:
-                stmt = stmt.limit(limit)
-            protected = scope["protected"] or []
-            for r in conn.execute(stmt):
-                under = next(
-                    (x for x in protected if r.location == x or r.location.startswith(x + "/")),
-                    None,
-                )
-                if not scope["complete"]:
-                    action, reason = "keep", f"scope read incompletely: {scope['reason']}"
-                elif under is not None:
-                    action, reason = "keep", f"under protected {under}"
-                elif r.missed_runs + 1 >= policy.missing_runs_before_delete:
-                    action, reason = "remove", "not seen by a complete read of its scope"
-                else:
-                    action = "mark_missing"
-                    reason = (
-                        f"missed {r.missed_runs + 1} of {policy.missing_runs_before_delete} runs"
-                    )
-                out.append(
-                    PlannedEntry(
-                        r.project_key, r.name, scope["scope_key"], r.location, action, reason
-                    )
-                )
-    return out
+        blocked = conn.execute(
+            sa.select(newest.c.run_id)
+            .join(c, c.c.run_id == newest.c.run_id)
+            .where(c.c.status == CleanupStatus.BLOCKED)
+            .order_by(newest.c.generation.desc())
+        ).scalars()
+        names = list(blocked)
+    return "blocked cleanups: " + ", ".join(names) if names else "no cleanup is blocked"
 
 
 def scope_summary(ctx: StoreContext) -> list[dict[str, Any]]:

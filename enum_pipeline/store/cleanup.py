@@ -31,6 +31,7 @@ from enum_pipeline.store.plan import (
 from enum_pipeline.store.policy import CleanupPolicy
 from enum_pipeline.store.records import (
     CleanupEntry,
+    CleanupRecord,
     CleanupResult,
     CleanupStatus,
     RunStatus,
@@ -44,11 +45,11 @@ def _cleanup_row(conn: Connection, run_id: str):
     )
 
 
-def cleanup_record(ctx: StoreContext, run_id: str) -> dict[str, Any] | None:
+def cleanup_record(ctx: StoreContext, run_id: str) -> CleanupRecord | None:
     """The recorded cleanup of ``run_id``, if any."""
     with ctx.engine.connect() as conn:
         row = _cleanup_row(conn, run_id)
-    return dict(row) if row else None
+    return CleanupRecord.from_row(row) if row else None
 
 
 def cleanup_entries(ctx: StoreContext, run_id: str) -> list[CleanupEntry]:

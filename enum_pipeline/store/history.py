@@ -10,7 +10,7 @@ from sqlalchemy.engine import Connection
 
 from enum_pipeline.store import schema as t
 from enum_pipeline.store.context import StoreContext
-from enum_pipeline.store.records import utcnow
+from enum_pipeline.store.records import RemovedProject, utcnow
 
 REASON_BATCH = 1000
 # every timestamp column of projects (kept as ISO text in the history's JSON)
@@ -23,13 +23,13 @@ def _json_safe(value: Any) -> Any:
     return value
 
 
-def history(ctx: StoreContext, run_id: str | None = None) -> list[dict[str, Any]]:
+def history(ctx: StoreContext, run_id: str | None = None) -> list[RemovedProject]:
     """Removed projects (optionally those one cleanup removed), newest first."""
     stmt = sa.select(t.removed_projects).order_by(t.removed_projects.c.id.desc())
     if run_id is not None:
         stmt = stmt.where(t.removed_projects.c.removed_by_run_id == run_id)
     with ctx.engine.connect() as conn:
-        return [dict(r) for r in conn.execute(stmt).mappings()]
+        return [RemovedProject.from_row(r) for r in conn.execute(stmt).mappings()]
 
 
 def move_to_history(

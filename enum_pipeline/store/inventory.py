@@ -32,9 +32,12 @@ from enum_pipeline.store.liveness import LOCAL_HOLDERS, LeaseKeeper
 from enum_pipeline.store.policy import CleanupPolicy
 from enum_pipeline.store.records import (
     CleanupEntry,
+    CleanupRecord,
     CleanupResult,
     FlushResult,
+    RemovedProject,
     RunInfo,
+    ScopeReading,
     VerifyResult,
     utcnow,
 )
@@ -219,7 +222,7 @@ class InventoryStore:
         """
         return cleanup.safe_cleanup_old_projects(self._ctx, run_id, policy, dry_run, approved_by)
 
-    def cleanup_record(self, run_id: str) -> dict[str, Any] | None:
+    def cleanup_record(self, run_id: str) -> CleanupRecord | None:
         """The recorded cleanup of ``run_id``, if any."""
         return cleanup.cleanup_record(self._ctx, run_id)
 
@@ -263,7 +266,7 @@ class InventoryStore:
         with self.engine.connect() as conn:
             return orphans.kept_rows(conn, scope_key)
 
-    def history(self, run_id: str | None = None) -> list[dict[str, Any]]:
+    def history(self, run_id: str | None = None) -> list[RemovedProject]:
         """Removed projects (optionally those one cleanup removed), newest first."""
         return history.history(self._ctx, run_id)
 
@@ -288,7 +291,7 @@ class InventoryStore:
         """The active run, if any."""
         return reads.active_run(self._ctx)
 
-    def scopes(self, run_id: str) -> list[dict[str, Any]]:
+    def scopes(self, run_id: str) -> list[ScopeReading]:
         """The scope verdicts a run recorded."""
         return reads.scopes(self._ctx, run_id)
 
@@ -318,11 +321,10 @@ class InventoryStore:
         """Cleanups whose removed projects are not all restored, newest first."""
         return changes.restorable_cleanups(self._ctx, names)
 
-    def cleanup_plan(
-        self, run_id: str, policy: CleanupPolicy, *, limit: int | None = None
-    ) -> list[changes.PlannedEntry]:
-        """Per project, what the cleanup of ``run_id`` would do now, and why (read only)."""
-        return changes.cleanup_plan(self._ctx, run_id, policy, limit=limit)
+    def wrong_target(self, action: str, given: str) -> str:
+        """The sentence for an operator whose ``restore`` or ``approve`` target ``given`` is
+        wrong: what can be restored, or which cleanups are blocked."""
+        return changes.wrong_target(self._ctx, action, given)
 
     def scope_summary(self) -> list[dict[str, Any]]:
         """Per scope: total, missing, out of coverage, incomplete newest read."""

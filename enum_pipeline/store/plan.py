@@ -16,7 +16,7 @@ deletion guard counts each scope's removals against its population *before* the 
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -297,33 +297,35 @@ def _chunks(keys: list[str]) -> Iterable[list[str]]:
         yield keys[start : start + CHUNK]
 
 
+def _by_reason(reasons: dict[str, str]) -> Iterator[tuple[str, list[str]]]:
+    """``(reason, keys)`` for each distinct reason of ``reasons`` (key -> why), in chunks."""
+    grouped: dict[str, list[str]] = {}
+    for k, reason in reasons.items():
+        grouped.setdefault(reason, []).append(k)
+    for reason, keys in grouped.items():
+        for chunk in _chunks(keys):
+            yield reason, chunk
+
+
 def apply_marks(conn: Connection, plan: Plan, now: datetime) -> None:
     """Write the plan's marks: out of coverage (with the reason), orphaned, and clear the
     orphan marks of scopes the configuration names again."""
     p = t.projects
-    by_reason: dict[str, list[str]] = {}
-    for k, reason in plan.out_of_coverage.items():
-        by_reason.setdefault(reason, []).append(k)
-    for reason, keys in by_reason.items():
-        for chunk in _chunks(keys):
-            conn.execute(
-                sa.update(p)
-                .where(p.c.project_key.in_(chunk))
-                .values(
-                    out_of_coverage_since=sa.func.coalesce(p.c.out_of_coverage_since, now),
-                    out_of_coverage_reason=reason,
-                )
+    for reason, chunk in _by_reason(plan.out_of_coverage):
+        conn.execute(
+            sa.update(p)
+            .where(p.c.project_key.in_(chunk))
+            .values(
+                out_of_coverage_since=sa.func.coalesce(p.c.out_of_coverage_since, now),
+                out_of_coverage_reason=reason,
             )
-    by_reason = {}
-    for k, reason in plan.orphans.items():
-        by_reason.setdefault(reason, []).append(k)
-    for reason, keys in by_reason.items():
-        for chunk in _chunks(keys):
-            conn.execute(
-                sa.update(p)
-                .where(p.c.project_key.in_(chunk), p.c.orphaned_since.is_(None))
-                .values(orphaned_since=now, orphan_reason=reason)
-            )
+        )
+    for reason, chunk in _by_reason(plan.orphans):
+        conn.execute(
+            sa.update(p)
+            .where(p.c.project_key.in_(chunk), p.c.orphaned_since.is_(None))
+            .values(orphaned_since=now, orphan_reason=reason)
+        )
     if plan.configured:
         conn.execute(
             sa.update(p)

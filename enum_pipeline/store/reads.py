@@ -8,7 +8,7 @@ import sqlalchemy as sa
 
 from enum_pipeline.store import schema as t
 from enum_pipeline.store.context import StoreContext
-from enum_pipeline.store.records import RunInfo, RunStatus
+from enum_pipeline.store.records import RunInfo, RunStatus, ScopeReading
 
 
 def get_run(ctx: StoreContext, run_id: str) -> RunInfo:
@@ -36,7 +36,7 @@ def active_run(ctx: StoreContext) -> RunInfo | None:
     return get_run(ctx, rid) if rid else None
 
 
-def scopes(ctx: StoreContext, run_id: str) -> list[dict[str, Any]]:
+def scopes(ctx: StoreContext, run_id: str) -> list[ScopeReading]:
     """The scope verdicts a run recorded."""
     with ctx.engine.connect() as conn:
         rows = conn.execute(
@@ -44,7 +44,7 @@ def scopes(ctx: StoreContext, run_id: str) -> list[dict[str, Any]]:
             .where(t.run_scopes.c.run_id == run_id)
             .order_by(t.run_scopes.c.scope_key)
         ).mappings()
-        return [dict(r) for r in rows]
+        return [ScopeReading.from_row(r) for r in rows]
 
 
 def project_keys(ctx: StoreContext, scope_key: str | None = None) -> set[str]:

@@ -34,8 +34,21 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
+class _Row:
+    """A record read from one table row: its fields are the row's columns."""
+
+    @classmethod
+    def from_row(cls, row):
+        """The record of a row (a mapping with at least the record's fields)."""
+        return cls(**{f: row[f] for f in cls.__dataclass_fields__})
+
+    def to_dict(self) -> dict[str, Any]:
+        """The row as plain data (field order is the table's column order)."""
+        return asdict(self)
+
+
 @dataclass(frozen=True)
-class RunInfo:
+class RunInfo(_Row):
     """One ``run_state`` row."""
 
     run_id: str
@@ -62,10 +75,65 @@ class RunInfo:
     policy: dict[str, Any] | None = None
     configured_scopes: list[str] | None = None
 
-    @classmethod
-    def from_row(cls, row) -> RunInfo:
-        """The record of a ``run_state`` row (a mapping)."""
-        return cls(**{f: row[f] for f in cls.__dataclass_fields__})
+
+@dataclass(frozen=True)
+class ScopeReading(_Row):
+    """One ``run_scopes`` row: how a run ended one scope (``InventoryStore.scopes``)."""
+
+    run_id: str
+    scope_key: str
+    source_kind: str
+    complete: bool
+    reason: str | None
+    #: Locations under the scope that no cleanup removes from, and why.
+    protected: list[str] | None
+    seen_count: int
+    #: What was read (a root's real path and device; a code host owner's id and principal).
+    identity: dict[str, Any] | None
+    ended_at: datetime
+    coverage: dict[str, Any] | None
+    protected_reasons: dict[str, str] | None
+    #: Settled when the run ends: this reading is the scope's trusted baseline.
+    trusted: bool | None
+    identity_note: str | None
+    identity_accepted_by: str | None
+    identity_accepted_at: datetime | None
+
+
+@dataclass(frozen=True)
+class RemovedProject(_Row):
+    """One ``removed_projects`` row: a project a cleanup or prune removed (``history``)."""
+
+    id: int
+    project_key: str
+    scope_key: str
+    #: The cleanup's run, or the prune's id: what ``restore`` takes.
+    removed_by_run_id: str
+    removed_at: datetime
+    #: The ``projects`` row as it was, as JSON (timestamps in ISO form).
+    row: dict[str, Any]
+    restored_at: datetime | None
+    restored_by: str | None
+    reason: str | None
+
+
+@dataclass(frozen=True)
+class CleanupRecord(_Row):
+    """One ``cleanups`` row: the recorded cleanup of a run (``cleanup_record``); ``status`` is a
+    ``CleanupStatus`` value."""
+
+    run_id: str
+    generation: int
+    status: str
+    candidates: int
+    removed: int
+    marked_missing: int
+    reason: str | None
+    #: Per scope counts, and what the plan would remove, kept out of coverage, orphaned, held.
+    details: dict[str, Any] | None
+    approved_by: str | None
+    approved_max: int | None
+    updated_at: datetime
 
 
 @dataclass(frozen=True)

@@ -101,12 +101,25 @@ PRODUCT_COLUMNS = [c.name for c in product_columns()]
 #: previous run's versions itself, without VACUUM (see docs/DEPLOYMENT.md).
 PROJECTS_FILLFACTOR = 50
 
+
+def _count(name: str) -> sa.Column:
+    """A counter column: a non-null BIGINT that starts at 0."""
+    return sa.Column(name, sa.BigInteger, nullable=False, server_default="0")
+
+
+def _run_table(name: str, *columns, **kwargs) -> sa.Table:
+    """A table whose key starts with the run (``run_id``)."""
+    return sa.Table(
+        name, metadata, sa.Column("run_id", sa.String(64), primary_key=True), *columns, **kwargs
+    )
+
+
 # One row: the generation counter, and the row every writer locks to serialise begin/cleanup.
 inventory = sa.Table(
     "inventory",
     metadata,
     sa.Column("id", sa.Integer, primary_key=True),
-    sa.Column("last_generation", sa.BigInteger, nullable=False, server_default="0"),
+    _count("last_generation"),
 )
 
 projects = sa.Table(
@@ -138,10 +151,8 @@ projects = sa.Table(
     postgresql_with={"fillfactor": PROJECTS_FILLFACTOR},
 )
 
-run_state = sa.Table(
+run_state = _run_table(
     "run_state",
-    metadata,
-    sa.Column("run_id", sa.String(64), primary_key=True),
     sa.Column("generation", sa.BigInteger, nullable=False, unique=True),
     sa.Column("status", sa.String(16), nullable=False),
     sa.Column("flush_succeeded", sa.Boolean, nullable=False, server_default=sa.false()),
@@ -155,14 +166,14 @@ run_state = sa.Table(
     sa.Column("started_at", UTCDateTime(), nullable=False),
     sa.Column("heartbeat_at", UTCDateTime(), nullable=False),
     sa.Column("finished_at", UTCDateTime()),
-    sa.Column("scanned_count", sa.BigInteger, nullable=False, server_default="0"),
-    sa.Column("staged_count", sa.BigInteger, nullable=False, server_default="0"),
-    sa.Column("flushed_count", sa.BigInteger, nullable=False, server_default="0"),
-    sa.Column("confirmed_count", sa.BigInteger, nullable=False, server_default="0"),
-    sa.Column("added_count", sa.BigInteger, nullable=False, server_default="0"),
-    sa.Column("changed_count", sa.BigInteger, nullable=False, server_default="0"),
-    sa.Column("unchanged_count", sa.BigInteger, nullable=False, server_default="0"),
-    sa.Column("removed_count", sa.BigInteger, nullable=False, server_default="0"),
+    _count("scanned_count"),
+    _count("staged_count"),
+    _count("flushed_count"),
+    _count("confirmed_count"),
+    _count("added_count"),
+    _count("changed_count"),
+    _count("unchanged_count"),
+    _count("removed_count"),
     sa.Column("error", sa.Text),
     # The cleanup policy in force at begin (its cleanup applies it, whoever requests it) and the
     # scope keys configured then (None: unknown, e.g. an ad hoc --root run).
@@ -179,16 +190,14 @@ run_state = sa.Table(
     ),
 )
 
-run_scopes = sa.Table(
+run_scopes = _run_table(
     "run_scopes",
-    metadata,
-    sa.Column("run_id", sa.String(64), primary_key=True),
     sa.Column("scope_key", sa.Text, primary_key=True),
     sa.Column("source_kind", sa.String(32), nullable=False),
     sa.Column("complete", sa.Boolean, nullable=False),
     sa.Column("reason", sa.Text),
     sa.Column("protected", JSONType),
-    sa.Column("seen_count", sa.BigInteger, nullable=False, server_default="0"),
+    _count("seen_count"),
     # What was read (a root's real path and device; a code-host owner's id and principal).
     sa.Column("identity", JSONType),
     sa.Column("ended_at", UTCDateTime(), nullable=False),
@@ -205,10 +214,8 @@ run_scopes = sa.Table(
 
 # PostgreSQL: one partition a run (``staging_partition``), dropped whole when the run's staging
 # is pruned, so old staging leaves no dead rows behind. SQLite frees deleted rows' pages itself.
-staged_projects = sa.Table(
+staged_projects = _run_table(
     "staged_projects",
-    metadata,
-    sa.Column("run_id", sa.String(64), primary_key=True),
     sa.Column("project_key", sa.Text, primary_key=True),
     *_project_columns(),
     postgresql_partition_by="LIST (run_id)",
@@ -236,15 +243,13 @@ removed_projects = sa.Table(
     sa.Index("ix_removed_projects_key", "project_key"),
 )
 
-cleanups = sa.Table(
+cleanups = _run_table(
     "cleanups",
-    metadata,
-    sa.Column("run_id", sa.String(64), primary_key=True),
     sa.Column("generation", sa.BigInteger, nullable=False),
     sa.Column("status", sa.String(16), nullable=False),
-    sa.Column("candidates", sa.BigInteger, nullable=False, server_default="0"),
-    sa.Column("removed", sa.BigInteger, nullable=False, server_default="0"),
-    sa.Column("marked_missing", sa.BigInteger, nullable=False, server_default="0"),
+    _count("candidates"),
+    _count("removed"),
+    _count("marked_missing"),
     sa.Column("reason", sa.Text),
     sa.Column("details", JSONType),
     sa.Column("approved_by", sa.Text),
@@ -255,10 +260,8 @@ cleanups = sa.Table(
 
 # The persisted cleanup plan: every project a cleanup (or an orphan prune) names, with its action
 # and reason. ``approved``: the entry was in the plan an operator approved.
-cleanup_entries = sa.Table(
+cleanup_entries = _run_table(
     "cleanup_entries",
-    metadata,
-    sa.Column("run_id", sa.String(64), primary_key=True),
     sa.Column("project_key", sa.Text, primary_key=True),
     sa.Column("scope_key", sa.Text, nullable=False),
     sa.Column("name", sa.Text, nullable=False),
