@@ -13,10 +13,12 @@ here), two implementations run the same two-run cycle on fresh databases with th
   staging deleted; SQLite the same with ``executemany`` for staging.
 * **limit** — plain's statements over rows prepared before the clock starts: the database alone.
 
-Both compute ``ProjectRecord.content_hash()`` while staging (the column is part of the data);
-building the records themselves is not timed. Every case runs in a child process, so its peak
-RSS (``ru_maxrss`` of that child, from ``os.wait4``) is its own. Medians of ``--repeat`` runs
-(``--large-repeat`` for N >= 1,000,000); ours and baseline alternate within a repeat::
+All three let the database compute ``content_hash`` in the flush's ``INSERT … SELECT`` (the
+store's digest: MD5 of ``json_build_array`` on PostgreSQL, SHA-1 of ``json_array`` through the
+``enum_digest`` function on SQLite); building the records themselves is not timed. Every
+case runs in a child process, so its peak RSS (``ru_maxrss`` of that child, from
+``os.wait4``) is its own. Medians of ``--repeat`` runs (``--large-repeat`` for N >=
+1,000,000); ours and baseline alternate within a repeat::
 
     python bench/bench_store.py                       # 10k, 100k, 1M on sqlite + postgresql
     python bench/bench_store.py --sizes 10000 100000 --backends postgresql --repeat 5
@@ -72,7 +74,6 @@ DATA_COLUMNS = [
     "last_commit_at",
     "markers",
     "attributes",
-    "content_hash",
     # the product columns (migration 0003) a checkout fills
     "last_activity_at",
     "current_branch",
@@ -87,6 +88,7 @@ STAGE_COLUMNS = ["run_id", "project_key", *DATA_COLUMNS]
 PROJECT_COLUMNS = [
     "project_key",
     *DATA_COLUMNS,
+    "content_hash",
     "run_id",
     "seen_generation",
     "last_confirmed_run_id",
@@ -346,7 +348,7 @@ def cycle_ours(spec: dict) -> dict:
 # *limit*: the same statements over rows prepared before the clock starts (hash computed, JSON
 # encoded, COPY text rendered / parameter tuples built): what the database alone needs.
 
-_UPSERT_SET = [f"{c} = EXCLUDED.{c}" for c in DATA_COLUMNS] + [
+_UPSERT_SET = [f"{c} = EXCLUDED.{c}" for c in [*DATA_COLUMNS, "content_hash"]] + [
     "run_id = EXCLUDED.run_id",
     "seen_generation = EXCLUDED.seen_generation",
     "last_confirmed_run_id = EXCLUDED.last_confirmed_run_id",
@@ -360,6 +362,7 @@ _UPSERT_SET = [f"{c} = EXCLUDED.{c}" for c in DATA_COLUMNS] + [
 _INSERT_COLS = [
     "project_key",
     *DATA_COLUMNS,
+    "content_hash",
     "run_id",
     "seen_generation",
     "last_confirmed_run_id",
@@ -380,7 +383,7 @@ def _sqlite_time(value: datetime | None) -> str | None:
     return value.replace(tzinfo=None).isoformat(sep=" ") if value else None
 
 
-def stage_row(run_id: str, r: ProjectRecord, content_hash: str, time_value, json_value) -> tuple:
+def stage_row(run_id: str, r: ProjectRecord, time_value, json_value) -> tuple:
     """One ``staged_projects`` row in ``STAGE_COLUMNS`` order; the driver's conversions of the
     timestamp and the JSON columns are passed in."""
     return (
@@ -399,7 +402,6 @@ def stage_row(run_id: str, r: ProjectRecord, content_hash: str, time_value, json
         time_value(r.last_commit_at),
         json_value(sorted(r.markers)),
         json_value(r.attributes or {}),
-        content_hash,
         time_value(r.last_activity_at),
         r.current_branch,
         json_value(r.remotes) if r.remotes is not None else None,
@@ -430,11 +432,23 @@ def copy_text(rows: list[tuple]) -> bytes:
     return "\n".join(out).encode("utf-8", "surrogateescape")
 
 
-def _upsert_sql(param) -> str:
+def _digest_sql(backend: str) -> str:
+    """The store's digest of a staged row, written out (every hashed column, as the store)."""
+    from enum_pipeline.store import schema as t
+
+    times = {c.name for c in t.staged_projects.columns if isinstance(c.type, t.UTCDateTime)}
+    if backend == "postgresql":
+        cols = ", ".join(f"timezone('UTC', {c})" if c in times else c for c in t.HASHED_COLUMNS)
+        return f"md5(CAST(json_build_array({cols}) AS TEXT))"
+    return f"enum_digest(json_array({', '.join(t.HASHED_COLUMNS)}))"
+
+
+def _upsert_sql(param, backend: str) -> str:
     """The set-based flush, written out by hand (``param(name)`` renders a placeholder)."""
     return (
         f"INSERT INTO projects ({', '.join(_INSERT_COLS)}) "
-        f"SELECT project_key, {', '.join(DATA_COLUMNS)}, {param('run')}, {param('gen')}, "
+        f"SELECT project_key, {', '.join(DATA_COLUMNS)}, {_digest_sql(backend)}, "
+        f"{param('run')}, {param('gen')}, "
         f"{param('run')}, {param('gen')}, "
         f"{param('now')}, {param('now')}, {param('now')}, 0 "
         f"FROM staged_projects WHERE run_id = {param('run')} "
@@ -469,13 +483,13 @@ def _baseline_pg(spec: dict) -> dict:
     conn = psycopg.connect(_libpq(spec["url"]))
     cur = conn.cursor()
     pg_types = {"run": "varchar", "gen": "bigint", "now": "timestamptz"}
-    upsert = _upsert_sql(lambda name: f"%({name})s::{pg_types[name]}")
+    upsert = _upsert_sql(lambda name: f"%({name})s::{pg_types[name]}", "postgresql")
     from enum_pipeline.store.schema import staging_partition
 
     runs, sizes = [], []
     for gen, variant in enumerate(plan_of(spec), 1):
         run_id, now = f"base-{gen}", datetime.now(UTC)
-        times = dict.fromkeys([*PHASES, "hash"], 0.0)
+        times = dict.fromkeys(PHASES, 0.0)
         t = time.perf_counter()
         partition = staging_partition(run_id)  # the store's layout: a partition a run
         cur.execute(
@@ -485,18 +499,16 @@ def _baseline_pg(spec: dict) -> dict:
         copy_sql = f'COPY "{partition}" ({", ".join(STAGE_COLUMNS)}) FROM STDIN'
         for batch in _variant_batches(spec, variant, batch_size):
             if prepared:
-                rows = [stage_row(run_id, r, r.content_hash(), _iso, json.dumps) for r in batch]
+                rows = [stage_row(run_id, r, _iso, json.dumps) for r in batch]
                 payload = copy_text(rows)
                 t = time.perf_counter()
                 with cur.copy(copy_sql) as cp:
                     cp.write(payload)
             else:
                 t = time.perf_counter()
-                hashes = [r.content_hash() for r in batch]
-                times["hash"] += time.perf_counter() - t
                 with cur.copy(copy_sql) as cp:
-                    for r, content_hash in zip(batch, hashes, strict=True):
-                        cp.write_row(stage_row(run_id, r, content_hash, _same, Jsonb))
+                    for r in batch:
+                        cp.write_row(stage_row(run_id, r, _same, Jsonb))
             conn.commit()
             times["stage"] += time.perf_counter() - t
         t = time.perf_counter()
@@ -540,6 +552,8 @@ def _iso(value: datetime | None) -> str | None:
 def _baseline_sqlite(spec: dict) -> dict:
     import sqlite3
 
+    from enum_pipeline.store.engine import sqlite_digest
+
     scopes, batch_size = spec["scopes"], spec["batch"]
     prepared = spec["impl"] == "limit"
     path = spec["url"].split("sqlite:///", 1)[1]
@@ -550,7 +564,8 @@ def _baseline_sqlite(spec: dict) -> dict:
         f"INSERT INTO staged_projects ({', '.join(STAGE_COLUMNS)}) "
         f"VALUES ({', '.join('?' * len(STAGE_COLUMNS))})"
     )
-    upsert = _upsert_sql(lambda name: f":{name}")
+    conn.create_function("enum_digest", 1, sqlite_digest, deterministic=True)
+    upsert = _upsert_sql(lambda name: f":{name}", "sqlite")
     as_json = {"markers", "attributes"}
     row_json = ", ".join(
         f"'{c}', " + (f"json({c})" if c in as_json else c) for c in PROJECT_COLUMNS
@@ -559,21 +574,14 @@ def _baseline_sqlite(spec: dict) -> dict:
     for gen, variant in enumerate(plan_of(spec), 1):
         run_id = f"base-{gen}"
         now = datetime.now(UTC).replace(tzinfo=None).isoformat(sep=" ")
-        times = dict.fromkeys([*PHASES, "hash"], 0.0)
+        times = dict.fromkeys(PHASES, 0.0)
         for batch in _variant_batches(spec, variant, batch_size):
             if prepared:
-                rows = [
-                    stage_row(run_id, r, r.content_hash(), _sqlite_time, json.dumps) for r in batch
-                ]
+                rows = [stage_row(run_id, r, _sqlite_time, json.dumps) for r in batch]
                 t = time.perf_counter()
             else:
                 t = time.perf_counter()
-                hashes = [r.content_hash() for r in batch]
-                times["hash"] += time.perf_counter() - t
-                rows = [
-                    stage_row(run_id, r, content_hash, _sqlite_time, json.dumps)
-                    for r, content_hash in zip(batch, hashes, strict=True)
-                ]
+                rows = [stage_row(run_id, r, _sqlite_time, json.dumps) for r in batch]
             conn.execute("BEGIN IMMEDIATE")
             conn.executemany(insert, rows)
             conn.execute("COMMIT")
@@ -610,32 +618,8 @@ def _baseline_sqlite(spec: dict) -> dict:
     return {"runs": runs, "sizes": [{} for _ in runs]}
 
 
-_HASHED_FIELDS = [f for f in ProjectRecord.__dataclass_fields__ if f != "project_key"]
-
-
-def _fast_content_hash(self: ProjectRecord) -> str:
-    """``ProjectRecord.content_hash`` without ``dataclasses.asdict``'s deep copies (same digest)."""
-    payload = {f: getattr(self, f) for f in _HASHED_FIELDS}
-    payload["last_commit_at"] = (
-        self.last_commit_at.isoformat() if self.last_commit_at is not None else None
-    )
-    payload["markers"] = sorted(self.markers)
-    raw = json.dumps(payload, sort_keys=True, default=str, ensure_ascii=False)
-    return hashlib.sha1(raw.encode("utf-8", "surrogateescape")).hexdigest()
-
-
-def use_fast_hash() -> None:
-    """Diagnostic (``--fast-hash``): swap in the faster, digest-identical content hash."""
-    for i in range(2000):
-        r = make_record(i, 2000, 10, 1 + i % 2)
-        assert _fast_content_hash(r) == r.content_hash(), i
-    ProjectRecord.content_hash = _fast_content_hash
-
-
 def child_main(spec: dict) -> int:
     """Run one case in this (child) process and print its result as one JSON line."""
-    if spec.get("fast_hash"):
-        use_fast_hash()
     t = time.perf_counter()
     out = cycle_ours(spec) if spec["impl"] == "ours" else cycle_baseline(spec)
     out["wall"] = time.perf_counter() - t
@@ -714,10 +698,8 @@ def summarize(cases: list[dict]) -> dict:
         {p: statistics.median(c["runs"][i][p] for c in cases) for p in PHASES}
         for i in range(n_runs)
     ]
-    hashes = [sum(r.get("hash", 0.0) for r in c["runs"]) for c in cases]
     return {
         "median": med,
-        "hash": statistics.median(hashes),
         "runs": per_run,
         "repeats": len(cases),
         "maxrss_mib": max(c["maxrss_mib"] for c in cases),
@@ -908,11 +890,6 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--batch", type=int, default=1000, help="records per stage() call")
     ap.add_argument("--scopes", type=int, default=10, help="root folders the records spread over")
     ap.add_argument(
-        "--fast-hash",
-        action="store_true",
-        help="diagnostic: a digest-identical content hash without dataclasses.asdict, in both",
-    )
-    ap.add_argument(
         "--growth-size",
         type=int,
         default=0,
@@ -942,7 +919,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"PostgreSQL unreachable at {pg_admin_url()}: {why}", file=sys.stderr)
             print("(run with --backends sqlite to benchmark SQLite only)", file=sys.stderr)
             return 1
-    base = {"scopes": args.scopes, "batch": args.batch, "fast_hash": args.fast_hash}
+    base = {"scopes": args.scopes, "batch": args.batch}
     results: list[dict] = []
     started = time.perf_counter()
     try:

@@ -1,10 +1,13 @@
-"""Lean writes (issue 13), each on SQLite and PostgreSQL: staged rows carry the same digest as
-``ProjectRecord.content_hash()``; the flush confirms in the transaction that writes; an
+"""Lean writes (issue 13), each on SQLite and PostgreSQL: staged rows hold the records' fields
+and no digest; the flush computes ``content_hash`` in SQL, the same for the same record and
+different when any field differs; the flush confirms in the transaction that writes; an
 unchanged run keeps ``projects`` the size it was; pruned staging leaves nothing behind and the
 two newest completed runs' staging stays readable."""
 
 from __future__ import annotations
 
+import dataclasses
+import json
 from datetime import UTC, datetime
 
 import sqlalchemy as sa
@@ -32,13 +35,21 @@ WEIRD = [
 ]
 
 
-def test_staged_row_has_the_records_digest_and_fields():
+def test_staged_row_holds_the_records_fields_and_no_digest():
     surrogates = rec("surrogate\udcff", remote_url="git@host:\udcfe.git")  # undecodable bytes
+    assert "content_hash" not in STAGE_COLUMNS
     for record in [*WEIRD, surrogates]:
         row = dict(zip(STAGE_COLUMNS, row_of("r", record), strict=True))
-        assert row["content_hash"] == record.content_hash(), record
         assert (row["run_id"], row["project_key"]) == ("r", record.project_key)
-        assert row["name"] == record.name and row["last_commit_at"] == record.last_commit_at
+        assert row["name"] == record.name and row["remote_url"] == record.remote_url
+        assert json.loads(row["markers"]) == sorted(record.markers)
+        when = record.last_commit_at
+        assert row["last_commit_at"] == (when and when.replace(tzinfo=when.tzinfo or UTC))
+        assert row["last_commit_at"] is None or row["last_commit_at"].tzinfo is not None
+
+
+def _digests(store) -> dict[str, str]:
+    return {r["project_key"]: r["content_hash"] for r in store.projects()}
 
 
 def test_weird_records_round_trip_through_staging_and_flush(store):
@@ -46,7 +57,6 @@ def test_weird_records_round_trip_through_staging_and_flush(store):
     rows = {r["project_key"]: r for r in store.projects()}
     for record in WEIRD:
         row = rows[record.project_key]
-        assert row["content_hash"] == record.content_hash()
         assert row["name"] == record.name and row["remote_url"] == record.remote_url
         assert row["markers"] == sorted(record.markers)
         assert row["last_commit_at"] == (
@@ -57,6 +67,42 @@ def test_weird_records_round_trip_through_staging_and_flush(store):
     staged = {r["project_key"]: r for r in store.staged_rows(run_id)}
     assert set(staged) == set(rows)
     assert staged[WEIRD[3].project_key]["attributes"] == WEIRD[3].attributes
+    assert len(set(_digests(store).values())) == len(WEIRD)
+
+
+def test_the_sql_digest_is_stable_and_sees_every_field(store):
+    base = rec("d", last_commit_at=datetime(2024, 5, 6, 7, 8, 9, 123, tzinfo=UTC))
+    run_once_records(store, [base])
+    first = _digests(store)[base.project_key]
+    if store.dialect == "postgresql":  # the session's time zone and date style do not matter
+        with store.engine.begin() as conn:
+            conn.exec_driver_sql("SET LOCAL TIME ZONE 'Asia/Kolkata'")
+            conn.exec_driver_sql("SET LOCAL DateStyle = 'SQL, DMY'")
+            again = conn.execute(
+                sa.select(store._ctx.dialect.digest(t.projects)).where(
+                    t.projects.c.project_key == base.project_key
+                )
+            ).scalar_one()
+        assert again == first
+    changes = {
+        "name": "other",
+        "markers": ("x.toml",),
+        "attributes": {"dirty": True},
+        "last_commit_at": datetime(2024, 5, 6, 7, 8, 10, tzinfo=UTC),
+        "stars": 3,
+        "in_sync": False,
+        "topics": ("a",),
+        "remotes": {"origin": "u"},
+    }
+    for field, value in changes.items():
+        changed = dataclasses.replace(base, **{field: value})
+        run_id, _ = run_once_records(store, [changed])
+        assert store.get_run(run_id).changed_count == 1, field
+        assert _digests(store)[base.project_key] != first, field
+        run_id, _ = run_once_records(store, [base])
+        assert _digests(store)[base.project_key] == first, field
+    run_id, _ = run_once_records(store, [base])
+    assert (store.get_run(run_id).changed_count, store.get_run(run_id).unchanged_count) == (0, 1)
 
 
 def run_once_records(store, records):

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import hashlib
-import json
 from collections.abc import Iterator
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol
 
@@ -56,18 +54,6 @@ class ProjectRecord:
     shallow: bool | None = None
     has_stash: bool | None = None
     last_fetch_at: datetime | None = None
-
-    def content_hash(self) -> str:
-        """A digest of everything but identity, so a flush can tell changed rows from unchanged."""
-        payload = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "project_key"}
-        payload["last_commit_at"] = (
-            self.last_commit_at.isoformat() if self.last_commit_at is not None else None
-        )
-        payload["markers"] = sorted(self.markers)
-        if self.topics is not None:
-            payload["topics"] = list(self.topics)
-        raw = json.dumps(payload, sort_keys=True, default=str, ensure_ascii=False)
-        return hashlib.sha1(raw.encode("utf-8", "surrogateescape")).hexdigest()
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from datetime import UTC, datetime
-from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
@@ -21,17 +20,37 @@ from enum_pipeline.store import schema as t
 
 STAGE_COLUMNS = [c.name for c in t.staged_projects.columns]
 _COLUMN_LIST = ", ".join(STAGE_COLUMNS)
-_TIME_AT = [i for i, c in enumerate(t.staged_projects.columns) if isinstance(c.type, t.UTCDateTime)]
 
 
 def _utc(value: datetime) -> datetime:
     return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
+def sqlite_time(value: datetime) -> str:
+    """A timestamp as the store's SQLite columns hold it (naive UTC text, microseconds)."""
+    return _utc(value).replace(tzinfo=None).isoformat(" ", "microseconds")
+
+
+def _hashed(table: sa.Table, time_value) -> list:
+    return [
+        time_value(table.c[name])
+        if isinstance(table.c[name].type, t.UTCDateTime)
+        else table.c[name]
+        for name in t.HASHED_COLUMNS
+    ]
+
+
 class SQLiteDialect:
     """SQLite: no row locks, no leases, staging by ``executemany``."""
 
     has_leases = False
+    #: how ``row_of`` renders a timestamp for ``stage_rows``
+    stage_time = staticmethod(sqlite_time)
+
+    def digest(self, table: sa.Table) -> sa.ColumnElement:
+        """``content_hash`` of ``table``'s rows, in SQL: SHA-1 of ``json_array`` of the hashed
+        columns (``enum_digest`` is registered on every connection, see engine.py)."""
+        return sa.func.enum_digest(sa.func.json_array(*_hashed(table, lambda c: c)))
 
     def insert(self, table: sa.Table):
         """An INSERT that knows ``ON CONFLICT``."""
@@ -44,8 +63,6 @@ class SQLiteDialect:
     def stage_rows(self, conn: Connection, run_id: str, rows: list[tuple]) -> int:
         """Insert staged rows (tuples in ``STAGE_COLUMNS`` order, JSON columns as text), first
         sighting of a key wins; returns how many were new."""
-        if _TIME_AT:
-            rows = [_sqlite_times(row) for row in rows]
         cursor = conn.exec_driver_sql(
             f"INSERT INTO staged_projects ({_COLUMN_LIST}) "
             f"VALUES ({', '.join('?' * len(STAGE_COLUMNS))}) "
@@ -62,20 +79,19 @@ class SQLiteDialect:
         return conn.execute(sa.delete(s).where(s.c.run_id.not_in(list(keep)))).rowcount
 
 
-def _sqlite_times(row: tuple) -> tuple:
-    """``row`` with its timestamps as the store's SQLite columns hold them (naive UTC text)."""
-    row = list(row)
-    for i in _TIME_AT:
-        value = row[i]
-        if value is not None:
-            row[i] = _utc(value).replace(tzinfo=None).isoformat(" ", "microseconds")
-    return tuple(row)
-
-
 class PostgreSQLDialect:
     """PostgreSQL: ``FOR UPDATE``, advisory-lock leases, staging by ``COPY``, a partition a run."""
 
     has_leases = True
+    #: ``row_of``'s default: aware datetimes, which psycopg sends with their offset
+    stage_time = None
+
+    def digest(self, table: sa.Table) -> sa.ColumnElement:
+        """``content_hash`` of ``table``'s rows, in SQL: MD5 of ``json_build_array`` of the
+        hashed columns (timestamps at UTC, so the text never depends on the session's
+        TimeZone or DateStyle; jsonb renders its keys in one canonical order)."""
+        cols = _hashed(table, lambda c: sa.func.timezone("UTC", c))
+        return sa.func.md5(sa.cast(sa.func.json_build_array(*cols), sa.Text))
 
     def __init__(self) -> None:
         # Runs whose staging met a duplicate key (skip the direct-COPY attempt for them).
@@ -93,7 +109,7 @@ class PostgreSQLDialect:
         """COPY the batch into the run's partition of ``staged_projects``; returns how many rows
         were new.
 
-        The rows are rendered once, in COPY's text format, and sent as one buffer. Fast path:
+        psycopg renders the rows in COPY's text format in C (``write_row``). Fast path:
         one COPY straight into the partition under a savepoint; it succeeds exactly when every
         key is new to the run (no duplicates), which is what the slow path would insert. On a
         duplicate key the savepoint is rolled back and the batch goes the slow way: COPY into a
@@ -101,22 +117,21 @@ class PostgreSQLDialect:
         one duplicate, the rest of that run's batches go the slow way directly.
         """
         partition = ensure_partition(conn, run_id)
-        payload = copy_text(rows)
         dbapi = conn.connection.dbapi_connection
         with dbapi.cursor() as cur:
             if run_id not in self._stage_duplicates and self._copy_direct(
-                cur, run_id, partition, payload
+                cur, run_id, partition, rows
             ):
                 return len(rows)
-            return _copy_deduplicated(cur, partition, payload)
+            return _copy_deduplicated(cur, partition, rows)
 
-    def _copy_direct(self, cur, run_id: str, partition: str, payload: bytes) -> bool:
+    def _copy_direct(self, cur, run_id: str, partition: str, rows: list[tuple]) -> bool:
         """COPY straight into the partition; False (rolled back) on a duplicate key."""
         from psycopg import errors as pg_errors
 
         cur.execute("SAVEPOINT enum_stage_copy")
         try:
-            _copy_into(cur, partition, payload)
+            _copy_into(cur, partition, rows)
         except pg_errors.UniqueViolation:
             cur.execute("ROLLBACK TO SAVEPOINT enum_stage_copy")
             self._stage_duplicates.add(run_id)
@@ -159,37 +174,19 @@ def staging_partitions(conn: Connection) -> list[str]:
     )
 
 
-_COPY_ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
-
-
-def _copy_value(value: Any) -> str:
-    if value is None:
-        return "\\N"
-    if value.__class__ is str:
-        return value.translate(_COPY_ESCAPES)
-    if isinstance(value, datetime):
-        return _utc(value).isoformat()
-    return str(value).translate(_COPY_ESCAPES)
-
-
-def copy_text(rows: list[tuple]) -> bytes:
-    """Rows in COPY's text format, one buffer (what psycopg would send, built in one pass)."""
-    lines = ["\t".join(map(_copy_value, row)) for row in rows]
-    lines.append("")
-    return "\n".join(lines).encode("utf-8", "surrogateescape")
-
-
-def _copy_into(cur, table: str, payload: bytes) -> None:
+def _copy_into(cur, table: str, rows: list[tuple]) -> None:
     with cur.copy(f'COPY "{table}" ({_COLUMN_LIST}) FROM STDIN') as copy:
-        copy.write(payload)
+        write = copy.write_row
+        for row in rows:
+            write(row)
 
 
-def _copy_deduplicated(cur, partition: str, payload: bytes) -> int:
+def _copy_deduplicated(cur, partition: str, rows: list[tuple]) -> int:
     cur.execute(
         "CREATE TEMP TABLE IF NOT EXISTS _stage_batch "
         "(LIKE staged_projects INCLUDING DEFAULTS) ON COMMIT DELETE ROWS"
     )
-    _copy_into(cur, "_stage_batch", payload)
+    _copy_into(cur, "_stage_batch", rows)
     cur.execute(
         f'INSERT INTO "{partition}" ({_COLUMN_LIST}) '
         f"SELECT DISTINCT ON (run_id, project_key) {_COLUMN_LIST} "

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import hashlib
 import os
 import re
 import sqlite3
@@ -60,6 +61,7 @@ def create_inventory_engine(url: str) -> Engine:
         @sa.event.listens_for(engine, "connect")
         def _on_connect(dbapi_connection, _record):
             dbapi_connection.isolation_level = None
+            dbapi_connection.create_function("enum_digest", 1, sqlite_digest, deterministic=True)
             cursor = dbapi_connection.cursor()
             _enable_wal(cursor)
             cursor.execute("PRAGMA synchronous=NORMAL")
@@ -73,6 +75,14 @@ def create_inventory_engine(url: str) -> Engine:
 
         return engine
     return sa.create_engine(url, pool_pre_ping=True)
+
+
+def sqlite_digest(text: str | None) -> str | None:
+    """``enum_digest(text)`` on SQLite: the SHA-1 of ``text`` in hex (``content_hash``; SQLite
+    has no digest function of its own)."""
+    if text is None:
+        return None
+    return hashlib.sha1(text.encode("utf-8", "surrogateescape")).hexdigest()
 
 
 def _enable_wal(cursor, timeout: float = 60.0) -> None:

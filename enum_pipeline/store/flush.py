@@ -22,7 +22,7 @@ from enum_pipeline.store.context import StoreContext, set_run
 from enum_pipeline.store.errors import FlushVerificationError
 from enum_pipeline.store.records import FlushResult, VerifyResult, utcnow
 
-_DATA_COLS = ["project_key", *t.PROJECT_DATA_COLUMNS]
+_DATA_COLS = ["project_key", *t.HASHED_COLUMNS]
 _STAMP_COLS = [
     "run_id",
     "seen_generation",
@@ -139,6 +139,7 @@ def _upsert(ctx: StoreContext, run_id: str, generation: int, now: datetime, conf
     confirmation = (run_id, generation) if confirm else (None, None)
     select = sa.select(
         *[s.c[c] for c in _DATA_COLS],
+        ctx.dialect.digest(s).label("content_hash"),
         sa.literal(run_id).label("run_id"),
         sa.literal(generation).label("seen_generation"),
         sa.literal(confirmation[0], sa.String).label("last_confirmed_run_id"),
@@ -149,7 +150,7 @@ def _upsert(ctx: StoreContext, run_id: str, generation: int, now: datetime, conf
         sa.literal(0).label("missed_runs"),
         sa.literal(generation).label("first_seen_generation"),
     ).where(s.c.run_id == run_id)
-    insert = ctx.dialect.insert(p).from_select([*_DATA_COLS, *_STAMP_COLS], select)
+    insert = ctx.dialect.insert(p).from_select([*_DATA_COLS, "content_hash", *_STAMP_COLS], select)
     excluded = insert.excluded
     changed = p.c.content_hash != excluded.content_hash
     update = {c: excluded[c] for c in t.PROJECT_DATA_COLUMNS}
@@ -182,8 +183,11 @@ def _upsert(ctx: StoreContext, run_id: str, generation: int, now: datetime, conf
 
 
 def verify_and_confirm(ctx: StoreContext, run_id: str) -> VerifyResult:
-    """Prove the flush: every staged key is in ``projects`` with this run's generation, its
-    content and its confirmation, and no other row carries the generation.
+    """Prove the flush: every staged key is in ``projects`` with this run's generation and its
+    confirmation, and no other row carries the generation.
+
+    The content needs no second comparison: only this run's upsert can write its generation
+    (fencing), and it writes a row's content, digest and stamps in one row version.
 
     Only then set ``flush_succeeded`` on the run. Reads ``projects``, never writes it (the
     flush confirmed the rows in the transaction that wrote them). Raises
@@ -203,8 +207,8 @@ def verify_and_confirm(ctx: StoreContext, run_id: str) -> VerifyResult:
 
 
 def _verify_counts(conn: Connection, run_id: str, generation: int) -> tuple[int, int, int]:
-    """(staged rows, of those present with this generation, content and confirmation, rows
-    stamped with the generation), in one statement."""
+    """(staged rows, of those present with this generation and confirmation, rows stamped with
+    the generation), in one statement."""
     p, s = t.projects, t.staged_projects
     staged = sa.select(sa.func.count()).select_from(s).where(s.c.run_id == run_id).scalar_subquery()
     present = (
@@ -215,7 +219,6 @@ def _verify_counts(conn: Connection, run_id: str, generation: int) -> tuple[int,
             p.c.seen_generation == generation,
             p.c.confirmed_generation == generation,
             p.c.last_confirmed_run_id == run_id,
-            p.c.content_hash == s.c.content_hash,
         )
         .scalar_subquery()
     )

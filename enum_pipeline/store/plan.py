@@ -124,36 +124,38 @@ def _newer_staging_gone(conn: Connection, generation: int) -> str | None:
     return f"superseded: newer run {gone} scanned after this run and its staging was pruned"
 
 
-def _population_before(conn: Connection, scope_key: str, generation: int) -> int:
-    """Rows of the scope that existed before run ``generation`` flushed."""
+def _populations_before(conn: Connection, scope_keys: list[str], generation: int) -> dict:
+    """Rows of each scope that existed before run ``generation`` flushed, in one grouped count."""
     p = t.projects
-    return int(
-        conn.execute(
-            sa.select(sa.func.count())
-            .select_from(p)
-            .where(
-                p.c.scope_key == scope_key,
-                sa.or_(
-                    p.c.first_seen_generation.is_(None),
-                    p.c.first_seen_generation < generation,
-                ),
-            )
-        ).scalar_one()
+    if not scope_keys:
+        return {}
+    rows = conn.execute(
+        sa.select(p.c.scope_key, sa.func.count())
+        .where(
+            p.c.scope_key.in_(scope_keys),
+            sa.or_(p.c.first_seen_generation.is_(None), p.c.first_seen_generation < generation),
+        )
+        .group_by(p.c.scope_key)
     )
+    return {scope_key: int(count) for scope_key, count in rows}
 
 
-def _stale_rows(conn: Connection, scope_key: str, generation: int) -> list[dict[str, Any]]:
+def _stale_rows(conn: Connection, scope_keys: list[str], generation: int) -> dict:
+    """Each scope's rows the run did not see (by key), in one statement."""
     p = t.projects
     cols = [p.c[c] for c in _ROW_COLUMNS if c in p.c]
     extra = [p.c[c] for c in ("visibility", "archived", "fork") if c in p.c]
-    return [
-        dict(r)
-        for r in conn.execute(
-            sa.select(*cols, *extra)
-            .where(p.c.scope_key == scope_key, stale_condition(generation))
-            .order_by(p.c.project_key)
-        ).mappings()
-    ]
+    out: dict[str, list[dict[str, Any]]] = {k: [] for k in scope_keys}
+    if not scope_keys:
+        return out
+    rows = conn.execute(
+        sa.select(*cols, *extra)
+        .where(p.c.scope_key.in_(scope_keys), stale_condition(generation))
+        .order_by(p.c.project_key)
+    ).mappings()
+    for row in rows:
+        out[row["scope_key"]].append(dict(row))
+    return out
 
 
 def _scope_locations(conn: Connection, scope_key: str) -> list[str]:
@@ -210,11 +212,14 @@ def plan_cleanup(
         .mappings()
         .all()
     )
+    keys = [scope["scope_key"] for scope in scopes]
+    stale_of = _stale_rows(conn, keys, generation)
+    population = _populations_before(conn, keys, generation)
     for scope in scopes:
         sc = ScopeCleanup(scope["scope_key"], bool(scope["complete"]))
         plan.scopes.append(sc)
-        stale = _stale_rows(conn, scope["scope_key"], generation)
-        sc.total = _population_before(conn, scope["scope_key"], generation)
+        stale = stale_of[scope["scope_key"]]
+        sc.total = population.get(scope["scope_key"], 0)
         hold = _hold_reason(conn, run, scope)
         if hold:
             sc.skipped_reason = hold

@@ -42,13 +42,15 @@ class UTCDateTime(sa.TypeDecorator):
         return value.astimezone(UTC)
 
 
-def _project_columns() -> list[sa.Column]:
+def _project_columns(digest: bool = True) -> list[sa.Column]:
     """Columns a source fills, shared by ``projects``, ``staged_projects``.
 
-    Their names are the ``ProjectRecord`` field names (``content_hash`` excepted), so a row is
-    the record's fields in this order. NULL means "this source does not know" (see
-    ``sources/fields.py``).
+    Their names are the ``ProjectRecord`` field names, so a row is the record's fields in this
+    order. NULL means "this source does not know" (see ``sources/fields.py``). ``projects`` also
+    holds ``content_hash``, the digest of the others (``HASHED_COLUMNS``) that the flush
+    computes in SQL (``dialect.digest``); staging holds none (migration 0006).
     """
+    digest_column = [sa.Column("content_hash", sa.String(64), nullable=False)] if digest else []
     return [
         sa.Column("scope_key", sa.Text, nullable=False),
         sa.Column("source_kind", sa.String(32), nullable=False),
@@ -63,7 +65,7 @@ def _project_columns() -> list[sa.Column]:
         sa.Column("last_commit_at", UTCDateTime()),
         sa.Column("markers", JSONType),
         sa.Column("attributes", JSONType),
-        sa.Column("content_hash", sa.String(64), nullable=False),
+        *digest_column,
         *product_columns(),
     ]
 
@@ -93,6 +95,8 @@ def product_columns() -> list[sa.Column]:
 
 
 PROJECT_DATA_COLUMNS = [c.name for c in _project_columns()]
+#: What ``content_hash`` digests: every column a source fills but the key.
+HASHED_COLUMNS = [c.name for c in _project_columns(digest=False)]
 PRODUCT_COLUMNS = [c.name for c in product_columns()]
 
 #: PostgreSQL fill factor of ``projects``: every run rewrites each row it saw once (its seen
@@ -217,7 +221,7 @@ run_scopes = _run_table(
 staged_projects = _run_table(
     "staged_projects",
     sa.Column("project_key", sa.Text, primary_key=True),
-    *_project_columns(),
+    *_project_columns(digest=False),
     postgresql_partition_by="LIST (run_id)",
 )
 

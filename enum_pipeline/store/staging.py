@@ -1,19 +1,20 @@
 """Staging: what a run saw, written as it scans (stage, end_scope), read back, and pruned after.
 
 A record becomes one tuple in ``staged_projects``' column order (derived from the schema, so new
-columns flow through): its fields as they are, its JSON columns as text encoded once, and its
-``content_hash`` built from those same encodings (``row_of``; the digest is
-``ProjectRecord.content_hash()``'s, byte for byte).
+columns flow through): its fields as they are, its JSON columns as text encoded once
+(``row_of``). No digest is computed here: the flush derives ``content_hash`` in SQL from the
+staged columns (``dialect.digest``), where it costs the database a fraction of what hashing
+costs Python.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import operator
 from collections.abc import Iterable, Iterator
 from dataclasses import fields
-from json.encoder import encode_basestring
+from datetime import UTC, datetime
+from json.encoder import c_make_encoder, encode_basestring
 from typing import Any
 
 import sqlalchemy as sa
@@ -29,73 +30,55 @@ from enum_pipeline.store.runs import heartbeat
 #: newest; CONTRACTS.md 5).
 KEEP_COMPLETED = 2
 
-# The JSON encoding ``ProjectRecord.content_hash`` uses, as one reusable encoder.
-_encode = json.JSONEncoder(sort_keys=True, default=str, ensure_ascii=False).encode
+# The JSON encoding of the JSON columns: keys sorted (equal values stage equal text), non-ASCII
+# as is, anything else JSON cannot say as its str(). One C encoder made once (JSONEncoder.encode
+# makes a new one every call).
+_json_text = json.JSONEncoder(sort_keys=True, default=str, ensure_ascii=False).encode
+if c_make_encoder is not None:
+    _chunks = c_make_encoder(None, str, encode_basestring, None, ": ", ", ", True, False, True)
+
+    def _encode(value: Any) -> str:
+        return "".join(_chunks(value, 0))
+else:  # pragma: no cover - an interpreter without the C accelerator
+    _encode = _json_text
+
+_pick = operator.itemgetter(*STAGE_COLUMNS)
+_FIELDS = {f.name for f in fields(ProjectRecord)}
+# Staged columns no record field fills (none today; a column added before its field).
+_UNFILLED = [c for c in STAGE_COLUMNS if c not in _FIELDS and c != "run_id"]
+_TIMES = [c.name for c in t.staged_projects.columns if isinstance(c.type, t.UTCDateTime)]
+# Each JSON column, and what it holds for a None field: markers and attributes always hold a
+# value; the others (topics, remotes) stay NULL, "not known", never an invented empty list.
+_JSON = [
+    (c.name, {"attributes": "{}", "markers": "[]"}.get(c.name))
+    for c in t.staged_projects.columns
+    if isinstance(c.type, sa.JSON)
+]
 
 
-def _scalar(value: Any) -> str:
-    if value is None:
-        return "null"
-    if value.__class__ is str:
-        return encode_basestring(value)
-    return _encode(value)
+def row_of(run_id: str, record: ProjectRecord, stage_time=None) -> tuple:
+    """``record`` as one ``staged_projects`` row (a tuple in ``STAGE_COLUMNS`` order): its
+    fields as they are, markers sorted, JSON columns as text encoded once, timestamps through
+    ``stage_time`` (the dialect's form; default: aware UTC datetimes). The digest is not built
+    here: the flush computes it in SQL (``dialect.digest``)."""
+    values = record.__dict__.copy()
+    values["run_id"] = run_id
+    values["markers"] = sorted(values["markers"])
+    for name, default in _JSON:
+        value = values[name]
+        values[name] = default if value is None else _encode(value)
+    convert = stage_time or _aware_utc
+    for name in _TIMES:
+        value = values[name]
+        if value is not None:
+            values[name] = convert(value)
+    for name in _UNFILLED:
+        values[name] = None
+    return _pick(values)
 
 
-def _markers(value: Any) -> str:
-    return "null" if value is None else _encode(sorted(value))
-
-
-def _timestamp(value: Any) -> str:
-    return "null" if value is None else encode_basestring(value.isoformat())
-
-
-# Fields the digest covers, in its (sorted) key order: each one's rendered key and encoder.
-_HASHED = sorted(f.name for f in fields(ProjectRecord) if f.name != "project_key")
-_HASH_KEYS = [encode_basestring(name) + ": " for name in _HASHED]
-_ENCODERS = [{"markers": _markers, "last_commit_at": _timestamp}.get(n, _scalar) for n in _HASHED]
-_get_hashed = operator.attrgetter(*_HASHED)
-_JSON_COLUMNS = {c.name for c in t.staged_projects.columns if isinstance(c.type, sa.JSON)}
-# What a staged JSON column holds for a None field: markers and attributes always hold a value;
-# the others (topics, remotes) stay NULL, "not known", never an invented empty list.
-_JSON_DEFAULT = {"attributes": "{}", "markers": "[]"}
-
-
-def _positions() -> list[int]:
-    """Where each staged column's value sits in ``[run_id, digest, project_key, None,
-    *fields in _HASHED order, *their JSON texts]`` (see ``row_of``)."""
-    n = len(_HASHED)
-    out = []
-    for name in STAGE_COLUMNS:
-        if name == "run_id":
-            out.append(0)
-        elif name == "content_hash":
-            out.append(1)
-        elif name == "project_key":
-            out.append(2)
-        elif name in _HASHED:
-            i = _HASHED.index(name)
-            out.append(4 + n + i if name in _JSON_COLUMNS else 4 + i)
-        else:
-            out.append(3)  # a column no record field fills
-    return out
-
-
-_pick = operator.itemgetter(*_positions())
-
-
-def row_of(run_id: str, record: ProjectRecord) -> tuple:
-    """``record`` as one ``staged_projects`` row (a tuple in ``STAGE_COLUMNS`` order)."""
-    values = _get_hashed(record)
-    texts = [encode(v) for encode, v in zip(_ENCODERS, values, strict=True)]
-    raw = "{" + ", ".join([k + v for k, v in zip(_HASH_KEYS, texts, strict=True)]) + "}"
-    digest = hashlib.sha1(raw.encode("utf-8", "surrogateescape")).hexdigest()
-    for i, name in _NULLABLE_JSON:
-        if texts[i] == "null":
-            texts[i] = _JSON_DEFAULT.get(name)
-    return _pick([run_id, digest, record.project_key, None, *values, *texts])
-
-
-_NULLABLE_JSON = [(i, n) for i, n in enumerate(_HASHED) if n in _JSON_COLUMNS]
+def _aware_utc(value: datetime) -> datetime:
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value
 
 
 def stage(ctx: StoreContext, run_id: str, records: Iterable[ProjectRecord]) -> int:
@@ -103,7 +86,8 @@ def stage(ctx: StoreContext, run_id: str, records: Iterable[ProjectRecord]) -> i
 
     A key seen twice in one run (overlapping roots) is kept once, first sighting wins.
     """
-    rows = [row_of(run_id, r) for r in records]
+    stage_time = ctx.dialect.stage_time
+    rows = [row_of(run_id, r, stage_time) for r in records]
     if not rows:
         heartbeat(ctx, run_id)
         return 0
