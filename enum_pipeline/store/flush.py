@@ -70,14 +70,7 @@ def flush(ctx: StoreContext, run_id: str) -> FlushResult:
             unchanged=staged - touched,
         )
         set_run(
-            conn,
-            run_id,
-            flushed_count=result.staged,
-            confirmed_count=confirmed,
-            added_count=result.added,
-            changed_count=result.changed,
-            unchanged_count=result.unchanged,
-            heartbeat_at=utcnow(),
+            conn, run_id, confirmed_count=confirmed, heartbeat_at=utcnow(), **result.run_counts()
         )
     return result
 

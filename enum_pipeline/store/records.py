@@ -147,6 +147,18 @@ class FlushResult:
     changed: int
     unchanged: int
 
+    def run_counts(self) -> dict[str, int]:
+        """The ``run_state`` counters this flush sets."""
+        return {
+            f"{column}_count": getattr(self, name)
+            for column, name in (
+                ("flushed", "staged"),
+                ("added", "added"),
+                ("changed", "changed"),
+                ("unchanged", "unchanged"),
+            )
+        }
+
 
 @dataclass(frozen=True)
 class VerifyResult:
