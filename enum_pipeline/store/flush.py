@@ -200,26 +200,23 @@ def verify_and_confirm(ctx: StoreContext, run_id: str) -> VerifyResult:
 
 
 def _verify_counts(conn: Connection, run_id: str, generation: int) -> tuple[int, int, int]:
-    """(staged rows, of those present with this generation and confirmation, rows stamped with
-    the generation), in one statement."""
+    """(staged rows, rows present with this generation and confirmation, rows stamped with the
+    generation), in one statement: a count of the staging and one scan of ``projects``.
+
+    No join is needed for "every staged key is present": only this run's upsert writes its
+    generation (fenced, from its own staging), so the stamped rows' keys are staged keys, and
+    as many of them as were staged means all of them.
+    """
     p, s = t.projects, t.staged_projects
     staged = sa.select(sa.func.count()).select_from(s).where(s.c.run_id == run_id).scalar_subquery()
-    present = (
-        sa.select(sa.func.count())
-        .select_from(s.join(p, p.c.project_key == s.c.project_key))
-        .where(
-            s.c.run_id == run_id,
-            p.c.seen_generation == generation,
-            p.c.confirmed_generation == generation,
-            p.c.last_confirmed_run_id == run_id,
+    confirmed = sa.and_(p.c.confirmed_generation == generation, p.c.last_confirmed_run_id == run_id)
+    row = conn.execute(
+        sa.select(
+            staged,
+            sa.func.count().filter(confirmed),
+            sa.func.count(),
         )
-        .scalar_subquery()
-    )
-    stamped = (
-        sa.select(sa.func.count())
         .select_from(p)
         .where(p.c.seen_generation == generation)
-        .scalar_subquery()
-    )
-    row = conn.execute(sa.select(staged, present, stamped)).one()
+    ).one()
     return int(row[0]), int(row[1]), int(row[2])
