@@ -171,8 +171,11 @@ def _markers(path: str, names: list[str], subdirs: list[str]) -> tuple[str, ...]
         elif n[:1] in "Ll" and n.upper().startswith(LICENSE_PREFIXES) and n not in subdirs:
             found.add("LICENSE*")
     for d in CODEOWNERS_DIRS:
-        if d in subdirs and os.path.isfile(f"{path}/{d}/CODEOWNERS"):
-            found.add(f"{d}/CODEOWNERS")
+        if d in subdirs:
+            p = f"{path}/{d}/CODEOWNERS"
+            # usually absent: access() says so without the exception isfile's stat raises
+            if os.access(p, os.F_OK) and os.path.isfile(p):
+                found.add(f"{d}/CODEOWNERS")
     return tuple(sorted(found))
 
 
@@ -482,7 +485,8 @@ class _RootWalk:
                     item = (path, real, depth, rec.project_key, vcs)
             if max_depth is not None and depth >= max_depth:
                 continue
-            self._protect_links(path, links, prune)
+            if links:
+                self._protect_links(path, links, prune)
             if slow_children:
                 self._push_slow(stack, item, subdirs, prune)
             else:

@@ -91,6 +91,15 @@ def read_small(path: str, limit: int = _MAX_SMALL) -> bytes:
         os.close(fd)
 
 
+def _exists(path: str) -> bool:
+    """``os.path.exists`` without its exception when the path is absent (the common case):
+    ``access(F_OK)`` answers from the same path lookup, and False for any error, as ``exists``."""
+    try:
+        return os.access(path, os.F_OK)
+    except ValueError:  # an embedded NUL, as os.path.exists
+        return False
+
+
 def _is_sha(raw: bytes) -> bool:
     return len(raw) in _SHA_LENGTHS and _HEX.issuperset(raw)
 
@@ -433,6 +442,75 @@ def branch_upstream(data: bytes, branch: str) -> tuple[str, str] | None:
     return None
 
 
+_PLAIN_HDR = re.compile(r'\[[ \t]*([A-Za-z0-9-]+)(?:[ \t]+"([^"\n]*)")?[ \t]*\][ \t]*\Z')
+
+
+def remotes_and_upstream(
+    data: bytes, branch: str | None
+) -> tuple[dict[str, str], tuple[str, str] | None]:
+    """``remote_urls(data)`` and ``branch_upstream(data, branch)`` (None without a branch) from
+    one pass over a config as git writes it; the two parsers when its layout needs them."""
+    fast = _config_one_pass(data, branch) if b"emote" in data or b"ranch" in data else None
+    if fast is not None:
+        urls, found = fast
+        up = (found["remote"], found["merge"]) if "remote" in found and "merge" in found else None
+        return urls, up
+    return remote_urls(data), (branch_upstream(data, branch) if branch is not None else None)
+
+
+def _plain_text(data: bytes) -> str | None:
+    """``data`` as text when it is valid UTF-8 without backslashes, CR or NUL; else None."""
+    if b"\\" in data or b"\r" in data or b"\x00" in data:
+        return None
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+
+
+def _config_one_pass(data: bytes, branch: str | None) -> tuple[dict[str, str], dict] | None:
+    """Remote urls and ``branch.<branch>.remote/merge`` of a plain config: one line each, no
+    escapes, quotes, comments after values, empty values, CR, NUL, continuations or old-style
+    headers. None when anything else is there (``remote_urls``/``branch_upstream`` decide)."""
+    text = _plain_text(data)
+    if text is None:
+        return None
+    urls: dict[str, str] = {}
+    found: dict[str, str] = {}
+    remote: str | None = None  # the remote whose section this is
+    in_branch = False  # in [branch "<branch>"]
+    for line in text.split("\n"):
+        s = line.lstrip(" \t")
+        if not s or s[0] in "#;":
+            continue
+        if s[0] == "[":
+            m = _PLAIN_HDR.match(s)
+            if m is None:
+                return None
+            name, sub = m.group(1).lower(), m.group(2)
+            remote = sub if name == "remote" and sub is not None else None
+            in_branch = name == "branch" and sub is not None and sub == branch
+            continue
+        if remote is None and not in_branch:
+            continue
+        key, eq, value = s.partition("=")
+        key = key.rstrip(" \t").lower()
+        if remote is not None and key != "url" or in_branch and key not in ("remote", "merge"):
+            continue
+        if '"' in value or "#" in value or ";" in value:
+            return None
+        if not eq:
+            continue  # a boolean: no url, remote or merge
+        value = value.strip(" \t")
+        if not value:
+            return None  # an empty value: the earlier parsers' answers differ, theirs stand
+        if remote is not None:
+            urls.setdefault(remote, value)
+        else:
+            found[key] = value
+    return urls, found
+
+
 def pick_remote(urls: dict[str, str]) -> tuple[str, str] | None:
     """``origin`` when present, else the first remote with a url."""
     if "origin" in urls:
@@ -686,9 +764,11 @@ def read_git_meta(
     meta.common_dir = common_dir
     packed = PackedRefs(common_dir)
     sha = meta.head_commit = _read_head(meta, git_dir, common_dir, packed)
-    config = _read_remote(meta, common_dir)
+    head = meta.head_ref
+    branch = head[11:] if not bare and head is not None and head.startswith("refs/heads/") else None
+    up = _read_remote(meta, common_dir, branch)
     if not bare:
-        _checkout_state(meta, git_dir, common_dir, config, sha, packed)
+        _checkout_state(meta, git_dir, common_dir, up, sha, packed)
     if sha is not None:
         try:
             meta.last_commit_at = commit_time(common_dir + "/objects", sha)
@@ -724,30 +804,31 @@ def _read_head(meta: GitMeta, git_dir: str, common_dir: str, packed: PackedRefs)
     return None
 
 
-def _read_remote(meta: GitMeta, common_dir: str) -> bytes:
+def _read_remote(meta: GitMeta, common_dir: str, branch: str | None) -> tuple[str, str] | None:
     """The remotes (redacted) and the one the repository was most likely cloned from; returns
-    the config bytes (b"" when unreadable) for the upstream lookup."""
-    config = b""
+    ``branch``'s upstream ``(remote, merge)`` from the same config read (None: none, or no
+    ``branch``)."""
+    up = None
     try:
         config = read_small(common_dir + "/config", 1 << 24)
-        urls = remote_urls(config)
+        urls, up = remotes_and_upstream(config, branch)
         picked = pick_remote(urls)
-        if picked is not None:
-            meta.remote_name = picked[0]
-            meta.remote_url = redact_url(picked[1])
+        if picked is not None:  # each url redacted once
             meta.remotes = {name: redact_url(url) for name, url in urls.items()}
+            meta.remote_name = picked[0]
+            meta.remote_url = meta.remotes[picked[0]]
     except FileNotFoundError:
         pass
     except (OSError, ValueError) as exc:
         meta.errors.append(f"config: {_err(exc)}")
-    return config
+    return up
 
 
 def _checkout_state(
     meta: GitMeta,
     git_dir: str,
     common_dir: str,
-    config: bytes,
+    up: tuple[str, str] | None,
     sha: str | None,
     packed: PackedRefs,
 ) -> None:
@@ -758,23 +839,21 @@ def _checkout_state(
             target = read_symref(common_dir, prefix + "HEAD")
             if target is not None and target.startswith(prefix):
                 meta.remote_head = target[len(prefix) :]
-        if meta.head_ref is not None and meta.head_ref.startswith("refs/heads/"):
-            up = branch_upstream(config, meta.head_ref[11:]) if config else None
-            if up is not None:
-                remote, merge = up
-                short = merge[11:] if merge.startswith("refs/heads/") else merge
-                if remote == ".":
-                    meta.upstream, ref = short, merge
-                else:
-                    meta.upstream, ref = f"{remote}/{short}", f"refs/remotes/{remote}/{short}"
-                theirs = read_ref(git_dir, common_dir, ref, packed=packed)
-                if theirs is not None and sha is not None:
-                    meta.in_sync = theirs == sha
+        if up is not None:  # only for a branch checked out (``refs/heads/...``)
+            remote, merge = up
+            short = merge[11:] if merge.startswith("refs/heads/") else merge
+            if remote == ".":
+                meta.upstream, ref = short, merge
+            else:
+                meta.upstream, ref = f"{remote}/{short}", f"refs/remotes/{remote}/{short}"
+            theirs = read_ref(git_dir, common_dir, ref, packed=packed)
+            if theirs is not None and sha is not None:
+                meta.in_sync = theirs == sha
         # a stash is its reflog (``git stash`` always writes it, packed or not): one lookup
-        meta.has_stash = os.path.exists(common_dir + "/logs/refs/stash")
+        meta.has_stash = _exists(common_dir + "/logs/refs/stash")
     except (OSError, GitMetaError, ValueError) as exc:
         meta.errors.append(f"refs: {_err(exc)}")
-    meta.shallow = os.path.exists(common_dir + "/shallow")
+    meta.shallow = _exists(common_dir + "/shallow")
     try:
         mtime = os.stat(git_dir + "/FETCH_HEAD").st_mtime
         meta.last_fetch_at = datetime.fromtimestamp(int(mtime), tz=UTC)
