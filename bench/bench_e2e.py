@@ -12,6 +12,15 @@ cleanup (removes them). Cases:
 * ``synthetic`` — the same assets and jobs, with the resource overridden so the scan yields
   ``bench_store.make_record`` records (cheap, no disk), for sizes a tree cannot reach.
 
+**CLI** (issue #13): the cold cost of ``enum-pipeline run --root TREE`` on the 1,000-repository
+tree, each run a fresh process with the embedded defaults (``./.dagster_home`` seeded with the
+shipped ``dagster.yaml``, the SQLite inventory under ``./.enum_pipeline/``) in a fresh folder:
+*first* (a new home and inventory), *again* (the same tree, unchanged) — both instrumented for
+the breakdown (start-up, imports, instance, job build, the three Dagster runs, scan and store,
+exit) — and *again, plain* (the console script itself, wall only). Median and range of
+``--cli-runs`` samples, each against a baseline measured alternately in the same run: a fresh
+``python -c 'import dagster'``.
+
 Every ``InventoryStore`` method and every ``Source.scan()`` step is timed inside the child;
 **Dagster's share** of a run is its wall time minus those (so it also holds our thin asset code:
 config loading, metadata, the preview table). Usage::
@@ -19,6 +28,7 @@ config loading, metadata, the preview table). Usage::
     python bench/bench_e2e.py                      # tree 1000, synthetic 1000 and 100000
     python bench/bench_e2e.py --quick              # tree 1000 + synthetic 1000 (CI)
     python bench/bench_e2e.py --synthetic 1000 100000 --tree 1000 --backends sqlite postgresql
+    python bench/bench_e2e.py --tree --synthetic --cli-runs 7   # the CLI only, 7 samples
 """
 
 from __future__ import annotations
@@ -29,6 +39,8 @@ import json
 import os
 import resource
 import shutil
+import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -40,6 +52,8 @@ sys.path.insert(0, os.path.dirname(HERE))
 import common  # noqa: E402
 
 TARGET_DAGSTER_SECONDS = 2.0
+TARGET_CLI_SECONDS = 1.5  # issue 13: `enum-pipeline run`, 1,000 repositories, cold
+CLI_TREE = 1000
 RUNS = ("enumerate #1", "cleanup #1", "enumerate #2", "cleanup #2")
 
 
@@ -270,6 +284,194 @@ def child_main(spec: dict) -> int:
     return 0
 
 
+# ---------------------------------------------------------------------------- CLI (cold)
+
+CLI_PHASES = (
+    "start-up",  # interpreter and site until this script runs
+    "import dagster",
+    "instance",
+    "job build",
+    "enumerate_projects",
+    "cleanup_projects",
+    "inventory_reports",
+    "other",  # argument parsing, config, the store's start-up and the lines printed
+    "exit",  # after the command returned until the parent saw the process end
+)
+
+
+def cli_child_main(spec: dict) -> int:
+    """``enum-pipeline run`` in this process, its phases timed; the marks go to spec["out"]."""
+    marks = {"in_process": time.time()}
+    import enum_pipeline.cli as cli
+
+    t = time.perf_counter()
+    import dagster  # noqa: F401 - the command imports it anyway; timed on its own here
+
+    marks["import dagster"] = time.perf_counter() - t
+    from dagster import JobDefinition
+
+    from enum_pipeline.sources.filesystem import FilesystemSource
+    from enum_pipeline.store import InventoryStore
+
+    timers = Timers()
+    timers.wrap_store(InventoryStore)
+    FilesystemSource.scan = timers.timed_scan(FilesystemSource.scan)
+
+    def timed(name, fn):
+        def wrapper(*args, **kwargs):
+            t = time.perf_counter()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                marks[name] = marks.get(name, 0.0) + time.perf_counter() - t
+
+        return wrapper
+
+    cli._instance = timed("instance", cli._instance)
+    if hasattr(cli, "_job"):  # older CLIs resolved the jobs from the whole code location
+        cli._job = timed("job build", cli._job)
+    execute = JobDefinition.execute_in_process
+
+    def execute_timed(job, *args, **kwargs):
+        return timed(job.name, execute)(job, *args, **kwargs)
+
+    JobDefinition.execute_in_process = execute_timed
+    t = time.perf_counter()
+    code = cli._main(spec["argv"])
+    marks["command"] = time.perf_counter() - t
+    marks["store"], marks["scan"] = timers.store, timers.scan
+    marks["code"] = code
+    marks["done"] = time.time()
+    with open(spec["out"], "w") as f:
+        json.dump(marks, f)
+    cli._exit_now(code)
+    return code  # not reached
+
+
+def _cli_env() -> dict:
+    env = dict(os.environ)
+    for name in ("DAGSTER_HOME", "ENUM_PIPELINE_DATABASE_URL", "ENUM_PIPELINE_CONFIG",
+                 "ENUM_PIPELINE_ROOTS"):  # fmt: skip
+        env.pop(name, None)
+    return env
+
+
+def _timed_process(argv: list[str], cwd: str) -> float:
+    t = time.perf_counter()
+    proc = subprocess.run(argv, cwd=cwd, env=_cli_env(), capture_output=True, text=True)
+    wall = time.perf_counter() - t
+    if proc.returncode != 0:
+        raise RuntimeError(f"{argv[:3]} exited {proc.returncode}: {proc.stderr[-3000:]}")
+    return wall
+
+
+def _cli_instrumented(root: str, cwd: str) -> dict:
+    """One instrumented cold ``enum-pipeline run``: wall time and its phases."""
+    out = os.path.join(cwd, "marks.json")
+    spec = {"argv": ["--log-level", "WARNING", "run", "--root", root], "out": out}
+    started = time.time()
+    argv = [sys.executable, os.path.abspath(__file__), "--cli-child", json.dumps(spec)]
+    proc = subprocess.run(argv, cwd=cwd, env=_cli_env(), capture_output=True, text=True)
+    ended = time.time()
+    if proc.returncode != 0:
+        raise RuntimeError(f"enum-pipeline run exited {proc.returncode}: {proc.stderr[-3000:]}")
+    with open(out) as f:
+        marks = json.load(f)
+    os.remove(out)
+    phases = {name: marks.get(name, 0.0) for name in CLI_PHASES}
+    phases["start-up"] = marks["in_process"] - started
+    phases["exit"] = ended - marks["done"]
+    inside = sum(marks.get(n, 0.0) for n in CLI_PHASES[2:7])
+    phases["other"] = marks["command"] - inside
+    return {"wall": ended - started, "phases": phases, "store": marks["store"],
+            "scan": marks["scan"]}  # fmt: skip
+
+
+def cli_bench(workdir: str, samples: int, root: str | None = None) -> dict:
+    """Cold ``enum-pipeline run`` on the 1,000-repository tree, alternating with the baseline."""
+    from make_tree import ensure_tree
+
+    root = os.path.abspath(root or os.path.join(workdir, f"tree-{CLI_TREE}"))
+    ensure_tree(root, CLI_TREE)
+    console = str(__import__("pathlib").Path(sys.executable).with_name("enum-pipeline"))
+    plain = [console, "--log-level", "WARNING", "run", "--root", root]
+    rows = []
+    for i in range(samples):
+        sample = os.path.join(workdir, f"cli-{i}")
+        os.makedirs(sample)
+        baseline = _timed_process([sys.executable, "-c", "import dagster"], sample)
+        first = _cli_instrumented(root, sample)
+        again = _cli_instrumented(root, sample)
+        again_plain = _timed_process(plain, sample)
+        rows.append({"baseline": baseline, "first": first, "again": again,
+                     "again_plain": again_plain})  # fmt: skip
+        shutil.rmtree(sample, ignore_errors=True)
+        print(
+            f"# cli sample {i + 1}/{samples}: first {first['wall']:.2f}s, again "
+            f"{again['wall']:.2f}s, plain {again_plain:.2f}s, import dagster {baseline:.2f}s",
+            file=sys.stderr,
+            flush=True,
+        )
+    return {"samples": rows, "summary": cli_summary(rows)}
+
+
+def _stats(values: list[float]) -> dict:
+    return {"median": statistics.median(values), "min": min(values), "max": max(values)}
+
+
+def cli_summary(rows: list[dict]) -> dict:
+    """Medians and ranges: wall per mode, its ratio to the baseline, and each phase."""
+    out = {"baseline": _stats([r["baseline"] for r in rows]), "n": len(rows)}
+    for mode in ("first", "again", "again_plain"):
+        walls = [r[mode] if mode == "again_plain" else r[mode]["wall"] for r in rows]
+        out[mode] = _stats(walls)
+        out[f"{mode}_ratio"] = _stats([w / r["baseline"] for w, r in zip(walls, rows, strict=True)])
+    for mode in ("first", "again"):
+        out[f"{mode}_phases"] = {
+            name: _stats([r[mode]["phases"][name] for r in rows]) for name in CLI_PHASES
+        }
+        out[f"{mode}_scan_store"] = _stats([r[mode]["scan"] + r[mode]["store"] for r in rows])
+    return out
+
+
+def _rng(s: dict, unit: str = "s") -> str:
+    return f"{s['median']:.2f}{unit} ({s['min']:.2f}–{s['max']:.2f})"
+
+
+def cli_lines(cli: dict) -> list[str]:
+    """The CLI table: medians (range) of the wall, the ratio to the baseline, the phases."""
+    s = cli["summary"]
+    lines = [
+        f"cli: enum-pipeline run --root TREE ({CLI_TREE} repositories), cold, median (range) of "
+        f"{s['n']}; baseline python -c 'import dagster' {_rng(s['baseline'])}",
+        f"{'mode':<14} {'wall s':>20} {'× import dagster':>20}",
+    ]
+    for mode, label in (("first", "first"), ("again", "again"), ("again_plain", "again, plain")):
+        lines.append(f"{label:<14} {_rng(s[mode]):>20} {_rng(s[mode + '_ratio'], '×'):>20}")
+    lines.append(f"{'phase':<20} {'first s':>20} {'again s':>20}")
+    for name in CLI_PHASES:
+        lines.append(
+            f"{name:<20} {_rng(s['first_phases'][name]):>20} {_rng(s['again_phases'][name]):>20}"
+        )
+    lines.append(
+        f"{'(scan+store)':<20} {_rng(s['first_scan_store']):>20} {_rng(s['again_scan_store']):>20}"
+    )
+    return lines
+
+
+def cli_target(cli: dict) -> list[str]:
+    s = cli["summary"]
+    lines = []
+    for mode, label in (("again_plain", "again (console script)"), ("first", "first")):
+        verdict = "met" if s[mode]["median"] < TARGET_CLI_SECONDS else "MISSED"
+        lines.append(
+            f"cli {CLI_TREE} sqlite {label}: enum-pipeline run {_rng(s[mode])} cold, "
+            f"{_rng(s[mode + '_ratio'], '×')} python -c 'import dagster' "
+            f"(target < {TARGET_CLI_SECONDS}s: {verdict})"
+        )
+    return lines
+
+
 # ---------------------------------------------------------------------------- parent
 
 
@@ -354,16 +556,25 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quick", action="store_true", help="1,000 projects only (CI)")
     ap.add_argument("--json", help="write the results here")
     ap.add_argument("--timeout", type=float, default=1800, help="seconds per case")
+    ap.add_argument(
+        "--cli-runs", type=int, default=5, help="cold CLI samples (0: none; --quick: at most 1)"
+    )
+    ap.add_argument("--cli-tree", help="the CLI's 1,000-repository tree (made here if absent)")
     ap.add_argument("--child", help=argparse.SUPPRESS)
+    ap.add_argument("--cli-child", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.child:
         return child_main(json.loads(args.child))
+    if args.cli_child:
+        return cli_child_main(json.loads(args.cli_child))
 
     from bench_store import Databases, pg_admin_url
 
     trees, synthetic = sorted(args.tree), sorted(args.synthetic)
+    cli_runs = args.cli_runs
     if args.quick:
         trees, synthetic = trees[:1], synthetic[:1]
+        cli_runs = min(cli_runs, 1)  # a smoke test of the mode; medians need the full run
     workdir = tempfile.mkdtemp(prefix="enum-bench-e2e-")
     dbs = Databases(workdir)
     if "postgresql" in args.backends:
@@ -372,8 +583,11 @@ def main(argv: list[str] | None = None) -> int:
             print(f"PostgreSQL unreachable at {pg_admin_url()}: {why}", file=sys.stderr)
             return 1
     results = []
+    cli = None
     started = time.perf_counter()
     try:
+        if cli_runs > 0:
+            cli = cli_bench(workdir, cli_runs, args.cli_tree)
         cases = [("tree", n) for n in trees] + [("synthetic", n) for n in synthetic]
         for case, size in cases:
             for backend in args.backends:
@@ -395,7 +609,13 @@ def main(argv: list[str] | None = None) -> int:
                 )
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
-    print_tables(results)
+    if results:
+        print_tables(results)
+    if cli:
+        for line in cli_lines(cli):
+            print(line)
+        for line in cli_target(cli):
+            print(f"# {line}")
     elapsed = time.perf_counter() - started
     print(f"# bench_e2e: {elapsed:.0f}s wall", file=sys.stderr)
     if args.json:
@@ -406,7 +626,8 @@ def main(argv: list[str] | None = None) -> int:
                     "args": vars(args),
                     "results": results,
                     "rows": table_rows(results),
-                    "targets": target_check(results),
+                    "targets": target_check(results) + (cli_target(cli) if cli else []),
+                    "cli": cli,
                     "seconds": elapsed,
                 },
                 f,

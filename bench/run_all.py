@@ -314,6 +314,38 @@ def e2e_section(res: dict) -> list[str]:
         for r in data["results"]
     )
     out += ["", f"Process start-up before the first run (imports + definitions): {imports}."]
+    if data.get("cli"):
+        out += ["", *cli_section(data["cli"]["summary"])]
+    return out
+
+
+def _mr(s: dict, unit: str = "") -> str:
+    return f"{s['median']:.2f}{unit} ({s['min']:.2f}–{s['max']:.2f})"
+
+
+def cli_section(s: dict) -> list[str]:
+    """The cold ``enum-pipeline run`` table of bench_e2e.py: wall, ratio, phases."""
+    out = [
+        "### `enum-pipeline run` cold, 1,000-repository tree (SQLite, embedded defaults)",
+        "",
+        f"Each a fresh process in a fresh folder (`./.dagster_home`, `./.enum_pipeline/`): "
+        f"*first* a new home and inventory, *again* the unchanged tree (both instrumented), "
+        f"*again, plain* the console script itself. Median (range) of {s['n']} samples, each "
+        f"against `python -c 'import dagster'` measured alternately "
+        f"({_mr(s['baseline'])} s).",
+        "",
+        "| mode | wall s | × import dagster |",
+        "|---|---:|---:|",
+    ]
+    for mode, label in (("first", "first"), ("again", "again"), ("again_plain", "again, plain")):
+        out.append(f"| {label} | {_mr(s[mode])} | {_mr(s[mode + '_ratio'], '×')} |")
+    out += ["", "| phase | first s | again s |", "|---|---:|---:|"]
+    for name, first in s["first_phases"].items():
+        out.append(f"| {name} | {_mr(first)} | {_mr(s['again_phases'][name])} |")
+    out.append(
+        f"| (of the runs: scan + store) | {_mr(s['first_scan_store'])} | "
+        f"{_mr(s['again_scan_store'])} |"
+    )
     return out
 
 

@@ -8,6 +8,7 @@ the inventory, 3 completed but the deletion guard held the cleanup back.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import shutil
@@ -120,6 +121,37 @@ def _instance():
     return instance
 
 
+# The jobs the CLI executes, and the defs modules that hold their assets and checks.
+CLI_JOBS = ("enumerate_projects", "cleanup_projects", "inventory_reports", "restore_projects")
+
+
+def _job(name: str):
+    """The job ``name`` as the code location defines it, built from only the assets, checks and
+    jobs of ``enum_pipeline.defs.assets``, ``.checks``, ``.jobs`` and ``.reports`` with the
+    resources of ``enum_pipeline.defs`` (not the whole defs folder: no sensors, schedules or
+    folder loader, which a one-off run does not use)."""
+    return _cli_definitions().resolve_job_def(name)
+
+
+@functools.cache
+def _cli_definitions():
+    from dagster import Definitions, load_asset_checks_from_modules, load_assets_from_modules
+
+    from enum_pipeline.defs import assets, checks, jobs, reports
+    from enum_pipeline.defs import defs as resources
+
+    modules = [assets, checks, reports]
+    defs = Definitions.merge(
+        resources,
+        Definitions(
+            assets=load_assets_from_modules(modules),
+            asset_checks=load_asset_checks_from_modules(modules),
+            jobs=[getattr(jobs, n, None) or getattr(reports, n) for n in CLI_JOBS],
+        ),
+    )
+    return defs
+
+
 def _close_opened() -> None:
     while _OPENED:
         _OPENED.pop().dispose()
@@ -176,7 +208,6 @@ def _print_cleanup(data: dict) -> None:
 
 
 def _cleanup(instance, run_id: str, args, *, approve=False, dry_run=False) -> tuple[int, dict]:
-    from enum_pipeline.definitions import defs
     from enum_pipeline.defs.sensors import cleanup_run_config
 
     extra = {"approve": approve, "dry_run": dry_run}
@@ -184,7 +215,7 @@ def _cleanup(instance, run_id: str, args, *, approve=False, dry_run=False) -> tu
         extra["config_path"] = os.path.abspath(args.config)
     run_config = cleanup_run_config(run_id, **extra)
     run_config["loggers"] = {"console": {"config": {"log_level": args.log_level}}}
-    job = defs.resolve_job_def("cleanup_projects")
+    job = _job("cleanup_projects")
     result = job.execute_in_process(
         instance=instance,
         run_config=run_config,
@@ -278,13 +309,12 @@ def _print_run(store, run_id: str, elapsed: float):
 
 def cmd_run(args) -> int:
     """One enumeration run through Dagster, then the cleanup the sensor would request."""
-    from enum_pipeline.definitions import defs
     from enum_pipeline.steps import cleanup_due
 
     scan, store = _checked_run_inputs(args)
     instance = _instance()
     started = time.monotonic()
-    job = defs.resolve_job_def("enumerate_projects")
+    job = _job("enumerate_projects")
     result = job.execute_in_process(
         instance=instance, run_config=_run_config(args, scan), raise_on_error=False
     )
@@ -317,9 +347,7 @@ def _cleanable(store, given: str) -> str:
 
 def _reports(instance, run_id: str, args) -> bool:
     """Materialize the report assets after a completed run (a failure is shown, not fatal)."""
-    from enum_pipeline.definitions import defs
-
-    job = defs.resolve_job_def("inventory_reports")
+    job = _job("inventory_reports")
     result = job.execute_in_process(
         instance=instance,
         run_config={"loggers": {"console": {"config": {"log_level": args.log_level}}}},
@@ -359,8 +387,6 @@ def cmd_approve(args) -> int:
 
 def cmd_restore(args) -> int:
     """Bring back the projects a cleanup removed (through the ``restore_projects`` job)."""
-    from enum_pipeline.definitions import defs
-
     store = _store()
     restorable = {r.run_id for r in store.restorable_cleanups()}
     run_id = args.run_id  # a cleanup's run, or a prune's id, with projects to bring back
@@ -371,7 +397,7 @@ def cmd_restore(args) -> int:
             raise UsageError(store.wrong_target("restore", args.run_id)) from None
     if run_id not in restorable:
         raise UsageError(store.wrong_target("restore", run_id))
-    job = defs.resolve_job_def("restore_projects")
+    job = _job("restore_projects")
     result = job.execute_in_process(
         instance=_instance(),
         run_config={

@@ -328,3 +328,15 @@ def test_a_refused_second_run_says_who_holds_the_inventory(cli, inventory, repo_
     assert "run holder-run holds the inventory" in line and f"pid {os.getpid()}" in line
     assert "since" in line and "taken over" in line
     assert [r.run_id for r in inventory.runs()] == ["holder-run"]
+
+
+def test_the_cli_runs_the_code_locations_jobs():
+    """The CLI builds its jobs from a few defs modules (not the whole folder); they are the code
+    location's jobs exactly (same snapshot: assets, checks, resources), so its runs look alike
+    in the UI."""
+    from enum_pipeline.cli import CLI_JOBS, _job
+    from enum_pipeline.definitions import defs
+
+    for name in CLI_JOBS:
+        ours, theirs = _job(name), defs.resolve_job_def(name)
+        assert ours.get_job_snapshot_id() == theirs.get_job_snapshot_id(), name

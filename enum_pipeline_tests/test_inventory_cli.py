@@ -48,6 +48,7 @@ def product(request, tmp_path_factory):
         code, out, err = run("run", "--config", str(config), "--no-cleanup", "--no-reports")
         assert code == 0, out + err
     run.config = config
+    run.env, run.cwd = env, tmp_path
     return run
 
 
@@ -167,3 +168,32 @@ def test_cli_start_up_does_not_import_pandas():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert out.stdout.strip() == "False", out.stderr
+
+
+def test_read_commands_do_not_import_dagster(product, tmp_path):
+    """``projects``, ``runs``, ``diff``, ``history`` and ``export`` read the inventory only: they
+    never import Dagster (nor pandas, but for a Parquet export)."""
+    commands = [
+        ["projects", "--format", "json"],
+        ["runs"],
+        ["diff"],
+        ["history"],
+        ["export", "--output", str(tmp_path / "inventory.csv")],
+    ]
+    code = (
+        "import json, sys; import enum_pipeline.cli as c\n"
+        f"for argv in {commands!r}:\n"
+        "    assert c._main(argv) == 0, argv\n"
+        "    print(json.dumps([argv[0], 'dagster' in sys.modules, 'pandas' in sys.modules]))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        env=product.env,
+        cwd=product.cwd,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    seen = [json.loads(line) for line in out.stdout.splitlines() if line.startswith("[")]
+    assert seen == [[argv[0], False, False] for argv in commands], seen
