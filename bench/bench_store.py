@@ -318,7 +318,7 @@ def cycle_ours(spec: dict) -> dict:
         times = dict.fromkeys(PHASES, 0.0)
         source = _BenchSource(spec, variant, batch_size)
         t = time.perf_counter()
-        steps.start_run(store, run_id, [source], batch_size=batch_size)
+        steps.start_run(store, run_id, [source], batch_size=batch_size, policy=policy)
         times["stage"] += time.perf_counter() - t - source.build_seconds
         t = time.perf_counter()
         steps.flush_run(store, run_id)
@@ -333,7 +333,7 @@ def cycle_ours(spec: dict) -> dict:
         t = time.perf_counter()
         result = store.safe_cleanup_old_projects(run_id, policy)
         times["cleanup"] += time.perf_counter() - t
-        assert result.status in ("done", "noop"), result
+        assert result.status in ("done", "noop"), (result.status, result.reason)
         runs.append(times)
         vacuum_if_asked(spec)
         sizes.append(table_sizes(spec["url"]))
