@@ -435,9 +435,9 @@ STORE_NOTES = [
     "the rows carrying the run's generation and confirmation before it commits. Verify is one "
     "read-only statement (staged rows, those present with generation and confirmation, rows "
     "stamped). Cleanup checks every scope (verdict, a newer completed "
-    "run, identity), counts each scope's rows for the deletion guard (one query a scope), "
-    "marks missing rows and moves due ones to history in one statement (SQLite: two). Pruning "
-    "counts a dropped partition's rows before dropping it.",
+    "run, identity), reads the stale rows and counts every scope's population for the "
+    "deletion guard (one statement each, grouped by scope), marks missing rows and moves due "
+    "ones to history in one statement (SQLite: two). Pruning counts a dropped partition's rows before dropping it.",
     "Plain and limit do the same data work in the fewest statements: COPY into the run's "
     "partition (PostgreSQL), one upsert that computes the digest and stamps and confirms, a "
     "count, INSERT … SELECT + "
@@ -498,8 +498,8 @@ def render(results: dict[str, dict], command: str, info: dict, started: datetime
         f"- Python {info.get('python')}, SQLite {info.get('sqlite')}, PostgreSQL "
         f"{info.get('postgresql')} ({info.get('pg_settings', '')}), Dagster "
         f"{info.get('dagster', '?')}",
-        "- **Shared machine**: other engineers' test suites ran at the same time; every figure "
-        "is a median (or single run where *n* = 1) taken under that load — load average "
+        "- **Shared machine** (other sessions may run beside the benchmark): every figure is a "
+        "median (or single run where *n* = 1); load average "
         f"{load[0][0]:.1f} at the start, {load[1][0]:.1f} at the end. Compare ratios (ours and "
         "baseline alternate within a repeat) rather than absolute seconds.",
         "",
