@@ -437,7 +437,8 @@ STORE_NOTES = [
     "stamped). Cleanup checks every scope (verdict, a newer completed "
     "run, identity), reads the stale rows and counts every scope's population for the "
     "deletion guard (one statement each, grouped by scope), marks missing rows and moves due "
-    "ones to history in one statement (SQLite: two). Pruning counts a dropped partition's rows before dropping it.",
+    "ones to history in one statement (SQLite: two). Pruning counts a dropped partition's "
+    "rows before dropping it.",
     "Plain and limit do the same data work in the fewest statements: COPY into the run's "
     "partition (PostgreSQL), one upsert that computes the digest and stamps and confirms, a "
     "count, INSERT … SELECT + "
