@@ -157,6 +157,9 @@ class LeaseKeeper:
     def _drop(self, run_id: str) -> None:
         held = self._leases.pop(run_id, None)
         if held is not None:
+            # Unlock first: a closed session's backend exits, and lets go, only later.
+            with contextlib.suppress(Exception), held[0].cursor() as cur:
+                cur.execute("SELECT pg_advisory_unlock_all()")
             with contextlib.suppress(Exception):  # the session is gone either way
                 held[0].close()
 
