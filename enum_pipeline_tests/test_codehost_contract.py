@@ -286,12 +286,16 @@ def test_truncated_json_is_retried_then_incomplete(kind: Host, served) -> None:
 
 def test_slow_answer_times_out_and_is_retried(kind: Host, served, caplog) -> None:
     app, host, _ = served
-    app.slow_page(2, delay=1.0, times=1)
+    app.slow_page(2, delay=3.0, times=1)
     sleep = FakeSleep()
-    with httpx.Client(timeout=0.2) as client, caplog.at_level(logging.WARNING):
+    with httpx.Client(timeout=0.6) as client, caplog.at_level(logging.WARNING):
         records, [verdict] = scan(kind.make(host, sleep=sleep, client=client))
     assert verdict.complete and len(records) == N
-    assert len(sleep.calls) == 1 and "timeout" in caplog.text
+    # A loaded machine may time out another page too; each retry must be a timeout, and the
+    # slow page's among them.
+    timeouts = [r.getMessage() for r in caplog.records if "timeout" in r.getMessage()]
+    assert len(sleep.calls) == len(timeouts) >= 1
+    assert any(kind.page_2 in message for message in timeouts)
 
 
 def test_listing_cut_short_is_incomplete(kind: Host, served) -> None:
