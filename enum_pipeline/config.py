@@ -59,6 +59,13 @@ class _CodeHost(_Strict):
         return [source(**self.model_dump(exclude={"kind"}))]
 
 
+class _OwnedCodeHost(_CodeHost):
+    """A host listed by one organisation or user (GitHub, Gitea)."""
+
+    owner: str = Field(min_length=1)
+    owner_type: Literal["org", "user"] = "org"
+
+
 class FilesystemSourceConfig(_Strict):
     """Folders on disk walked for repositories."""
 
@@ -94,17 +101,15 @@ class FilesystemSourceConfig(_Strict):
         ]
 
 
-class GitHubSourceConfig(_CodeHost):
+class GitHubSourceConfig(_OwnedCodeHost):
     """Repositories of a GitHub (or GitHub Enterprise) organisation or user."""
 
     source_class = "enum_pipeline.sources.github:GitHubSource"
     kind: Literal["github"]
-    owner: str = Field(min_length=1)
-    owner_type: Literal["org", "user"] = "org"
     base_url: str = "https://api.github.com"
     token_env: str | None = "GITHUB_TOKEN"
-    include_archived: bool = True
-    include_forks: bool = True
+    include_archived: bool = Field(True, description="List archived repositories too.")
+    include_forks: bool = Field(True, description="List forks too.")
 
 
 class GitLabSourceConfig(_CodeHost):
@@ -115,18 +120,16 @@ class GitLabSourceConfig(_CodeHost):
     group: str = Field(min_length=1)
     base_url: str = "https://gitlab.com"
     token_env: str | None = "GITLAB_TOKEN"
-    include_subgroups: bool = True
-    include_archived: bool = True
+    include_subgroups: bool = Field(True, description="List the projects of subgroups too.")
+    include_archived: bool = Field(True, description="List archived projects too.")
 
 
-class GiteaSourceConfig(_CodeHost):
+class GiteaSourceConfig(_OwnedCodeHost):
     """Repositories of a Gitea or Forgejo organisation or user."""
 
     source_class = "enum_pipeline.sources.gitea:GiteaSource"
     kind: Literal["gitea"]
-    owner: str = Field(min_length=1)
     base_url: str
-    owner_type: Literal["org", "user"] = "org"
     token_env: str | None = "GITEA_TOKEN"
 
 

@@ -174,16 +174,21 @@ class VerifyResult:
 
 @dataclass
 class ScopeCleanup:
-    """The cleanup's view of one scope."""
+    """The cleanup's view of one scope. The counts are of projects the run did not see;
+    ``CleanupResult.entries`` names each of them."""
 
     scope_key: str
     complete: bool
     total: int = 0
+    "Rows the scope held before the run."
     candidates: int = 0
+    "Unseen, inside the read's coverage and unprotected: missing or due for removal."
     marked_missing: int = 0
     removed: int = 0
     protected: int = 0
+    "Kept: under a location the read did not enter, or the whole scope held back."
     out_of_coverage: int = 0
+    "Kept: outside what the read was configured to see (depth, nested, filters)."
     skipped_reason: str | None = None
     blocked_reason: str | None = None
 
