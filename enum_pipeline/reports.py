@@ -163,9 +163,11 @@ def clone_coverage(df: pd.DataFrame) -> dict[str, pd.DataFrame]:
     counts = checkouts["_remote"].value_counts()
     twice = set(counts[counts > 1].index)
     keep = ["project_key", "name", "location", "source_kind", "scope_key", "normalized_remote"]
+    # astype(bool): mapping an empty column yields no booleans, and a mask must be made of them
+    outside = ~checkouts["_remote"].map(in_org).astype(bool)
     return {
         "not_cloned": hosted[~hosted["_remote"].isin(cloned)][keep].reset_index(drop=True),
-        "outside_orgs": checkouts[~checkouts["_remote"].map(in_org)][keep].reset_index(drop=True),
+        "outside_orgs": checkouts[outside][keep].reset_index(drop=True),
         "cloned_twice": checkouts[checkouts["_remote"].isin(twice)]
         .sort_values(["_remote", "location"])[keep]
         .reset_index(drop=True),

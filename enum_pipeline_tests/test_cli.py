@@ -77,7 +77,11 @@ def test_run_delete_run_removes_the_repository_and_keeps_history(cli, inventory,
     assert [h.row["name"] for h in inventory.history(run_id)] == ["gamma"]
     with DagsterInstance.from_config(str(cli.home)) as instance:
         runs = instance.get_runs(RunsFilter(statuses=[DagsterRunStatus.SUCCESS]))
-    assert {r.job_name for r in runs} == {"enumerate_projects", "cleanup_projects"}
+    assert {r.job_name for r in runs} == {
+        "enumerate_projects",
+        "cleanup_projects",
+        "inventory_reports",
+    }
     code, out = cli("restore", run_id)
     assert code == 0 and "restored 1" in out
     assert "gamma" in _names(inventory)

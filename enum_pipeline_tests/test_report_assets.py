@@ -20,6 +20,7 @@ from enum_pipeline.defs.reports import reports_after_enumeration
 from enum_pipeline.store import InventoryStore
 from enum_pipeline.store.query import OUTPUT_COLUMNS
 from enum_pipeline_tests.fake_codehosts import FakeCodeHost
+from enum_pipeline_tests.helpers import make_repo
 from enum_pipeline_tests.product_fixtures import github_app, make_tree, write_config
 
 REPORTS = ["inventory_frame", "inventory_summary", "clone_coverage", "inventory_export"]
@@ -131,3 +132,24 @@ def test_loading_the_code_location_does_not_import_pandas():
     code = "import sys; import enum_pipeline.definitions; print('pandas' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert out.stdout.strip() == "False", out.stderr
+
+
+@pytest.mark.parametrize("remote", [None, "https://github.com/someone/tool.git"])
+def test_reports_materialize_on_an_inventory_without_hosted_repositories(
+    db_url, tmp_path, monkeypatch, remote
+):
+    """Checkouts only (with or without a remote), no code host: nothing to join, every report
+    still materializes and says zero (the coverage report once failed on an empty side)."""
+    make_repo(tmp_path / "tree" / "tool", remote=remote)
+    monkeypatch.setenv("ENUM_PIPELINE_DATABASE_URL", db_url)
+    monkeypatch.setenv("ENUM_PIPELINE_ROOTS", str(tmp_path / "tree"))
+    monkeypatch.delenv("ENUM_PIPELINE_CONFIG", raising=False)
+    with instance_for_test() as instance:
+        assert defs.resolve_job_def("enumerate_projects").execute_in_process(instance=instance)
+        result = _materialize(instance, REPORTS)
+        assert result.success
+        meta = _meta(instance, "clone_coverage")
+        outside = 1 if remote else 0  # a remote in no inventoried organisation
+        assert (meta["not_cloned"], meta["outside_orgs"], meta["cloned_twice"]) == (0, outside, 0)
+        assert _meta(instance, "inventory_summary")["projects"] == 1
+    InventoryStore(db_url).dispose()
