@@ -113,10 +113,13 @@ def _project_dagster_yaml() -> Path:
 
 
 def _instance():
-    from dagster import DagsterInstance
+    """The Dagster instance of ``DAGSTER_HOME`` (see ``enum_pipeline.instance``)."""
+    from enum_pipeline.instance import open_instance
 
-    _ensure_dagster_home()
-    instance = DagsterInstance.get()
+    home = _ensure_dagster_home().expanduser()
+    if not home.is_absolute():
+        raise UsageError(f"DAGSTER_HOME must be an absolute path, not {str(home)!r}")
+    instance = open_instance(str(home))
     _OPENED.append(instance)
     return instance
 
