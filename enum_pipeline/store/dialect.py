@@ -22,13 +22,14 @@ STAGE_COLUMNS = [c.name for c in t.staged_projects.columns]
 _COLUMN_LIST = ", ".join(STAGE_COLUMNS)
 
 
-def _utc(value: datetime) -> datetime:
-    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
-
-
 def sqlite_time(value: datetime) -> str:
-    """A timestamp as the store's SQLite columns hold it (naive UTC text, microseconds)."""
-    return _utc(value).replace(tzinfo=None).isoformat(" ", "microseconds")
+    """A timestamp as the store's SQLite columns hold it (naive UTC text, microseconds); a naive
+    value is UTC already."""
+    if value.tzinfo is None:
+        return value.isoformat(" ", "microseconds")
+    if value.tzinfo is not UTC:
+        value = value.astimezone(UTC)
+    return value.isoformat(" ", "microseconds")[:-6]  # without its "+00:00"
 
 
 def _hashed(table: sa.Table, time_value) -> list:
