@@ -174,8 +174,8 @@ class VerifyResult:
 
 @dataclass
 class ScopeCleanup:
-    """The cleanup's view of one scope. The counts are of projects the run did not see;
-    ``CleanupResult.entries`` names each of them."""
+    """The cleanup's view of one scope. ``total`` is its population before the run; the other
+    counts are of projects the run did not see, each named in ``CleanupResult.entries``."""
 
     scope_key: str
     complete: bool
