@@ -52,14 +52,14 @@ def flush(ctx: StoreContext, run_id: str) -> FlushResult:
         generation = int(run["generation"])
         staged = _staged_count(conn, run_id)
         savepoint = conn.begin_nested()
-        written, added, touched = _upsert_counts(conn, _upsert(ctx, run_id, generation, now), now)
-        if written == staged and _confirmed_count(conn, run_id, generation) == staged:
+        upsert = _upsert(ctx, run_id, generation, now)
+        written, added, touched, confirmed = _write(conn, upsert, run_id, generation, now)
+        if written == staged and confirmed == staged:
             savepoint.commit()
-            confirmed = written
         else:
             savepoint.rollback()
             upsert = _upsert(ctx, run_id, generation, now, confirm=False)
-            written, added, touched = _upsert_counts(conn, upsert, now)
+            written, added, touched, _ = _write(conn, upsert, run_id, generation, now)
             confirmed = 0
         result = FlushResult(
             run_id=run_id,
@@ -75,17 +75,49 @@ def flush(ctx: StoreContext, run_id: str) -> FlushResult:
     return result
 
 
-def _confirmed_count(conn: Connection, run_id: str, generation: int) -> int:
-    """Rows of ``projects`` that now carry this run's generation and confirmation (read back,
-    so a write the database dropped after the statement reported it is not counted)."""
+def _write(
+    conn: Connection, upsert, run_id: str, generation: int, now: datetime
+) -> tuple[int, int, int, int]:
+    """Run ``upsert`` and count what it wrote: (rows written, rows inserted, rows inserted or
+    whose content changed, rows that now carry this run's generation and confirmation).
+
+    first_seen_at / changed_at are ``now`` exactly on the rows this upsert inserted / changed,
+    and only this run's upsert writes its generation (fencing), so the rows stamped with the
+    generation are the rows it wrote. PostgreSQL aggregates the upsert's ``RETURNING`` in the
+    server, then reads the confirmations back (a CTE cannot see its own writes); SQLite has no
+    DML in a CTE, so it takes the written rows from the statement's row count and the rest from
+    one scan of the stamped rows instead of sending every written row back to Python. The
+    confirmation is always read back, so a write the database dropped after the statement
+    reported it is not counted.
+    """
     p = t.projects
-    return int(
-        conn.execute(
-            sa.select(sa.func.count())
-            .select_from(p)
-            .where(p.c.seen_generation == generation, p.c.last_confirmed_run_id == run_id)
-        ).scalar_one()
+    now_lit = sa.literal(now, t.UTCDateTime())
+    added = sa.case((p.c.first_seen_at == now_lit, 1), else_=0)
+    touched = sa.case((p.c.changed_at == now_lit, 1), else_=0)
+    confirmed = sa.func.count().filter(
+        p.c.last_confirmed_run_id == run_id, p.c.confirmed_generation == generation
     )
+    stamped = sa.select().select_from(p).where(p.c.seen_generation == generation)
+    if conn.dialect.name == "postgresql":
+        written = upsert.returning(added.label("added"), touched.label("touched")).cte("written")
+        row = conn.execute(
+            sa.select(
+                sa.func.count(),
+                sa.func.coalesce(sa.func.sum(written.c.added), 0),
+                sa.func.coalesce(sa.func.sum(written.c.touched), 0),
+            ).select_from(written)
+        ).one()
+        (confirmed_rows,) = conn.execute(stamped.add_columns(confirmed)).one()
+        return int(row[0]), int(row[1]), int(row[2]), int(confirmed_rows)
+    written_rows = conn.execute(upsert).rowcount
+    row = conn.execute(
+        stamped.add_columns(
+            sa.func.coalesce(sa.func.sum(added), 0),
+            sa.func.coalesce(sa.func.sum(touched), 0),
+            confirmed,
+        )
+    ).one()
+    return int(written_rows), int(row[0]), int(row[1]), int(row[2])
 
 
 def _staged_count(conn: Connection, run_id: str) -> int:
@@ -95,34 +127,6 @@ def _staged_count(conn: Connection, run_id: str) -> int:
             sa.select(sa.func.count()).select_from(s).where(s.c.run_id == run_id)
         ).scalar_one()
     )
-
-
-def _upsert_counts(conn: Connection, upsert, now: datetime) -> tuple[int, int, int]:
-    """Run ``upsert`` and count what it wrote: (rows, rows inserted, rows inserted or whose
-    content changed), from its ``RETURNING`` (first_seen_at / changed_at are ``now`` exactly
-    then)."""
-    now_lit = sa.literal(now, t.UTCDateTime())
-    p = t.projects
-    returning = upsert.returning(
-        sa.case((p.c.first_seen_at == now_lit, 1), else_=0).label("added"),
-        sa.case((p.c.changed_at == now_lit, 1), else_=0).label("touched"),
-    )
-    if conn.dialect.name == "postgresql":
-        written = returning.cte("written")
-        row = conn.execute(
-            sa.select(
-                sa.func.count(),
-                sa.func.coalesce(sa.func.sum(written.c.added), 0),
-                sa.func.coalesce(sa.func.sum(written.c.touched), 0),
-            ).select_from(written)
-        ).one()
-        return int(row[0]), int(row[1]), int(row[2])
-    rows, added, touched = 0, 0, 0
-    for a, c in conn.execute(returning):  # SQLite has no DML in a CTE
-        rows += 1
-        added += a
-        touched += c
-    return rows, added, touched
 
 
 def _upsert(ctx: StoreContext, run_id: str, generation: int, now: datetime, confirm=True):
