@@ -48,6 +48,52 @@ def test_staged_row_holds_the_records_fields_and_no_digest():
         assert row["last_commit_at"] is None or row["last_commit_at"].tzinfo is not None
 
 
+def _reference_row(run_id, record, convert):
+    """The staged row built field by field, the plain way ``row_of``'s generated code must
+    match: every column from its field, JSON columns encoded with sorted keys, timestamps
+    through ``convert``."""
+    out = []
+    for column in STAGE_COLUMNS:
+        if column == "run_id":
+            out.append(run_id)
+            continue
+        value = getattr(record, column)
+        if column == "markers":
+            value = json.dumps(sorted(value), sort_keys=True, default=str, ensure_ascii=False)
+        elif column in ("attributes", "topics", "remotes"):
+            default = {"attributes": "{}"}.get(column)
+            value = (
+                default
+                if value is None
+                else json.dumps(value, sort_keys=True, default=str, ensure_ascii=False)
+            )
+        elif isinstance(value, datetime):
+            value = convert(value)
+        out.append(value)
+    return tuple(out)
+
+
+def test_generated_row_equals_the_field_by_field_row_on_both_timestamp_forms():
+    from enum_pipeline.store.dialect import sqlite_time
+
+    when = datetime(2023, 3, 4, 5, 6, 7, 89, tzinfo=UTC)
+    full = rec(
+        "full",
+        markers=["b.txt", "a.txt"],  # a list: not cached, still sorted
+        topics=("x", "y"),
+        remotes={"origin": "u", "fork": "v"},
+        created_at=when,
+        last_activity_at=datetime(2023, 3, 4, 5, 6, 7),
+        last_fetch_at=when,
+        stars=3,
+        archived=True,
+    )
+    records = [*WEIRD, full, rec("repeat", markers=("z.toml", "a.json"))]
+    for convert, form in ((None, lambda v: v.replace(tzinfo=v.tzinfo or UTC)), (sqlite_time,) * 2):
+        for record in records:
+            assert row_of("r", record, convert) == _reference_row("r", record, form), record.name
+
+
 def _digests(store) -> dict[str, str]:
     return {r["project_key"]: r["content_hash"] for r in store.projects()}
 
