@@ -9,6 +9,7 @@ costs Python.
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Iterable, Iterator
 from dataclasses import fields
@@ -102,16 +103,11 @@ def _aware_utc(value: datetime) -> datetime:
     return value.replace(tzinfo=UTC) if value.tzinfo is None else value
 
 
-_BUILDERS: dict[Any, Any] = {}
-
-
+@functools.cache
 def row_builder(stage_time=None):
     """The row function for ``stage_time`` (the dialect's timestamp form; None: aware UTC
     datetimes), built once."""
-    builder = _BUILDERS.get(stage_time)
-    if builder is None:
-        builder = _BUILDERS[stage_time] = _row_builder(stage_time)
-    return builder
+    return _row_builder(stage_time)
 
 
 def row_of(run_id: str, record: ProjectRecord, stage_time=None) -> tuple:
