@@ -57,8 +57,9 @@ FULL_COVERAGE["follow_symlinks"] = False
 VERDICTS = ("complete", "complete", "complete", "protected", "incomplete", "partial", "absent")
 
 #: SQL that each store step emits (seen with echo); a fault stops the first statement matching.
-#: PostgreSQL stages through COPY on the raw psycopg cursor, which SQLAlchemy events do not see,
-#: so there the staging fault hits the progress UPDATE of the same transaction instead.
+#: A batch's progress UPDATE (it also locks and checks the run) comes before its rows, in the
+#: same transaction; PostgreSQL stages through COPY on the raw psycopg cursor, which SQLAlchemy
+#: events do not see, so there only that UPDATE is a staging fault point.
 NEEDLES: dict[str, tuple[str, ...]] = {
     "begin": ("UPDATE inventory SET last_generation", "INSERT INTO run_state"),
     "stage": ("INSERT INTO staged_projects", "scanned_count=("),

@@ -10,11 +10,13 @@ import dataclasses
 import json
 from datetime import UTC, datetime
 
+import pytest
 import sqlalchemy as sa
 
 from enum_pipeline.sources.base import ProjectRecord, ScopeVerdict
 from enum_pipeline.store import schema as t
 from enum_pipeline.store.dialect import STAGE_COLUMNS, staging_partitions
+from enum_pipeline.store.errors import CleanupRefusedError, FlushVerificationError
 from enum_pipeline.store.staging import row_of
 from enum_pipeline_tests.helpers import SCOPE, key, new_run_id, rec, run_once
 
@@ -268,3 +270,49 @@ def test_pruned_staging_leaves_nothing_and_keeps_the_two_newest_completed(store)
         with store.engine.connect() as conn:
             count = conn.execute(sa.select(sa.func.count()).select_from(t.staged_projects))
             assert count.scalar_one() == 2 + 3 + 1 + 1
+
+
+def test_a_batch_repeating_staged_keys_keeps_first_sightings_and_counts_each_once(store):
+    """Overlapping roots: a key staged again (in a later batch, or twice in one) is kept as
+    first seen and counted once; on PostgreSQL this is the batch the fast COPY turns back and
+    the run's later batches go the deduplicating way."""
+    run_id = new_run_id()
+    store.begin(run_id)
+    assert store.stage(run_id, [rec("a"), rec("b")]) == 2
+    again = [rec("b", default_branch="dev"), rec("c"), rec("c", default_branch="x")]
+    assert store.stage(run_id, again) == 1
+    assert store.stage(run_id, [rec("d")]) == 1
+    info = store.get_run(run_id)
+    assert (info.scanned_count, info.staged_count) == (6, 4)
+    staged = {r["project_key"]: r for r in store.staged_rows(run_id)}
+    assert sorted(staged) == [key("a"), key("b"), key("c"), key("d")]
+    assert staged[key("b")]["default_branch"] == rec("b").default_branch
+    assert staged[key("c")]["default_branch"] == rec("c").default_branch
+    store.end_scope(run_id, ScopeVerdict(SCOPE, "filesystem", True, 4))
+    store.flush(run_id)
+    assert store.verify_and_confirm(run_id).flush_succeeded
+
+
+def test_staged_rows_lost_before_the_flush_fail_verification_and_remove_nothing(store):
+    """Staging that loses rows under a run (PostgreSQL: its partition dropped between batches,
+    which the next batch makes again; SQLite: its rows deleted) no longer holds what the run
+    scanned: verification fails, the run cannot complete, and nothing is removed."""
+    run_once(store, {SCOPE: ["a", "b", "c"]})
+    before = store.projects()
+    run_id = new_run_id()
+    store.begin(run_id)
+    store.stage(run_id, [rec("a"), rec("b")])
+    with store.engine.begin() as conn:
+        if store.dialect == "postgresql":
+            conn.exec_driver_sql(f'DROP TABLE "{t.staging_partition(run_id)}"')
+        else:
+            conn.execute(sa.delete(t.staged_projects).where(t.staged_projects.c.run_id == run_id))
+    assert store.stage(run_id, [rec("c")]) == 1
+    store.end_scope(run_id, ScopeVerdict(SCOPE, "filesystem", True, 3))
+    store.flush(run_id)
+    with pytest.raises(FlushVerificationError, match="staged 3 rows but its staging holds 1"):
+        store.verify_and_confirm(run_id)
+    assert store.complete(run_id) == "failed"
+    with pytest.raises(CleanupRefusedError):
+        store.safe_cleanup_old_projects(run_id)
+    assert store.project_keys() == {r["project_key"] for r in before}

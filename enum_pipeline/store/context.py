@@ -18,7 +18,7 @@ from enum_pipeline.store import schema as t
 from enum_pipeline.store.dialect import Dialect
 from enum_pipeline.store.errors import RunNotActiveError, UnknownRunError
 from enum_pipeline.store.liveness import LeaseKeeper
-from enum_pipeline.store.records import RunStatus
+from enum_pipeline.store.records import RunStatus, utcnow
 
 
 @dataclass
@@ -53,14 +53,36 @@ class StoreContext:
     def require_active(self, conn: Connection, run_id: str):
         """The locked row of ``run_id``; ``RunNotActiveError`` unless it may still write."""
         row = self.run_row(conn, run_id, lock=True)
-        if row["status"] != RunStatus.ACTIVE:
+        self._writable(run_id, row["status"], row["error"])
+        return row
+
+    def count_batch(self, conn: Connection, run_id: str, scanned: int, staged: int) -> None:
+        """Lock ``run_id``'s row and add a batch to its progress counts in one statement;
+        ``RunNotActiveError`` unless the run may still write (the caller's transaction then
+        rolls back, counts included)."""
+        rs = t.run_state
+        row = conn.execute(
+            sa.update(rs)
+            .where(rs.c.run_id == run_id)
+            .values(
+                scanned_count=rs.c.scanned_count + scanned,
+                staged_count=rs.c.staged_count + staged,
+                heartbeat_at=utcnow(),
+            )
+            .returning(rs.c.status, rs.c.error)
+        ).first()
+        if row is None:
+            raise UnknownRunError(f"no run_state row for run {run_id}")
+        self._writable(run_id, row.status, row.error)
+
+    def _writable(self, run_id: str, status: str, error: str | None) -> None:
+        if status != RunStatus.ACTIVE:
             raise RunNotActiveError(
-                f"run {run_id} is {row['status']}"
-                + (f" ({row['error']})" if row["error"] else "")
+                f"run {run_id} is {status}"
+                + (f" ({error})" if error else "")
                 + "; it can no longer write"
             )
         self.leases.keep(run_id)
-        return row
 
 
 def set_run(conn: Connection, run_id: str, **values) -> int:

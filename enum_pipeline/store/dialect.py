@@ -19,6 +19,12 @@ from sqlalchemy.engine import Connection, Engine
 from enum_pipeline.store import schema as t
 
 STAGE_COLUMNS = [c.name for c in t.staged_projects.columns]
+
+
+class RetryBatch(Exception):
+    """The fast way turned a staged batch back; roll its transaction back and stage it again."""
+
+
 _COLUMN_LIST = ", ".join(STAGE_COLUMNS)
 
 
@@ -95,8 +101,13 @@ class PostgreSQLDialect:
         return sa.func.md5(sa.cast(sa.func.json_build_array(*cols), sa.Text))
 
     def __init__(self) -> None:
-        # Runs whose staging met a duplicate key (skip the direct-COPY attempt for them).
+        # Runs whose staging met a duplicate key (their batches go the deduplicating way).
         self._stage_duplicates: set[str] = set()
+        # Partitions this store made sure of. Pruning never drops an active run's partition,
+        # and a run stages only while active (its row is locked by the same transaction), so
+        # a partition once there stays for the run's life; one that went anyway (an operator's
+        # DROP) is forgotten and made again.
+        self._partitions: set[str] = set()
 
     def insert(self, table: sa.Table):
         """An INSERT that knows ``ON CONFLICT``."""
@@ -110,35 +121,33 @@ class PostgreSQLDialect:
         """COPY the batch into the run's partition of ``staged_projects``; returns how many rows
         were new.
 
-        psycopg renders the rows in COPY's text format in C (``write_row``). Fast path:
-        one COPY straight into the partition under a savepoint; it succeeds exactly when every
-        key is new to the run (no duplicates), which is what the slow path would insert. On a
-        duplicate key the savepoint is rolled back and the batch goes the slow way: COPY into a
-        temporary table, then one INSERT … ON CONFLICT DO NOTHING (first sighting wins). After
-        one duplicate, the rest of that run's batches go the slow way directly.
+        psycopg renders the rows in COPY's text format in C (``write_row``). Fast path: one
+        COPY straight into the partition, which succeeds exactly when every key is new to the
+        run, which is what the slow path would insert. It takes no savepoint: when it meets a
+        duplicate key (or the partition is gone) it raises ``RetryBatch``, the caller rolls
+        the batch's transaction back whole and stages the batch again, and this run's batches
+        go the slow way from then on: COPY into a temporary table, then one INSERT … ON
+        CONFLICT DO NOTHING (first sighting wins).
         """
-        partition = ensure_partition(conn, run_id)
-        dbapi = conn.connection.dbapi_connection
-        with dbapi.cursor() as cur:
-            if run_id not in self._stage_duplicates and self._copy_direct(
-                cur, run_id, partition, rows
-            ):
-                return len(rows)
-            return _copy_deduplicated(cur, partition, rows)
-
-    def _copy_direct(self, cur, run_id: str, partition: str, rows: list[tuple]) -> bool:
-        """COPY straight into the partition; False (rolled back) on a duplicate key."""
         from psycopg import errors as pg_errors
 
-        cur.execute("SAVEPOINT enum_stage_copy")
-        try:
-            _copy_into(cur, partition, rows)
-        except pg_errors.UniqueViolation:
-            cur.execute("ROLLBACK TO SAVEPOINT enum_stage_copy")
-            self._stage_duplicates.add(run_id)
-            return False
-        cur.execute("RELEASE SAVEPOINT enum_stage_copy")
-        return True
+        partition = t.staging_partition(run_id)
+        if partition not in self._partitions:
+            ensure_partition(conn, run_id)
+            self._partitions.add(partition)
+        dbapi = conn.connection.dbapi_connection
+        with dbapi.cursor() as cur:
+            try:
+                if run_id in self._stage_duplicates:
+                    return _copy_deduplicated(cur, partition, rows)
+                _copy_into(cur, partition, rows)
+            except pg_errors.UniqueViolation as exc:
+                self._stage_duplicates.add(run_id)
+                raise RetryBatch(run_id) from exc
+            except pg_errors.UndefinedTable as exc:
+                self._partitions.discard(partition)
+                raise RetryBatch(run_id) from exc
+        return len(rows)
 
     def drop_staging_except(self, conn: Connection, keep: Iterable[str]) -> int:
         """Drop the partition of every run but ``keep`` (no dead rows left behind); returns
@@ -150,6 +159,7 @@ class PostgreSQLDialect:
                 continue
             dropped += conn.exec_driver_sql(f'SELECT count(*) FROM "{name}"').scalar_one()
             conn.exec_driver_sql(f'DROP TABLE "{name}"')
+            self._partitions.discard(name)
         return dropped
 
 

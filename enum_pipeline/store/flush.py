@@ -180,8 +180,9 @@ def _upsert(ctx: StoreContext, run_id: str, generation: int, now: datetime, conf
 
 
 def verify_and_confirm(ctx: StoreContext, run_id: str) -> VerifyResult:
-    """Prove the flush: every staged key is in ``projects`` with this run's generation and its
-    confirmation, and no other row carries the generation.
+    """Prove the flush: the staging holds every row the run's batches staged (their count is
+    committed with each batch), every staged key is in ``projects`` with this run's generation
+    and its confirmation, and no other row carries the generation.
 
     The content needs no second comparison: only this run's upsert can write its generation
     (fencing), and it writes a row's content, digest and stamps in one row version.
@@ -194,6 +195,12 @@ def verify_and_confirm(ctx: StoreContext, run_id: str) -> VerifyResult:
         run = ctx.require_active(conn, run_id)
         generation = int(run["generation"])
         staged, present, stamped = _verify_counts(conn, run_id, generation)
+        if run["staged_count"] != staged:
+            raise FlushVerificationError(
+                f"run {run_id}: its batches staged {run['staged_count']} rows but its staging "
+                f"holds {staged}: staged rows went missing before the flush, so this run did "
+                "not see what it scanned"
+            )
         if staged != present or stamped != staged or run["flushed_count"] != staged:
             raise FlushVerificationError(
                 f"run {run_id}: staged {staged}, present with generation {generation}: "

@@ -22,9 +22,15 @@ import sqlalchemy as sa
 from enum_pipeline.sources.base import ProjectRecord, ScopeVerdict
 from enum_pipeline.store import schema as t
 from enum_pipeline.store.context import StoreContext, set_run
-from enum_pipeline.store.dialect import STAGE_COLUMNS
+from enum_pipeline.store.dialect import STAGE_COLUMNS, RetryBatch
+from enum_pipeline.store.errors import StoreError
 from enum_pipeline.store.records import RunStatus, utcnow
 from enum_pipeline.store.runs import heartbeat
+
+# A batch is tried again, whole, only when the dialect's fast path turned it back (a key the
+# run had staged already, a partition that went away), each time on a way that cannot do so
+# for the same reason.
+_STAGE_ATTEMPTS = 3
 
 #: Staging of at least this many newest completed runs is always kept (run deltas read the two
 #: newest; CONTRACTS.md 5).
@@ -128,17 +134,20 @@ def stage(ctx: StoreContext, run_id: str, records: Iterable[ProjectRecord]) -> i
     if not rows:
         heartbeat(ctx, run_id)
         return 0
-    with ctx.engine.begin() as conn:
-        ctx.require_active(conn, run_id)
-        inserted = ctx.dialect.stage_rows(conn, run_id, rows)
-        set_run(
-            conn,
-            run_id,
-            scanned_count=t.run_state.c.scanned_count + len(rows),
-            staged_count=t.run_state.c.staged_count + inserted,
-            heartbeat_at=utcnow(),
-        )
-    return inserted
+    for _ in range(_STAGE_ATTEMPTS):
+        try:
+            with ctx.engine.begin() as conn:
+                # Counted as if every row were new, which the fast path proves by succeeding;
+                # a batch that met keys the run had already staged is corrected below.
+                ctx.count_batch(conn, run_id, scanned=len(rows), staged=len(rows))
+                inserted = ctx.dialect.stage_rows(conn, run_id, rows)
+                if inserted != len(rows):
+                    known = len(rows) - inserted
+                    set_run(conn, run_id, staged_count=t.run_state.c.staged_count - known)
+            return inserted
+        except RetryBatch:
+            continue  # rolled back whole; the dialect now knows the way that will take it
+    raise StoreError(f"run {run_id}: a batch could not be staged in {_STAGE_ATTEMPTS} attempts")
 
 
 def end_scope(ctx: StoreContext, run_id: str, verdict: ScopeVerdict) -> None:
