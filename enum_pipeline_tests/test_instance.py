@@ -120,3 +120,34 @@ def test_a_configured_storage_is_left_as_configured(home, tmp_path):
     finally:
         instance.dispose()
     assert (elsewhere / "history" / "runs.db").exists()
+
+
+def _shard_facts(path: Path) -> tuple:
+    """(schema, alembic revision, journal mode) of one event-log file."""
+    import sqlite3
+
+    conn = sqlite3.connect(path)
+    try:
+        schema = sorted(conn.execute("SELECT type, name, sql FROM sqlite_master").fetchall())
+        revision = conn.execute("SELECT version_num FROM alembic_version").fetchall()
+        mode = conn.execute("PRAGMA journal_mode").fetchone()[0]
+    finally:
+        conn.close()
+    return schema, revision, mode
+
+
+def test_a_run_file_the_cli_instance_makes_is_the_one_dagster_makes(home, tmp_path):
+    """A new run's event-log file, made with the migration scripts read once a process, has
+    Dagster's tables and indexes, its alembic head and WAL, like one Dagster's class makes."""
+    with DagsterInstance.from_config(str(home)) as dagster_own:
+        theirs = _run(dagster_own, 1)[0]
+    instance = open_instance(str(home))
+    try:
+        ours = _run(instance, 2)
+    finally:
+        instance.dispose()
+    runs = home / "history" / "runs"
+    expected = _shard_facts(runs / f"{theirs}.db")
+    assert expected[1] and expected[2] == "wal"
+    for run_id in ours:
+        assert _shard_facts(runs / f"{run_id}.db") == expected
