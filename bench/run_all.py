@@ -439,11 +439,11 @@ STORE_NOTES = [
     "run's generation and confirmation before it commits (SQLite counts added/changed in that "
     "same scan). Verify is one "
     "read-only statement (staged rows, those present with generation and confirmation, rows "
-    "stamped), compared with the run's own counts. Cleanup checks every scope (verdict, a newer completed "
-    "run, identity), reads the stale rows and counts every scope's population for the "
-    "deletion guard (one statement each, grouped by scope), marks missing rows and moves due "
-    "ones to history in one statement (SQLite: two). Pruning counts a dropped partition's "
-    "rows before dropping it.",
+    "stamped), compared with the run's own counts. Cleanup checks every scope (verdict, a "
+    "newer completed run, identity), reads the stale rows and counts every scope's "
+    "population for the deletion guard (one statement each, grouped by scope), marks "
+    "missing rows and moves due ones to history in one statement (SQLite: two). Pruning "
+    "counts a dropped partition's rows before dropping it.",
     "Plain and limit do the same data work in the fewest statements: COPY into the run's "
     "partition (PostgreSQL), one upsert that computes the digest and stamps and confirms, a "
     "count, INSERT … SELECT + "
