@@ -384,3 +384,16 @@ def test_a_value_binary_staging_cannot_take_as_typed_stages_as_text_did(
     assert staged[key("b")][column] == staged_as
     assert staged[key("c")]["archived"] is True
     assert store.get_run(run_id).staged_count == 4
+
+
+def test_a_key_twice_in_one_batch_keeps_its_first_sighting(store):
+    """Within one batch too, the first sighting of a key is the one staged (PostgreSQL: the
+    deduplicating way keeps the batch's order), whichever of the two sorts first."""
+    run_id = new_run_id()
+    store.begin(run_id)
+    twice = [rec("k", default_branch=f"b{i}") for i in range(20)] + [rec("j")]
+    for order in (twice, twice[::-1]):
+        store.stage(run_id, order)
+    staged = _staged_without_run(store, run_id)
+    assert staged[key("k")]["default_branch"] == "b0"
+    assert store.get_run(run_id).staged_count == 2

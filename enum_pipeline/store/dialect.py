@@ -262,15 +262,21 @@ def _strict_binary_dumpers(cur) -> None:
         cur.adapters.register_dumper(None, dumper)
 
 
+_KEY = STAGE_COLUMNS.index("project_key")
+
+
 def _copy_deduplicated(cur, partition: str, rows: list[tuple], oids: list[int] | None) -> int:
+    """The batch's first sighting of each key, COPYed into a temporary table, then inserted
+    where the run has not staged the key yet; returns how many rows were new."""
+    seen: set[str] = set()
+    first = [r for r in rows if not (r[_KEY] in seen or seen.add(r[_KEY]))]
     cur.execute(
         "CREATE TEMP TABLE IF NOT EXISTS _stage_batch "
         "(LIKE staged_projects INCLUDING DEFAULTS) ON COMMIT DELETE ROWS"
     )
-    _copy_into(cur, "_stage_batch", rows, oids)
+    _copy_into(cur, "_stage_batch", first, oids)
     cur.execute(
-        f'INSERT INTO "{partition}" ({_COLUMN_LIST}) '
-        f"SELECT DISTINCT ON (run_id, project_key) {_COLUMN_LIST} "
+        f'INSERT INTO "{partition}" ({_COLUMN_LIST}) SELECT {_COLUMN_LIST} '
         "FROM _stage_batch ON CONFLICT (run_id, project_key) DO NOTHING"
     )
     inserted = cur.rowcount
