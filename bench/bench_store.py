@@ -7,7 +7,7 @@ here), two implementations run the same two-run cycle on fresh databases with th
 * **ours** — ``InventoryStore``: run 1 stages N records in batches (the real ``stage()`` path),
   ends its scopes, flushes, verifies, completes and cleans up (nothing to remove); run 2 sees
   N minus 1% (and 5% of the rest changed), so its cleanup (lenient policy) moves 1% to history.
-* **plain** — the same data work by hand: PostgreSQL binary COPY into ``staged_projects``,
+* **plain** — the same data work by hand: PostgreSQL COPY into ``staged_projects``,
   ``INSERT … SELECT … ON CONFLICT DO UPDATE`` that stamps and confirms (one write a row, as
   ours), a count to check it, ``INSERT INTO removed_projects SELECT …`` + ``DELETE``, the old
   staging deleted; SQLite the same with ``executemany`` for staging.
@@ -346,8 +346,7 @@ def cycle_ours(spec: dict) -> dict:
 #
 # *plain*: the same data work written by hand, Python included (hash, rows, driver adaptation).
 # *limit*: the same statements over rows prepared before the clock starts (hash computed, JSON
-# encoded, the binary COPY payload rendered / parameter tuples built): what the database alone
-# needs.
+# encoded, COPY text rendered / parameter tuples built): what the database alone needs.
 
 _UPSERT_SET = [f"{c} = EXCLUDED.{c}" for c in [*DATA_COLUMNS, "content_hash"]] + [
     "run_id = EXCLUDED.run_id",
@@ -414,30 +413,23 @@ def stage_row(run_id: str, r: ProjectRecord, time_value, json_value) -> tuple:
     )
 
 
-def stage_oids(cur) -> list[int]:
-    """The type oids of ``staged_projects``' columns in ``STAGE_COLUMNS`` order (binary COPY)."""
-    cur.execute(
-        "SELECT attname, atttypid FROM pg_attribute WHERE attrelid = "
-        "'staged_projects'::regclass AND attnum > 0 AND NOT attisdropped"
-    )
-    types = dict(cur.fetchall())
-    return [int(types[name]) for name in STAGE_COLUMNS]
+_COPY_ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
 
 
-def copy_binary(cur, rows: list[tuple], oids: list[int]) -> bytes:
-    """Rows rendered in COPY's binary format (what the driver sends), ready to write as is:
-    psycopg's own formatter, run before the clock starts."""
-    from psycopg import adapt, pq
-    from psycopg._copy_base import BinaryFormatter
-
-    tx = adapt.Transformer(cur)
-    tx.set_dumper_types(oids, pq.Format.BINARY)
-    formatter = BinaryFormatter(tx)
-    out = bytearray()
+def copy_text(rows: list[tuple]) -> bytes:
+    """Rows rendered in COPY's text format (what the driver sends), ready to write as is."""
+    out = []
     for row in rows:
-        out += formatter.write_row(row)
-    out += formatter.end()
-    return bytes(out)
+        out.append(
+            "\t".join(
+                "\\N"
+                if v is None
+                else (v if isinstance(v, str) else str(v)).translate(_COPY_ESCAPES)
+                for v in row
+            )
+        )
+    out.append("")
+    return "\n".join(out).encode("utf-8", "surrogateescape")
 
 
 def _digest_sql(backend: str) -> str:
@@ -495,8 +487,6 @@ def _baseline_pg(spec: dict) -> dict:
     from enum_pipeline.store.schema import staging_partition
 
     runs, sizes = [], []
-    oids = stage_oids(cur)
-    conn.commit()
     for gen, variant in enumerate(plan_of(spec), 1):
         run_id, now = f"base-{gen}", datetime.now(UTC)
         times = dict.fromkeys(PHASES, 0.0)
@@ -506,18 +496,17 @@ def _baseline_pg(spec: dict) -> dict:
             f"CREATE TABLE \"{partition}\" PARTITION OF staged_projects FOR VALUES IN ('{run_id}')"
         )
         times["other"] += time.perf_counter() - t
-        copy_sql = f'COPY "{partition}" ({", ".join(STAGE_COLUMNS)}) FROM STDIN (FORMAT BINARY)'
+        copy_sql = f'COPY "{partition}" ({", ".join(STAGE_COLUMNS)}) FROM STDIN'
         for batch in _variant_batches(spec, variant, batch_size):
             if prepared:
-                rows = [stage_row(run_id, r, _same, Jsonb) for r in batch]
-                payload = copy_binary(cur, rows, oids)
+                rows = [stage_row(run_id, r, _iso, json.dumps) for r in batch]
+                payload = copy_text(rows)
                 t = time.perf_counter()
                 with cur.copy(copy_sql) as cp:
                     cp.write(payload)
             else:
                 t = time.perf_counter()
                 with cur.copy(copy_sql) as cp:
-                    cp.set_types(oids)
                     for r in batch:
                         cp.write_row(stage_row(run_id, r, _same, Jsonb))
             conn.commit()
@@ -554,6 +543,10 @@ def _baseline_pg(spec: dict) -> dict:
     _check_counts(spec, cur.execute("SELECT count(*) FROM projects").fetchone()[0], removed)
     conn.close()
     return {"runs": runs, "sizes": sizes}
+
+
+def _iso(value: datetime | None) -> str | None:
+    return value.isoformat() if value else None
 
 
 def _baseline_sqlite(spec: dict) -> dict:

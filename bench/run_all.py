@@ -208,14 +208,12 @@ def store_section(res: dict) -> list[str]:
         "",
         "- *ours*: `InventoryStore`, records in, everything it does timed;",
         "- *plain*: the same data work by hand, Python included (the row tuples, the driver's "
-        "adaptation): PostgreSQL binary COPY (psycopg's `write_row`, `set_types`) into the "
-        "run's partition of `staged_projects`, one INSERT "
+        "adaptation): PostgreSQL COPY into the run's partition of `staged_projects`, one INSERT "
         "… SELECT … ON CONFLICT DO UPDATE that computes the digest and stamps and confirms, a "
         "count, INSERT INTO removed_projects SELECT … + DELETE, DROP of old staging; SQLite the "
         "same with `executemany`;",
         "- *limit*: plain's statements over rows prepared before the clock starts (JSON "
-        "encoded, the binary COPY payload rendered by psycopg's own formatter / the parameter "
-        "tuples built, one batch at a time): "
+        "encoded, the COPY text rendered / the parameter tuples built, one batch at a time): "
         "what the database alone needs for this work.",
         "",
         "Ratios are medians over *n* repeats of the per-repeat ratio (the three run back to back "
@@ -432,9 +430,8 @@ STORE_NOTES = [
     "encoded once, a repeated marker set encoded once; no digest), "
     "and stages the batch in one transaction of three statements: one UPDATE … RETURNING "
     "that locks the run's `run_state` row, checks it is active and adds the batch to its "
-    "progress counts, the rows (PostgreSQL: psycopg's C COPY writer, binary format, straight "
-    "into the run's partition, no savepoint, the partition made sure of once a run; SQLite: "
-    "executemany), "
+    "progress counts, the rows (PostgreSQL: psycopg's C COPY writer straight into the run's "
+    "partition, no savepoint, the partition made sure of once a run; SQLite: executemany), "
     "the commit; the lease is checked without a round trip. The flush "
     "counts the staging, runs one upsert that computes the digest in SQL and stamps and "
     "confirms every row it writes (PostgreSQL: its RETURNING counted in the server for "
@@ -447,7 +444,7 @@ STORE_NOTES = [
     "population for the deletion guard (one statement each, grouped by scope), marks "
     "missing rows and moves due ones to history in one statement (SQLite: two). Pruning "
     "counts a dropped partition's rows before dropping it.",
-    "Plain and limit do the same data work in the fewest statements: binary COPY into the run's "
+    "Plain and limit do the same data work in the fewest statements: COPY into the run's "
     "partition (PostgreSQL), one upsert that computes the digest and stamps and confirms, a "
     "count, INSERT … SELECT + "
     "DELETE for history, DROP of the old partition (SQLite: DELETE of old staging).",
@@ -484,9 +481,8 @@ def notes(results: dict[str, dict]) -> list[str]:
             out.append(
                 f"- Python's share: at {big['size']:,} on {big['backend']}, ours stages in "
                 f"{ours['median']['stage']:.2f} s, plain SQL in {plain['median']['stage']:.2f} s "
-                f"and the database alone in {limit['median']['stage']:.2f} s (the same binary "
-                "COPY over rows rendered beforehand); the digest is the database's work in all "
-                "three."
+                f"and the database alone in {limit['median']['stage']:.2f} s (the same COPY over "
+                "rows rendered beforehand); the digest is the database's work in all three."
             )
         skipped = store["args"].get("skip") or []
         if skipped:

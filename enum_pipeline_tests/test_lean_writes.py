@@ -325,67 +325,6 @@ def _staged_without_run(store, run_id: str) -> dict[str, dict]:
     }
 
 
-@pytest.mark.parametrize("db_url", ["postgresql"], indirect=True)
-def test_binary_staging_stages_exactly_what_text_staging_does(store):
-    """PostgreSQL stages in COPY's binary format; every column of every odd record (unicode,
-    tabs, naive and aware times, nested JSON, every field set) reads back as text COPY, which
-    the server parses itself, stages it."""
-    when = datetime(2023, 3, 4, 5, 6, 7, 89, tzinfo=UTC)
-    full = rec(
-        "full",
-        topics=("x", "y"),
-        remotes={"origin": "u", "fork": "v"},
-        created_at=when,
-        last_activity_at=datetime(2023, 3, 4, 5, 6, 7),
-        last_fetch_at=when,
-        stars=3,
-        archived=True,
-        fork=False,
-    )
-    records = [*WEIRD, full]
-    runs = []
-    for as_text in (False, True):
-        run_id = new_run_id()
-        store.begin(run_id)
-        if as_text:
-            store._ctx.dialect._stage_as_text.add(run_id)
-        store.stage(run_id, records)
-        store.fail(run_id, "test")
-        runs.append(run_id)
-    binary, text = (_staged_without_run(store, r) for r in runs)
-    assert binary == text
-    assert binary[full.project_key]["remotes"] == {"origin": "u", "fork": "v"}
-    assert binary[full.project_key]["archived"] is True
-    assert binary[full.project_key]["created_at"] == when
-
-
-@pytest.mark.parametrize("db_url", ["postgresql"], indirect=True)
-@pytest.mark.parametrize(
-    ("odd", "column", "staged_as"),
-    [
-        (rec("b", default_branch=5), "default_branch", "5"),
-        (rec("b", archived="false"), "archived", False),
-        (rec("b", fork="true"), "fork", True),
-    ],
-    ids=["int-for-text", "false-text-for-boolean", "true-text-for-boolean"],
-)
-def test_a_value_binary_staging_cannot_take_as_typed_stages_as_text_did(
-    store, odd, column, staged_as
-):
-    """A value not of its column's type (an int for a text column, text for a boolean) makes
-    its batch, and the run's later batches, go as text COPY, where the server parses it as it
-    always did: "false" is false, never a truthy byte."""
-    run_id = new_run_id()
-    store.begin(run_id)
-    assert store.stage(run_id, [rec("a")]) == 1
-    assert store.stage(run_id, [odd, rec("c", archived=True)]) == 2
-    assert store.stage(run_id, [rec("d")]) == 1
-    staged = _staged_without_run(store, run_id)
-    assert staged[key("b")][column] == staged_as
-    assert staged[key("c")]["archived"] is True
-    assert store.get_run(run_id).staged_count == 4
-
-
 def test_a_key_twice_in_one_batch_keeps_its_first_sighting(store):
     """Within one batch too, the first sighting of a key is the one staged (PostgreSQL: the
     deduplicating way keeps the batch's order), whichever of the two sorts first."""

@@ -9,7 +9,6 @@ partition; SQLite deletes the rows and reuses their pages) and whether runs hold
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Iterable
 from datetime import UTC, datetime
 
@@ -104,16 +103,11 @@ class PostgreSQLDialect:
     def __init__(self) -> None:
         # Runs whose staging met a duplicate key (their batches go the deduplicating way).
         self._stage_duplicates: set[str] = set()
-        # Runs with a value the binary COPY cannot take as its column's type (their batches go
-        # as text, which the server parses as it always did).
-        self._stage_as_text: set[str] = set()
         # Partitions this store made sure of. Pruning never drops an active run's partition,
         # and a run stages only while active (its row is locked by the same transaction), so
         # a partition once there stays for the run's life; one that went anyway (an operator's
         # DROP) is forgotten and made again.
         self._partitions: set[str] = set()
-        # The type oids of the staging columns, in ``STAGE_COLUMNS`` order (read once).
-        self._stage_oids: list[int] | None = None
 
     def insert(self, table: sa.Table):
         """An INSERT that knows ``ON CONFLICT``."""
@@ -127,16 +121,13 @@ class PostgreSQLDialect:
         """COPY the batch into the run's partition of ``staged_projects``; returns how many rows
         were new.
 
-        psycopg renders the rows in COPY's binary format in C, each value by its column's type
-        (``set_types``), so no value is escaped into text for the server to parse again. Fast
-        path: one COPY straight into the partition, which succeeds exactly when every key is
-        new to the run, which is what the slow path would insert. It takes no savepoint: when
-        it meets a duplicate key, a value the binary format cannot take as its column's type
-        (an int where text is due; text where a boolean is due, which the server would parse
-        but a byte would not say), or a partition that is gone, it raises ``RetryBatch``: the
-        caller rolls the batch's transaction back whole and stages the batch again, and this
-        run's batches go the slow way (COPY into a temporary table, then one INSERT … ON
-        CONFLICT DO NOTHING: first sighting wins), or as text, from then on.
+        psycopg renders the rows in COPY's text format in C (``write_row``). Fast path: one
+        COPY straight into the partition, which succeeds exactly when every key is new to the
+        run, which is what the slow path would insert. It takes no savepoint: when it meets a
+        duplicate key (or the partition is gone) it raises ``RetryBatch``, the caller rolls
+        the batch's transaction back whole and stages the batch again, and this run's batches
+        go the slow way from then on: COPY into a temporary table, then one INSERT … ON
+        CONFLICT DO NOTHING (first sighting wins).
         """
         from psycopg import errors as pg_errors
 
@@ -145,37 +136,18 @@ class PostgreSQLDialect:
             ensure_partition(conn, run_id)
             self._partitions.add(partition)
         dbapi = conn.connection.dbapi_connection
-        oids = None if run_id in self._stage_as_text else self._oids(dbapi)
         with dbapi.cursor() as cur:
-            if oids is not None:
-                _strict_binary_dumpers(cur)
             try:
                 if run_id in self._stage_duplicates:
-                    return _copy_deduplicated(cur, partition, rows, oids)
-                _copy_into(cur, partition, rows, oids)
+                    return _copy_deduplicated(cur, partition, rows)
+                _copy_into(cur, partition, rows)
             except pg_errors.UniqueViolation as exc:
                 self._stage_duplicates.add(run_id)
                 raise RetryBatch(run_id) from exc
             except pg_errors.UndefinedTable as exc:
                 self._partitions.discard(partition)
                 raise RetryBatch(run_id) from exc
-            except _NOT_THE_TYPE as exc:
-                if oids is None:
-                    raise
-                self._stage_as_text.add(run_id)
-                raise RetryBatch(run_id) from exc
         return len(rows)
-
-    def _oids(self, dbapi) -> list[int]:
-        if self._stage_oids is None:
-            with dbapi.cursor() as cur:
-                cur.execute(
-                    "SELECT attname, atttypid FROM pg_attribute WHERE attrelid = "
-                    "'staged_projects'::regclass AND attnum > 0 AND NOT attisdropped"
-                )
-                types = dict(cur.fetchall())
-            self._stage_oids = [int(types[name]) for name in STAGE_COLUMNS]
-        return self._stage_oids
 
     def drop_staging_except(self, conn: Connection, keep: Iterable[str]) -> int:
         """Drop the partition of every run but ``keep`` (no dead rows left behind); returns
@@ -213,59 +185,17 @@ def staging_partitions(conn: Connection) -> list[str]:
     )
 
 
-#: What psycopg's binary dumpers (and ours) raise for a value that is not its column's type.
-_NOT_THE_TYPE = (TypeError, ValueError, OverflowError, AttributeError)
-
-
-def _copy_into(cur, table: str, rows: list[tuple], oids: list[int] | None) -> None:
-    """COPY ``rows`` into ``table``: binary, each value dumped as ``oids`` says; text without."""
-    binary = " (FORMAT BINARY)" if oids is not None else ""
-    with cur.copy(f'COPY "{table}" ({_COLUMN_LIST}) FROM STDIN{binary}') as copy:
-        if oids is not None:
-            copy.set_types(oids)
+def _copy_into(cur, table: str, rows: list[tuple]) -> None:
+    with cur.copy(f'COPY "{table}" ({_COLUMN_LIST}) FROM STDIN') as copy:
         write = copy.write_row
         for row in rows:
             write(row)
 
 
-@functools.cache
-def _binary_dumpers() -> tuple:
-    """Binary dumpers for the two staging types psycopg's own would get wrong here: ``jsonb``
-    from JSON text staging encoded already (psycopg's would encode the text again, as a JSON
-    string), and a ``boolean`` that is a bool (psycopg's takes any truthy value, so "false"
-    would stage as true; text COPY let the server parse it)."""
-    from psycopg import adapt, postgres, pq
-
-    class JsonbText(adapt.Dumper):
-        format = pq.Format.BINARY
-        oid = postgres.types["jsonb"].oid
-
-        def dump(self, obj: str) -> bytes:
-            return b"\x01" + obj.encode()
-
-    class StrictBool(adapt.Dumper):
-        format = pq.Format.BINARY
-        oid = postgres.types["bool"].oid
-
-        def dump(self, obj: bool) -> bytes:
-            if obj is True:
-                return b"\x01"
-            if obj is False:
-                return b"\x00"
-            raise TypeError(f"not a bool: {obj!r}")
-
-    return JsonbText, StrictBool
-
-
-def _strict_binary_dumpers(cur) -> None:
-    for dumper in _binary_dumpers():
-        cur.adapters.register_dumper(None, dumper)
-
-
 _KEY = STAGE_COLUMNS.index("project_key")
 
 
-def _copy_deduplicated(cur, partition: str, rows: list[tuple], oids: list[int] | None) -> int:
+def _copy_deduplicated(cur, partition: str, rows: list[tuple]) -> int:
     """The batch's first sighting of each key, COPYed into a temporary table, then inserted
     where the run has not staged the key yet; returns how many rows were new."""
     seen: set[str] = set()
@@ -274,7 +204,7 @@ def _copy_deduplicated(cur, partition: str, rows: list[tuple], oids: list[int] |
         "CREATE TEMP TABLE IF NOT EXISTS _stage_batch "
         "(LIKE staged_projects INCLUDING DEFAULTS) ON COMMIT DELETE ROWS"
     )
-    _copy_into(cur, "_stage_batch", first, oids)
+    _copy_into(cur, "_stage_batch", first)
     cur.execute(
         f'INSERT INTO "{partition}" ({_COLUMN_LIST}) SELECT {_COLUMN_LIST} '
         "FROM _stage_batch ON CONFLICT (run_id, project_key) DO NOTHING"
