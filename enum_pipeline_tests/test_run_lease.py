@@ -204,3 +204,26 @@ def test_inventories_in_two_schemas_of_one_database_hold_separate_leases(db_url,
     assert first.project_keys() == {key("a")} and second.project_keys() == {key("b")}
     first.dispose()
     second.dispose()
+
+
+def test_the_lease_check_holds_in_a_process_with_many_descriptors(db_url):
+    """The lease session's socket number passes 1024 in a busy process (the daemon, the
+    webserver): checking it each batch still costs no new session and keeps the one lease."""
+    import os
+
+    spare = [os.open(os.devnull, os.O_RDONLY) for _ in range(1100)]
+    try:
+        store = InventoryStore(db_url)
+        run_id = new_run_id()
+        store.begin(run_id)
+        held = store._ctx.leases._leases[run_id][0]
+        assert held.fileno() > 1024
+        store.stage(run_id, [rec("a")])
+        store.stage(run_id, [rec("b")])
+        assert store._ctx.leases._leases[run_id][0] is held
+        assert len(lease_holders(store, run_id)) == 1
+        _finish(store, run_id, ["c"])
+        store.dispose()
+    finally:
+        for fd in spare:
+            os.close(fd)

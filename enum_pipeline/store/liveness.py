@@ -79,8 +79,9 @@ def _session_alive(dbapi) -> bool:
     notice: while its socket has nothing to read, this costs no round trip; when something did
     arrive, the session itself is asked."""
     try:
-        readable, _, _ = select.select([dbapi.fileno()], [], [], 0)
-        if not readable:
+        poller = select.poll()  # not select(): a busy process's descriptors pass 1024
+        poller.register(dbapi.fileno(), select.POLLIN)
+        if not poller.poll(0):
             return True
         with dbapi.cursor() as cur:
             cur.execute("SELECT 1")
