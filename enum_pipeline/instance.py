@@ -98,9 +98,10 @@ class ReusingSqliteEventLogStorage(SqliteEventLogStorage):
                 yield conn
 
     def _initdb(self, engine: Engine, for_index_shard: bool = False) -> None:
-        """Dagster's ``_initdb`` for a new run's file (its tables, WAL, stamped at the scripts'
-        head), with the scripts read once. The index shard, and any file that is not new or
-        that another process is making at the same moment, take Dagster's own way."""
+        """Dagster's ``_initdb`` with the scripts read once: a file at the scripts' head is
+        left as it is, a new run's file gets its tables, WAL and the head stamp. A new index
+        shard (made in Dagster's constructor), a file at another revision and a file another
+        process is making at the same moment take Dagster's own way."""
         if not for_index_shard:
             scripts = _event_log_scripts()
             try:
