@@ -221,6 +221,8 @@ def _copy_rows(source: Engine, target: Engine) -> None:
                 dst.execute(sa.insert(into), rows)
         if dst.dialect.name == "postgresql":  # explicit ids were copied: move sequences on
             for table in t.metadata.sorted_tables:
+                if not inspector.has_table(table.name):
+                    continue
                 for column in table.primary_key.columns:
                     if not isinstance(column.type, sa.Integer):
                         continue

@@ -243,6 +243,9 @@ removed_projects = sa.Table(
     sa.Column("restored_at", UTCDateTime()),
     sa.Column("restored_by", sa.Text),
     sa.Column("reason", sa.Text),
+    # the witness's answer that confirmed the project gone, and when it was taken
+    sa.Column("confirmation", sa.Text),
+    sa.Column("confirmed_at", UTCDateTime()),
     sa.Index("ix_removed_projects_run", "removed_by_run_id"),
     sa.Index("ix_removed_projects_key", "project_key"),
 )
@@ -273,5 +276,22 @@ cleanup_entries = _run_table(
     sa.Column("action", sa.String(16), nullable=False),
     sa.Column("reason", sa.Text, nullable=False),
     sa.Column("approved", sa.Boolean, nullable=False, server_default=sa.false()),
+    # what the source's witness said of the project (absence confirmed, or why it is kept)
+    sa.Column("confirmation", sa.Text),
     sa.CheckConstraint(f"action IN {CLEANUP_ACTIONS!r}", name="ck_cleanup_entries_action"),
+)
+
+# Records of a run the database could not take (a key over the index limit, a NUL, a number out
+# of range), with the reason; their scope is made incomplete so nothing under it is removed.
+quarantined_records = sa.Table(
+    "quarantined_records",
+    metadata,
+    sa.Column("id", sa.BigInteger().with_variant(sa.Integer, "sqlite"), primary_key=True),
+    sa.Column("run_id", sa.String(64), nullable=False),
+    sa.Column("scope_key", sa.Text, nullable=False),
+    sa.Column("project_key", sa.Text, nullable=False),
+    sa.Column("source_kind", sa.String(32), nullable=False),
+    sa.Column("reason", sa.Text, nullable=False),
+    sa.Column("quarantined_at", UTCDateTime(), nullable=False),
+    sa.Index("ix_quarantined_records_run", "run_id"),
 )
