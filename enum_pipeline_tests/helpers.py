@@ -17,6 +17,7 @@ import sqlalchemy as sa
 
 from enum_pipeline import steps
 from enum_pipeline.sources.base import ProjectRecord, ScopeVerdict
+from enum_pipeline.sources.witness import Absence, Candidate, Confirmation, now
 from enum_pipeline.store import CleanupPolicy, InventoryStore
 
 SCOPE = "fs:/srv/src"
@@ -63,6 +64,28 @@ class StaticSource:
             yield verdict
 
 
+class WorldWitness:
+    """The witness of a test world: synthetic records have no real path or repository to look
+    at, so the test says which projects still exist (``present``); every other candidate is
+    confirmed gone. ``asked`` records every candidate it was shown."""
+
+    def __init__(self, present: Iterable[str] = ()) -> None:
+        self.present = set(present)
+        self.asked: list[Candidate] = []
+
+    def confirm(self, candidates) -> Iterator[Confirmation]:
+        for c in candidates:
+            self.asked.append(c)
+            if c.project_key in self.present:
+                yield Confirmation(c.project_key, Absence.PRESENT, "test world: exists", now())
+            else:
+                yield Confirmation(c.project_key, Absence.GONE, "test world: absent", now())
+
+
+#: Confirms every candidate gone: for tests about what happens once absence is confirmed.
+GONE = WorldWitness()
+
+
 def run_once(
     store: InventoryStore,
     seen: dict[str, Iterable[str]],
@@ -92,7 +115,7 @@ def run_once(
     _, verified, finished = steps.run_through(store, run_id, [StaticSource(items)], policy=policy)
     assert verified.flush_succeeded, verified.error
     assert finished.status == "completed", finished.info.error
-    result = store.safe_cleanup_old_projects(run_id) if cleanup else None
+    result = store.safe_cleanup_old_projects(run_id, witness=GONE) if cleanup else None
     return run_id, result
 
 
@@ -266,7 +289,7 @@ def run_verdicts(
     store.flush(run_id)
     store.verify_and_confirm(run_id)
     assert store.complete(run_id) == "completed"
-    return run_id, store.safe_cleanup_old_projects(run_id) if cleanup else None
+    return run_id, store.safe_cleanup_old_projects(run_id, witness=GONE) if cleanup else None
 
 
 def pg_schema_url(pg_database) -> str:

@@ -33,6 +33,7 @@ from enum_pipeline.store import (
 )
 from enum_pipeline.store import schema as t
 from enum_pipeline_tests.helpers import (
+    GONE,
     clear_faults,
     fail_on_sql,
     install_fault,
@@ -651,7 +652,7 @@ class InventoryMachine(RuleBasedStateMachine):
 
         def call():
             return self.store.safe_cleanup_old_projects(
-                run_id, policy, dry_run=dry_run, approved_by=approved_by
+                run_id, policy, dry_run=dry_run, approved_by=approved_by, witness=GONE
             )
 
         if plan.refused:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from enum_pipeline.sources.base import ScopeVerdict
 from enum_pipeline.store import CleanupPolicy
-from enum_pipeline_tests.helpers import SCOPE, new_run_id, rec, run_once
+from enum_pipeline_tests.helpers import GONE, SCOPE, new_run_id, rec, run_once
 
 
 def _run(store, records, *, complete=True):
@@ -37,7 +37,7 @@ def test_run_changes_names_added_changed_with_fields_and_removed(store):
         ("added", "gamma"),
     ]
     second = _run(store, [rec("alpha", default_branch="trunk"), rec("beta"), rec("delta")])
-    assert store.safe_cleanup_old_projects(second, policy).removed == 1
+    assert store.safe_cleanup_old_projects(second, policy, witness=GONE).removed == 1
     changes = store.run_changes(second)
     assert [(c.change, c.name, c.fields) for c in changes] == [
         ("added", "delta", ()),
@@ -70,7 +70,7 @@ def test_cleanup_plan_says_per_project_what_would_happen(store):
     run_once(store, {SCOPE: ["alpha", "beta", "gamma"]})
     run_id, result = run_once(store, {SCOPE: []}, cleanup=True)
     assert result.status == "blocked"
-    plan = store.safe_cleanup_old_projects(run_id, dry_run=True).entries
+    plan = store.safe_cleanup_old_projects(run_id, dry_run=True, witness=GONE).entries
     assert sorted((e.name, e.action) for e in plan) == [
         ("alpha", "remove"),
         ("beta", "remove"),
@@ -79,5 +79,5 @@ def test_cleanup_plan_says_per_project_what_would_happen(store):
     # The policy is the one a run is begun with: a run begun under a grace of three runs marks.
     policy = CleanupPolicy(missing_runs_before_delete=3)
     graced, _ = run_once(store, {SCOPE: []}, policy=policy, cleanup=False)
-    marking = store.safe_cleanup_old_projects(graced, dry_run=True).entries
+    marking = store.safe_cleanup_old_projects(graced, dry_run=True, witness=GONE).entries
     assert {e.action for e in marking} == {"mark_missing"}

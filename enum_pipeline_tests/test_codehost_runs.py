@@ -9,7 +9,7 @@ from enum_pipeline.scan import stage_sources
 from enum_pipeline.sources.github import GitHubSource
 from enum_pipeline.store import InventoryStore
 from enum_pipeline_tests.fake_codehosts import FakeCodeHost, FakeSleep, GitHubApp
-from enum_pipeline_tests.helpers import new_run_id
+from enum_pipeline_tests.helpers import GONE, new_run_id
 
 TOKEN_ENV = "ENUM_TEST_RUNS_TOKEN"
 TOKEN = "test-only-runs-token-NOT-REAL-0010"
@@ -22,7 +22,7 @@ def _run(store: InventoryStore, source):
     store.flush(run_id)
     store.verify_and_confirm(run_id)
     assert store.complete(run_id) == "completed"
-    return summary.verdicts[0], store.safe_cleanup_old_projects(run_id)
+    return summary.verdicts[0], store.safe_cleanup_old_projects(run_id, witness=GONE)
 
 
 @pytest.mark.parametrize("value", [None, ""], ids=["unset", "empty"])

@@ -29,7 +29,7 @@ from enum_pipeline.store import (
     RunActiveError,
 )
 from enum_pipeline.store import schema as t
-from enum_pipeline_tests.helpers import SCOPE, key, new_run_id, rec, run_once
+from enum_pipeline_tests.helpers import GONE, SCOPE, key, new_run_id, rec, run_once
 
 CTX = mp.get_context("spawn")
 WAIT = 60.0  # longest any barrier, event or queue read may take before the test fails
@@ -79,7 +79,7 @@ _OPS = {
     "flush": lambda store, run_id: store.flush(run_id),
     "verify": lambda store, run_id: store.verify_and_confirm(run_id),
     "complete": lambda store, run_id: store.complete(run_id),
-    "cleanup": lambda store, run_id: store.safe_cleanup_old_projects(run_id),
+    "cleanup": lambda store, run_id: store.safe_cleanup_old_projects(run_id, witness=GONE),
 }
 
 
@@ -311,7 +311,7 @@ def test_contending_runs_get_contiguous_unique_generations(db_url):
 # --------------------------------------------------------------------------- b: cleanup vs flush
 
 FILLER = [f"f{n:03d}" for n in range(300)]
-GONE = ["d0", "d1", "d2"]  # seen by run 1 only: legitimately removable by run 2 or later
+GONE_NAMES = ["d0", "d1", "d2"]  # seen by run 1 only: legitimately removable by run 2 or later
 # (cleanup delay, run 3 delay) after the barrier: varies which side gets there first.
 DELAYS = [(0, 0), (0, 0.003), (0.003, 0), (0, 0.015), (0.015, 0), (0, 0.05), (0.05, 0)]
 
@@ -319,7 +319,7 @@ DELAYS = [(0, 0), (0, 0.003), (0.003, 0), (0, 0.015), (0.015, 0), (0, 0.05), (0.
 def _race_setup(store: InventoryStore, scope: str) -> tuple[str, str, list[str]]:
     """Run 1 sees a, b, c (+ filler, + GONE); run 2 sees only a (+ filler), completed, its
     cleanup not run yet. Returns (run 2, run 3 id, what run 3 will see)."""
-    run_once(store, {scope: ["a", "b", "c", *FILLER, *GONE]})
+    run_once(store, {scope: ["a", "b", "c", *FILLER, *GONE_NAMES]})
     run2, _ = run_once(store, {scope: ["a", *FILLER]}, cleanup=False)
     return run2, new_run_id(), ["a", "b", "c", *FILLER]
 
@@ -337,12 +337,12 @@ def _check_race_outcome(
     for k in seen3_keys:
         assert rows[k]["seen_generation"] == info3.generation
         assert rows[k]["last_confirmed_run_id"] == run3
-    gone = {key(n, scope) for n in GONE}
+    gone = {key(n, scope) for n in GONE_NAMES}
     assert before - after <= gone  # I1: only what neither run 2 nor run 3 saw
     history = store.history(run2)
     removed = {h.project_key for h in history}
     assert before - after <= removed  # I6: every removal recorded …
-    assert removed <= {key(n, scope) for n in ("b", "c", *GONE)}  # … and only unseen rows
+    assert removed <= {key(n, scope) for n in ("b", "c", *GONE_NAMES)}  # … and only unseen rows
     assert len(history) == len(removed)
     for h in history:  # a recorded removal is either still gone or was seen again by run 3
         assert h.project_key not in after or h.project_key in seen3_keys
@@ -411,7 +411,7 @@ def test_pg_cleanup_does_not_wait_on_rows_a_newer_run_is_flushing(db_url):
         cleanup = done["cleanup"]
         runner.release.set()
         _collect(results, 1)
-        gone = sorted(key(n) for n in GONE)
+        gone = sorted(key(n) for n in GONE_NAMES)
         assert sorted(cleanup["removed_keys"]) == gone
         assert sorted(h.project_key for h in store.history(run2)) == gone
         _check_race_outcome(store, SCOPE, before, run2, run3, seen3)
@@ -512,7 +512,7 @@ def test_pg_connection_terminated_mid_flush_loses_nothing(db_url, when):
     assert (info.status, info.flush_succeeded, info.flushed_count) == ("failed", False, 0)
     assert store.projects() == before  # not one row added, changed or lost
     with pytest.raises(CleanupRefusedError):
-        store.safe_cleanup_old_projects(run2)
+        store.safe_cleanup_old_projects(run2, witness=GONE)
     assert store.active_run() is None
 
     dropped = previous[:5]

@@ -133,8 +133,10 @@ def test_gitlab_subgroups_excluded() -> None:
     )
 
 
-def test_unknown_kind_and_empty_coverage() -> None:
-    assert outside_coverage("svn-server", {"max_depth": 0}, fs_row(f"{ROOT}/a/b"), []) is None
+def test_unknown_kind_could_not_have_seen_and_empty_coverage_judges_nothing() -> None:
+    """Default deny: a kind without coverage rules could not have seen what it did not list."""
+    why = outside_coverage("svn-server", {"max_depth": 0}, fs_row(f"{ROOT}/a/b"), [])
+    assert why is not None and "svn-server" in why and "no coverage rules" in why
     assert outside_coverage("filesystem", {}, fs_row(f"{ROOT}/a/b"), []) is None
     assert outside_coverage("github", None, gh_row(visibility="private"), []) is None
 

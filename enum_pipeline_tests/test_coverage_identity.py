@@ -11,7 +11,7 @@ import sqlalchemy as sa
 from enum_pipeline.sources.base import ProjectRecord
 from enum_pipeline.store import CleanupPolicy, StoreError
 from enum_pipeline.store import schema as t
-from enum_pipeline_tests.helpers import SCOPE, key
+from enum_pipeline_tests.helpers import GONE, SCOPE, key
 from enum_pipeline_tests.helpers import run_verdicts as run
 
 OTHER = "fs:/srv/other"
@@ -239,7 +239,7 @@ def test_blocked_cleanup_counts_nothing_removed_and_its_plan_is_persisted(store)
         (key("b"), "remove"),
         (key("c"), "remove"),
     ]
-    dry = store.safe_cleanup_old_projects(run_id, dry_run=True)
+    dry = store.safe_cleanup_old_projects(run_id, dry_run=True, witness=GONE)
     assert (dry.removed, dry.would_remove, dry.dry_run) == (0, 2, True)
     store.approve_cleanup(run_id, "tester")
     with store.engine.begin() as conn:  # one more became stale after the approval
@@ -248,7 +248,7 @@ def test_blocked_cleanup_counts_nothing_removed_and_its_plan_is_persisted(store)
             .where(t.projects.c.project_key == key("a"))
             .values(seen_generation=0)
         )
-    again = store.safe_cleanup_old_projects(run_id)
+    again = store.safe_cleanup_old_projects(run_id, witness=GONE)
     assert again.status == "blocked" and "not in the approved plan" in again.reason
     assert len(store.project_keys()) == 3
     generation = store.get_run(run_id).generation
@@ -258,7 +258,7 @@ def test_blocked_cleanup_counts_nothing_removed_and_its_plan_is_persisted(store)
             .where(t.projects.c.project_key == key("a"))
             .values(seen_generation=generation)
         )
-    done = store.safe_cleanup_old_projects(run_id)
+    done = store.safe_cleanup_old_projects(run_id, witness=GONE)
     assert (done.status, sorted(done.removed_keys)) == ("done", [key("b"), key("c")])
 
 
@@ -268,7 +268,9 @@ def test_the_cleanup_applies_the_policy_recorded_at_begin(store):
     run_id, _ = run(store, {SCOPE: ["a"]}, policy=strict, cleanup=False)
     assert store.get_run(run_id).policy == strict.model_dump(mode="json")
     loose = CleanupPolicy(max_delete_count=None, max_delete_fraction=None, allow_empty=True)
-    result = store.safe_cleanup_old_projects(run_id, loose)  # a caller cannot loosen it
+    result = store.safe_cleanup_old_projects(
+        run_id, loose, witness=GONE
+    )  # a caller cannot loosen it
     assert result.status == "blocked" and "max_delete_count=1" in result.reason
     assert len(store.project_keys()) == 3
 

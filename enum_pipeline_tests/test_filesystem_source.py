@@ -78,7 +78,18 @@ def test_normal_repo_record(tmp_path: Path) -> None:
     assert rec.remote_url == "git@github.com:acme/proj.git"
     assert rec.normalized_remote == "github.com/acme/proj"
     assert rec.markers == ("*.csproj", "Makefile", "package.json", "pyproject.toml")
-    assert rec.attributes == {"bare": False, "detached": False, "unborn": False, "worktree": False}
+    # the device it lives on and that device's mount point: what a later look at its path needs
+    mount = os.path.realpath(repo)
+    while mount != "/" and os.stat(os.path.dirname(mount)).st_dev == os.stat(repo).st_dev:
+        mount = os.path.dirname(mount)
+    assert rec.attributes == {
+        "bare": False,
+        "detached": False,
+        "unborn": False,
+        "worktree": False,
+        "device": os.stat(repo).st_dev,
+        "mount_point": mount,
+    }
     [verdict] = verdicts
     assert verdict.complete and verdict.seen == 1 and verdict.protected == ()
     assert verdict.scope_key == f"fs:{root}"

@@ -18,7 +18,7 @@ from enum_pipeline.store import schema as t
 from enum_pipeline.store.dialect import STAGE_COLUMNS, staging_partitions
 from enum_pipeline.store.errors import CleanupRefusedError, FlushVerificationError
 from enum_pipeline.store.staging import row_of
-from enum_pipeline_tests.helpers import SCOPE, key, new_run_id, rec, run_once
+from enum_pipeline_tests.helpers import GONE, SCOPE, key, new_run_id, rec, run_once
 
 WEIRD = [
     rec("plain"),
@@ -314,7 +314,7 @@ def test_staged_rows_lost_before_the_flush_fail_verification_and_remove_nothing(
         store.verify_and_confirm(run_id)
     assert store.complete(run_id) == "failed"
     with pytest.raises(CleanupRefusedError):
-        store.safe_cleanup_old_projects(run_id)
+        store.safe_cleanup_old_projects(run_id, witness=GONE)
     assert store.project_keys() == {r["project_key"] for r in before}
 
 

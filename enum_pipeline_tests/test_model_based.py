@@ -43,7 +43,7 @@ from hypothesis import HealthCheck, settings
 from hypothesis.stateful import run_state_machine_as_test
 
 from enum_pipeline.sources.base import ScopeVerdict
-from enum_pipeline_tests.helpers import SCOPE, key, new_run_id, rec, run_once
+from enum_pipeline_tests.helpers import GONE, SCOPE, key, new_run_id, rec, run_once
 from enum_pipeline_tests.model_machine import STATS, InventoryMachine
 
 EXAMPLES = int(os.environ.get("ENUM_PIPELINE_MODEL_EXAMPLES", "80"))
@@ -119,7 +119,7 @@ def test_late_cleanup_keeps_a_project_that_a_newer_run_has_scanned(store, newer_
     store.end_scope(newer, ScopeVerdict(SCOPE, "filesystem", True, 2))
     if newer_run == "died before its flush":
         store.fail(newer, "killed before its flush")
-    result = store.safe_cleanup_old_projects(older)
+    result = store.safe_cleanup_old_projects(older, witness=GONE)
     assert key("b") in store.project_keys(), (
         f"the late cleanup of {older} removed {result.removed_keys}, which newer run {newer} "
         "had already scanned"

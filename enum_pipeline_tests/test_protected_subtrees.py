@@ -19,7 +19,7 @@ import pytest
 from enum_pipeline.scan import stage_sources
 from enum_pipeline.sources.filesystem import FilesystemSource
 from enum_pipeline.store import InventoryStore
-from enum_pipeline_tests.helpers import new_run_id
+from enum_pipeline_tests.helpers import GONE, new_run_id
 
 
 def _fake_repo(path: Path) -> Path:
@@ -35,7 +35,7 @@ def _run(store: InventoryStore, source: FilesystemSource):
     store.flush(run_id)
     store.verify_and_confirm(run_id)
     assert store.complete(run_id) == "completed"
-    return summary.verdicts[0], store.safe_cleanup_old_projects(run_id)
+    return summary.verdicts[0], store.safe_cleanup_old_projects(run_id, witness=GONE)
 
 
 def _mount_tmpfs(path: Path) -> bool:

@@ -9,7 +9,7 @@ import pytest
 from enum_pipeline.scan import stage_sources
 from enum_pipeline.sources.base import ScopeVerdict
 from enum_pipeline.store import CleanupPolicy
-from enum_pipeline_tests.helpers import fail_on_sql, key, new_run_id, rec, run_once
+from enum_pipeline_tests.helpers import GONE, fail_on_sql, key, new_run_id, rec, run_once
 
 A, B = "fs:/srv/a", "fs:/srv/b"
 
@@ -43,7 +43,7 @@ def _finish(store, run_id, policy=None):
     store.flush(run_id)
     store.verify_and_confirm(run_id)
     assert store.complete(run_id) == "completed"
-    return store.safe_cleanup_old_projects(run_id, policy)
+    return store.safe_cleanup_old_projects(run_id, policy, witness=GONE)
 
 
 def test_a_failing_source_makes_its_scope_incomplete_and_keeps_its_projects(store):

@@ -19,7 +19,7 @@ from enum_pipeline.store import (
     utcnow,
 )
 from enum_pipeline.store import schema as t
-from enum_pipeline_tests.helpers import SCOPE, fail_on_sql, key, new_run_id, rec, run_once
+from enum_pipeline_tests.helpers import GONE, SCOPE, fail_on_sql, key, new_run_id, rec, run_once
 
 OTHER = "fs:/srv/other"
 
@@ -70,7 +70,7 @@ def test_failed_upsert_leaves_every_project_and_fails_the_run(store):
     assert store.complete(run_id) == "failed"
     assert store.projects() == before
     with pytest.raises(CleanupRefusedError):
-        store.safe_cleanup_old_projects(run_id)
+        store.safe_cleanup_old_projects(run_id, witness=GONE)
     assert store.project_keys() == {key("a"), key("b"), key("c")}
     assert store.get_run(run_id).status == "failed"
 
@@ -85,7 +85,7 @@ def test_failed_verify_leaves_every_project_and_fails_the_run(store):
     info = store.get_run(run_id)
     assert (info.status, info.flush_succeeded) == ("failed", False)
     with pytest.raises(CleanupRefusedError):
-        store.safe_cleanup_old_projects(run_id)
+        store.safe_cleanup_old_projects(run_id, witness=GONE)
     assert store.project_keys() == {key("a"), key("b"), key("c")}
 
 
@@ -103,10 +103,10 @@ def test_cleanup_refuses_active_failed_and_unverified_runs(store):
     run_once(store, {SCOPE: ["a", "b"]})
     active = _begin_and_stage(store, ["a"])
     with pytest.raises(CleanupRefusedError, match="active"):
-        store.safe_cleanup_old_projects(active)
+        store.safe_cleanup_old_projects(active, witness=GONE)
     store.fail(active, "test")
     with pytest.raises(CleanupRefusedError, match="failed"):
-        store.safe_cleanup_old_projects(active)
+        store.safe_cleanup_old_projects(active, witness=GONE)
     unverified = _begin_and_stage(store, ["a"])
     store.flush(unverified)
     with store.engine.begin() as conn:  # a row claiming completion without a verified flush
@@ -116,7 +116,7 @@ def test_cleanup_refuses_active_failed_and_unverified_runs(store):
             .values(status="completed")
         )
     with pytest.raises(CleanupRefusedError, match="flush_succeeded=False"):
-        store.safe_cleanup_old_projects(unverified)
+        store.safe_cleanup_old_projects(unverified, witness=GONE)
     assert store.project_keys() == {key("a"), key("b")}
 
 
@@ -170,7 +170,7 @@ def test_cleanup_is_idempotent(store):
     run_once(store, {SCOPE: ["a", "b", "c"]})
     run_id, first = run_once(store, {SCOPE: ["a", "b"]})
     snapshot = (store.projects(), store.history())
-    second = store.safe_cleanup_old_projects(run_id)
+    second = store.safe_cleanup_old_projects(run_id, witness=GONE)
     assert second.already_done and second.removed == first.removed == 1
     assert (store.projects(), store.history()) == snapshot
 
@@ -273,7 +273,7 @@ def test_late_cleanup_of_an_older_run_never_removes_what_a_newer_run_saw(store):
     run_once(store, {SCOPE: ["a", "b"]})
     older, _ = run_once(store, {SCOPE: ["a"]}, cleanup=False)
     run_once(store, {SCOPE: ["a", "b"]}, cleanup=False)
-    result = store.safe_cleanup_old_projects(older)
+    result = store.safe_cleanup_old_projects(older, witness=GONE)
     assert key("b") in store.project_keys()
     assert result.removed == 0
     assert "superseded" in result.scopes[0].skipped_reason
@@ -316,7 +316,7 @@ def test_guard_blocks_emptying_a_scope_and_approval_releases_it(store):
     assert store.get_run(run_id).status == "completed"
     assert store.cleanup_record(run_id).status == "blocked"
     store.approve_cleanup(run_id, "tester")
-    approved = store.safe_cleanup_old_projects(run_id)
+    approved = store.safe_cleanup_old_projects(run_id, witness=GONE)
     assert approved.status == "done" and approved.removed == 2
     assert store.project_keys() == set()
 
@@ -351,7 +351,7 @@ def test_approval_covers_only_the_numbers_it_was_given(store):
             .where(t.projects.c.project_key == key("p0"))
             .values(seen_generation=0)
         )
-    again = store.safe_cleanup_old_projects(run_id, policy)
+    again = store.safe_cleanup_old_projects(run_id, policy, witness=GONE)
     assert again.status == "blocked"
     assert len(store.project_keys()) == 10
 
@@ -359,7 +359,7 @@ def test_approval_covers_only_the_numbers_it_was_given(store):
 def test_dry_run_changes_nothing(store):
     run_once(store, {SCOPE: ["a", "b", "c"]})
     run_id, _ = run_once(store, {SCOPE: ["a"]}, cleanup=False)
-    preview = store.safe_cleanup_old_projects(run_id, dry_run=True)
+    preview = store.safe_cleanup_old_projects(run_id, dry_run=True, witness=GONE)
     assert (preview.removed, preview.would_remove, preview.dry_run) == (0, 2, True)
     assert len(store.project_keys()) == 3
     assert store.cleanup_record(run_id) is None
@@ -395,7 +395,7 @@ def test_scope_on_a_different_filesystem_is_not_cleaned(store):
     store.flush(second)
     store.verify_and_confirm(second)
     store.complete(second)
-    result = store.safe_cleanup_old_projects(second)
+    result = store.safe_cleanup_old_projects(second, witness=GONE)
     assert "different filesystem" in result.scopes[0].skipped_reason
     assert key("b") in store.project_keys()
 
@@ -409,5 +409,5 @@ def test_a_run_failing_after_its_verified_flush_is_not_a_confirmed_run(store):
     info = store.get_run(run_id)
     assert (info.status, info.flush_succeeded) == ("failed", False)
     with pytest.raises(CleanupRefusedError):
-        store.safe_cleanup_old_projects(run_id)
+        store.safe_cleanup_old_projects(run_id, witness=GONE)
     assert store.project_keys() == {key("a"), key("b")}

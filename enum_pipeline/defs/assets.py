@@ -338,7 +338,12 @@ def stale_projects_cleanup(
     approver = f"dagster run {context.run.run_id}" if config.approve else None
     if config.approve:
         store.approve_cleanup(run_id, approver)
-    result = store.safe_cleanup_old_projects(run_id, dry_run=config.dry_run, approved_by=approver)
+    result = store.safe_cleanup_old_projects(
+        run_id,
+        dry_run=config.dry_run,
+        approved_by=approver,
+        witness=inventory.witness(context.log.warning),
+    )
     data = result.as_dict()
     held = result.dry_run or result.status == "blocked"
     entries = tables.entry_rows(cleanup_entries(store, run_id, result))
@@ -361,6 +366,8 @@ def stale_projects_cleanup(
         "held": result.held,
         "marked_missing": result.marked_missing,
         "kept_incomplete": result.kept_incomplete,
+        "unconfirmed": result.unconfirmed,
+        "found_present": result.found_present,
         "reason": result.reason or "",
         **tables.table_metadata(
             "projects", entries, tables.CLEANUP_SCHEMA, f"enum-pipeline cleanup {run_id} --dry-run"

@@ -1,12 +1,14 @@
 """The store as a Dagster resource."""
 
 import threading
+from collections.abc import Callable
 from datetime import timedelta
 
 from dagster import ConfigurableResource
 from pydantic import Field
 
-from enum_pipeline.config import PipelineConfig, load_config
+from enum_pipeline.config import ConfigError, PipelineConfig, load_config
+from enum_pipeline.sources.witness import SourceWitness
 from enum_pipeline.store import InventoryStore
 from enum_pipeline.store.engine import default_database_url, redact_database_url
 
@@ -45,6 +47,18 @@ class InventoryResource(ConfigurableResource):
     ) -> PipelineConfig:
         """The configuration: run-config overrides first, then this resource, then env."""
         return load_config(config_path or self.config_path, roots)
+
+    def witness(self, log: Callable[[str], None] | None = None) -> SourceWitness:
+        """The sources' second witness for a cleanup: each configured source looks at its own
+        candidates (a filesystem checkout needs no configuration). A configuration that cannot
+        be read leaves the code-host scopes without a witness, so they keep their rows."""
+        try:
+            sources = self.pipeline_config().build_sources()
+        except ConfigError as err:
+            if log is not None:
+                log(f"no code-host witness for this cleanup (their rows are kept): {err}")
+            sources = []
+        return SourceWitness(sources)
 
     def store(self) -> InventoryStore:
         """A store shared by every step of this process (one engine per URL)."""

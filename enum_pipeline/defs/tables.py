@@ -36,7 +36,12 @@ CHANGE_SCHEMA = _schema(
     "scope",
 )
 CLEANUP_SCHEMA = _schema(
-    ("action", "string", "remove, mark_missing or keep"), "name", "reason", "location", "scope"
+    ("action", "string", "remove, mark_missing or keep"),
+    "name",
+    "reason",
+    ("witness", "string", "what a direct look found: absence confirmed, or why it is kept"),
+    "location",
+    "scope",
 )
 RESTORE_SCHEMA = _schema("name", "location", "scope", "project_key")
 RESTORABLE_SCHEMA = _schema(
@@ -101,6 +106,7 @@ def entry_rows(entries: Iterable) -> list[dict]:
                 "scope": get("scope_key"),
                 "location": get("location"),
                 "reason": get("reason") or "",
+                "witness": get("confirmation") or "",
             }
         )
     return rows

@@ -18,7 +18,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import Counter
-from collections.abc import Callable, Generator, Iterator
+from collections.abc import Callable, Generator, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypedDict
 from urllib.parse import urlsplit
@@ -26,6 +26,7 @@ from urllib.parse import urlsplit
 import httpx
 
 from enum_pipeline.sources.base import ProjectRecord, ScanItem, ScopeVerdict
+from enum_pipeline.sources.coverage import outside_listing
 from enum_pipeline.sources.http import (
     USER_AGENT,
     HttpClient,
@@ -39,6 +40,7 @@ from enum_pipeline.sources.http import (
     web_host,
 )
 from enum_pipeline.sources.remotes import redact_url
+from enum_pipeline.sources.witness import Absence, Candidate, Confirmation, now, unknown
 
 #: What ``identity["principal"]`` holds for requests sent without a token.
 ANONYMOUS = "anonymous"
@@ -118,6 +120,11 @@ class CodeHostSource:
     user_field = "login"
     include_forks = True
     include_archived = True
+    #: The kind's facts: the columns it fills (set per host), what a listing could not have
+    #: seen, and where one repository is fetched by its stable id (to confirm an absence).
+    filled_columns: frozenset[str]
+    coverage_rule = staticmethod(outside_listing)
+    repo_by_id_path: str  # e.g. "/repositories/{id}", below base_url
 
     def __init__(
         self,
@@ -343,6 +350,103 @@ class CodeHostSource:
                 f"{path} does not say whom the token belongs to: the principal is unknown"
             )
         return str(login)
+
+    # -- the second witness ----------------------------------------------------------------
+
+    def confirm_absence(self, candidates: Sequence[Candidate]) -> Iterator[Confirmation]:
+        """Fetch each candidate by its stable id, after proving the principal the run read as
+        can still see the owner (same principal, same owner id) and its private repositories.
+
+        404 confirms the repository gone; a found one is ``present`` with its fresh facts
+        (``updates``) and, when it left the owner, why it is outside the scope; any other
+        answer, an anonymous read (which cannot tell a deleted repository from one made
+        private) or a changed principal keeps it.
+        """
+        listing, failure = self._start()
+        try:
+            why = failure or self._witness_refusal(listing, candidates[0].identity)
+            if why:
+                yield from (unknown(c, why) for c in candidates)
+                return
+            for candidate in candidates:
+                yield self._look_up(candidate, listing)
+        finally:
+            self._http.close()
+
+    def _witness_refusal(self, listing: Listing, reading: dict[str, Any]) -> str | None:
+        """Why a 404 from this principal now would not confirm an absence; None when it would."""
+        if listing.token is None:
+            return (
+                f"an anonymous read cannot tell a deleted repository from one made private, "
+                f"so a not-found answer confirms nothing; set token_env to a token that can "
+                f"see the private {self.noun} of {self.owner_label} to confirm absences"
+            )
+        try:
+            principal = self._get_user(listing)
+            listing.extra["principal"] = principal
+            if principal != reading.get("principal"):
+                return (
+                    f"requests are now authenticated as {principal!r}, the run read "
+                    f"{self.owner_label} as {reading.get('principal')!r}: not the same witness"
+                )
+            owner = self._owner_info(listing)
+        except (PageError, ListingError) as exc:
+            return f"cannot prove the principal sees {self.owner_label}: {exc}"
+        if str(owner.get("id")) != str(reading.get("owner_id")):
+            return (
+                f"{self.owner_label} now has id {owner.get('id')}, the run read id "
+                f"{reading.get('owner_id')}: not the owner the run read"
+            )
+        if "private" not in self._visibilities(listing):
+            return (
+                f"the token cannot see the private {self.noun} of {self.owner_label}: a "
+                "not-found answer may be a repository made private"
+            )
+        return None
+
+    def _look_up(self, candidate: Candidate, listing: Listing) -> Confirmation:
+        """``GET`` one repository by its stable id."""
+        rid = str(candidate.attributes.get("id") or candidate.project_key.rsplit(":", 1)[-1])
+        url = f"{self.base_url}{self.repo_by_id_path.format(id=rid)}"
+        shown = self._http.safe_url(url)
+        try:
+            page = self._http.get_json(url, headers=listing.headers, expect=dict)
+        except PageError as exc:
+            checked = now()
+            if exc.status == 404:
+                return Confirmation(
+                    candidate.project_key,
+                    Absence.GONE,
+                    f"not found: GET {shown} at {checked:%Y-%m-%dT%H:%M:%SZ} as "
+                    f"{listing.principal}, who sees {self.owner_label} and its private "
+                    f"{self.noun}",
+                    checked,
+                )
+            return unknown(candidate, f"GET {shown}: {exc.reason}")
+        item = page.data
+        if self._item_id(item) != rid:
+            return unknown(candidate, f"GET {shown} answered for id {item.get('id')!r}")
+        record = self._record(item)
+        updates = {
+            "name": record.name,
+            "location": record.location,
+            "archived": record.archived,
+            "fork": record.fork,
+            "visibility": record.visibility,
+        }
+        outside = None
+        if not record.location.lower().startswith(self.owner.lower() + "/"):
+            outside = f"moved out of {self.owner_label}: now {record.location}"
+        checked = now()
+        facts = ", ".join(f"{k}={v}" for k, v in updates.items() if k != "name")
+        return Confirmation(
+            candidate.project_key,
+            Absence.PRESENT,
+            f"found: GET {shown} at {checked:%Y-%m-%dT%H:%M:%SZ} ({facts})",
+            checked,
+            updates=updates,
+            outside=outside,
+        )
 
     def _next_link(self, page: Page) -> PageRequest | None:
         """The ``Link: rel="next"`` page, checked to stay on the configured origin."""

@@ -13,9 +13,7 @@ import json
 from collections.abc import Collection, Mapping
 from typing import Any
 
-__all__ = ["outside_coverage"]
-
-_CODE_HOSTS = frozenset({"github", "gitlab", "gitea"})
+__all__ = ["COVERAGE_RULES", "outside_coverage", "outside_listing", "outside_walk"]
 
 
 def outside_coverage(
@@ -29,15 +27,15 @@ def outside_coverage(
     ``row`` is a projects row as a mapping (``location``, ``scope_key``, ``attributes``, and the
     ``archived`` / ``fork`` / ``visibility`` columns where they exist); ``scope_locations`` holds
     every location of the scope's rows (to tell a nested checkout when ``nested`` is False).
-    Unknown kinds and an empty coverage answer None.
+    An empty coverage (a reading recorded before coverage was) answers None. A kind without
+    coverage rules could not have seen anything it did not list (default deny).
     """
     if not coverage:
         return None
-    if source_kind == "filesystem":
-        return _outside_walk(coverage, row, scope_locations)
-    if source_kind in _CODE_HOSTS:
-        return _outside_listing(coverage, row)
-    return None
+    rule = COVERAGE_RULES.get(source_kind)
+    if rule is None:
+        return f"source kind {source_kind!r} has no coverage rules: what it did not list is kept"
+    return rule(coverage, row, scope_locations)
 
 
 # -- filesystem -----------------------------------------------------------------------------
@@ -58,9 +56,10 @@ def _relative_parts(row: Mapping[str, Any]) -> list[str] | None:
     return [p for p in location[len(prefix) :].split("/") if p]
 
 
-def _outside_walk(
+def outside_walk(
     coverage: Mapping[str, Any], row: Mapping[str, Any], scope_locations: Collection[str]
 ) -> str | None:
+    """The filesystem rule: skipped folder names, ``max_depth``, ``nested``."""
     parts = _relative_parts(row)
     if parts is None:
         return None
@@ -110,7 +109,10 @@ def _visibility(row: Mapping[str, Any]) -> str | None:
     return str(value).lower() if value else None
 
 
-def _outside_listing(coverage: Mapping[str, Any], row: Mapping[str, Any]) -> str | None:
+def outside_listing(
+    coverage: Mapping[str, Any], row: Mapping[str, Any], scope_locations: Collection[str] = ()
+) -> str | None:
+    """The code-host rule: visibilities, forks, archived, subgroups the listing returned."""
     visibilities = coverage.get("visibilities")
     if visibilities is not None:
         seen = sorted(str(v).lower() for v in visibilities)
@@ -136,3 +138,12 @@ def _outside_group(row: Mapping[str, Any]) -> str | None:
     if group and location.startswith(group + "/") and "/" in location[len(group) + 1 :]:
         return "in a subgroup; the listing excluded subgroups (include_subgroups is false)"
     return None
+
+
+#: Each source kind's coverage rule (the source classes name theirs as ``coverage_rule``).
+COVERAGE_RULES = {
+    "filesystem": outside_walk,
+    "github": outside_listing,
+    "gitlab": outside_listing,
+    "gitea": outside_listing,
+}

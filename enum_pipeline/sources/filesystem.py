@@ -41,6 +41,8 @@ from collections.abc import Iterable, Iterator
 from typing import Any
 
 from enum_pipeline.sources.base import ProjectRecord, ScanItem, ScopeVerdict
+from enum_pipeline.sources.coverage import outside_walk
+from enum_pipeline.sources.fields import FILLED_COLUMNS
 from enum_pipeline.sources.gitmeta import decode_text, read_git_meta, read_small
 from enum_pipeline.sources.remotes import normalize_remote, redact_url
 
@@ -262,6 +264,17 @@ class FilesystemSource:
     """Projects under local root folders (see module docstring)."""
 
     kind = "filesystem"
+    #: The kind's facts: the columns it fills, what a walk could not have seen, and how a
+    #: checkout's absence is confirmed (its own path looked at after the run's read).
+    filled_columns = FILLED_COLUMNS["filesystem"]
+    coverage_rule = staticmethod(outside_walk)
+
+    @staticmethod
+    def confirm_absence(candidates):  # noqa: ANN001, ANN205 - sources.witness types
+        """Look at each candidate checkout's own path (``sources.witness.filesystem_absence``)."""
+        from enum_pipeline.sources.witness import filesystem_absence
+
+        return (filesystem_absence(c) for c in candidates)
 
     def __init__(
         self,
@@ -339,6 +352,28 @@ class _RootWalk:
         self.foreign: set[str] | None = None
         self.inner_mounts: set[str] = set()
         self.visited: set[tuple[int, int]] = set()
+        self.mount_points: dict[int, str] = {}
+
+    def _device(self, path: str, real: str) -> dict[str, Any]:
+        """The device a checkout lives on and that device's mount point (found once a device),
+        so its absence can later be told from a mount that went away."""
+        try:
+            dev = os.stat(path).st_dev
+        except OSError:
+            return {}
+        mount = self.mount_points.get(dev)
+        if mount is None:
+            mount = real
+            while mount != "/":
+                parent = os.path.dirname(mount)
+                try:
+                    if os.stat(parent).st_dev != dev:
+                        break
+                except OSError:
+                    break
+                mount = parent
+            self.mount_points[dev] = mount
+        return {"device": dev, "mount_point": escape_path(mount)}
 
     def _verdict(
         self, complete: bool, reason: str | None, identity: dict[str, Any] | None = None
@@ -645,6 +680,7 @@ class _RootWalk:
             attrs["nested_in"] = parent_key
         if location != path or key_path != real or name != base:
             attrs["path_escaped"] = True
+        attrs.update(self._device(path, real))
         checkout = meta is not None and not meta.bare
         return ProjectRecord(
             project_key="fs:" + key_path,

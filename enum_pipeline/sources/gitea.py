@@ -27,6 +27,7 @@ from enum_pipeline.sources.codehost import (
     check_owner,
     count_check,
 )
+from enum_pipeline.sources.fields import FILLED_COLUMNS
 from enum_pipeline.sources.http import Page, parse_int_header, parse_link_header, parse_timestamp
 from enum_pipeline.sources.repos import int_or_none, repo_record
 
@@ -39,6 +40,8 @@ class GiteaSource(CodeHostSource):
     """Every repository of one Gitea/Forgejo organisation or user."""
 
     kind = "gitea"
+    filled_columns = FILLED_COLUMNS["gitea"]
+    repo_by_id_path = "/api/v1/repositories/{id}"
     log = log
     user_path = "/api/v1/user"
 

@@ -29,6 +29,7 @@ from enum_pipeline.sources.codehost import (
     PageRequest,
     check_owner,
 )
+from enum_pipeline.sources.fields import FILLED_COLUMNS
 from enum_pipeline.sources.http import Page, parse_timestamp, web_host
 from enum_pipeline.sources.repos import int_or_none, repo_record, text_or_none
 
@@ -55,6 +56,8 @@ class GitHubSource(CodeHostSource):
     """Every repository of one GitHub organisation or user, as ``ProjectRecord``s."""
 
     kind = "github"
+    filled_columns = FILLED_COLUMNS["github"]
+    repo_by_id_path = "/repositories/{id}"
     log = log
     accept = "application/vnd.github+json"
     user_path = "/user"

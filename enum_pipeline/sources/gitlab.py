@@ -26,6 +26,7 @@ from enum_pipeline.sources.codehost import (
     PageRequest,
     count_check,
 )
+from enum_pipeline.sources.fields import FILLED_COLUMNS
 from enum_pipeline.sources.http import Page, parse_int_header, parse_timestamp
 from enum_pipeline.sources.remotes import redact_url
 from enum_pipeline.sources.repos import host_record, int_or_none, text_or_none
@@ -37,6 +38,8 @@ class GitLabSource(CodeHostSource):
     """Every project of one GitLab group (and, by default, its subgroups)."""
 
     kind = "gitlab"
+    filled_columns = FILLED_COLUMNS["gitlab"]
+    repo_by_id_path = "/api/v4/projects/{id}"
     log = log
     noun = "projects"
     user_path = "/api/v4/user"

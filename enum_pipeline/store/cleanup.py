@@ -2,7 +2,10 @@
 
 ``plan.plan_cleanup`` names every project the cleanup touches (``remove``, ``mark_missing`` or
 ``keep``, each with its reason); the decision marks the cleanup ``done``, ``blocked`` (deletion
-guard) or ``noop``. A cleanup that is not a dry run writes the plan's marks (out of coverage,
+guard) or ``noop``. Before the transaction, the rows due for removal go to the ``witness`` (the
+sources, looking at each project directly, at most the policy's ``confirm_budget``): only a
+confirmed absence, taken after the run's read, is removed; without a witness nothing is.
+A cleanup that is not a dry run writes the plan's marks (out of coverage,
 orphaned) and persists the plan (``cleanup_entries``), so a blocked cleanup can be shown and an
 approval approves exactly its listed removals; only a ``done`` one removes. The policy is the one
 recorded when the run began, whoever requests the cleanup: a request can approve, never loosen.
@@ -10,6 +13,7 @@ recorded when the run began, whoever requests the cleanup: a request can approve
 
 from __future__ import annotations
 
+import logging
 from dataclasses import asdict
 from datetime import datetime
 from typing import Any
@@ -17,10 +21,12 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
+from enum_pipeline.sources.witness import Witness
 from enum_pipeline.store import schema as t
 from enum_pipeline.store.context import StoreContext, set_run
 from enum_pipeline.store.errors import CleanupRefusedError, StoreError
 from enum_pipeline.store.plan import (
+    Witnessed,
     apply_marks,
     apply_removals,
     approved_keys,
@@ -87,19 +93,71 @@ def run_policy(run, fallback: CleanupPolicy | None = None) -> CleanupPolicy:
     return fallback or CleanupPolicy()
 
 
+log = logging.getLogger(__name__)
+
+
 def safe_cleanup_old_projects(
     ctx: StoreContext,
     run_id: str,
     policy: CleanupPolicy | None,
     dry_run: bool,
     approved_by: str | None,
+    witness: Witness | None = None,
 ) -> CleanupResult:
-    """Plan, decide and (unless blocked or a dry run) apply, in one transaction."""
+    """Gather the witness's confirmations, then plan, decide and (unless blocked or a dry run)
+    apply, in one transaction."""
+    witnessed = gather_confirmations(ctx, run_id, policy, witness)
     with ctx.engine.begin() as conn:
-        result = _cleanup(ctx, conn, run_id, policy, dry_run, approved_by)
+        result = _cleanup(ctx, conn, run_id, policy, dry_run, approved_by, witnessed)
         if dry_run:
             conn.rollback()
     return result
+
+
+def gather_confirmations(
+    ctx: StoreContext, run_id: str, requested: CleanupPolicy | None, witness: Witness | None
+) -> Witnessed:
+    """Plan once without confirmations (nothing written) to learn which rows are due for
+    removal, then ask ``witness`` about at most the policy's ``confirm_budget`` of them.
+
+    Outside any transaction: a witness's look may take time (a request per repository), and
+    the cleanup's own transaction re-plans and re-checks every row anyway.
+    """
+    with ctx.engine.connect() as conn:
+        run = ctx.run_row(conn, run_id)
+        record = _cleanup_row(conn, run_id)
+        if (
+            run["status"] != RunStatus.COMPLETED
+            or not run["flush_succeeded"]
+            or (record is not None and record["status"] in _FINAL)
+        ):
+            return Witnessed()
+        policy = run_policy(run, requested)
+        plan, _ = plan_cleanup(conn, run, policy, newest=_newest(conn, int(run["generation"])))
+        conn.rollback()
+    if witness is None:
+        return Witnessed(
+            default="no witness was given to this cleanup: nothing confirms the absence"
+        )
+    budget = policy.confirm_budget
+    asked, over = plan.awaiting[:budget], plan.awaiting[budget:]
+    witnessed = Witnessed(
+        pending={
+            c.project_key: f"over this cleanup's confirmation budget ({budget}): a later "
+            "cleanup looks at it"
+            for c in over
+        },
+        default="its witness gave no answer",
+    )
+    wanted = {c.project_key for c in asked}
+    try:
+        for confirmation in witness.confirm(asked) if asked else ():
+            if confirmation.project_key in wanted:
+                witnessed.confirmations[confirmation.project_key] = confirmation
+    except Exception as exc:  # noqa: BLE001 - a failed witness keeps what it did not answer
+        log.warning("witness of the cleanup of run %s failed: %s", run_id, exc)
+        witnessed.default = f"its witness failed: {type(exc).__name__}: {exc}"
+    return witnessed
 
 
 _FINAL = (CleanupStatus.DONE, CleanupStatus.NOOP)
@@ -115,7 +173,9 @@ def _newest(conn: Connection, generation: int) -> bool:
     return newer is None
 
 
-def _cleanup(ctx: StoreContext, conn, run_id, requested, dry_run, approved_by) -> CleanupResult:
+def _cleanup(
+    ctx: StoreContext, conn, run_id, requested, dry_run, approved_by, witnessed: Witnessed
+) -> CleanupResult:
     now = utcnow()
     ctx.lock_inventory(conn)
     run = ctx.run_row(conn, run_id, lock=True)
@@ -131,7 +191,9 @@ def _cleanup(ctx: StoreContext, conn, run_id, requested, dry_run, approved_by) -
     approver = approved_by or (record["approved_by"] if record is not None else None)
     policy = run_policy(run, requested)
 
-    plan, scopes = plan_cleanup(conn, run, policy, newest=_newest(conn, generation))
+    plan, scopes = plan_cleanup(
+        conn, run, policy, newest=_newest(conn, generation), witnessed=witnessed
+    )
     result = CleanupResult(run_id, generation, CleanupStatus.DONE.value, dry_run=dry_run)
     result.scopes = scopes
     result.entries = plan.entries
@@ -141,6 +203,8 @@ def _cleanup(ctx: StoreContext, conn, run_id, requested, dry_run, approved_by) -
     result.out_of_coverage = len(plan.out_of_coverage)
     result.orphaned = len(plan.orphans)
     result.held = plan.held
+    result.unconfirmed = plan.unconfirmed
+    result.found_present = plan.found_present
     approved = approved_keys(conn, run_id)
     _decide(result, plan.remove, approved, approver)
 
@@ -214,6 +278,8 @@ def _record_cleanup(conn, result: CleanupResult, exists: bool, approver, now: da
             "out_of_coverage": result.out_of_coverage,
             "orphaned": result.orphaned,
             "held": result.held,
+            "unconfirmed": result.unconfirmed,
+            "found_present": result.found_present,
         },
         "updated_at": now,
     }

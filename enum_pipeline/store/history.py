@@ -38,6 +38,8 @@ def move_to_history(
     run_id: str,
     now: datetime,
     reasons: dict[str, str] | None = None,
+    *,
+    confirmations: dict[str, tuple[str, datetime]] | None = None,
 ) -> list[str]:
     """Move the rows matching ``where`` to ``removed_projects`` (each row as JSON, with its reason
     from ``reasons``: project key -> why, and ``run_id``: a cleanup's run or a prune's id);
@@ -74,7 +76,28 @@ def move_to_history(
         ).all()
         conn.execute(sa.delete(p).where(where))
     _record_reasons(conn, moved, reasons or {})
+    _record_confirmations(conn, moved, confirmations or {})
     return sorted(key for _, key in moved)
+
+
+def _record_confirmations(
+    conn: Connection, moved, confirmations: dict[str, tuple[str, datetime]]
+) -> None:
+    """Set the witness's evidence and time on each history row just moved (one executemany;
+    confirmations are bounded by the cleanup's budget)."""
+    h = t.removed_projects
+    rows = [
+        {"hid": history_id, "evidence": confirmations[key][0], "at": confirmations[key][1]}
+        for history_id, key in moved
+        if key in confirmations
+    ]
+    if rows:
+        conn.execute(
+            sa.update(h)
+            .where(h.c.id == sa.bindparam("hid"))
+            .values(confirmation=sa.bindparam("evidence"), confirmed_at=sa.bindparam("at")),
+            rows,
+        )
 
 
 def _record_reasons(conn: Connection, moved, reasons: dict[str, str]) -> None:

@@ -14,6 +14,7 @@ from typing import Any
 from sqlalchemy.engine import Engine
 
 from enum_pipeline.sources.base import ProjectRecord, ScopeVerdict
+from enum_pipeline.sources.witness import Witness
 from enum_pipeline.store import (
     changes,
     cleanup,
@@ -204,8 +205,10 @@ class InventoryStore:
         *,
         dry_run: bool = False,
         approved_by: str | None = None,
+        witness: Witness | None = None,
     ) -> CleanupResult:
-        """Remove the projects a completed, verified run did not see, in one transaction.
+        """Remove the projects a completed, verified run did not see and whose absence a
+        witness confirmed, in one transaction.
 
         The cleanup is a plan (``CleanupResult.entries``: every project it touches, with its
         action and reason), then its application. Only scopes the run read completely, whose
@@ -219,8 +222,16 @@ class InventoryStore:
         deletion guard may hold the whole cleanup back (``blocked``); ``approved_by`` (or
         ``approve_cleanup``) releases exactly the plan's listed removals. Removed rows go to
         ``removed_projects``. Running it twice changes nothing.
+
+        **Absence is confirmed, never inferred**: a row due for removal is removed only when
+        ``witness`` (``sources.witness.SourceWitness`` of the configuration: the source that
+        owns the row's scope looks at the project directly) answered ``gone`` after the run's
+        read; found rows are kept (refreshed from the answer), anything else is kept marked
+        missing with the reason. Without a witness nothing is removed.
         """
-        return cleanup.safe_cleanup_old_projects(self._ctx, run_id, policy, dry_run, approved_by)
+        return cleanup.safe_cleanup_old_projects(
+            self._ctx, run_id, policy, dry_run, approved_by, witness
+        )
 
     def cleanup_record(self, run_id: str) -> CleanupRecord | None:
         """The recorded cleanup of ``run_id``, if any."""

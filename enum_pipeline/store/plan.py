@@ -8,7 +8,11 @@ one has seen or staged them) and decides, in this order:
 - the row lies under a protected location (a sub-tree the read did not enter): ``keep``;
 - the run's coverage could not have seen the row (``sources.coverage.outside_coverage``):
   ``keep``, and the row is marked *out of coverage* with the reason;
-- else ``remove`` once it has missed ``missing_runs_before_delete`` runs, ``mark_missing`` before.
+- ``mark_missing`` until it has missed ``missing_runs_before_delete`` runs;
+- then ``remove`` only when the source's witness confirmed, by a direct look taken after the
+  run's read, that it is gone (``Witnessed``). A witness that found it keeps it (updated from
+  the answer, out of coverage when that is why it was not listed); no confirmation, or an
+  ``unknown`` answer, keeps it marked missing, with the reason.
 
 Rows of scopes the run's configuration no longer names are ``keep`` and marked *orphaned*. The
 deletion guard counts each scope's removals against its population *before* the run.
@@ -25,6 +29,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from enum_pipeline.sources.coverage import outside_coverage
+from enum_pipeline.sources.witness import Absence, Candidate, Confirmation
 from enum_pipeline.store import schema as t
 from enum_pipeline.store.history import move_to_history
 from enum_pipeline.store.identity import settle_trust_of
@@ -58,6 +63,23 @@ def sql_under(location_col, prefix: str):
     )
 
 
+#: The columns a witness's answer may refresh on a row it found (renamed, moved, archived, …).
+WITNESS_UPDATES = ("name", "location", "archived", "fork", "visibility")
+
+
+@dataclass
+class Witnessed:
+    """The confirmations a cleanup gathered before planning, and why the others have none."""
+
+    confirmations: dict[str, Confirmation] = field(default_factory=dict)
+    pending: dict[str, str] = field(default_factory=dict)
+    default: str = "no witness was asked: nothing confirms the absence"
+
+    def why_unconfirmed(self, key: str) -> str:
+        """Why ``key`` has no confirmation."""
+        return self.pending.get(key) or self.default
+
+
 @dataclass
 class Plan:
     """What one cleanup would do; ``apply_plan`` carries it out."""
@@ -71,6 +93,14 @@ class Plan:
     configured: list[str] | None = None
     kept_incomplete: int = 0
     held: int = 0
+    #: due for removal, waiting for a witness (what a cleanup asks its sources to look at)
+    awaiting: list[Candidate] = field(default_factory=list)
+    #: key -> (evidence, when) of every confirmed removal
+    confirmed: dict[str, tuple[str, datetime]] = field(default_factory=dict)
+    #: key -> fresh values of a row a witness found
+    updates: dict[str, dict[str, Any]] = field(default_factory=dict)
+    unconfirmed: int = 0
+    found_present: int = 0
 
     @property
     def candidates(self) -> int:
@@ -163,9 +193,15 @@ def _scope_locations(conn: Connection, scope_key: str) -> list[str]:
     return list(conn.execute(sa.select(p.c.location).where(p.c.scope_key == scope_key)).scalars())
 
 
-def _entry(row, action: str, reason: str) -> CleanupEntry:
+def _entry(row, action: str, reason: str, confirmation: str | None = None) -> CleanupEntry:
     return CleanupEntry(
-        row["project_key"], row["name"], row["scope_key"], row["location"], action, reason
+        row["project_key"],
+        row["name"],
+        row["scope_key"],
+        row["location"],
+        action,
+        reason,
+        confirmation,
     )
 
 
@@ -197,14 +233,21 @@ def _hold_reason(conn: Connection, run, scope) -> str | None:
 
 
 def plan_cleanup(
-    conn: Connection, run, policy: CleanupPolicy, *, newest: bool
+    conn: Connection,
+    run,
+    policy: CleanupPolicy,
+    *,
+    newest: bool,
+    witnessed: Witnessed | None = None,
 ) -> tuple[Plan, list[ScopeCleanup]]:
     """The plan of the cleanup of ``run`` (a completed ``run_state`` row) under ``policy``.
 
     ``newest``: no newer run has completed (only then does the run's configuration decide
-    which rows are orphaned).
+    which rows are orphaned). ``witnessed``: the confirmations of absence gathered for it
+    (none: nothing is removed; ``Plan.awaiting`` lists what a witness should look at).
     """
     plan = Plan()
+    witnessed = witnessed or Witnessed()
     generation = int(run["generation"])
     s = t.run_scopes
     scopes = (
@@ -230,21 +273,23 @@ def plan_cleanup(
                 plan.kept_incomplete += len(stale)
             plan.entries += [_entry(r, "keep", hold) for r in stale]
             continue
-        _plan_scope(conn, plan, sc, scope, stale, run, policy)
+        _plan_scope(conn, plan, sc, scope, stale, run, policy, witnessed)
     if newest and run["configured_scopes"] is not None:
         plan.configured = sorted(run["configured_scopes"])
         _plan_orphans(conn, plan, set(plan.configured), run["run_id"])
     return plan, plan.scopes
 
 
-def _plan_scope(conn, plan: Plan, sc: ScopeCleanup, scope, stale, run, policy) -> None:
+def _plan_scope(
+    conn, plan: Plan, sc: ScopeCleanup, scope, stale, run, policy, witnessed: Witnessed
+) -> None:
     protected = list(scope["protected"] or [])
     reasons = scope["protected_reasons"] or {}
     coverage = scope["coverage"] or {}
     locations: Iterable[str] = ()
     if coverage.get("nested") is False:  # only the nested rule needs every location
         locations = _scope_locations(conn, scope["scope_key"])
-    due = []
+    due = 0
     for row in stale:
         prefix = next((p for p in protected if under(row["location"], p)), None)
         if prefix is not None:
@@ -257,31 +302,89 @@ def _plan_scope(conn, plan: Plan, sc: ScopeCleanup, scope, stale, run, policy) -
             outside_coverage(row["source_kind"], coverage, row, locations) if coverage else None
         )
         if outside:
-            sc.out_of_coverage += 1
-            plan.out_of_coverage[row["project_key"]] = outside
-            plan.entries.append(_entry(row, "keep", f"out of coverage: {outside}"))
+            _keep_outside(plan, sc, row, outside)
             continue
-        sc.candidates += 1
         missed = row["missed_runs"] + 1
-        if missed >= policy.missing_runs_before_delete:
-            due.append(row)
-            plan.remove.append(row["project_key"])
-            plan.entries.append(
-                _entry(row, "remove", f"not seen by run {run['run_id']} (missed {missed} runs)")
-            )
-        else:
+        not_seen = f"not seen by run {run['run_id']}"
+        if missed < policy.missing_runs_before_delete:
+            sc.candidates += 1
             plan.mark_missing.append(row["project_key"])
             plan.entries.append(
                 _entry(
                     row,
                     "mark_missing",
-                    f"not seen by run {run['run_id']} (missed {missed} of "
+                    f"{not_seen} (missed {missed} of "
                     f"{policy.missing_runs_before_delete} runs before removal)",
                 )
             )
-    sc.removed = len(due)
-    sc.marked_missing = sc.candidates - len(due)
-    sc.blocked_reason = policy.guard(sc.scope_key, len(due), sc.total)
+            continue
+        confirmation = witnessed.confirmations.get(row["project_key"])
+        due += _plan_due(plan, sc, row, scope, run, confirmation, witnessed, coverage, locations)
+    sc.removed = due
+    sc.marked_missing = sc.candidates - due
+    sc.blocked_reason = policy.guard(sc.scope_key, due, sc.total)
+
+
+def _keep_outside(plan: Plan, sc: ScopeCleanup, row, outside: str) -> None:
+    sc.out_of_coverage += 1
+    plan.out_of_coverage[row["project_key"]] = outside
+    plan.entries.append(_entry(row, "keep", f"out of coverage: {outside}"))
+
+
+def _candidate(row, scope) -> Candidate:
+    attrs = row["attributes"]
+    return Candidate(
+        project_key=row["project_key"],
+        scope_key=row["scope_key"],
+        source_kind=row["source_kind"],
+        name=row["name"],
+        location=row["location"],
+        attributes=attrs if isinstance(attrs, dict) else {},
+        identity=scope["identity"] or {},
+        coverage=scope["coverage"] or {},
+    )
+
+
+def _plan_due(plan, sc, row, scope, run, confirmation, witnessed, coverage, locations) -> int:
+    """Plan one row due for removal by what its witness said; 1 when it is removed."""
+    key = row["project_key"]
+    not_seen = f"not seen by run {run['run_id']} (missed {row['missed_runs'] + 1} runs)"
+    finished = run["finished_at"]
+    answer = confirmation.answer if confirmation is not None else None
+    if answer == Absence.GONE and (finished is None or confirmation.checked_at <= finished):
+        answer, why = None, "its confirmation was taken before the run's read ended"
+    elif confirmation is None:
+        plan.awaiting.append(_candidate(row, scope))
+        why = witnessed.why_unconfirmed(key)
+    else:
+        why = confirmation.evidence
+    if answer == Absence.GONE:
+        sc.candidates += 1
+        plan.remove.append(key)
+        plan.confirmed[key] = (confirmation.evidence, confirmation.checked_at)
+        reason = f"{not_seen}; confirmed gone: {confirmation.evidence}"
+        plan.entries.append(_entry(row, "remove", reason, confirmation.evidence))
+        return 1
+    if answer == Absence.PRESENT:
+        plan.found_present += 1
+        fresh = {k: v for k, v in confirmation.updates.items() if k in WITNESS_UPDATES}
+        if fresh:
+            plan.updates[key] = fresh
+        outside = confirmation.outside or outside_coverage(
+            row["source_kind"], coverage, {**row, **fresh}, locations
+        )
+        if outside:
+            _keep_outside(plan, sc, row, f"{outside} (found by its witness: {why})")
+        else:
+            reason = f"{not_seen}, but it exists: {why}"
+            plan.entries.append(_entry(row, "keep", reason, why))
+        return 0
+    sc.candidates += 1
+    plan.unconfirmed += 1
+    plan.mark_missing.append(key)
+    reason = f"{not_seen}; kept: absence not confirmed: {why}"
+    plan.entries.append(_entry(row, "mark_missing", reason, why))
+    return 0
 
 
 def _plan_orphans(conn: Connection, plan: Plan, configured: set[str], run_id: str) -> None:
@@ -314,8 +417,10 @@ def _by_reason(reasons: dict[str, str]) -> Iterator[tuple[str, list[str]]]:
 
 def apply_marks(conn: Connection, plan: Plan, now: datetime) -> None:
     """Write the plan's marks: out of coverage (with the reason), orphaned, and clear the
-    orphan marks of scopes the configuration names again."""
+    orphan marks of scopes the configuration names again; refresh the rows a witness found."""
     p = t.projects
+    for key, fresh in plan.updates.items():
+        conn.execute(sa.update(p).where(p.c.project_key == key).values(**fresh))
     for reason, chunk in _by_reason(plan.out_of_coverage):
         conn.execute(
             sa.update(p)
@@ -368,7 +473,9 @@ def apply_removals(
             stale,
             p.c.missed_runs >= policy.missing_runs_before_delete,
         )
-        removed += move_to_history(conn, due, run["run_id"], now, reasons)
+        removed += move_to_history(
+            conn, due, run["run_id"], now, reasons, confirmations=plan.confirmed
+        )
     return removed, marked - len(removed)
 
 
@@ -388,6 +495,7 @@ def save_entries(
             "action": e.action,
             "reason": e.reason,
             "approved": e.project_key in approved and e.action == "remove",
+            "confirmation": e.confirmation,
         }
         for e in entries
     ]
@@ -414,7 +522,13 @@ def load_entries(conn: Connection, run_id: str) -> list[CleanupEntry]:
     ).mappings()
     return [
         CleanupEntry(
-            r["project_key"], r["name"], r["scope_key"], r["location"], r["action"], r["reason"]
+            r["project_key"],
+            r["name"],
+            r["scope_key"],
+            r["location"],
+            r["action"],
+            r["reason"],
+            r["confirmation"],
         )
         for r in rows
     ]

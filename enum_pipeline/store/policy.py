@@ -33,6 +33,12 @@ class CleanupPolicy(BaseModel):
     missing_runs_before_delete: int = Field(
         1, ge=1, description="Complete runs that must miss a project before it is removed."
     )
+    confirm_budget: int = Field(
+        1000,
+        ge=0,
+        description="Most absences one cleanup asks its sources to confirm (a direct look "
+        "each); candidates beyond it are kept, unremoved, for a later run.",
+    )
 
     def guard(self, scope_key: str, removals: int, scope_size: int) -> str | None:
         """Why removing ``removals`` of ``scope_size`` projects (the scope's population before

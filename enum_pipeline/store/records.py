@@ -115,6 +115,9 @@ class RemovedProject(_Row):
     restored_at: datetime | None
     restored_by: str | None
     reason: str | None
+    #: the witness's answer that confirmed the project gone, and when it was taken
+    confirmation: str | None
+    confirmed_at: datetime | None
 
 
 @dataclass(frozen=True)
@@ -213,6 +216,8 @@ class CleanupEntry:
     location: str
     action: str
     reason: str
+    #: what the source's witness said of it (absence confirmed, or why the row is kept)
+    confirmation: str | None = None
 
 
 @dataclass
@@ -224,7 +229,8 @@ class CleanupResult:
     ``would_remove`` is what the plan removes, or would if it were not held back. Kept:
     ``kept_incomplete`` (scope read incompletely, superseded, or a protected location),
     ``out_of_coverage``, ``orphaned``, ``held`` (the scope's identity changed). ``entries``
-    names every project the plan touches.
+    names every project the plan touches. ``unconfirmed``: due for removal, but no witness
+    confirmed the absence (kept, marked missing); ``found_present``: a witness found them.
     """
 
     run_id: str
@@ -243,6 +249,8 @@ class CleanupResult:
     out_of_coverage: int = 0
     orphaned: int = 0
     held: int = 0
+    unconfirmed: int = 0
+    found_present: int = 0
     entries: list[CleanupEntry] = field(default_factory=list)
 
     def as_dict(self, max_entries: int | None = 1000) -> dict[str, Any]:
