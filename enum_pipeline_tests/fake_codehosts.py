@@ -31,7 +31,7 @@ import json
 import socket
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -241,6 +241,16 @@ class FakeApp:
             return Reply(reply.status, reply.headers, reply.body, reply.page, fault.delay)
         return reply
 
+    def by_id(self, req: RecordedRequest, rid: str, repos: Iterable[dict], hidden) -> Reply:
+        """``GET`` one repository by its id, as every host offers it: 404 when it does not
+        exist or the requester cannot see it (``hidden(repo)``: private, or internal to an
+        anonymous caller)."""
+        with self.lock:
+            repo = next((r for r in repos if str(r["id"]) == rid), None)
+            if repo is None or (hidden(repo) and not self.authenticated(req)):
+                return Reply.json(404, {"message": "Not Found"})
+            return Reply.json(200, dict(repo))
+
     def new_id(self) -> int:
         """A fresh numeric id (repositories, owners, groups)."""
         with self.lock:
@@ -374,6 +384,9 @@ class GitHubApp(FakeApp):
         parts = [unquote(p) for p in path[len(self.prefix) :].strip("/").split("/")]
         owner: _Owner | None = None
         public_only = False
+        if len(parts) == 2 and parts[0] == "repositories":
+            every = [r for o in self.owners.values() for r in o.repos]
+            return self.by_id(req, parts[1], every, lambda r: r["private"])
         if parts == ["user"]:
             me = self.owners.get((self.token_owner or "").lower())
             if me is None or not self.authenticated(req):
@@ -502,6 +515,13 @@ class GitLabApp(FakeApp):
             self.projects.append(project)
             return project
 
+    def delete_project(self, project_id: int) -> None:
+        """Delete one project."""
+        with self.lock:
+            self.projects[:] = [p for p in self.projects if p["id"] != project_id]
+            for g in self.groups.values():
+                g.repos[:] = [p for p in g.repos if p["id"] != project_id]
+
     def credential(self, req: RecordedRequest) -> str | None:
         return req.headers.get("private-token")
 
@@ -510,6 +530,8 @@ class GitLabApp(FakeApp):
         parts = path.strip("/").split("/")
         if parts == ["api", "v4", "user"]:
             return self.whoami(req, "username")
+        if len(parts) == 4 and parts[:3] == ["api", "v4", "projects"]:
+            return self.by_id(req, parts[3], self.projects, lambda p: p["visibility"] != "public")
         if len(parts) not in (4, 5) or parts[:3] != ["api", "v4", "groups"]:
             return Reply.json(404, {"error": "404 Not Found"})
         if len(parts) == 5 and parts[4] != "projects":
@@ -664,6 +686,12 @@ class GiteaApp(FakeApp):
             ssh_url=f"git@{self.web_host}:{full}.git",
         )
 
+    def delete(self, owner: str, repo_id: int) -> None:
+        """Delete a repository."""
+        with self.lock:
+            o = self.owners[owner.lower()]
+            o.repos[:] = [r for r in o.repos if r["id"] != repo_id]
+
     def rename(self, owner: str, repo_id: int, new_name: str) -> None:
         """Rename a repository (same id)."""
         with self.lock:
@@ -679,6 +707,9 @@ class GiteaApp(FakeApp):
         parts = [unquote(p) for p in path.strip("/").split("/")]
         if parts == ["api", "v1", "user"]:
             return self.whoami(req)
+        if len(parts) == 4 and parts[:3] == ["api", "v1", "repositories"]:
+            every = [r for o in self.owners.values() for r in o.repos]
+            return self.by_id(req, parts[3], every, lambda r: r["private"])
         if (
             len(parts) not in (4, 5)
             or parts[:2] != ["api", "v1"]

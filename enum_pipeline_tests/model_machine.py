@@ -22,6 +22,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, precondition, rule
 
 from enum_pipeline.sources.coverage import outside_coverage
+from enum_pipeline.sources.witness import Absence, Confirmation
 from enum_pipeline.store import (
     CleanupPolicy,
     CleanupRefusedError,
@@ -33,7 +34,6 @@ from enum_pipeline.store import (
 )
 from enum_pipeline.store import schema as t
 from enum_pipeline_tests.helpers import (
-    GONE,
     clear_faults,
     fail_on_sql,
     install_fault,
@@ -70,6 +70,7 @@ NEEDLES: dict[str, tuple[str, ...]] = {
     "complete": ("SET status=",),
     "resume": ("UPDATE run_state SET",),
     "cleanup": (
+        "FROM projects",  # the plan's reads, before and after the witness looks
         "SET missing_since",
         "INSERT INTO removed_projects",
         "DELETE FROM projects",
@@ -125,6 +126,33 @@ def snapshot(store: InventoryStore) -> Snapshot:
             for r in conn.execute(sa.select(t.cleanup_entries)).mappings()
         }
     return Snapshot(rows, runs, history, cleanups, scopes, entries)
+
+
+#: How the sources' witness answers in one cleanup: from the world (mostly), or not at all in
+#: one of the ways a real witness fails (cannot tell, raises, answers with a stale look).
+WITNESS_MODES = ("world",) * 6 + ("unknown", "raises", "stale")
+LONG_AGO = datetime(2000, 1, 1, tzinfo=utcnow().tzinfo)
+
+
+class ModelWitness:
+    """The witness of the model's world: a direct look at each candidate, in ``mode``."""
+
+    def __init__(self, model, mode: str) -> None:
+        self.model, self.mode = model, mode
+        self.gone: set[str] = set()  # what it confirmed gone (checked by I10)
+
+    def confirm(self, candidates):
+        if self.mode == "raises":
+            raise OSError("the share holding the roots is not answering")
+        for c in candidates:
+            at = LONG_AGO if self.mode == "stale" else utcnow()
+            if self.mode == "unknown":
+                yield Confirmation(c.project_key, Absence.UNKNOWN, "cannot tell", at)
+            elif c.project_key in self.model.rows and self.model.exists(c.project_key):
+                yield Confirmation(c.project_key, Absence.PRESENT, "in the world", at)
+            else:
+                self.gone.add(c.project_key)
+                yield Confirmation(c.project_key, Absence.GONE, "not in the world", at)
 
 
 ROW_FIELDS = ("project_key", "scope_key", "location", "run_id", "seen_generation")
@@ -317,6 +345,24 @@ def i6_removals_recorded(
     return problems
 
 
+def i10_confirmed_absence(
+    gone: list[str], new_hist: dict, run: dict[str, Any], witness: ModelWitness | None
+) -> list[str]:
+    """I10: every removal carries a confirmation of absence taken after the read that missed
+    it (the run ended), from the witness, which saw it gone from the world."""
+    by_key = {h["project_key"]: h for h in new_hist.values()}
+    problems = []
+    for k in gone:
+        h = by_key.get(k)
+        if h is None or not h["confirmation"] or h["confirmed_at"] is None:
+            problems.append(f"I10: {k} removed without a confirmation of its absence")
+        elif run["finished_at"] is None or h["confirmed_at"] <= run["finished_at"]:
+            problems.append(f"I10: {k}'s confirmation {h['confirmed_at']} precedes the read's end")
+        elif witness is None or k not in witness.gone:
+            problems.append(f"I10: {k} removed though its witness did not see it gone")
+    return problems
+
+
 def i6_history_only_of_removed_rows(new_hist: dict, gone: list[str], where: str) -> None:
     """I6: a new history entry is of a row that this store call removed."""
     for hid, h in new_hist.items():
@@ -465,7 +511,11 @@ class InventoryMachine(RuleBasedStateMachine):
     # ------------------------------------------------------------------ the oracle
 
     def _check(
-        self, *, cleanup: tuple[str, CleanupPolicy] | None = None, agree: bool = True
+        self,
+        *,
+        cleanup: tuple[str, CleanupPolicy] | None = None,
+        agree: bool = True,
+        witness: ModelWitness | None = None,
     ) -> None:
         """I1–I8 on the database, one function each, then (``agree``) agreement with the
         model. ``cleanup``: the (run, requested policy) of the cleanup this store call was."""
@@ -477,7 +527,7 @@ class InventoryMachine(RuleBasedStateMachine):
         i3_truthful_status(cur, where)
         new_hist = i6_history_append_only(prev, cur, cleanup, where)
         gone = sorted(prev.rows.keys() - cur.rows.keys())
-        problems = self._removal_problems(prev, cur, gone, new_hist, cleanup)
+        problems = self._removal_problems(prev, cur, gone, new_hist, cleanup, witness)
         if problems:
             self.stats["lost"] += len(gone)
             raise AssertionError(f"I1/I5/I6: {where}: " + "; ".join(problems))
@@ -487,8 +537,8 @@ class InventoryMachine(RuleBasedStateMachine):
         if agree:
             self._agree(cur, where)
 
-    def _removal_problems(self, prev, cur, gone, new_hist, cleanup) -> list[str]:
-        """I1, I5, I6, I7 and I8 for every row that disappeared in this store call."""
+    def _removal_problems(self, prev, cur, gone, new_hist, cleanup, witness) -> list[str]:
+        """I1, I5, I6, I7, I8 and I10 for every row that disappeared in this store call."""
         if not gone:
             return []
         problems = i1_no_loss(self.model, prev, cur, gone, cleanup)
@@ -501,6 +551,7 @@ class InventoryMachine(RuleBasedStateMachine):
             + i7_coverage(prev, cur, gone, run)
             + i5_ordering(self.model, cur, gone, run)
             + i6_removals_recorded(prev, gone, new_hist, run)
+            + i10_confirmed_absence(gone, new_hist, run, witness)
         )
 
     def _agree(self, cur: Snapshot, where: str) -> None:
@@ -647,12 +698,15 @@ class InventoryMachine(RuleBasedStateMachine):
         self, run_id: str, policy: CleanupPolicy, dry_run: bool, data, *, approved_by=None
     ) -> None:
         m = self.model
-        plan = m.plan_cleanup(run_id, dry_run)
+        mode = data.draw(st.sampled_from(WITNESS_MODES), label="witness")
+        self.stats[f"witness:{mode}"] += 1
+        plan = m.plan_cleanup(run_id, dry_run, mode)
         self.stats["cleanups"] += 1
+        witness = ModelWitness(m, mode)
 
         def call():
             return self.store.safe_cleanup_old_projects(
-                run_id, policy, dry_run=dry_run, approved_by=approved_by, witness=GONE
+                run_id, policy, dry_run=dry_run, approved_by=approved_by, witness=witness
             )
 
         if plan.refused:
@@ -670,10 +724,10 @@ class InventoryMachine(RuleBasedStateMachine):
             event = data.draw(st.sampled_from([event] * 6 + faults), label="cleanup fault")
         outcome, result = self._call("cleanup", call, event)
         if outcome == "rolled_back" and plan.status == "done":
-            self._check(cleanup=(run_id, policy))
+            self._check(cleanup=(run_id, policy), witness=witness)
             self.stats["cleanup_retries"] += 1
             outcome, result = self._call("cleanup", call, ("", None))
-        self._check(cleanup=(run_id, policy), agree=False)  # the invariants come first
+        self._check(cleanup=(run_id, policy), agree=False, witness=witness)  # invariants first
         if outcome == "ok":
             done = "already_" if result.already_done else ""
             self.stats[f"cleanup_{'dry_' if dry_run else ''}{done}{result.status}"] += 1

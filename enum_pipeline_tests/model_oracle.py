@@ -194,9 +194,11 @@ class Model:
         if run.status == "active":
             run.status = "failed"
 
-    def plan_cleanup(self, run_id: str, dry_run: bool) -> CleanupPlan:
+    def plan_cleanup(self, run_id: str, dry_run: bool, witness: str = "world") -> CleanupPlan:
         """What ``safe_cleanup_old_projects`` must do, computed from the model alone, under the
-        policy the run began with (whatever the request passes)."""
+        policy the run began with (whatever the request passes). ``witness``: how the sources'
+        witness answers (``world``: gone iff the world no longer holds the project, present
+        otherwise; any other mode confirms nothing)."""
         run = self.runs[run_id]
         policy = run.policy
         if run.status != "completed" or not run.flush_succeeded:
@@ -235,6 +237,11 @@ class Model:
                 for k in candidates
                 if self.rows[k].missed + 1 >= policy.missing_runs_before_delete
             ]
+            # a due row goes only when its witness confirms it gone; one it finds is kept as it
+            # is, one it cannot tell about is kept marked missing
+            found = [k for k in due if witness == "world" and self.exists(k)]
+            due = [k for k in due if witness == "world" and not self.exists(k)]
+            candidates = [k for k in candidates if k not in found]
             before = [k for k in in_scope if self.rows[k].first_gen < run.gen]
             blocked |= policy.guard(scope, len(due), len(before)) is not None
             plan.candidates += len(candidates)
@@ -253,6 +260,11 @@ class Model:
         if plan.status != "done":
             plan.removed, plan.marked = [], []
         return plan
+
+    def exists(self, key: str) -> bool:
+        """The project is in the world now (what a direct look at it sees)."""
+        row = self.rows[key]
+        return row.location[len(root(row.scope)) + 1 :] in self.world[row.scope]
 
     def _superseded(self, scope: str, gen: int) -> bool:
         return any(
