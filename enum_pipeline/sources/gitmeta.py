@@ -261,9 +261,9 @@ def read_ref(
     ``packed``: a ``PackedRefs`` shared by several lookups in one repository.
     """
     if _depth > 5:
-        raise GitMetaError(f"symbolic ref loop at {ref}")
+        raise GitMetaError(f"symbolic ref loop at {redact_url(ref)}")
     if not _valid_refname(ref):
-        raise GitMetaError(f"invalid ref name {ref!r}")
+        raise GitMetaError(f"invalid ref name {redact_url(ref)!r}")
     base = git_dir if ref.startswith(_PER_WORKTREE_PREFIXES) or "/" not in ref else common_dir
     try:
         raw = read_small(base + "/" + ref).strip()
@@ -275,7 +275,7 @@ def read_ref(
             return read_ref(git_dir, common_dir, target, _depth + 1, packed=packed)
         if _is_sha(raw):
             return raw.decode("ascii")
-        raise GitMetaError(f"malformed ref file {ref}")
+        raise GitMetaError(f"malformed ref file {redact_url(ref)}")
     if packed is not None:
         return packed.get(ref)
     return read_packed_ref(common_dir, ref)
@@ -885,7 +885,7 @@ def _read_head(meta: GitMeta, git_dir: str, common_dir: str, packed: PackedRefs)
         if head.startswith(b"ref:"):
             ref = decode_text(head[4:].strip())
             meta.head_ref = ref
-            meta.branch = ref[11:] if ref.startswith("refs/heads/") else ref
+            meta.branch = redact_url(ref[11:] if ref.startswith("refs/heads/") else ref)
             sha = read_ref(git_dir, common_dir, ref, packed=packed)
             if sha is None:
                 if os.path.isdir(common_dir + "/reftable"):
@@ -912,10 +912,10 @@ def _read_remote(meta: GitMeta, common_dir: str, branch: str | None) -> tuple[st
         config = read_small(common_dir + "/config", MAX_CONFIG_FILE)
         urls, up = remotes_and_upstream(config, branch)
         picked = pick_remote(urls)
-        if picked is not None:  # each url redacted once
-            meta.remotes = {name: redact_url(url) for name, url in urls.items()}
+        if picked is not None:  # each url (and name: any git value may be a url) redacted once
+            meta.remotes = {redact_url(name): redact_url(url) for name, url in urls.items()}
             meta.remote_name = picked[0]
-            meta.remote_url = meta.remotes[picked[0]]
+            meta.remote_url = redact_url(picked[1])
     except FileNotFoundError:
         pass
     except (OSError, ValueError) as exc:
@@ -941,13 +941,16 @@ def _checkout_state(
         if up is not None:  # only for a branch checked out (``refs/heads/...``)
             remote, merge = up
             short = merge[11:] if merge.startswith("refs/heads/") else merge
+            # branch.<name>.remote may be a url (with a token): stored redacted, never as a ref
             if remote == ".":
-                meta.upstream, ref = short, merge
+                meta.upstream, ref = redact_url(short), merge
             else:
-                meta.upstream, ref = f"{remote}/{short}", f"refs/remotes/{remote}/{short}"
-            theirs = read_ref(git_dir, common_dir, ref, packed=packed)
-            if theirs is not None and sha is not None:
-                meta.in_sync = theirs == sha
+                meta.upstream = f"{redact_url(remote)}/{redact_url(short)}"
+                ref = f"refs/remotes/{remote}/{short}"
+            if _valid_refname(ref):
+                theirs = read_ref(git_dir, common_dir, ref, packed=packed)
+                if theirs is not None and sha is not None:
+                    meta.in_sync = theirs == sha
         # a stash is its reflog (``git stash`` always writes it, packed or not): one lookup
         meta.has_stash = _exists(common_dir + "/logs/refs/stash")
     except (OSError, GitMetaError, ValueError) as exc:
