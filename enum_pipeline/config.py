@@ -38,6 +38,12 @@ class _CodeHost(_Strict):
     #: ``module:class`` of the source, imported only when one is configured.
     source_class: ClassVar[str]
     token_env: str | None = None
+    request_deadline_seconds: float = Field(
+        60.0,
+        gt=0,
+        description="Wall-clock bound of one HTTP request (headers and body), however slowly "
+        "the host answers; a page ends within (max_retries + 1) x this + the wait budget.",
+    )
 
     @field_validator("token_env")
     @classmethod

@@ -13,7 +13,8 @@ Each app serves generated repositories with the real pagination semantics of its
   ``Link`` built from ``root_url``.
 
 Failure injection is per *page* (1-based index in the listing): :meth:`FakeApp.fail_page`,
-:meth:`FakeApp.rate_limit_page`, :meth:`FakeApp.truncate_page`, :meth:`FakeApp.slow_page`.
+:meth:`FakeApp.rate_limit_page`, :meth:`FakeApp.truncate_page`, :meth:`FakeApp.slow_page`,
+:meth:`FakeApp.trickle_page` (one byte at a time, forever: the status line or the body).
 ``token=...`` makes the app refuse (401) requests with another credential (requests without
 one are anonymous); without it, any credential is accepted. As on the real hosts, private (and
 internal) repositories are listed and counted only for an authenticated request, each app
@@ -54,6 +55,8 @@ class Reply:
     body: bytes = b""
     page: int | None = None
     delay: float = 0.0
+    trickle: float = 0.0  # > 0: send one byte every ``trickle`` seconds, never finishing
+    trickle_headers: bool = False  # trickle from the status line on (else from the body)
 
     @classmethod
     def json(cls, status: int, data: Any, headers: dict[str, str] | None = None, page=None):
@@ -72,6 +75,8 @@ class Fault:
     body: bytes | None = None
     truncate: bool = False
     delay: float = 0.0
+    trickle: float = 0.0
+    trickle_headers: bool = False
     then: Callable[[], None] | None = None  # run after the page is built (change the data)
     hits: int = 0
 
@@ -151,6 +156,13 @@ class FakeApp:
     def slow_page(self, page: int | None, delay: float, times: int | None = 1) -> Fault:
         """Wait ``delay`` seconds before answering ``page``."""
         return self.add_fault(Fault(page, times, delay=delay))
+
+    def trickle_page(
+        self, page: int | None, interval: float = 0.2, *, headers: bool = False, times=None
+    ) -> Fault:
+        """Answer ``page`` one byte every ``interval`` seconds and never finish: the body after
+        complete headers (a huge ``Content-Length``), or from the status line on (``headers``)."""
+        return self.add_fault(Fault(page, times, trickle=interval, trickle_headers=headers))
 
     def cut_after(self, page: int) -> None:
         """End the listing after ``page`` (no next page; later pages empty), counts unchanged."""
@@ -236,6 +248,15 @@ class FakeApp:
         if fault.truncate:
             return Reply(
                 reply.status, reply.headers, reply.body[: len(reply.body) // 2], reply.page
+            )
+        if fault.trickle:
+            return Reply(
+                reply.status,
+                reply.headers,
+                reply.body,
+                reply.page,
+                trickle=fault.trickle,
+                trickle_headers=fault.trickle_headers,
             )
         if fault.delay:
             return Reply(reply.status, reply.headers, reply.body, reply.page, fault.delay)
@@ -801,6 +822,9 @@ class _Handler(BaseHTTPRequestHandler):
             req.status = 500
         if reply.delay:
             time.sleep(reply.delay)
+        if reply.trickle:
+            self._trickle(reply)
+            return
         try:
             self.send_response(reply.status)
             self.send_header("Content-Type", "application/json; charset=utf-8")
@@ -812,6 +836,27 @@ class _Handler(BaseHTTPRequestHandler):
                 self.wfile.write(reply.body)
         except (BrokenPipeError, ConnectionResetError):
             pass
+
+    def _trickle(self, reply: Reply) -> None:
+        """Send one byte every ``reply.trickle`` seconds until the client goes (at most 10 min)."""
+        if reply.trickle_headers:
+            data = b"HTTP/1.1 200 OK\r\nX-Slow: " + b"a" * 100_000
+        else:
+            head = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+            self.wfile.write(head + b"Content-Length: 1000000000\r\n\r\n[")
+            self.wfile.flush()
+            data = b" " * 100_000
+        end = time.monotonic() + 600
+        try:
+            for byte in data:
+                if time.monotonic() > end:
+                    break
+                self.wfile.write(bytes((byte,)))
+                self.wfile.flush()
+                time.sleep(reply.trickle)
+        except OSError:
+            pass  # the client gave up: what this fault is for
+        self.close_connection = True
 
 
 class FakeCodeHost:

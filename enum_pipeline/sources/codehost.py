@@ -28,6 +28,7 @@ import httpx
 from enum_pipeline.sources.base import ProjectRecord, ScanItem, ScopeVerdict
 from enum_pipeline.sources.coverage import outside_listing
 from enum_pipeline.sources.http import (
+    DEFAULT_REQUEST_DEADLINE,
     USER_AGENT,
     HttpClient,
     Page,
@@ -62,6 +63,7 @@ class HttpOptions(TypedDict, total=False):
     client: httpx.Client | None
     max_retries: int
     max_wait_seconds: float
+    request_deadline_seconds: float
     sleep: Callable[[float], None]
 
 
@@ -136,6 +138,7 @@ class CodeHostSource:
         client: httpx.Client | None = None,
         max_retries: int = 5,
         max_wait_seconds: float = 300,
+        request_deadline_seconds: float = DEFAULT_REQUEST_DEADLINE,
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         if urlsplit(base_url or "").scheme not in ("http", "https"):
@@ -155,6 +158,7 @@ class CodeHostSource:
             max_wait_seconds=max_wait_seconds,
             sleep=sleep,
             logger=self.log,
+            request_deadline=request_deadline_seconds,
         )
 
     def __repr__(self) -> str:

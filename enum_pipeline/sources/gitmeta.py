@@ -9,13 +9,24 @@ object file when there is one; packed commits are found through the pack's ``.id
 and inflated in place; only deltified commits, v1 indexes, alternates and multi-pack-index-only
 layouts fall back to dulwich. Nothing here raises on malformed input: every problem is collected
 in ``GitMeta.errors`` and whatever could be read is returned.
+
+No read can hang or exhaust memory: every file is opened through ``open_regular`` (``stat``
+first: a FIFO, socket or device is never opened; then ``O_NONBLOCK`` and ``fstat``, so one swapped
+in meanwhile cannot block either), and every read has a bound (``MAX_SMALL_FILE`` for ``HEAD``,
+ref files, ``.git`` and ``commondir`` files; ``MAX_CONFIG_FILE`` for ``config``;
+``MAX_PACKED_REFS`` for ``packed-refs``; ``MAX_LOOSE_OBJECT`` for the HEAD commit's loose object).
+A file over its bound is not read: ``RefusedFile`` names it and the bound, and the repository gets
+that error. Before dulwich reads objects, every file it could open is checked the same way.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import mmap
 import os
 import re
+import stat
 import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -23,8 +34,15 @@ from datetime import UTC, datetime
 
 from enum_pipeline.sources.remotes import redact_url
 
-_MAX_SMALL = 1 << 20  # HEAD, refs, gitdir files: never read more than this
-_O_READ = os.O_RDONLY | getattr(os, "O_CLOEXEC", 0)
+#: ``HEAD``, a ref file, a ``.git`` (``gitdir:``) file, ``commondir``: a few bytes each
+MAX_SMALL_FILE = 64 << 10
+#: ``config`` (and Mercurial's ``hgrc``): large only with thousands of branch sections
+MAX_CONFIG_FILE = 4 << 20
+#: ``packed-refs``: about 800,000 refs; read whole (and once) when a ref is not loose
+MAX_PACKED_REFS = 64 << 20
+#: the loose object of the HEAD commit (compressed)
+MAX_LOOSE_OBJECT = 64 << 20
+_O_READ = os.O_RDONLY | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_NONBLOCK", 0)
 _IDX_READ_WHOLE = 1 << 20  # pack indexes up to this size are read, larger ones memory-mapped
 _HEX = frozenset(b"0123456789abcdef")
 _SHA_LENGTHS = (40, 64)  # SHA-1 and SHA-256 repositories
@@ -34,6 +52,53 @@ _PER_WORKTREE_PREFIXES = ("refs/worktree/", "refs/bisect/", "refs/rewritten/")
 
 class GitMetaError(Exception):
     """A git metadata file is missing or malformed."""
+
+
+class RefusedFile(OSError):
+    """A file not read: not a regular file (never opened), or larger than its bound."""
+
+
+def _size(n: int) -> str:
+    return f"{n >> 20} MiB" if n >= 1 << 20 and not n % (1 << 20) else f"{n >> 10} KiB"
+
+
+def _kind(mode: int) -> str:
+    for test, name in (
+        (stat.S_ISFIFO, "a FIFO"),
+        (stat.S_ISSOCK, "a socket"),
+        (stat.S_ISCHR, "a character device"),
+        (stat.S_ISBLK, "a block device"),
+    ):
+        if test(mode):
+            return name
+    return "not a regular file"
+
+
+def _check_regular(path: str, st: os.stat_result) -> None:
+    if stat.S_ISREG(st.st_mode):
+        return
+    if stat.S_ISDIR(st.st_mode):
+        raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), path)
+    raise RefusedFile(errno.EINVAL, f"{_kind(st.st_mode)}, not a regular file: not opened", path)
+
+
+def open_regular(path: str) -> tuple[int, os.stat_result]:
+    """Open a regular file for reading; ``(fd, fstat)``. A FIFO, socket or device is never
+    opened (``RefusedFile``), a directory raises ``IsADirectoryError``."""
+    _check_regular(path, os.stat(path))
+    fd = os.open(path, _O_READ)  # O_NONBLOCK: a FIFO swapped in since the stat cannot block
+    try:
+        st = os.fstat(fd)
+        _check_regular(path, st)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd, st
+
+
+def _too_large(path: str, limit: int, size: int | None = None) -> RefusedFile:
+    what = f"{size} bytes, " if size else ""
+    return RefusedFile(errno.EFBIG, f"larger than the {_size(limit)} bound ({what}not read)", path)
 
 
 @dataclass(slots=True)
@@ -71,21 +136,27 @@ def decode_text(raw: bytes) -> str:
     return text
 
 
-def read_small(path: str, limit: int = _MAX_SMALL) -> bytes:
-    """Read a file with raw ``os`` calls (cheaper than ``open``): 64 KiB, or up to ``limit``."""
-    fd = os.open(path, _O_READ)
+def read_small(path: str, limit: int = MAX_SMALL_FILE) -> bytes:
+    """Read a whole regular file of at most ``limit`` bytes with raw ``os`` calls (cheaper than
+    ``open``). ``RefusedFile`` when it is not a regular file (then never opened) or is larger
+    than ``limit`` (then not read; a file that grows past it while read is refused too)."""
+    fd, st = open_regular(path)
     try:
-        data = os.read(fd, 65536)
-        if len(data) == 65536 and limit > 65536:
+        if st.st_size > limit:
+            raise _too_large(path, limit, st.st_size)
+        data = os.read(fd, min(65536, limit + 1))
+        if len(data) == 65536 and limit >= 65536:
             chunks = [data]
             total = len(data)
-            while total < limit:
-                more = os.read(fd, min(1 << 20, limit - total))
+            while total <= limit:
+                more = os.read(fd, min(1 << 20, limit + 1 - total))
                 if not more:
                     break
                 chunks.append(more)
                 total += len(more)
             data = b"".join(chunks)
+        if len(data) > limit:
+            raise _too_large(path, limit)
         return data
     finally:
         os.close(fd)
@@ -131,7 +202,7 @@ def resolve_git_dir(dotgit: str, is_dir: bool | None = None) -> tuple[str, str, 
         is_dir = False
     if is_dir:
         return dotgit, dotgit, False
-    raw = read_small(dotgit, 65536).strip()
+    raw = read_small(dotgit).strip()
     if not raw.startswith(b"gitdir:"):
         raise GitMetaError(".git file does not start with 'gitdir:'")
     target = os.fsdecode(raw[7:].strip())
@@ -143,7 +214,7 @@ def resolve_git_dir(dotgit: str, is_dir: bool | None = None) -> tuple[str, str, 
 
 def _with_commondir(git_dir: str) -> tuple[str, str, bool]:
     try:
-        raw = read_small(os.path.join(git_dir, "commondir"), 65536).strip()
+        raw = read_small(os.path.join(git_dir, "commondir")).strip()
     except (FileNotFoundError, NotADirectoryError):
         return git_dir, git_dir, False
     if not raw or b"\x00" in raw:
@@ -168,7 +239,7 @@ class PackedRefs:
         """The sha ``ref`` has in ``packed-refs``; None when absent (or no such file)."""
         if self._data is None:
             try:
-                data = read_small(self.common_dir + "/packed-refs", 1 << 30)
+                data = read_small(self.common_dir + "/packed-refs", MAX_PACKED_REFS)
             except (FileNotFoundError, NotADirectoryError):
                 data = b""
             self._data = data if data.endswith(b"\n") or not data else data + b"\n"
@@ -190,12 +261,12 @@ def read_ref(
     ``packed``: a ``PackedRefs`` shared by several lookups in one repository.
     """
     if _depth > 5:
-        raise GitMetaError(f"symbolic ref loop at {ref}")
+        raise GitMetaError(f"symbolic ref loop at {redact_url(ref)}")
     if not _valid_refname(ref):
-        raise GitMetaError(f"invalid ref name {ref!r}")
+        raise GitMetaError(f"invalid ref name {redact_url(ref)!r}")
     base = git_dir if ref.startswith(_PER_WORKTREE_PREFIXES) or "/" not in ref else common_dir
     try:
-        raw = read_small(base + "/" + ref, 65536).strip()
+        raw = read_small(base + "/" + ref).strip()
     except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
         raw = None
     if raw is not None:
@@ -204,7 +275,7 @@ def read_ref(
             return read_ref(git_dir, common_dir, target, _depth + 1, packed=packed)
         if _is_sha(raw):
             return raw.decode("ascii")
-        raise GitMetaError(f"malformed ref file {ref}")
+        raise GitMetaError(f"malformed ref file {redact_url(ref)}")
     if packed is not None:
         return packed.get(ref)
     return read_packed_ref(common_dir, ref)
@@ -214,7 +285,7 @@ def read_symref(common_dir: str, ref: str) -> str | None:
     """The target of the symbolic ref file ``ref`` (e.g. ``refs/remotes/origin/HEAD``), or None
     when it does not exist or is not symbolic (``packed-refs`` never holds symbolic refs)."""
     try:
-        raw = read_small(common_dir + "/" + ref, 65536).strip()
+        raw = read_small(common_dir + "/" + ref).strip()
     except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
         return None
     if not raw.startswith(b"ref:"):
@@ -226,7 +297,7 @@ def read_symref(common_dir: str, ref: str) -> str | None:
 def read_packed_ref(common_dir: str, ref: str) -> str | None:
     """Look ``ref`` up in ``<common_dir>/packed-refs``; None when absent (or no such file)."""
     try:
-        data = read_small(common_dir + "/packed-refs", 1 << 30)
+        data = read_small(common_dir + "/packed-refs", MAX_PACKED_REFS)
     except (FileNotFoundError, NotADirectoryError):
         return None
     if not data.endswith(b"\n"):
@@ -572,7 +643,7 @@ def _committer_time(more: Callable[[], bytes], loose: bool) -> datetime:
 
 def _loose_commit_time(objects_dir: str, sha: str) -> datetime | None:
     try:
-        data = read_small(f"{objects_dir}/{sha[:2]}/{sha[2:]}", 1 << 26)
+        data = read_small(f"{objects_dir}/{sha[:2]}/{sha[2:]}", MAX_LOOSE_OBJECT)
     except (FileNotFoundError, NotADirectoryError):
         return None
     # common case: a small object whose header fits the first inflated block
@@ -589,9 +660,9 @@ def _idx_lookup(idx_path: str, binsha: bytes) -> int | None:
 
     Small indexes are read whole (one ``read``); large ones are memory-mapped.
     """
-    fd = os.open(idx_path, os.O_RDONLY | os.O_CLOEXEC)
+    fd, st = open_regular(idx_path)
     try:
-        size = os.fstat(fd).st_size
+        size = st.st_size
         if size <= _IDX_READ_WHOLE:
             data = os.read(fd, size)
             return _idx_search(data, len(data), binsha)
@@ -634,7 +705,7 @@ def _idx_search(mm: bytes | mmap.mmap, size: int, binsha: bytes) -> int | None:
 
 
 def _packed_commit_time_at(pack_path: str, offset: int) -> datetime:
-    fd = os.open(pack_path, os.O_RDONLY | os.O_CLOEXEC)
+    fd, _ = open_regular(pack_path)
     try:
         head = os.pread(fd, 8192, offset)
         if not head:
@@ -687,8 +758,36 @@ def _packed_commit_time(objects_dir: str, sha: str) -> datetime | None:
     return None
 
 
+def _check_object_files(objects_dir: str, sha: str, depth: int = 0) -> None:
+    """Refuse (``RefusedFile``) an object store holding a file dulwich could open that is not a
+    regular file: the loose object, ``info/*`` (alternates, commit-graph, packs), ``pack/*``,
+    and the same in every alternate (5 levels, as git)."""
+    paths = [f"{objects_dir}/{sha[:2]}/{sha[2:]}"]
+    for sub in ("info", "pack"):
+        with contextlib.suppress(FileNotFoundError, NotADirectoryError):
+            paths += [f"{objects_dir}/{sub}/{n}" for n in os.listdir(f"{objects_dir}/{sub}")]
+    for path in paths:
+        try:
+            st = os.stat(path)
+        except FileNotFoundError:
+            continue
+        if not stat.S_ISDIR(st.st_mode):
+            _check_regular(path, st)
+    alternates = objects_dir + "/info/alternates"
+    if depth >= 5 or not _exists(alternates):
+        return
+    for line in read_small(alternates, MAX_CONFIG_FILE).split(b"\n"):
+        line = line.strip()
+        if line and not line.startswith(b"#"):
+            alt = os.path.join(objects_dir, os.fsdecode(line))
+            if os.path.isdir(alt):
+                _check_object_files(alt, sha, depth + 1)
+
+
 def _dulwich_commit_time(objects_dir: str, sha: str) -> datetime | None:
     from dulwich.object_store import DiskObjectStore
+
+    _check_object_files(objects_dir, sha)  # dulwich opens files with plain open()
 
     store = DiskObjectStore(objects_dir)
     try:
@@ -782,11 +881,11 @@ def read_git_meta(
 def _read_head(meta: GitMeta, git_dir: str, common_dir: str, packed: PackedRefs) -> str | None:
     """The commit HEAD points at (branch, detached, unborn and reftable noted on ``meta``)."""
     try:
-        head = read_small(git_dir + "/HEAD", 65536).strip()
+        head = read_small(git_dir + "/HEAD").strip()
         if head.startswith(b"ref:"):
             ref = decode_text(head[4:].strip())
             meta.head_ref = ref
-            meta.branch = ref[11:] if ref.startswith("refs/heads/") else ref
+            meta.branch = redact_url(ref[11:] if ref.startswith("refs/heads/") else ref)
             sha = read_ref(git_dir, common_dir, ref, packed=packed)
             if sha is None:
                 if os.path.isdir(common_dir + "/reftable"):
@@ -810,13 +909,13 @@ def _read_remote(meta: GitMeta, common_dir: str, branch: str | None) -> tuple[st
     ``branch``)."""
     up = None
     try:
-        config = read_small(common_dir + "/config", 1 << 24)
+        config = read_small(common_dir + "/config", MAX_CONFIG_FILE)
         urls, up = remotes_and_upstream(config, branch)
         picked = pick_remote(urls)
-        if picked is not None:  # each url redacted once
-            meta.remotes = {name: redact_url(url) for name, url in urls.items()}
+        if picked is not None:  # each url (and name: any git value may be a url) redacted once
+            meta.remotes = {redact_url(name): redact_url(url) for name, url in urls.items()}
             meta.remote_name = picked[0]
-            meta.remote_url = meta.remotes[picked[0]]
+            meta.remote_url = redact_url(picked[1])
     except FileNotFoundError:
         pass
     except (OSError, ValueError) as exc:
@@ -842,13 +941,16 @@ def _checkout_state(
         if up is not None:  # only for a branch checked out (``refs/heads/...``)
             remote, merge = up
             short = merge[11:] if merge.startswith("refs/heads/") else merge
+            # branch.<name>.remote may be a url (with a token): stored redacted, never as a ref
             if remote == ".":
-                meta.upstream, ref = short, merge
+                meta.upstream, ref = redact_url(short), merge
             else:
-                meta.upstream, ref = f"{remote}/{short}", f"refs/remotes/{remote}/{short}"
-            theirs = read_ref(git_dir, common_dir, ref, packed=packed)
-            if theirs is not None and sha is not None:
-                meta.in_sync = theirs == sha
+                meta.upstream = f"{redact_url(remote)}/{redact_url(short)}"
+                ref = f"refs/remotes/{remote}/{short}"
+            if _valid_refname(ref):
+                theirs = read_ref(git_dir, common_dir, ref, packed=packed)
+                if theirs is not None and sha is not None:
+                    meta.in_sync = theirs == sha
         # a stash is its reflog (``git stash`` always writes it, packed or not): one lookup
         meta.has_stash = _exists(common_dir + "/logs/refs/stash")
     except (OSError, GitMetaError, ValueError) as exc:

@@ -3,8 +3,17 @@
 One page is one ``GET`` that must end in parsed JSON or a :class:`PageError`. Transient failures
 (5xx, timeouts, connection errors, invalid or truncated JSON) are retried with exponential backoff
 and jitter; rate limits (``Retry-After``, ``x-ratelimit-remaining: 0`` + ``x-ratelimit-reset``,
-GitLab ``RateLimit-Reset``, GitHub secondary limits) are waited out. Every page has a budget of
-``max_retries`` retries and ``max_wait_seconds`` of total waiting; past either, the page fails.
+GitLab ``RateLimit-Reset``, GitHub secondary limits, also a 403 "abuse detection" answer without
+``Retry-After``) are waited out. Every page has a budget of ``max_retries`` retries and
+``max_wait_seconds`` of total waiting; past either, the page fails.
+
+Every request has a wall-clock deadline (``request_deadline``, default 60 s), not only httpx's
+per-read timeout (which restarts on every byte a trickling server sends): each socket operation's
+timeout is clamped to what remains of the deadline (on the client this class builds), and the body
+is streamed with the clock checked between chunks and its size bounded (``max_body_bytes``, 64 MiB).
+A request past its deadline is a transient failure, so one page ends, answered or failed, within
+``(max_retries + 1) * request_deadline + max_wait_seconds`` (defaults: 6 x 60 s + 300 s = 11 min):
+a host that stops answering leaves its scope incomplete within that bound.
 
 Credentials travel only in request headers. Nothing here logs a header, and every URL that reaches
 a log line or an error message goes through :func:`safe_url` (``redact_url`` plus scrubbing of
@@ -19,6 +28,7 @@ import logging
 import os
 import random
 import re
+import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -26,6 +36,7 @@ from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urljoin, urlsplit
 
+import httpcore
 import httpx
 
 from enum_pipeline.sources.remotes import redact_url
@@ -41,8 +52,102 @@ SECONDARY_LIMIT_DEFAULT_WAIT = 60.0
 RESET_MARGIN_SECONDS = 1.0
 REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
 MAX_REDIRECTS = 5
+#: A request's wall-clock bound (connect, headers and body), whatever the server trickles.
+DEFAULT_REQUEST_DEADLINE = 60.0
+#: The largest response body read (a listing page of 100 repositories is about 0.5 MiB).
+DEFAULT_MAX_BODY_BYTES = 64 << 20
 
-_RATE_LIMIT_BODY = re.compile(r"rate limit", re.IGNORECASE)
+# GitHub's secondary limits: "You have exceeded a secondary rate limit", and the older "You have
+# triggered an abuse detection mechanism" (a 403, sometimes without Retry-After).
+_RATE_LIMIT_BODY = re.compile(r"rate limit|abuse detection|abuse-rate-limits", re.IGNORECASE)
+
+
+class DeadlinePassed(Exception):
+    """A request ran past its wall-clock deadline."""
+
+
+class _Deadline(threading.local):
+    """The wall-clock deadline (``time.monotonic``) of the request this thread is sending."""
+
+    at: float | None = None
+
+    def clamp(self, timeout: float | None, exc: type[Exception]) -> float | None:
+        """``timeout`` no longer than what remains of the deadline; ``exc`` once it passed."""
+        if self.at is None:
+            return timeout
+        remaining = self.at - time.monotonic()
+        if remaining <= 0:
+            raise exc("request deadline passed")
+        return remaining if timeout is None else min(timeout, remaining)
+
+
+class _DeadlineStream(httpcore.NetworkStream):
+    """A connection whose every read and write ends by the current request's deadline."""
+
+    def __init__(self, stream: httpcore.NetworkStream, deadline: _Deadline) -> None:
+        self._stream = stream
+        self._deadline = deadline
+
+    def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
+        return self._stream.read(max_bytes, self._deadline.clamp(timeout, httpcore.ReadTimeout))
+
+    def write(self, buffer: bytes, timeout: float | None = None) -> None:
+        self._stream.write(buffer, self._deadline.clamp(timeout, httpcore.WriteTimeout))
+
+    def close(self) -> None:
+        self._stream.close()
+
+    def start_tls(
+        self, ssl_context: Any, server_hostname: str | None = None, timeout: float | None = None
+    ) -> httpcore.NetworkStream:
+        timeout = self._deadline.clamp(timeout, httpcore.ConnectTimeout)
+        return _DeadlineStream(
+            self._stream.start_tls(ssl_context, server_hostname, timeout), self._deadline
+        )
+
+    def get_extra_info(self, info: str) -> Any:
+        return self._stream.get_extra_info(info)
+
+
+class _DeadlineBackend(httpcore.NetworkBackend):
+    """httpcore's network backend with every connection bound by the request's deadline."""
+
+    def __init__(self, backend: httpcore.NetworkBackend, deadline: _Deadline) -> None:
+        self._backend = backend
+        self._deadline = deadline
+
+    def connect_tcp(
+        self,
+        host: str,
+        port: int,
+        timeout: float | None = None,
+        local_address: str | None = None,
+        socket_options: Any = None,
+    ) -> httpcore.NetworkStream:
+        timeout = self._deadline.clamp(timeout, httpcore.ConnectTimeout)
+        stream = self._backend.connect_tcp(host, port, timeout, local_address, socket_options)
+        return _DeadlineStream(stream, self._deadline)
+
+    def connect_unix_socket(
+        self, path: str, timeout: float | None = None, socket_options: Any = None
+    ) -> httpcore.NetworkStream:
+        timeout = self._deadline.clamp(timeout, httpcore.ConnectTimeout)
+        stream = self._backend.connect_unix_socket(path, timeout, socket_options)
+        return _DeadlineStream(stream, self._deadline)
+
+    def sleep(self, seconds: float) -> None:
+        self._backend.sleep(seconds)
+
+
+def _deadline_transport(deadline: _Deadline) -> httpx.HTTPTransport:
+    """An httpx transport whose sockets obey ``deadline`` (httpx has no public hook for a
+    network backend; without the attribute the body's clock checks still bound the request)."""
+    transport = httpx.HTTPTransport()
+    pool = getattr(transport, "_pool", None)
+    backend = getattr(pool, "_network_backend", None)
+    if backend is not None:
+        pool._network_backend = _DeadlineBackend(backend, deadline)  # type: ignore[union-attr]
+    return transport
 
 
 class PageError(Exception):
@@ -167,6 +272,8 @@ class HttpClient:
         timeout: httpx.Timeout | float = DEFAULT_TIMEOUT,
         rng: random.Random | None = None,
         logger: logging.Logger | None = None,
+        request_deadline: float = DEFAULT_REQUEST_DEADLINE,
+        max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
     ) -> None:
         self._client = client
         self._owns_client = client is None
@@ -180,6 +287,9 @@ class HttpClient:
         self._rng = rng or random.Random()
         self._log = logger or log
         self._secrets: tuple[str, ...] = ()
+        self.request_deadline = float(request_deadline)
+        self.max_body_bytes = int(max_body_bytes)
+        self._deadline = _Deadline()
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -190,7 +300,10 @@ class HttpClient:
     def _http(self) -> httpx.Client:
         if self._client is None:
             self._client = httpx.Client(
-                timeout=self._timeout, follow_redirects=False, headers={"User-Agent": USER_AGENT}
+                timeout=self._timeout,
+                follow_redirects=False,
+                headers={"User-Agent": USER_AGENT},
+                transport=_deadline_transport(self._deadline),
             )
             self._owns_client = True
         return self._client
@@ -218,15 +331,18 @@ class HttpClient:
         ceiling = min(self.backoff_max, self.backoff_base * (2**attempt))
         return ceiling / 2 + self._rng.uniform(0, ceiling / 2)
 
-    def _rate_limit_wait(self, response: httpx.Response) -> float | None:
-        """Seconds the server asks us to wait, or None if this is not a rate-limit answer."""
+    def _rate_limit_wait(self, response: httpx.Response, body: str = "") -> float | None:
+        """Seconds the server asks us to wait, or None if this is not a rate-limit answer.
+
+        A 403 is a rate limit when it says so: ``Retry-After``, ``x-ratelimit-remaining: 0``, or
+        a body naming a (secondary) rate limit or abuse detection, whatever the remaining count.
+        """
         status = response.status_code
         headers = response.headers
         remaining = headers.get("x-ratelimit-remaining", headers.get("ratelimit-remaining"))
         exhausted = remaining is not None and remaining.strip() == "0"
         retry_after = _parse_retry_after(headers.get("retry-after"), self._clock)
         if status == 403:
-            body = _safe_text(response)
             if not (retry_after is not None or exhausted or _RATE_LIMIT_BODY.search(body)):
                 return None
         elif status != 429:
@@ -242,13 +358,48 @@ class HttpClient:
             return SECONDARY_LIMIT_DEFAULT_WAIT
         return -1.0  # a 429 without hints: use the backoff
 
-    def _send(self, url: str, headers: Mapping[str, str]) -> httpx.Response:
-        """GET, following redirects only within the origin (credentials never leave it)."""
+    def _send(self, url: str, headers: Mapping[str, str]) -> tuple[httpx.Response, bytes]:
+        """GET and the body, following redirects only within the origin (credentials never leave
+        it), all within one ``request_deadline``: ``DeadlinePassed`` past it."""
+        at = self._deadline.at = time.monotonic() + self.request_deadline
+        try:
+            return self._send_within(url, headers)
+        except httpx.TimeoutException as exc:
+            if time.monotonic() >= at - 0.01:  # the deadline cut it, not a per-read timeout
+                raise DeadlinePassed(str(exc)) from exc
+            raise
+        finally:
+            self._deadline.at = None
+
+    def _get(self, url: str, headers: Mapping[str, str]) -> tuple[httpx.Response, bytes]:
+        """One GET, its body streamed with the clock checked between chunks and its size
+        bounded."""
+        client = self._http()
+        request = client.build_request("GET", url, headers=headers)
+        response = client.send(request, stream=True, follow_redirects=False)
+        chunks: list[bytes] = []
+        size = 0
+        try:
+            for chunk in response.iter_bytes():
+                size += len(chunk)
+                if size > self.max_body_bytes:
+                    raise PageError(
+                        self.safe_url(url),
+                        f"response body larger than max_body_bytes={self.max_body_bytes}",
+                        response.status_code,
+                    )
+                chunks.append(chunk)
+                self._deadline.clamp(None, DeadlinePassed)
+        finally:
+            response.close()
+        return response, b"".join(chunks)
+
+    def _send_within(self, url: str, headers: Mapping[str, str]) -> tuple[httpx.Response, bytes]:
         for _ in range(MAX_REDIRECTS + 1):
-            response = self._http().get(url, headers=headers, follow_redirects=False)
+            response, body = self._get(url, headers)
             location = response.headers.get("location")
             if response.status_code not in REDIRECT_STATUSES or not location:
-                return response
+                return response, body
             target = urljoin(url, location)
             if not same_origin(target, url):
                 raise PageError(
@@ -317,30 +468,32 @@ class HttpClient:
         """One GET: the page, or ``(transient error, seconds asked to wait)``; PageError when
         the answer is final (a 4xx that is not a rate limit)."""
         try:
-            response = self._send(full_url, request_headers)
+            response, body = self._send(full_url, request_headers)
+        except DeadlinePassed:
+            return f"no answer within the request deadline ({self.request_deadline:g}s)", None
         except httpx.TimeoutException as exc:
             return f"timeout ({type(exc).__name__})", None
         except httpx.TransportError as exc:
             return f"connection error ({type(exc).__name__}: {self.scrub(str(exc))[:200]})", None
         status = response.status_code
         if 200 <= status < 300:
-            data = _decode(response.content, expect)
+            data = _decode(body, expect)
             if data is not _INVALID:
                 return Page(full_url, response.headers, data)
             kind = "JSON" if expect is None else f"JSON {expect.__name__}"
             return f"HTTP {status} with invalid or truncated {kind} body", None
-        return self._failure(response, shown)
+        return self._failure(response, _text(response, body), shown)
 
-    def _failure(self, response: httpx.Response, shown: str) -> tuple[str, float | None]:
+    def _failure(self, response: httpx.Response, body: str, shown: str) -> tuple[str, float | None]:
         """A rate limit or a transient status to retry; PageError for any other status."""
         status = response.status_code
-        limit_wait = self._rate_limit_wait(response)
+        limit_wait = self._rate_limit_wait(response, body)
         if limit_wait is not None:
             return f"rate limited (HTTP {status})", None if limit_wait < 0 else limit_wait
         if status in TRANSIENT_STATUSES:
             wait = _parse_retry_after(response.headers.get("retry-after"), self._clock)
             return f"HTTP {status} {response.reason_phrase}".rstrip(), wait
-        message = self.scrub(_error_message(response))
+        message = self.scrub(_error_message(body))
         reason = f"HTTP {status} {response.reason_phrase}".rstrip()
         if message:
             reason += f": {message}"
@@ -360,16 +513,16 @@ def _decode(body: bytes, expect: type | None) -> Any:
     return data
 
 
-def _safe_text(response: httpx.Response) -> str:
+def _text(response: httpx.Response, body: bytes) -> str:
+    """The start of an (error) body as text, for the hints it holds."""
     try:
-        return response.text[:4000]
-    except Exception:  # noqa: BLE001 - undecodable body: no hint to read
-        return ""
+        return body[:16000].decode(response.encoding or "utf-8", "replace")[:4000]
+    except LookupError:  # an unknown charset
+        return body[:4000].decode("utf-8", "replace")
 
 
-def _error_message(response: httpx.Response) -> str:
+def _error_message(text: str) -> str:
     """A short human message out of an error body (``message`` / ``error`` keys)."""
-    text = _safe_text(response)
     try:
         data = json.loads(text)
     except ValueError:
