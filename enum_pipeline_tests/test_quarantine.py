@@ -116,14 +116,19 @@ def test_the_database_fallback_isolates_what_the_check_let_through(store, monkey
     records = [rec(n) for n in good_names]
     records.insert(3, dataclasses.replace(rec("huge-stars"), stars=2**64))
     records.insert(15, dataclasses.replace(rec("surrogate"), description="x\udcff"))
+    refused = {key("huge-stars"), key("surrogate")}
+    if store.dialect == "postgresql":  # SQLite takes these two as they are
+        records.insert(9, dataclasses.replace(rec("nul"), name="n\x00ul"))
+        records.insert(1, _long_key(rec("long")))
+        refused |= {key("nul"), safe_text(records[1].project_key)}
     run_id = new_run_id()
     _, verified, finished = steps.run_through(
         store, run_id, _sources(records, ["x"]), batch_size=50
     )
     assert verified.flush_succeeded and finished.status == "completed"
     good = [key(n) for n in good_names] + [key("x", OTHER)]
-    quarantined = _assert_run_goes_on(store, run_id, good, bad=2)
-    assert {q.project_key for q in quarantined} == {key("huge-stars"), key("surrogate")}
+    quarantined = _assert_run_goes_on(store, run_id, good, bad=len(refused))
+    assert {q.project_key for q in quarantined} == refused
     assert all(q.reason.startswith("the database refused it: ") for q in quarantined)
     assert store.get_run(run_id).staged_count == len(good)
 
@@ -210,3 +215,46 @@ def test_safe_text_escapes_and_cuts():
     assert safe_text("a\x00b\ud800c") == "a\\x00b\\ud800c"
     long = safe_text("k" * 5000)
     assert long.endswith("… (5000 bytes)") and len(long) < 320
+
+
+# ------------------------------------------------------------------------ the operator's surface
+
+
+def test_runs_shows_the_count_and_the_first_few_with_their_reasons(
+    store, db_url, monkeypatch, capsys
+):
+    from enum_pipeline import cli
+
+    monkeypatch.setenv("ENUM_PIPELINE_DATABASE_URL", db_url)
+    records = [rec("a")] + [dataclasses.replace(rec(f"bad{i}"), name=f"b\x00{i}") for i in range(5)]
+    run_id = new_run_id()
+    steps.run_through(store, run_id, _sources(records, ["x"]))
+    assert cli.main(["runs"]) == 0
+    out = capsys.readouterr().out
+    assert "quarantined=5" in out, out
+    assert f"  quarantined {key('bad0')} — name holds a NUL character at 1" in out
+    assert key("bad2") in out and key("bad3") not in out
+    assert f"… 2 more: enum-pipeline runs --quarantined {run_id}" in out
+    assert cli.main(["runs", "--quarantined", run_id]) == 0
+    listed = capsys.readouterr().out.splitlines()
+    assert [line.split("\t")[1] for line in listed] == [key(f"bad{i}") for i in range(5)]
+
+
+def test_scanned_projects_metadata_lists_them_capped():
+    from datetime import UTC, datetime
+
+    from enum_pipeline.defs.assets import QUARANTINE_LISTED, _quarantine_md
+    from enum_pipeline.scan import ScanSummary
+    from enum_pipeline.store import QuarantinedRecord
+
+    now = datetime.now(UTC)
+    summary = ScanSummary("r1", 1)
+    assert _quarantine_md(summary).value == "none"
+    summary.quarantined = [
+        QuarantinedRecord(i, "r1", SCOPE, key(f"k{i}"), "filesystem", "name | holds a NUL", now)
+        for i in range(QUARANTINE_LISTED + 5)
+    ]
+    text = _quarantine_md(summary).value
+    assert f"| {SCOPE} | {key('k0')} | name \\| holds a NUL |" in text
+    assert key(f"k{QUARANTINE_LISTED}") not in text
+    assert "5 more: `enum-pipeline runs --quarantined r1`" in text
