@@ -422,17 +422,31 @@ def cmd_restore(args) -> int:
     return EXIT_OK
 
 
+#: How many quarantined records ``runs`` shows a run (``--quarantined RUN_ID`` lists all).
+QUARANTINE_SHOWN = 3
+
+
 def cmd_runs(args) -> int:
     """The newest runs of the inventory."""
     store = _store()
+    if args.quarantined:
+        for q in store.quarantined(args.quarantined):
+            print(f"{q.scope_key}\t{q.project_key}\t{q.reason}")
+        return EXIT_OK
     for run in store.runs(args.limit):
         cleanup = store.cleanup_record(run.run_id)
+        quarantined = store.quarantined(run.run_id)
         print(
             f"{run.generation:>6} {run.run_id} {run.status:<9} flush_succeeded="
             f"{run.flush_succeeded!s:<5} found={run.scanned_count} removed={run.removed_count}"
-            f" cleanup={cleanup.status if cleanup else '-'}"
+            f" cleanup={cleanup.status if cleanup else '-'} quarantined={len(quarantined)}"
             + (f" error={run.error}" if run.error else "")
         )
+        for q in quarantined[:QUARANTINE_SHOWN]:
+            print(f"  quarantined {q.project_key} — {q.reason}")
+        if len(quarantined) > QUARANTINE_SHOWN:
+            more = len(quarantined) - QUARANTINE_SHOWN
+            print(f"  … {more} more: enum-pipeline runs --quarantined {run.run_id}")
     kept = store.kept_projects()
     if kept:
         orphaned = sum(1 for r in kept if r["orphaned_since"])
@@ -699,6 +713,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     runs = sub.add_parser("runs", help="list recent runs")
     runs.add_argument("--limit", type=int, default=20)
+    runs.add_argument(
+        "--quarantined",
+        metavar="RUN_ID",
+        help="list every record of RUN_ID that was quarantined, with its reason",
+    )
     runs.set_defaults(func=cmd_runs)
 
     accept = sub.add_parser("accept", help="accept a scope's changed identity (device, owner…)")

@@ -12,7 +12,11 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from enum_pipeline.sources.base import ProjectRecord, ScanItem, ScopeVerdict, Source
-from enum_pipeline.store import InventoryStore
+from enum_pipeline.sources.sanitize import Rejected, screen
+from enum_pipeline.store import InventoryStore, QuarantinedRecord
+
+#: How many quarantined records the summary's plain data lists (all are in the store).
+QUARANTINE_LISTED = 100
 
 
 @dataclass
@@ -25,6 +29,8 @@ class ScanSummary:
     staged: int = 0
     seconds: float = 0.0
     verdicts: list[ScopeVerdict] = field(default_factory=list)
+    #: Records the database could not take (not staged; their scopes are incomplete).
+    quarantined: list[QuarantinedRecord] = field(default_factory=list)
 
     @property
     def incomplete(self) -> list[ScopeVerdict]:
@@ -39,6 +45,11 @@ class ScanSummary:
             "scanned": self.scanned,
             "staged": self.staged,
             "seconds": round(self.seconds, 3),
+            "quarantined_count": len(self.quarantined),
+            "quarantined": [
+                {"scope_key": q.scope_key, "project_key": q.project_key, "reason": q.reason}
+                for q in self.quarantined[:QUARANTINE_LISTED]
+            ],
             "scopes": [
                 {
                     "scope_key": v.scope_key,
@@ -93,18 +104,26 @@ def _next_item(items) -> tuple[ScanItem | None, str | None]:
 def _scan_one(
     store: InventoryStore, run_id: str, source: Source, batch_size: int, progress: _Progress
 ) -> None:
-    """Stream one source into staging; every scope it did not end is ended incomplete."""
+    """Stream one source into staging; every scope it did not end is ended incomplete.
+
+    Every record passes ``screen``: one the database cannot take is quarantined (before the
+    batch it came with is staged, so before its scope ends, which makes the scope incomplete).
+    """
     batch: list[ProjectRecord] = []
+    rejected: list[Rejected] = []
 
     def flush_batch() -> None:
+        if rejected:
+            store.quarantine(run_id, [(q.record, q.reason) for q in rejected])
+            progress.record(0, len(rejected))
+            rejected.clear()
         if batch:
             progress.record(store.stage(run_id, batch), len(batch))
             batch.clear()
 
     def end(verdict: ScopeVerdict) -> None:
         flush_batch()
-        store.end_scope(run_id, verdict)
-        progress.record(0, 0, verdict)
+        progress.record(0, 0, store.end_scope(run_id, verdict))
 
     expected = list(source.scope_keys())
     ended: set[str] = set()
@@ -117,8 +136,12 @@ def _scan_one(
             end(item)
             ended.add(item.scope_key)
             continue
-        batch.append(item)
-        if len(batch) >= batch_size:
+        checked = screen(item)
+        if checked is item:
+            batch.append(item)
+        else:
+            rejected.append(checked)
+        if len(batch) + len(rejected) >= batch_size:
             flush_batch()
     flush_batch()
     reason = (
@@ -145,7 +168,10 @@ def stage_sources(
     With ``parallel_sources`` > 1, that many sources stream at once (threads: code-host APIs and
     disks are I/O bound); each keeps its own batches and scope verdicts. A source that raises, or
     ends without a verdict for one of its scopes, makes those scopes incomplete (their projects
-    are protected), never empty. Store errors propagate and end the scan.
+    are protected), never empty. A record the database cannot take is quarantined with its
+    reason (``sources.sanitize.screen``, and the store's fallback when staging its batch), its
+    scope made incomplete; every other record and scope goes on. Store errors propagate and end
+    the scan.
     """
     summary = ScanSummary(run_id, generation)
     progress = _Progress(summary, on_progress, progress_every)
@@ -161,4 +187,5 @@ def stage_sources(
             for future in futures:
                 future.result()
     summary.seconds = time.monotonic() - progress.started
+    summary.quarantined = store.quarantined(run_id)
     return summary

@@ -62,6 +62,28 @@ def _scope_table(scopes: list[dict]) -> MetadataValue:
     return MetadataValue.md("\n".join(lines))
 
 
+QUARANTINE_LISTED = 20
+
+
+def _quarantine_md(summary: ScanSummary) -> MetadataValue:
+    """The records the database could not take, with why (capped: the CLI lists all)."""
+    quarantined = summary.quarantined
+    if not quarantined:
+        return MetadataValue.md("none")
+    lines = ["| scope | project key | reason |", "|---|---|---|"]
+    for q in quarantined[:QUARANTINE_LISTED]:
+        cells = (
+            c.replace("|", "\\|").replace("\n", " ") for c in (q.scope_key, q.project_key, q.reason)
+        )
+        lines.append("| " + " | ".join(cells) + " |")
+    if len(quarantined) > QUARANTINE_LISTED:
+        lines.append(
+            f"\n{len(quarantined) - QUARANTINE_LISTED} more: "
+            f"`enum-pipeline runs --quarantined {summary.run_id}`"
+        )
+    return MetadataValue.md("\n".join(lines))
+
+
 ENUMERATION_RUN_TAG = "enum_pipeline/enumeration_run"
 ENUMERATION = {AssetKey("scanned_projects"), AssetKey("projects"), AssetKey("run_state")}
 
@@ -120,6 +142,8 @@ def scanned_projects(
     data = summary.as_dict()
     for verdict in summary.incomplete:
         context.log.warning(f"scope {verdict.scope_key} incomplete: {verdict.reason}")
+    for q in summary.quarantined[:QUARANTINE_LISTED]:
+        context.log.warning(f"quarantined {q.project_key} ({q.scope_key}): {q.reason}")
     return Output(
         data,
         metadata={
@@ -131,6 +155,8 @@ def scanned_projects(
             "incomplete_scopes": len(summary.incomplete),
             "scan_seconds": round(summary.seconds, 3),
             "scope_verdicts": _scope_table(data["scopes"]),
+            "quarantined": len(summary.quarantined),
+            "quarantined_records": _quarantine_md(summary),
         },
     )
 

@@ -36,6 +36,7 @@ from enum_pipeline.store.records import (
     CleanupRecord,
     CleanupResult,
     FlushResult,
+    QuarantinedRecord,
     RemovedProject,
     RunInfo,
     ScopeReading,
@@ -154,13 +155,28 @@ class InventoryStore:
     def stage(self, run_id: str, records: Iterable[ProjectRecord]) -> int:
         """Durably stage a batch of records for ``run_id``; returns how many were new.
 
-        A key seen twice in one run (overlapping roots) is kept once, first sighting wins.
+        A key seen twice in one run (overlapping roots) is kept once, first sighting wins. A
+        record the database turns back is isolated (the batch is split until it is alone) and
+        quarantined with the database's reason; the rest is staged.
         """
         return staging.stage(self._ctx, run_id, records)
 
-    def end_scope(self, run_id: str, verdict: ScopeVerdict) -> None:
-        """Record how the run ended one scope (complete or not, why, what is protected)."""
-        staging.end_scope(self._ctx, run_id, verdict)
+    def end_scope(self, run_id: str, verdict: ScopeVerdict) -> ScopeVerdict:
+        """Record how the run ended one scope (complete or not, why, what is protected); returns
+        the verdict as recorded: incomplete, naming them, when records of the scope were
+        quarantined (nothing under it is then removed)."""
+        return staging.end_scope(self._ctx, run_id, verdict)
+
+    def quarantine(self, run_id: str, rejected: Iterable[tuple[ProjectRecord, str]]) -> int:
+        """Record records of ``run_id`` the database cannot take, each with its reason: they
+        are not staged, they count as scanned, and their scopes are made incomplete. Returns
+        how many were recorded."""
+        entries = [(r.scope_key, r.project_key, r.source_kind, why) for r, why in rejected]
+        return staging.quarantine(self._ctx, run_id, entries)
+
+    def quarantined(self, run_id: str) -> list[QuarantinedRecord]:
+        """The records of ``run_id`` that were quarantined, with their reasons."""
+        return staging.quarantined(self._ctx, run_id)
 
     def prune_staging(self, keep_runs: int = 3) -> int:
         """Drop the staging of finished runs, keeping the newest ``keep_runs`` runs and the two

@@ -77,6 +77,20 @@ class RunInfo(_Row):
 
 
 @dataclass(frozen=True)
+class QuarantinedRecord(_Row):
+    """One ``quarantined_records`` row: a record of a run the database could not take, and why
+    (``project_key`` and ``scope_key`` as stored: escaped and cut, see ``safe_text``)."""
+
+    id: int
+    run_id: str
+    scope_key: str
+    project_key: str
+    source_kind: str
+    reason: str
+    quarantined_at: datetime
+
+
+@dataclass(frozen=True)
 class ScopeReading(_Row):
     """One ``run_scopes`` row: how a run ended one scope (``InventoryStore.scopes``)."""
 
