@@ -14,6 +14,7 @@ import sqlalchemy as sa
 
 from enum_pipeline.store import reads, runs
 from enum_pipeline.store import schema as t
+from enum_pipeline.store.batch import chunks
 from enum_pipeline.store.cleanup import cleanup_record
 from enum_pipeline.store.records import CleanupStatus, RunInfo, utcnow
 
@@ -73,8 +74,7 @@ def run_changes(ctx: StoreContext, run_id: str) -> list[ProjectChange]:
         changed_keys = [r.project_key for r in rows if not r.new]
         before: dict[str, dict[str, Any]] = {}
         now_rows: dict[str, dict[str, Any]] = {}
-        for start in range(0, len(changed_keys), 1000):
-            chunk = changed_keys[start : start + 1000]
+        for chunk in chunks(changed_keys):
             for r in conn.execute(
                 sa.select(s, rs.c.generation)
                 .select_from(s.join(rs, rs.c.run_id == s.c.run_id))

@@ -13,8 +13,6 @@ from enum_pipeline.store.context import StoreContext
 from enum_pipeline.store.records import RemovedProject, utcnow
 
 REASON_BATCH = 1000
-# every timestamp column of projects (kept as ISO text in the history's JSON)
-_DATETIME_COLUMNS = tuple(c.name for c in t.projects.columns if isinstance(c.type, t.UTCDateTime))
 
 
 def _json_safe(value: Any) -> Any:
@@ -131,47 +129,75 @@ def restore(ctx: StoreContext, cleanup_run_id: str, restored_by: str = "operator
     """Bring back every project the cleanup of ``cleanup_run_id`` removed and that is absent.
 
     Returns the restored keys. Running it again restores nothing more.
+
+    Set-based, at any size, and nothing but the keys passes through Python: one
+    ``INSERT … SELECT`` rebuilds each absent project from its JSON copy (``_restore_rows``; a key
+    present is skipped, a key removed twice by the same cleanup comes back as first removed),
+    then one ``UPDATE … WHERE removed_by_run_id = :run`` marks the history rows restored.
     """
     h, p = t.removed_projects, t.projects
-    now = utcnow()
-    restored: list[str] = []
+    pending = sa.and_(h.c.removed_by_run_id == cleanup_run_id, h.c.restored_at.is_(None))
+    absent = ~sa.exists().where(p.c.project_key == h.c.project_key)
     with ctx.engine.begin() as conn:
         ctx.lock_inventory(conn)
-        rows = (
-            conn.execute(
-                sa.select(h)
-                .where(h.c.removed_by_run_id == cleanup_run_id, h.c.restored_at.is_(None))
-                .order_by(h.c.id)
-            )
-            .mappings()
-            .all()
+        rows = _restore_rows(conn).where(pending, absent).order_by(h.c.id)
+        stmt = (
+            ctx.dialect.insert(p)
+            .from_select([c.name for c in p.columns], rows)
+            .on_conflict_do_nothing(index_elements=[p.c.project_key])
+            .returning(p.c.project_key)
         )
-        present = set(
-            conn.execute(
-                sa.select(p.c.project_key).where(
-                    p.c.project_key.in_([r["project_key"] for r in rows])
-                )
-            ).scalars()
+        restored = list(conn.execute(stmt).scalars())
+        conn.execute(
+            sa.update(h).where(pending).values(restored_at=utcnow(), restored_by=restored_by)
         )
-        for row in rows:
-            if row["project_key"] not in present:
-                conn.execute(sa.insert(p).values(**_project_row(row["row"])))
-                restored.append(row["project_key"])
-        if rows:
-            conn.execute(
-                sa.update(h)
-                .where(h.c.id.in_([r["id"] for r in rows]))
-                .values(restored_at=now, restored_by=restored_by)
-            )
     return restored
 
 
-def _project_row(saved: dict[str, Any]) -> dict[str, Any]:
-    """A ``projects`` row from its JSON copy in history, no longer missing."""
-    columns = {c.name for c in t.projects.columns}
-    data = {k: v for k, v in saved.items() if k in columns}
-    for name in _DATETIME_COLUMNS:
-        if data.get(name):
-            data[name] = datetime.fromisoformat(data[name])
-    data.update(missing_since=None, missed_runs=0)
-    return data
+def _restore_rows(conn: Connection) -> sa.Select:
+    """SELECT over ``removed_projects``: the ``projects`` row each saved JSON copy holds, no
+    longer missing. A column the copy lacks (added since the removal) is NULL.
+
+    PostgreSQL: ``jsonb_populate_record`` with the table's row type. SQLite: each column from
+    ``json_extract``; a JSON column keeps its JSON text, a timestamp goes back to the form the
+    columns hold (``YYYY-MM-DD HH:MM:SS.ffffff``, UTC).
+    """
+    h, p = t.removed_projects, t.projects
+    if conn.dialect.name == "postgresql":
+        row_type = sa.literal_column(f"NULL::{conn.dialect.identifier_preparer.format_table(p)}")
+        saved = (
+            sa.func.jsonb_populate_record(row_type, h.c.row)
+            .table_valued(*[c.name for c in p.columns])
+            .alias("saved")
+        )
+        source = h.join(saved, sa.true())
+        value = {c.name: saved.c[c.name] for c in p.columns}
+    else:
+        source = h
+        value = {c.name: _sqlite_saved(h.c.row, c) for c in p.columns}
+    value.update(missing_since=sa.null(), missed_runs=sa.literal(0))
+    return sa.select(*value.values()).select_from(source)
+
+
+def _sqlite_saved(row, column: sa.Column):
+    """SQLite: the value of ``column`` in the JSON copy ``row``, as the column holds it."""
+    path = f'$."{column.name}"'
+    if isinstance(column.type, t.UTCDateTime):
+        text = sa.func.json_extract(row, path)
+        fraction = sa.case(
+            (sa.func.substr(text, 20, 1) == ".", sa.func.substr(text, 20, 7)), else_=".000000"
+        )
+        return sa.func.replace(sa.func.substr(text, 1, 19), "T", " ").op("||")(fraction)
+    if isinstance(column.type, sa.JSON):
+        # JSON text, not the SQL value json_extract gives (a string unquoted, true as 1)
+        null = sa.null() if column.type.none_as_null else sa.literal("null")
+        return sa.case(
+            (sa.func.json_type(row, path) == "null", null),
+            (sa.func.json_type(row, path).in_(["true", "false"]), sa.func.json_type(row, path)),
+            (
+                sa.func.json_type(row, path) == "text",
+                sa.func.json_quote(sa.func.json_extract(row, path)),
+            ),
+            else_=sa.func.json_extract(row, path),
+        )
+    return sa.func.json_extract(row, path)

@@ -12,6 +12,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from enum_pipeline.store import schema as t
+from enum_pipeline.store.batch import chunks
 from enum_pipeline.store.history import move_to_history
 from enum_pipeline.store.plan import load_entries, save_entries
 from enum_pipeline.store.policy import CleanupPolicy
@@ -104,8 +105,7 @@ def prune_orphans(
     reasons = {e.project_key: e.reason for e in result.entries}
     keys = [r["project_key"] for r in rows]
     removed = []
-    for start in range(0, len(keys), 2000):
-        chunk = keys[start : start + 2000]
+    for chunk in chunks(keys):  # each statement binds at most CHUNK keys
         removed += move_to_history(
             conn, sa.and_(p.c.project_key.in_(chunk), _marked(scope_key)), prune_id, now, reasons
         )

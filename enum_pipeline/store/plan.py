@@ -31,12 +31,13 @@ from sqlalchemy.engine import Connection
 from enum_pipeline.sources.coverage import outside_coverage
 from enum_pipeline.sources.witness import Absence, Candidate, Confirmation
 from enum_pipeline.store import schema as t
+from enum_pipeline.store.batch import CHUNK
+from enum_pipeline.store.batch import chunks as _chunks
 from enum_pipeline.store.history import move_to_history
 from enum_pipeline.store.identity import settle_trust_of
 from enum_pipeline.store.policy import CleanupPolicy
 from enum_pipeline.store.records import CleanupEntry, ScopeCleanup
 
-CHUNK = 2000
 _ROW_COLUMNS = (
     "project_key",
     "scope_key",
@@ -398,11 +399,6 @@ def _plan_orphans(conn: Connection, plan: Plan, configured: set[str], run_id: st
         reason = f"orphan: scope {row['scope_key']} is not configured (run {run_id})"
         plan.orphans[row["project_key"]] = reason
         plan.entries.append(_entry(row, "keep", reason))
-
-
-def _chunks(keys: list[str]) -> Iterable[list[str]]:
-    for start in range(0, len(keys), CHUNK):
-        yield keys[start : start + CHUNK]
 
 
 def _by_reason(reasons: dict[str, str]) -> Iterator[tuple[str, list[str]]]:
