@@ -2,7 +2,12 @@
 
 Exit codes of ``run``: 0 completed (cleanup ran or had nothing to do), 1 the run failed,
 2 usage or configuration error (one line, nothing begun) or a run refused because another holds
-the inventory, 3 completed but the deletion guard held the cleanup back.
+the inventory, 3 completed but the deletion guard held the cleanup back. Every command: 141 (128 +
+SIGPIPE, what a shell shows for a tool its pipe's reader stopped) when its output was cut short by
+a closed pipe (``enum-pipeline projects | head -1``), with nothing on stderr.
+
+A run id may be given whole or as a unique prefix of 4 characters or more (the 8 the Dagster UI
+shows); ``InventoryStore.resolve_run_id`` decides.
 """
 
 from __future__ import annotations
@@ -11,12 +16,14 @@ import argparse
 import functools
 import json
 import os
+import re
 import shutil
 import sys
 import time
 from pathlib import Path
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_BLOCKED = 0, 1, 2, 3
+EXIT_PIPE = 141  # stdout's reader went away (128 + SIGPIPE, as a shell reports a killed writer)
 LISTED = 50  # names printed before "N more"
 # The code location as the UI names it (links in the metadata use this name).
 WORKSPACE = """load_from:
@@ -29,6 +36,50 @@ WORKSPACE = """load_from:
 
 class UsageError(Exception):
     """A bad input: one line on stderr, exit 2, nothing begun."""
+
+
+class _UnknownRun(UsageError):
+    """A run id that names no run (as opposed to an ambiguous prefix)."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """Its usage errors are one line on stderr (exit 2), like every other bad input."""
+
+    def error(self, message: str):
+        # A validator's sentence already names its option: drop argparse's "argument X: ".
+        message = re.sub(r"^argument (\S+): (?=\1 )", "", message)
+        self.exit(EXIT_USAGE, f"enum-pipeline: {message} (see {self.prog} --help)\n")
+
+
+def _whole_number(option: str, low: int, high: int):
+    """An argparse ``type`` for ``option``: a whole number from ``low`` to ``high``."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = None
+        if value is None or not low <= value <= high:
+            raise argparse.ArgumentTypeError(
+                f"{option} must be {low} or more (and at most {high}), not {text!r}"
+            )
+        return value
+
+    return parse
+
+
+def _output_file(text: str) -> str:
+    """An argparse ``type`` for ``--output``: a file in an existing folder, not a folder."""
+    path = Path(text).expanduser()
+    if not text.strip():
+        raise argparse.ArgumentTypeError("--output needs a file name, not an empty string")
+    if path.is_dir():
+        raise argparse.ArgumentTypeError(f"--output {text} is a folder; give a file to write")
+    parent = path.absolute().parent
+    if not parent.is_dir():
+        what = "is not a folder" if parent.exists() else "does not exist"
+        raise argparse.ArgumentTypeError(f"--output {text}: the folder {parent} {what}")
+    return str(path)
 
 
 def _store():
@@ -64,16 +115,19 @@ def _run_list(store, limit: int = 5) -> str:
     return "newest runs: " + ", ".join(f"{r.run_id} ({r.status})" for r in runs)
 
 
-def _resolve_run(store, given: str) -> str:
-    """The enumeration run id for ``given``: an inventory run id, or the Dagster run id of a
-    cleanup, approval or restore of one. A UsageError names what exists otherwise."""
-    from enum_pipeline.store import UnknownRunError
+def _resolve_run(store, given: str, *, removals: bool = False) -> str:
+    """The enumeration run id for ``given``: an inventory run id or a unique prefix of one
+    (with ``removals`` also a prune's id), or the Dagster run id of a cleanup, approval or
+    restore of one. A UsageError names the candidates (ambiguous) or what exists (unknown:
+    ``_UnknownRun``)."""
+    from enum_pipeline.store import AmbiguousRunError, UnknownRunError
 
     try:
-        store.get_run(given)
-        return given
-    except UnknownRunError:
-        pass
+        return store.resolve_run_id(given, removals=removals)
+    except AmbiguousRunError as err:
+        raise UsageError(str(err)) from None
+    except UnknownRunError as err:
+        unknown = str(err)
     instance = _instance()
     record = instance.get_run_by_id(given)
     if record is not None:
@@ -82,7 +136,7 @@ def _resolve_run(store, given: str) -> str:
         run_id = enumeration_run_of(record)
         if run_id:
             return run_id
-    raise UsageError(f"no run {given!r} in the inventory; {_run_list(store)}")
+    raise _UnknownRun(unknown)
 
 
 def _ensure_dagster_home() -> Path:
@@ -270,6 +324,10 @@ def _checked_run_inputs(args) -> tuple[dict, object]:
     if args.root is not None and any(not r.strip() for r in args.root):
         raise UsageError("--root needs a folder, not an empty string")
     roots = [os.path.abspath(os.path.expanduser(r)) for r in args.root or []] or None
+    for root in roots or []:
+        if not os.path.isdir(root):
+            what = "is not a folder" if os.path.exists(root) else "does not exist"
+            raise UsageError(f"--root {root} {what}; nothing was begun")
     config_path = os.path.abspath(args.config) if args.config else None
     # Every source is built (and so checked) before anything begins.
     load_config(config_path, roots).build_sources()
@@ -392,12 +450,10 @@ def cmd_restore(args) -> int:
     """Bring back the projects a cleanup removed (through the ``restore_projects`` job)."""
     store = _store()
     restorable = {r.run_id for r in store.restorable_cleanups()}
-    run_id = args.run_id  # a cleanup's run, or a prune's id, with projects to bring back
-    if run_id not in restorable:
-        try:
-            run_id = _resolve_run(store, args.run_id)
-        except UsageError:
-            raise UsageError(store.wrong_target("restore", args.run_id)) from None
+    try:  # a cleanup's run, or a prune's id, with projects to bring back
+        run_id = _resolve_run(store, args.run_id, removals=True)
+    except _UnknownRun:
+        raise UsageError(store.wrong_target("restore", args.run_id)) from None
     if run_id not in restorable:
         raise UsageError(store.wrong_target("restore", run_id))
     job = _job("restore_projects")
@@ -430,7 +486,7 @@ def cmd_runs(args) -> int:
     """The newest runs of the inventory."""
     store = _store()
     if args.quarantined:
-        for q in store.quarantined(args.quarantined):
+        for q in store.quarantined(_resolve_run(store, args.quarantined)):
             print(f"{q.scope_key}\t{q.project_key}\t{q.reason}")
         return EXIT_OK
     for run in store.runs(args.limit):
@@ -462,8 +518,10 @@ def cmd_runs(args) -> int:
 
 def cmd_accept(args) -> int:
     """Accept a scope's changed identity, so its cleanup is no longer held back."""
-    accepted = _store().accept_scope_identity(
-        args.scope_key, args.run, accepted_by=f"cli:{os.environ.get('USER', '?')}"
+    store = _store()
+    run_id = _resolve_run(store, args.run) if args.run else None
+    accepted = store.accept_scope_identity(
+        args.scope_key, run_id, accepted_by=f"cli:{os.environ.get('USER', '?')}"
     )
     print(
         f"accepted the identity of {accepted['scope_key']} read by run {accepted['run_id']}: "
@@ -498,7 +556,7 @@ def cmd_prune_orphans(args) -> int:
 def cmd_history(args) -> int:
     """Removed projects, as JSON lines."""
     store = _store()
-    run_id = _resolve_run(store, args.run_id) if args.run_id else None
+    run_id = _resolve_run(store, args.run_id, removals=True) if args.run_id else None
     for row in store.history(run_id):
         print(json.dumps(row.to_dict(), default=str))
     return EXIT_OK
@@ -611,8 +669,11 @@ def cmd_export(args) -> int:
     if rows is None:
         return EXIT_USAGE
     if args.format == "csv":
-        with open(args.output, "w", newline="", encoding="utf-8") as out:
-            write_csv(rows, out, OUTPUT_COLUMNS)
+        try:
+            with open(args.output, "w", newline="", encoding="utf-8") as out:
+                write_csv(rows, out, OUTPUT_COLUMNS)
+        except OSError as err:
+            raise UsageError(f"cannot write --output {args.output}: {err.strerror}") from None
     else:
         try:
             import pandas  # noqa: F401
@@ -626,7 +687,10 @@ def cmd_export(args) -> int:
             return EXIT_USAGE
         from enum_pipeline.reports import inventory_frame, write_parquet
 
-        write_parquet(inventory_frame(rows), args.output)
+        try:
+            write_parquet(inventory_frame(rows), args.output)
+        except OSError as err:
+            raise UsageError(f"cannot write --output {args.output}: {err}") from None
     print(f"wrote {len(rows)} projects to {args.output}", file=sys.stderr)
     return EXIT_OK
 
@@ -672,7 +736,12 @@ def _filter_options(parser: argparse.ArgumentParser) -> None:
     f.add_argument("--visibility", help="public, internal or private")
     f.add_argument("--language", help="main language, as the code host names it")
     f.add_argument("--topic", help="projects carrying this topic")
-    f.add_argument("--stale-days", type=int, metavar="N", help="last activity more than N days ago")
+    f.add_argument(
+        "--stale-days",
+        type=_whole_number("--stale-days", 0, 36500),
+        metavar="N",
+        help="last activity more than N days ago",
+    )
     f.add_argument(
         "--status", help="present, missing, out_of_coverage or orphaned (kept rows and why)"
     )
@@ -680,7 +749,7 @@ def _filter_options(parser: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``enum-pipeline``."""
-    parser = argparse.ArgumentParser(prog="enum-pipeline", description=__doc__.split("\n")[0])
+    parser = _Parser(prog="enum-pipeline", description=__doc__.split("\n")[0])
     parser.add_argument(
         "--log-level", default="INFO", help="Dagster console log level (INFO shows progress)."
     )
@@ -712,7 +781,7 @@ def build_parser() -> argparse.ArgumentParser:
     restore.set_defaults(func=cmd_restore)
 
     runs = sub.add_parser("runs", help="list recent runs")
-    runs.add_argument("--limit", type=int, default=20)
+    runs.add_argument("--limit", type=_whole_number("--limit", 1, 1_000_000), default=20)
     runs.add_argument(
         "--quarantined",
         metavar="RUN_ID",
@@ -743,7 +812,7 @@ def build_parser() -> argparse.ArgumentParser:
     export = sub.add_parser("export", help="write the inventory to a CSV or Parquet file")
     _filter_options(export)
     export.add_argument("--format", choices=["csv", "parquet"], default="csv")
-    export.add_argument("--output", required=True, help="file to write")
+    export.add_argument("--output", required=True, type=_output_file, help="file to write")
     export.set_defaults(func=cmd_export)
 
     diff = sub.add_parser("diff", help="what a run added, changed and removed")
@@ -751,7 +820,7 @@ def build_parser() -> argparse.ArgumentParser:
     diff.add_argument("--format", choices=["table", "json", "csv"], default="table")
     diff.set_defaults(func=cmd_diff)
     ui = sub.add_parser("ui", help="start the Dagster UI (dagster dev) on 127.0.0.1")
-    ui.add_argument("--port", type=int, default=3000)
+    ui.add_argument("--port", type=_whole_number("--port", 1, 65535), default=3000)
     ui.set_defaults(func=cmd_ui)
 
     db = sub.add_parser("db", help="schema migrations")
@@ -782,12 +851,37 @@ def _exit_now(code: int) -> None:
     for stream in (sys.stdout, sys.stderr):
         try:
             stream.flush()
+        except BrokenPipeError:
+            _quiet_stdout()
+            code = code or EXIT_PIPE
         except (OSError, ValueError):
             code = code or EXIT_FAILED
     os._exit(code)
 
 
+def _quiet_stdout() -> None:
+    """Point stdout at /dev/null once its reader went away, so no later flush (the rest of the
+    buffer, the interpreter's own at exit) fails or prints "Exception ignored"."""
+    try:
+        fd = sys.stdout.fileno()
+    except (AttributeError, OSError, ValueError):
+        return  # not a file (a test's capture): nothing to flush into a pipe
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, fd)
+    finally:
+        os.close(devnull)
+
+
 def _main(argv: list[str] | None) -> int:
+    try:
+        return _dispatch(argv)
+    except BrokenPipeError:  # e.g. `enum-pipeline projects | head -1`: stop quietly
+        _quiet_stdout()
+        return EXIT_PIPE
+
+
+def _dispatch(argv: list[str] | None) -> int:
     parser = build_parser()
     try:
         args = parser.parse_args(argv)

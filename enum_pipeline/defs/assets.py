@@ -308,7 +308,7 @@ def resolve_cleanup_run(context, store, given: str | None, *, approve: bool) -> 
     """The enumeration run a cleanup, approval or restore is about; a Failure names the ones
     that exist when ``given`` is none of them."""
     from enum_pipeline.defs.sensors import enumeration_run_of
-    from enum_pipeline.store import UnknownRunError
+    from enum_pipeline.store import AmbiguousRunError, UnknownRunError
 
     if given is None:
         newest = next((r for r in store.runs(50) if r.status == "completed"), None)
@@ -321,17 +321,17 @@ def resolve_cleanup_run(context, store, given: str | None, *, approve: bool) -> 
                 f"has cleanup {record.status if record else 'none'}"
             )
         return newest.run_id
-    try:
-        store.get_run(given)
-        return given
-    except UnknownRunError:
-        pass
-    record = context.instance.get_run_by_id(given)
+    try:  # the run's id, or a unique prefix of it
+        return store.resolve_run_id(given)
+    except AmbiguousRunError as err:
+        raise Failure(str(err)) from None
+    except UnknownRunError as err:
+        unknown = str(err)
+    record = context.instance.get_run_by_id(given)  # a cleanup's or approval's Dagster run
     run_id = enumeration_run_of(record) if record is not None else None
     if run_id:
         return run_id
-    runs = ", ".join(f"{r.run_id} ({r.status})" for r in store.runs(5)) or "none yet"
-    raise Failure(f"no run {given!r} in the inventory; newest runs: {runs}")
+    raise Failure(unknown)
 
 
 def cleanup_entries(store, run_id: str, result) -> list:

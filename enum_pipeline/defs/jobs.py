@@ -73,6 +73,25 @@ class RestoreConfig(Config):
     )
 
 
+def _restore_target(context, store, given: str) -> str | None:
+    """The run or prune id ``given`` names (whole or a unique prefix), or the enumeration run of
+    the cleanup whose Dagster run id it is; None when it names nothing (an ambiguous prefix
+    fails with the ids it matches)."""
+    from enum_pipeline.defs.assets import resolve_cleanup_run
+    from enum_pipeline.store import AmbiguousRunError, UnknownRunError
+
+    try:
+        return store.resolve_run_id(given, removals=True)
+    except AmbiguousRunError as err:
+        raise Failure(str(err)) from None
+    except UnknownRunError:
+        pass
+    try:
+        return resolve_cleanup_run(context, store, given, approve=False)
+    except Failure:
+        return None
+
+
 @op(pool="enum_pipeline/cleanup")
 def restore_removed_projects(
     context: OpExecutionContext, config: RestoreConfig, inventory: InventoryResource
@@ -87,12 +106,7 @@ def restore_removed_projects(
     elif config.run_id in {r.run_id for r in restorable}:
         run_id = config.run_id  # a cleanup's run, or a prune's id
     else:
-        from enum_pipeline.defs.assets import resolve_cleanup_run
-
-        try:
-            run_id = resolve_cleanup_run(context, store, config.run_id, approve=False)
-        except Failure:
-            run_id = None
+        run_id = _restore_target(context, store, config.run_id)
         if run_id not in {r.run_id for r in restorable}:
             raise Failure(store.wrong_target("restore", config.run_id))
     rows = {h.project_key: h for h in store.history(run_id) if h.restored_at is None}
@@ -161,8 +175,10 @@ def accept_identity(
 ) -> dict:
     """Accept a scope's changed identity (device, real path, owner id, principal), recorded with
     this Dagster run as who accepted it; the next run's cleanup of the scope may proceed."""
-    accepted = inventory.store().accept_scope_identity(
-        config.scope_key, config.run_id, accepted_by=f"dagster run {context.run.run_id}"
+    store = inventory.store()
+    run_id = store.resolve_run_id(config.run_id) if config.run_id else None  # or its prefix
+    accepted = store.accept_scope_identity(
+        config.scope_key, run_id, accepted_by=f"dagster run {context.run.run_id}"
     )
     context.log.info(
         f"accepted the identity of {config.scope_key} read by run {accepted['run_id']}: "

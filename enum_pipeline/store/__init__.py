@@ -5,6 +5,7 @@ Import from here, never from a submodule outside the store.
 
 from enum_pipeline.store.changes import ProjectChange
 from enum_pipeline.store.errors import (
+    AmbiguousRunError,
     CleanupRefusedError,
     FlushVerificationError,
     RunActiveError,
@@ -32,6 +33,7 @@ from enum_pipeline.store.records import (
 )
 
 __all__ = [
+    "AmbiguousRunError",
     "CleanupAction",
     "CleanupEntry",
     "CleanupPolicy",

@@ -19,6 +19,10 @@ class UnknownRunError(StoreError):
     """No ``run_state`` row for that run id."""
 
 
+class AmbiguousRunError(StoreError):
+    """A run id prefix that more than one run id begins with."""
+
+
 class RunNotActiveError(StoreError):
     """The run is not ``active``; it cannot stage or flush."""
 

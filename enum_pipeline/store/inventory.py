@@ -314,6 +314,13 @@ class InventoryStore:
         """The newest runs first."""
         return reads.runs(self._ctx, limit)
 
+    def resolve_run_id(self, given: str, *, removals: bool = False) -> str:
+        """The run id ``given`` names: an exact run id, or a unique prefix of one (4 characters
+        or more); with ``removals`` also the id of a cleanup or prune that removed projects
+        (``restore``'s targets). ``AmbiguousRunError`` or ``UnknownRunError`` otherwise, each
+        one sentence naming the candidates or the newest runs."""
+        return reads.resolve_run_id(self._ctx, given, removals=removals)
+
     def active_run(self) -> RunInfo | None:
         """The active run, if any."""
         return reads.active_run(self._ctx)

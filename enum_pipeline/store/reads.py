@@ -8,6 +8,7 @@ import sqlalchemy as sa
 
 from enum_pipeline.store import schema as t
 from enum_pipeline.store.context import StoreContext
+from enum_pipeline.store.errors import AmbiguousRunError, UnknownRunError
 from enum_pipeline.store.records import RunInfo, RunStatus, ScopeReading
 
 
@@ -69,3 +70,50 @@ def count_projects(ctx: StoreContext) -> int:
     """How many projects the inventory holds."""
     with ctx.engine.connect() as conn:
         return conn.execute(sa.select(sa.func.count()).select_from(t.projects)).scalar_one()
+
+
+MIN_PREFIX = 4  # the shortest run id prefix accepted (the Dagster UI shows 8 characters)
+NAMED = 5  # ids named in an ambiguous or unknown run id's sentence
+
+
+def resolve_run_id(ctx: StoreContext, given: str, *, removals: bool = False) -> str:
+    """The run id ``given`` stands for: itself when a run (or, with ``removals``, a cleanup or
+    prune that removed projects) has exactly that id, else the one id that begins with it (at
+    least ``MIN_PREFIX`` characters). ``AmbiguousRunError`` names the ids a prefix matches;
+    ``UnknownRunError`` names the newest runs."""
+    rs, h = t.run_state, t.removed_projects
+    columns = [rs.c.run_id] + ([h.c.removed_by_run_id] if removals else [])
+    with ctx.engine.connect() as conn:
+        for col in columns:
+            if conn.execute(sa.select(col).where(col == given).limit(1)).first():
+                return given
+        matches: set[str] = set()
+        if len(given) >= MIN_PREFIX:
+            for col in columns:
+                # LIKE finds the candidates (escaped: ``_`` and ``%`` are literal), substr keeps
+                # the case-sensitive ones (SQLite's LIKE ignores ASCII case).
+                stmt = (
+                    sa.select(col)
+                    .where(
+                        col.startswith(given, autoescape=True),
+                        sa.func.substr(col, 1, len(given)) == given,
+                    )
+                    .distinct()
+                    .limit(NAMED + 1)
+                )
+                matches.update(conn.execute(stmt).scalars())
+    if len(matches) == 1:
+        return matches.pop()
+    if matches:
+        named = sorted(matches)[:NAMED]
+        more = ", …" if len(matches) > NAMED else ""
+        raise AmbiguousRunError(
+            f"run id prefix {given!r} is ambiguous: {', '.join(named)}{more} all begin with it; "
+            "give more characters"
+        )
+    newest = ", ".join(f"{r.run_id} ({r.status})" for r in runs(ctx, NAMED))
+    short = f" (a prefix needs {MIN_PREFIX} characters or more)" if len(given) < MIN_PREFIX else ""
+    raise UnknownRunError(
+        f"no run {given!r} in the inventory{short}; "
+        + (f"newest runs: {newest}" if newest else "the inventory has no runs yet")
+    )
