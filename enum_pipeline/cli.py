@@ -242,6 +242,8 @@ def _print_cleanup(data: dict) -> None:
         ("out of coverage", "out_of_coverage"),
         ("orphaned", "orphaned"),
         ("held by identity", "held"),
+        ("because their absence is not confirmed", "unconfirmed"),
+        ("because their witness found them", "found_present"),
     ):
         if data.get(field):
             kept += f", kept {label} {data[field]}"
