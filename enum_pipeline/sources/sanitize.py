@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from json.encoder import c_make_encoder, encode_basestring
 from typing import Any
 
@@ -39,20 +39,8 @@ KEY_FIELDS = ("project_key", "scope_key")
 #: ``test_quarantine`` checks the two agree).
 BOUNDED = {"source_kind": 32, "vcs": 16, "head_commit": 64, "visibility": 16}
 REQUIRED_TEXT = ("project_key", "scope_key", "source_kind", "name", "location")
-OPTIONAL_TEXT = (
-    "vcs",
-    "path",
-    "remote_url",
-    "normalized_remote",
-    "default_branch",
-    "head_commit",
-    "visibility",
-    "description",
-    "language",
-    "license",
-    "current_branch",
-    "upstream",
-)
+#: Every optional text field of a record (derived, so a new field is screened too).
+OPTIONAL_TEXT = tuple(f.name for f in fields(ProjectRecord) if f.type == "str | None")
 JSON_FIELDS = ("attributes", "remotes", "topics", "markers")
 INT64 = 2**63
 #: How much of a key or a reason a quarantine keeps (characters, after escaping).
