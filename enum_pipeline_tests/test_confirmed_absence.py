@@ -433,3 +433,18 @@ def test_every_configured_kind_carries_its_facts() -> None:
         assert cls.filled_columns == FILLED_COLUMNS[kind]
         assert cls.coverage_rule is COVERAGE_RULES[kind]
         assert callable(cls.confirm_absence)
+
+
+def test_a_dry_run_of_a_cleanup_already_carried_out_still_asks_the_witness(store, tmp_path):
+    """The model test found it: a dry run re-plans a finished cleanup, so its due rows must be
+    looked at too, or it shows nothing it would remove."""
+    root = _tree(tmp_path)
+    source = FilesystemSource([str(root)])
+    grace = LOOSE.model_copy(update={"missing_runs_before_delete": 2})
+    _run(store, [source], grace)
+    shutil.rmtree(root / "b")
+    run_id = _run(store, [source], grace)
+    first = store.safe_cleanup_old_projects(run_id, witness=SourceWitness([source]))
+    assert first.status == "done" and first.marked_missing == 1 and first.removed == 0
+    dry = store.safe_cleanup_old_projects(run_id, dry_run=True, witness=SourceWitness([source]))
+    assert dry.would_remove == 1, dry.entries

@@ -106,7 +106,7 @@ def safe_cleanup_old_projects(
 ) -> CleanupResult:
     """Gather the witness's confirmations, then plan, decide and (unless blocked or a dry run)
     apply, in one transaction."""
-    witnessed = gather_confirmations(ctx, run_id, policy, witness)
+    witnessed = gather_confirmations(ctx, run_id, policy, witness, dry_run=dry_run)
     with ctx.engine.begin() as conn:
         result = _cleanup(ctx, conn, run_id, policy, dry_run, approved_by, witnessed)
         if dry_run:
@@ -115,7 +115,12 @@ def safe_cleanup_old_projects(
 
 
 def gather_confirmations(
-    ctx: StoreContext, run_id: str, requested: CleanupPolicy | None, witness: Witness | None
+    ctx: StoreContext,
+    run_id: str,
+    requested: CleanupPolicy | None,
+    witness: Witness | None,
+    *,
+    dry_run: bool = False,
 ) -> Witnessed:
     """Plan once without confirmations (nothing written) to learn which rows are due for
     removal, then ask ``witness`` about at most the policy's ``confirm_budget`` of them.
@@ -129,9 +134,9 @@ def gather_confirmations(
         if (
             run["status"] != RunStatus.COMPLETED
             or not run["flush_succeeded"]
-            or (record is not None and record["status"] in _FINAL)
+            or (record is not None and record["status"] in _FINAL and not dry_run)
         ):
-            return Witnessed()
+            return Witnessed()  # refused, or carried out already: nothing to look at
         policy = run_policy(run, requested)
         plan, _ = plan_cleanup(conn, run, policy, newest=_newest(conn, int(run["generation"])))
         conn.rollback()
