@@ -21,7 +21,9 @@ from enum_pipeline.defs import tables
 from enum_pipeline.defs.catalog import catalog, database_kind, freshness, source_kinds
 from enum_pipeline.defs.constants import (
     APPROVE_JOB,
+    CLEANUP_POOL,
     ENUMERATION_RUN_TAG,
+    INVENTORY_POOL,
     cleanup_run_config,
     dagster_run_lookup,
 )
@@ -104,7 +106,7 @@ def refuse_partial_enumeration(context) -> None:
         )
 
 
-@asset(group_name=GROUP, kinds=source_kinds(), pool="enum_pipeline/inventory", **CATALOG)
+@asset(group_name=GROUP, kinds=source_kinds(), pool=INVENTORY_POOL, **CATALOG)
 def scanned_projects(
     context: AssetExecutionContext, config: ScanConfig, inventory: InventoryResource
 ) -> Output[dict]:
@@ -167,7 +169,7 @@ def scanned_projects(
     )
 
 
-@op(out=Out(dict), pool="enum_pipeline/inventory")
+@op(out=Out(dict), pool=INVENTORY_POOL)
 def upsert_projects(
     context: OpExecutionContext, inventory: InventoryResource, scanned: dict
 ) -> dict:
@@ -190,7 +192,7 @@ def upsert_projects(
     return asdict(result)
 
 
-@op(out=Out(dict), pool="enum_pipeline/inventory")
+@op(out=Out(dict), pool=INVENTORY_POOL)
 def verify_flush(context: OpExecutionContext, inventory: InventoryResource, flushed: dict):
     """Prove every staged record landed with this run's generation, then confirm the rows.
 
@@ -251,7 +253,7 @@ def projects(scanned_projects: dict) -> dict:
     group_name=GROUP,
     kinds=DB_KINDS,
     freshness_policy=freshness(),
-    pool="enum_pipeline/inventory",
+    pool=INVENTORY_POOL,
     **CATALOG,
 )
 def run_state(
@@ -340,7 +342,7 @@ def cleanup_entries(store, run_id: str, result) -> list:
     group_name=GROUP,
     kinds=DB_KINDS,
     deps=[AssetKey("projects")],
-    pool="enum_pipeline/cleanup",
+    pool=CLEANUP_POOL,
     **CATALOG,
 )
 def stale_projects_cleanup(

@@ -18,6 +18,9 @@ ENUMERATION_RUN_TAG = "enum_pipeline/enumeration_run"
 #: the single active run anyway, whatever launched it.
 INVENTORY_TAG = "enum_pipeline/inventory"
 CLEANUP_TAGS = {"enum_pipeline/cleanup": "default"}
+#: Dagster concurrency pools: one step at a time writes the inventory, or cleans it up.
+INVENTORY_POOL = "enum_pipeline/inventory"
+CLEANUP_POOL = "enum_pipeline/cleanup"
 
 ENUMERATE_JOB = "enumerate_projects"
 CLEANUP_JOB = "cleanup_projects"

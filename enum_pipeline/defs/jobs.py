@@ -17,6 +17,7 @@ from enum_pipeline.defs.assets import projects, run_state, scanned_projects, sta
 from enum_pipeline.defs.constants import (
     APPROVE_JOB,
     CLEANUP_JOB,
+    CLEANUP_POOL,
     CLEANUP_TAGS,
     ENUMERATE_JOB,
     INVENTORY_TAG,
@@ -93,7 +94,7 @@ def _restore_target(context, store, given: str) -> str | None:
         return None
 
 
-@op(pool="enum_pipeline/cleanup")
+@op(pool=CLEANUP_POOL)
 def restore_removed_projects(
     context: OpExecutionContext, config: RestoreConfig, inventory: InventoryResource
 ) -> list[str]:

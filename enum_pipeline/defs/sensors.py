@@ -23,7 +23,9 @@ from dagster import (
     sensor,
 )
 
-from enum_pipeline.defs.constants import (
+# cleanup_run_config and enumeration_run_of stay importable from here: the CLI imports them
+# from this module (issue 20: it will import them from enum_pipeline.defs.constants).
+from enum_pipeline.defs.constants import (  # noqa: F401
     ENUMERATION_RUN_TAG,
     cleanup_run_config,
     enumeration_run_of,
@@ -39,9 +41,6 @@ if TYPE_CHECKING:
     )
 
     Job = JobDefinition | UnresolvedAssetJobDefinition
-
-# Re-exported: the CLI and the tests import these from here (issue 20: they move to constants).
-__all__ = ["cleanup_run_config", "enumeration_run_of"]
 
 
 def make_cleanup_sensor(job: "Job") -> SensorDefinition:
