@@ -12,7 +12,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from enum_pipeline.sources.fields import filled_columns
-from enum_pipeline.store.query import OUTPUT_COLUMNS, output_row
+from enum_pipeline.store import OUTPUT_COLUMNS, output_row
 
 if TYPE_CHECKING:
     import pandas as pd

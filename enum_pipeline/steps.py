@@ -299,6 +299,33 @@ def cleanup_due(store: InventoryStore, run_id: str) -> CleanupDue:
     return CleanupDue(True, f"run {run_id} completed with a verified flush")
 
 
+# ------------------------------------------------------------------------------ which run
+
+
+def resolve_run(
+    store: InventoryStore,
+    given: str,
+    *,
+    removals: bool = False,
+    dagster_run_of: Callable[[str], str | None] | None = None,
+) -> str:
+    """The one answer to "which run does this id name?" (the cleanup, approval and restore ask
+    it): ``InventoryStore.resolve_run_id`` (the id itself or a unique prefix; with ``removals``
+    also a prune's id), else, through ``dagster_run_of``, the enumeration run the Dagster run
+    with that id was about (a cleanup's or approval's run, tagged with it).
+
+    Raises the store's ``AmbiguousRunError`` (a prefix matching several), or its
+    ``UnknownRunError`` (naming the newest runs) when neither names a run.
+    """
+    try:
+        return store.resolve_run_id(given, removals=removals)
+    except UnknownRunError:
+        run_id = dagster_run_of(given) if dagster_run_of is not None else None
+        if run_id:
+            return run_id
+        raise
+
+
 def run_through(
     store: InventoryStore,
     run_id: str,

@@ -3,36 +3,32 @@
 ``InventoryMachine`` runs whole enumeration runs the way the Dagster steps do, with faults,
 crashes, lost writes, abandoned runs, late cleanups, approvals, restores and acceptances in
 between (see ``test_model_based.py``), and after every store call checks the database against
-invariants I1–I8 of DESIGN.md, one function each (``i1_no_loss`` … ``i8_bound_policy``), then
-against the model's prediction (``agree``); I9 (``i9_live_run_not_taken_over``,
-``i9_live_run_not_reaped``) is checked where a begin or a reap meets a run with a fresh heartbeat.
+invariants I1–I8 and I10 of DESIGN.md, one function each (``model_invariants.py``:
+``i1_no_loss`` … ``i10_confirmed_absence``), then against the model's prediction (``agree``);
+I9 (``i9_live_run_not_taken_over``, ``i9_live_run_not_reaped``) is checked where a begin or a
+reap meets a run with a fresh heartbeat.
 """
 
 from __future__ import annotations
 
 from collections import Counter
-from dataclasses import dataclass
 from datetime import datetime, timedelta
 from itertools import permutations
 from typing import Any
 
 import pytest
-import sqlalchemy as sa
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, precondition, rule
 
-from enum_pipeline.sources.coverage import outside_coverage
 from enum_pipeline.sources.witness import Absence, Confirmation
 from enum_pipeline.store import (
     CleanupPolicy,
     CleanupRefusedError,
     FlushVerificationError,
     InventoryStore,
-    RunActiveError,
     StoreError,
     utcnow,
 )
-from enum_pipeline.store import schema as t
 from enum_pipeline_tests.helpers import (
     clear_faults,
     fail_on_sql,
@@ -42,14 +38,33 @@ from enum_pipeline_tests.helpers import (
     terminate_backends,
 )
 from enum_pipeline_tests.helpers import verdict as make_verdict
+from enum_pipeline_tests.model_invariants import (
+    ROW_FIELDS,
+    Snapshot,
+    cleaning_run,
+    i1_no_loss,
+    i2_completeness,
+    i3_truthful_status,
+    i4_single_writer,
+    i5_ordering,
+    i6_history_append_only,
+    i6_history_only_of_removed_rows,
+    i6_removals_recorded,
+    i7_coverage,
+    i8_bound_policy,
+    i9_live_run_not_reaped,
+    i9_live_run_not_taken_over,
+    i10_confirmed_absence,
+    next_run_id,
+    rows_appear_only_as_the_model_expects,
+    snapshot,
+)
 from enum_pipeline_tests.model_oracle import (
     NAMES,
     SCOPES,
-    STAGED_IS_SEEN,
     Model,
     MRun,
     root,
-    under,
 )
 
 FULL_COVERAGE = {"max_depth": None, "nested": True, "one_file_system": True}
@@ -93,41 +108,6 @@ class InjectedFault(RuntimeError):
     """The failure the test injects (never raised by the store itself)."""
 
 
-_RUN_IDS = iter(range(1, 10**12))
-
-
-def _run_id() -> str:
-    """A run id shaped like a Dagster run id; sequential, so a replayed example draws the same."""
-    return f"00000000-0000-4000-8000-{next(_RUN_IDS):012d}"
-
-
-@dataclass
-class Snapshot:
-    rows: dict[str, dict[str, Any]]
-    runs: dict[str, dict[str, Any]]
-    history: dict[int, dict[str, Any]]
-    cleanups: dict[str, dict[str, Any]]
-    scopes: dict[tuple[str, str], dict[str, Any]]
-    entries: dict[tuple[str, str], dict[str, Any]]
-
-
-def snapshot(store: InventoryStore) -> Snapshot:
-    with store.engine.connect() as conn:
-        rows = {r["project_key"]: dict(r) for r in conn.execute(sa.select(t.projects)).mappings()}
-        runs = {r["run_id"]: dict(r) for r in conn.execute(sa.select(t.run_state)).mappings()}
-        history = {r["id"]: dict(r) for r in conn.execute(sa.select(t.removed_projects)).mappings()}
-        cleanups = {r["run_id"]: dict(r) for r in conn.execute(sa.select(t.cleanups)).mappings()}
-        scopes = {
-            (r["run_id"], r["scope_key"]): dict(r)
-            for r in conn.execute(sa.select(t.run_scopes)).mappings()
-        }
-        entries = {
-            (r["run_id"], r["project_key"]): dict(r)
-            for r in conn.execute(sa.select(t.cleanup_entries)).mappings()
-        }
-    return Snapshot(rows, runs, history, cleanups, scopes, entries)
-
-
 #: How the sources' witness answers in one cleanup: from the world (mostly), or not at all in
 #: one of the ways a real witness fails (cannot tell, raises, answers with a stale look).
 WITNESS_MODES = ("world",) * 6 + ("unknown", "raises", "stale")
@@ -153,10 +133,6 @@ class ModelWitness:
             else:
                 self.gone.add(c.project_key)
                 yield Confirmation(c.project_key, Absence.GONE, "not in the world", at)
-
-
-ROW_FIELDS = ("project_key", "scope_key", "location", "run_id", "seen_generation")
-ROW_FIELDS += ("last_confirmed_run_id", "confirmed_generation", "content_hash")
 
 
 # ------------------------------------------------------------------------- the state machine
@@ -206,230 +182,6 @@ def _events(step: str, *, run_point: bool) -> list[tuple[str, str | None]]:
     if run_point:
         events += [("abandon", None)] + [("interleave", a) for a in INTERLEAVED]
     return events
-
-
-# ------------------------------------------------------------------ the invariants, one each
-
-
-def i1_no_loss(m: Model, prev: Snapshot, cur: Snapshot, gone: list[str], cleanup) -> list[str]:
-    """I1: a row goes only in the cleanup of a completed, verified run that read its scope
-    completely and trusted it, outside the protected locations, and did not see the row."""
-    if cleanup is None:
-        return [f"rows {gone} disappeared outside a cleanup"]
-    run_id = cleanup[0]
-    run = _cleaning_run(prev, cleanup)
-    if run is None:
-        cleaner = prev.runs.get(run_id)
-        return [f"cleanup of {run_id} ({cleaner and cleaner['status']}) removed {gone}"]
-    gen = run["generation"]
-    problems = []
-    for k in gone:
-        row = prev.rows[k]
-        verdict = cur.scopes.get((run_id, row["scope_key"]))
-        if verdict is None or not verdict["complete"]:
-            problems.append(f"{k}: its scope was not read completely by {run_id}")
-        elif any(under(row["location"], p) for p in verdict["protected"] or []):
-            problems.append(f"{k}: under a protected sub-scope of {run_id}")
-        elif not verdict["trusted"]:
-            problems.append(f"{k}: {run_id}'s reading of its scope is not trusted")
-        if k in m.runs[run_id].staged:
-            problems.append(f"{k}: run {run_id} saw it")
-        if row["seen_generation"] is None or row["seen_generation"] >= gen:
-            problems.append(f"{k}: seen_generation {row['seen_generation']} >= {gen}")
-    return problems
-
-
-def _cleaning_run(prev: Snapshot, cleanup) -> dict[str, Any] | None:
-    """The ``run_state`` row of the cleanup's run when it may clean up (completed, verified)."""
-    run = prev.runs.get(cleanup[0]) if cleanup is not None else None
-    if run is None or run["status"] != "completed" or not run["flush_succeeded"]:
-        return None
-    return run
-
-
-def i2_completeness(cur: Snapshot, m: Model, where: str) -> None:
-    """I2: every completed run's rows are present and confirmed by it or a newer run, unless a
-    newer run's cleanup removed them since."""
-    latest_removal: dict[str, int] = {}
-    for h in sorted(cur.history.values(), key=lambda h: h["id"]):
-        latest_removal[h["project_key"]] = cur.runs[h["removed_by_run_id"]]["generation"]
-    for rid, r in cur.runs.items():
-        if r["status"] != "completed":
-            continue
-        for k in m.runs[rid].staged:
-            if latest_removal.get(k, -1) > r["generation"]:
-                continue  # removed since by a newer run's cleanup (I1 vouched for it)
-            row = cur.rows.get(k)
-            assert row is not None, f"I2: {k}, seen by completed run {rid}, is missing {where}"
-            assert (row["confirmed_generation"] or 0) >= r["generation"], (
-                f"I2: {k} confirmed by generation {row['confirmed_generation']}, but "
-                f"completed run {rid} (generation {r['generation']}) saw it {where}"
-            )
-    for k, row in cur.rows.items():
-        if row["last_confirmed_run_id"] is not None:
-            assert (
-                cur.runs[row["last_confirmed_run_id"]]["generation"] == row["confirmed_generation"]
-            ), f"I2: {k} confirmation fields disagree {where}"
-
-
-def i3_truthful_status(cur: Snapshot, where: str) -> None:
-    """I3: ``completed`` iff the flush was verified; a run is active, completed or failed."""
-    for rid, r in cur.runs.items():
-        assert r["status"] in ("active", "completed", "failed"), f"I3: {rid} is {r['status']}"
-        if r["status"] == "completed":
-            assert r["flush_succeeded"], f"I3: {rid} completed without a verified flush"
-        if r["status"] == "failed":
-            assert not r["flush_succeeded"], (
-                f"I3: run {rid} is failed with flush_succeeded=True ({r['error']}) {where}: "
-                "completed iff flush_succeeded is violated"
-            )
-
-
-def i4_single_writer(cur: Snapshot, where: str) -> None:
-    """I4: at most one active run."""
-    active = [r for r, v in cur.runs.items() if v["status"] == "active"]
-    assert len(active) <= 1, f"I4: {len(active)} active runs {where}"
-
-
-def i5_ordering(m: Model, cur: Snapshot, gone: list[str], run: dict[str, Any]) -> list[str]:
-    """I5: a cleanup never removes what a run at or after its generation flushed, nor (with
-    ``STAGED_IS_SEEN``) what a newer run's scan staged."""
-    gen = run["generation"]
-    newer = [r for r, v in cur.runs.items() if v["generation"] > gen]
-    problems = []
-    for k in gone:
-        if m.max_flushed_gen.get(k, 0) >= gen:
-            problems.append(
-                f"I5: {k} was seen by generation {m.max_flushed_gen[k]}, at or after the "
-                f"cleaning run's {gen} (newer runs: {len(newer)})"
-            )
-        elif STAGED_IS_SEEN and m.max_staged_gen.get(k, 0) > gen:
-            newer_run = max((r for r in m.runs.values() if k in r.staged), key=lambda r: r.gen)
-            problems.append(
-                f"I1/I5: {k} was seen by the scan of newer run {newer_run.run_id} "
-                f"(generation {newer_run.gen}, {newer_run.status}, staged but not flushed), "
-                f"yet the cleanup of generation {gen} removed it"
-            )
-    return problems
-
-
-def i6_history_append_only(prev: Snapshot, cur: Snapshot, cleanup, where: str) -> dict:
-    """I6: history is append-only (only restored_at/by may be filled in, once) and grows only
-    in a cleanup. Returns the entries this store call added."""
-    for hid, h in prev.history.items():
-        now = cur.history.get(hid)
-        assert now is not None, f"I6: history entry {hid} vanished {where}"
-        for f in ("project_key", "removed_by_run_id", "row", "removed_at"):
-            assert now[f] == h[f], f"I6: history entry {hid} changed {f} {where}"
-        if h["restored_at"] is not None:
-            assert now["restored_at"] == h["restored_at"], f"I6: re-restored {hid}"
-    new_hist = {hid: h for hid, h in cur.history.items() if hid not in prev.history}
-    assert cleanup is not None or not new_hist, f"I6: history grew outside a cleanup {where}"
-    return new_hist
-
-
-def i6_removals_recorded(
-    prev: Snapshot, gone: list[str], new_hist: dict, run: dict[str, Any]
-) -> list[str]:
-    """I6: every removed row has a history entry of the cleaning run, holding the row."""
-    by_key = {h["project_key"]: h for h in new_hist.values()}
-    problems = []
-    for k in gone:
-        row, h = prev.rows[k], by_key.get(k)
-        if h is None or h["removed_by_run_id"] != run["run_id"]:
-            problems.append(f"I6: {k} removed without a history entry of {run['run_id']}")
-            continue
-        for f in ROW_FIELDS:
-            if h["row"].get(f) != row[f]:
-                problems.append(f"I6: history of {k} has {f}={h['row'].get(f)!r}")
-    return problems
-
-
-def i10_confirmed_absence(
-    gone: list[str], new_hist: dict, run: dict[str, Any], witness: ModelWitness | None
-) -> list[str]:
-    """I10: every removal carries a confirmation of absence taken after the read that missed
-    it (the run ended), from the witness, which saw it gone from the world."""
-    by_key = {h["project_key"]: h for h in new_hist.values()}
-    problems = []
-    for k in gone:
-        h = by_key.get(k)
-        if h is None or not h["confirmation"] or h["confirmed_at"] is None:
-            problems.append(f"I10: {k} removed without a confirmation of its absence")
-        elif run["finished_at"] is None or h["confirmed_at"] <= run["finished_at"]:
-            problems.append(f"I10: {k}'s confirmation {h['confirmed_at']} precedes the read's end")
-        elif witness is None or k not in witness.gone:
-            problems.append(f"I10: {k} removed though its witness did not see it gone")
-    return problems
-
-
-def i6_history_only_of_removed_rows(new_hist: dict, gone: list[str], where: str) -> None:
-    """I6: a new history entry is of a row that this store call removed."""
-    for hid, h in new_hist.items():
-        assert h["project_key"] in gone, f"I6: history {hid} for a row still present"
-
-
-def i7_coverage(prev: Snapshot, cur: Snapshot, gone: list[str], run: dict[str, Any]) -> list[str]:
-    """I7: no row outside the cleaning run's coverage of its scope is removed."""
-    problems = []
-    for k in gone:
-        row = prev.rows[k]
-        verdict = cur.scopes.get((run["run_id"], row["scope_key"]))
-        if verdict is None:
-            continue  # I1 names it
-        locations = [
-            r["location"] for r in prev.rows.values() if r["scope_key"] == row["scope_key"]
-        ]
-        coverage = verdict["coverage"] or {}
-        if outside_coverage("filesystem", coverage, row, locations) or any(
-            f"/{n}/" in row["location"] for n in coverage.get("skip_names") or []
-        ):
-            problems.append(
-                f"I7: {k} lies outside the coverage of {run['run_id']} ({verdict['coverage']})"
-            )
-    return problems
-
-
-def i8_bound_policy(prev: Snapshot, gone: list[str], run: dict[str, Any]) -> list[str]:
-    """I8: the deletion guard and the grace are those of the policy the run began with,
-    whatever the request passed (an approval of the listed plan releases the guard)."""
-    gen, run_id = run["generation"], run["run_id"]
-    policy = CleanupPolicy.model_validate(run["policy"])
-    problems = []
-    per_scope = Counter(prev.rows[k]["scope_key"] for k in gone)
-    approved = all(prev.entries.get((run_id, k), {}).get("approved") for k in gone)
-    for scope, n in per_scope.items():
-        size = sum(  # the scope's population before the run
-            1
-            for r in prev.rows.values()
-            if r["scope_key"] == scope and (r["first_seen_generation"] or 0) < gen
-        )
-        reason = policy.guard(scope, n, size)
-        if reason and not approved:
-            problems.append(f"removed despite the deletion guard: {reason}")
-    for k in gone:
-        row = prev.rows[k]
-        if row["missed_runs"] + 1 < policy.missing_runs_before_delete:
-            problems.append(f"{k}: missed {row['missed_runs'] + 1} runs, grace not over")
-    return problems
-
-
-def i9_live_run_not_taken_over(store: InventoryStore) -> None:
-    """I9: while the active run's heartbeat is fresh (its holder not provably gone), a second
-    begin is refused."""
-    with pytest.raises(RunActiveError):
-        store.begin(_run_id())
-
-
-def i9_live_run_not_reaped(store: InventoryStore) -> None:
-    """I9: the reaper leaves a run with a fresh heartbeat (and its lease held) alone."""
-    assert store.reap() == []
-
-
-def rows_appear_only_as_the_model_expects(prev: Snapshot, cur: Snapshot, m: Model, where: str):
-    """Rows appear only from a flush (what the run staged) or a restore (from history)."""
-    for k in cur.rows.keys() - prev.rows.keys():
-        assert k in m.rows, f"a row appeared that the model did not expect: {k} {where}"
 
 
 class InventoryMachine(RuleBasedStateMachine):
@@ -542,7 +294,7 @@ class InventoryMachine(RuleBasedStateMachine):
         if not gone:
             return []
         problems = i1_no_loss(self.model, prev, cur, gone, cleanup)
-        run = _cleaning_run(prev, cleanup)
+        run = cleaning_run(prev, cleanup)
         if run is None:
             return problems
         return (
@@ -829,7 +581,7 @@ class InventoryMachine(RuleBasedStateMachine):
 
     def _enumeration_run(self, data) -> None:
         m = self.model
-        run_id = _run_id()
+        run_id = next_run_id()
         now = None
         if m.active is not None:  # an abandoned run still holds the inventory
             if not m.active.session_gone and data.draw(
@@ -933,7 +685,7 @@ class InventoryMachine(RuleBasedStateMachine):
         m = self.model
         failed = [r for r in m.order if m.runs[r].status == "failed"]
         run = m.runs[data.draw(st.sampled_from(failed), label="resume")]
-        attempt = _run_id()
+        attempt = next_run_id()
         allowed = m.active is None and run.gen == m.last_gen
         self.stats["resumes"] += 1
         if not allowed:

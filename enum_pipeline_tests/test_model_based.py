@@ -21,9 +21,10 @@ I8: the guard and grace are the run's own policy, whatever the request passes), 
 model's prediction of every row, run status, cleanup record and history entry; I9 (a run with a
 fresh heartbeat is neither taken over nor reaped) wherever a begin or a reap meets one.
 
-The parts: ``model_oracle.py`` (the pure model, no store), ``model_machine.py`` (the state machine
-driving the store and the model, one check function per invariant), this file (the hypothesis
-settings and the tests).
+The parts: ``model_oracle.py`` (the pure model, no store), ``model_invariants.py`` (one check
+function per invariant and the database snapshot they read), ``model_machine.py`` (the state
+machine driving the store and the model, checking the invariants after every store call), this
+file (the hypothesis settings and the tests).
 
 Run more (``ENUM_PIPELINE_MODEL_STEPS`` sets the rules per example)::
 

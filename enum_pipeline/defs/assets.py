@@ -19,9 +19,18 @@ from pydantic import Field
 
 from enum_pipeline.defs import tables
 from enum_pipeline.defs.catalog import catalog, database_kind, freshness, source_kinds
+from enum_pipeline.defs.constants import (
+    APPROVE_JOB,
+    CLEANUP_POOL,
+    ENUMERATION_RUN_TAG,
+    INVENTORY_POOL,
+    cleanup_run_config,
+    dagster_run_lookup,
+)
 from enum_pipeline.defs.resources import InventoryResource
 from enum_pipeline.scan import ScanSummary
-from enum_pipeline.steps import finish_run, flush_run, start_run, verify_run
+from enum_pipeline.steps import finish_run, flush_run, resolve_run, start_run, verify_run
+from enum_pipeline.store import AmbiguousRunError, UnknownRunError
 
 GROUP = "inventory"
 PREVIEW_ROWS = 20
@@ -84,7 +93,6 @@ def _quarantine_md(summary: ScanSummary) -> MetadataValue:
     return MetadataValue.md("\n".join(lines))
 
 
-ENUMERATION_RUN_TAG = "enum_pipeline/enumeration_run"
 ENUMERATION = {AssetKey("scanned_projects"), AssetKey("projects"), AssetKey("run_state")}
 
 
@@ -98,7 +106,7 @@ def refuse_partial_enumeration(context) -> None:
         )
 
 
-@asset(group_name=GROUP, kinds=source_kinds(), pool="enum_pipeline/inventory", **CATALOG)
+@asset(group_name=GROUP, kinds=source_kinds(), pool=INVENTORY_POOL, **CATALOG)
 def scanned_projects(
     context: AssetExecutionContext, config: ScanConfig, inventory: InventoryResource
 ) -> Output[dict]:
@@ -161,7 +169,7 @@ def scanned_projects(
     )
 
 
-@op(out=Out(dict), pool="enum_pipeline/inventory")
+@op(out=Out(dict), pool=INVENTORY_POOL)
 def upsert_projects(
     context: OpExecutionContext, inventory: InventoryResource, scanned: dict
 ) -> dict:
@@ -184,7 +192,7 @@ def upsert_projects(
     return asdict(result)
 
 
-@op(out=Out(dict), pool="enum_pipeline/inventory")
+@op(out=Out(dict), pool=INVENTORY_POOL)
 def verify_flush(context: OpExecutionContext, inventory: InventoryResource, flushed: dict):
     """Prove every staged record landed with this run's generation, then confirm the rows.
 
@@ -245,7 +253,7 @@ def projects(scanned_projects: dict) -> dict:
     group_name=GROUP,
     kinds=DB_KINDS,
     freshness_policy=freshness(),
-    pool="enum_pipeline/inventory",
+    pool=INVENTORY_POOL,
     **CATALOG,
 )
 def run_state(
@@ -307,9 +315,6 @@ def scope_summary(store) -> MetadataValue:
 def resolve_cleanup_run(context, store, given: str | None, *, approve: bool) -> str:
     """The enumeration run a cleanup, approval or restore is about; a Failure names the ones
     that exist when ``given`` is none of them."""
-    from enum_pipeline.defs.sensors import enumeration_run_of
-    from enum_pipeline.store import AmbiguousRunError, UnknownRunError
-
     if given is None:
         newest = next((r for r in store.runs(50) if r.status == "completed"), None)
         if newest is None:
@@ -321,17 +326,10 @@ def resolve_cleanup_run(context, store, given: str | None, *, approve: bool) -> 
                 f"has cleanup {record.status if record else 'none'}"
             )
         return newest.run_id
-    try:  # the run's id, or a unique prefix of it
-        return store.resolve_run_id(given)
-    except AmbiguousRunError as err:
+    try:  # the run's id, a unique prefix of it, or a cleanup's or approval's Dagster run id
+        return resolve_run(store, given, dagster_run_of=dagster_run_lookup(context.instance))
+    except (AmbiguousRunError, UnknownRunError) as err:
         raise Failure(str(err)) from None
-    except UnknownRunError as err:
-        unknown = str(err)
-    record = context.instance.get_run_by_id(given)  # a cleanup's or approval's Dagster run
-    run_id = enumeration_run_of(record) if record is not None else None
-    if run_id:
-        return run_id
-    raise Failure(unknown)
 
 
 def cleanup_entries(store, run_id: str, result) -> list:
@@ -344,7 +342,7 @@ def cleanup_entries(store, run_id: str, result) -> list:
     group_name=GROUP,
     kinds=DB_KINDS,
     deps=[AssetKey("projects")],
-    pool="enum_pipeline/cleanup",
+    pool=CLEANUP_POOL,
     **CATALOG,
 )
 def stale_projects_cleanup(
@@ -423,9 +421,8 @@ def approve_link(run_id: str) -> str:
 
     import yaml
 
-    config = {"ops": {"stale_projects_cleanup": {"config": {"run_id": run_id, "approve": True}}}}
-    query = urlencode({"config": yaml.safe_dump(config)})
-    return f"/locations/enum_pipeline/jobs/approve_cleanup/playground/setup?{query}"
+    query = urlencode({"config": yaml.safe_dump(cleanup_run_config(run_id, approve=True))})
+    return f"/locations/enum_pipeline/jobs/{APPROVE_JOB}/playground/setup?{query}"
 
 
 def _cleanup_scopes_md(result) -> str:

@@ -11,10 +11,8 @@ from datetime import timedelta
 from dagster import FreshnessPolicy
 
 from enum_pipeline.config import CONFIG_ENV, CatalogConfig, ConfigError, load_config_file
-from enum_pipeline.store.engine import default_database_url
-
-#: The enumeration schedule's cron (``ENUM_PIPELINE_SCHEDULE``, hourly by default).
-SCHEDULE_CRON = os.environ.get("ENUM_PIPELINE_SCHEDULE", "0 * * * *")
+from enum_pipeline.defs.constants import schedule_cron
+from enum_pipeline.store import default_database_url
 
 
 @functools.cache
@@ -48,4 +46,4 @@ def source_kinds() -> set[str]:
 
 def freshness() -> FreshnessPolicy:
     """Fresh when a run has completed since the schedule's last tick, with an hour's grace."""
-    return FreshnessPolicy.cron(deadline_cron=SCHEDULE_CRON, lower_bound_delta=timedelta(hours=1))
+    return FreshnessPolicy.cron(deadline_cron=schedule_cron(), lower_bound_delta=timedelta(hours=1))

@@ -14,14 +14,23 @@ from pydantic import Field
 
 from enum_pipeline.defs import tables
 from enum_pipeline.defs.assets import projects, run_state, scanned_projects, stale_projects_cleanup
+from enum_pipeline.defs.constants import (
+    APPROVE_JOB,
+    CLEANUP_JOB,
+    CLEANUP_POOL,
+    CLEANUP_TAGS,
+    ENUMERATE_JOB,
+    INVENTORY_TAG,
+    cleanup_run_config,
+    dagster_run_lookup,
+)
 from enum_pipeline.defs.resources import InventoryResource
-
-# The run queue admits one run per value of this tag (see dagster.yaml); the database enforces
-# the single active run anyway, whatever launched it.
-INVENTORY_TAG = "enum_pipeline/inventory"
+from enum_pipeline.output import wrong_target
+from enum_pipeline.steps import resolve_run
+from enum_pipeline.store import AmbiguousRunError, UnknownRunError
 
 enumerate_projects = define_asset_job(
-    "enumerate_projects",
+    ENUMERATE_JOB,
     selection=AssetSelection.assets(scanned_projects, projects, run_state),
     executor_def=in_process_executor,
     tags={INVENTORY_TAG: "default"},
@@ -30,8 +39,6 @@ enumerate_projects = define_asset_job(
         "is in the metadata of projects)."
     ),
 )
-
-CLEANUP_TAGS = {"enum_pipeline/cleanup": "default"}
 
 
 def _cleanup_job(name: str, description: str, config: dict | None = None):
@@ -47,16 +54,16 @@ def _cleanup_job(name: str, description: str, config: dict | None = None):
 
 
 cleanup_projects = _cleanup_job(
-    "cleanup_projects",
+    CLEANUP_JOB,
     "Remove what a completed, verified run did not see (deletion guard applies); a blocked "
     "cleanup fails its check and this run: approve it with approve_cleanup.",
 )
 
 approve_cleanup = _cleanup_job(
-    "approve_cleanup",
+    APPROVE_JOB,
     "One click: approve and carry out the blocked cleanup of the newest completed run, for "
     "the projects it was blocked with (see its metadata). Set run_id for another one.",
-    config={"ops": {"stale_projects_cleanup": {"config": {"approve": True}}}},
+    config=cleanup_run_config(approve=True),
 )
 
 
@@ -77,22 +84,17 @@ def _restore_target(context, store, given: str) -> str | None:
     """The run or prune id ``given`` names (whole or a unique prefix), or the enumeration run of
     the cleanup whose Dagster run id it is; None when it names nothing (an ambiguous prefix
     fails with the ids it matches)."""
-    from enum_pipeline.defs.assets import resolve_cleanup_run
-    from enum_pipeline.store import AmbiguousRunError, UnknownRunError
-
     try:
-        return store.resolve_run_id(given, removals=True)
+        return resolve_run(
+            store, given, removals=True, dagster_run_of=dagster_run_lookup(context.instance)
+        )
     except AmbiguousRunError as err:
         raise Failure(str(err)) from None
     except UnknownRunError:
-        pass
-    try:
-        return resolve_cleanup_run(context, store, given, approve=False)
-    except Failure:
         return None
 
 
-@op(pool="enum_pipeline/cleanup")
+@op(pool=CLEANUP_POOL)
 def restore_removed_projects(
     context: OpExecutionContext, config: RestoreConfig, inventory: InventoryResource
 ) -> list[str]:
@@ -108,7 +110,7 @@ def restore_removed_projects(
     else:
         run_id = _restore_target(context, store, config.run_id)
         if run_id not in {r.run_id for r in restorable}:
-            raise Failure(store.wrong_target("restore", config.run_id))
+            raise Failure(wrong_target(store, "restore", config.run_id))
     rows = {h.project_key: h for h in store.history(run_id) if h.restored_at is None}
     keys = store.restore(run_id, restored_by=f"dagster run {context.run.run_id}")
     context.log.info(f"restored {len(keys)} projects removed by the cleanup of {run_id}")

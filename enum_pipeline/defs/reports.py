@@ -30,11 +30,12 @@ from dagster import (
 from pydantic import Field
 
 from enum_pipeline.defs.catalog import catalog
+from enum_pipeline.defs.constants import ENUMERATION_RUN_TAG
 from enum_pipeline.defs.jobs import enumerate_projects
 from enum_pipeline.defs.resources import InventoryResource
+from enum_pipeline.store import CHANGE_KINDS
 
 GROUP = "reports"
-CHANGE_KINDS = ("added", "changed", "removed")
 TOP = 20  # numeric metadata entries per dimension (the rest are in the table only)
 
 
@@ -67,7 +68,7 @@ def inventory_frame(context: AssetExecutionContext, inventory: InventoryResource
     the columns of ``enum-pipeline projects --format json``)."""
     from enum_pipeline.reports import column_schema
     from enum_pipeline.reports import inventory_frame as frame
-    from enum_pipeline.store.query import select_projects
+    from enum_pipeline.store import select_projects
 
     store = inventory.store()
     df = frame(select_projects(store.engine))
@@ -130,8 +131,9 @@ def inventory_export(
     context: AssetExecutionContext, config: ExportConfig, inventory_frame
 ) -> Output[dict]:
     """Write the inventory to the configured CSV or Parquet file (skipped when none is set)."""
+    from enum_pipeline.output import write_csv
     from enum_pipeline.reports import write_parquet
-    from enum_pipeline.store.query import OUTPUT_COLUMNS, write_csv
+    from enum_pipeline.store import OUTPUT_COLUMNS
 
     settings = catalog()
     path = config.path or settings.export_path
@@ -182,13 +184,13 @@ def reports_after_enumeration(context: RunStatusSensorContext):
     run_id = context.dagster_run.run_id
     if context.dagster_run.status != DagsterRunStatus.SUCCESS:
         return SkipReason(f"run {run_id} did not succeed")
-    return RunRequest(run_key=f"reports-{run_id}", tags={"enum_pipeline/enumeration_run": run_id})
+    return RunRequest(run_key=f"reports-{run_id}", tags={ENUMERATION_RUN_TAG: run_id})
 
 
 @asset(deps=[AssetKey("run_state")], **_spec())
 def run_changes(context: AssetExecutionContext, inventory: InventoryResource) -> Output[list]:
     """What the latest completed run added, changed (which fields) and removed."""
-    from enum_pipeline.store.query import latest_completed_run
+    from enum_pipeline.store import latest_completed_run
 
     store = inventory.store()
     run_id = latest_completed_run(store)

@@ -9,8 +9,7 @@ from pydantic import Field
 
 from enum_pipeline.config import ConfigError, PipelineConfig, load_config
 from enum_pipeline.sources.witness import SourceWitness
-from enum_pipeline.store import InventoryStore
-from enum_pipeline.store.engine import default_database_url, redact_database_url
+from enum_pipeline.store import InventoryStore, default_database_url, redact_database_url
 
 _stores: dict[tuple[str, float], InventoryStore] = {}
 

@@ -13,7 +13,7 @@ from dagster import (
     TableSchema,
 )
 
-from enum_pipeline.store import schema as t
+from enum_pipeline.store import projects_table
 
 LISTED = 50  # rows shown in one table; the rest are counted with the command that lists all
 
@@ -115,7 +115,7 @@ def entry_rows(entries: Iterable) -> list[dict]:
 def projects_column_schema() -> TableSchema:
     """The shape of the ``projects`` table, for ``dagster/column_schema``."""
     columns = []
-    for c in t.projects.columns:
+    for c in projects_table.columns:
         kind = type(c.type).__name__.upper()
         columns.append(
             TableColumn(

@@ -32,6 +32,29 @@ from enum_pipeline.store.records import (
     utcnow,
 )
 
+# isort: split
+# What the layers above need besides the lifecycle (issue 20): reads, engine helpers, row shape.
+from enum_pipeline.store.changes import CHANGE_KINDS, Restorable
+from enum_pipeline.store.engine import (
+    create_inventory_engine,
+    current_revision,
+    default_database_url,
+    head_revision,
+    redact_database_url,
+    upgrade_schema,
+)
+from enum_pipeline.store.query import (
+    OUTPUT_COLUMNS,
+    STATUSES,
+    FilterError,
+    ProjectFilter,
+    latest_completed_run,
+    output_row,
+    project_status,
+    select_projects,
+)
+from enum_pipeline.store.schema import projects as projects_table
+
 __all__ = [
     "AmbiguousRunError",
     "CleanupAction",
@@ -58,4 +81,22 @@ __all__ = [
     "VerifyResult",
     "open_store",
     "utcnow",
+    # issue 20
+    "CHANGE_KINDS",
+    "OUTPUT_COLUMNS",
+    "STATUSES",
+    "FilterError",
+    "ProjectFilter",
+    "Restorable",
+    "create_inventory_engine",
+    "current_revision",
+    "default_database_url",
+    "head_revision",
+    "latest_completed_run",
+    "output_row",
+    "project_status",
+    "projects_table",
+    "redact_database_url",
+    "select_projects",
+    "upgrade_schema",
 ]

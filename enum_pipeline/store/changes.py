@@ -1,4 +1,5 @@
-"""Read-only views for operators: a run's delta, who holds the inventory, what can be restored.
+"""Read-only views for operators: a run's delta, who holds the inventory, what can be restored,
+which cleanups are blocked (the sentences built from them are ``enum_pipeline.output``'s).
 
 Nothing here writes. ``run_changes`` is CONTRACTS.md 5: what one run added, changed and (through
 its cleanup) removed, by project.
@@ -15,7 +16,6 @@ import sqlalchemy as sa
 from enum_pipeline.store import reads, runs
 from enum_pipeline.store import schema as t
 from enum_pipeline.store.batch import chunks
-from enum_pipeline.store.cleanup import cleanup_record
 from enum_pipeline.store.records import CleanupStatus, RunInfo, utcnow
 
 if TYPE_CHECKING:
@@ -180,28 +180,8 @@ def restorable_cleanups(ctx: StoreContext, names: int = 5) -> list[Restorable]:
     return out
 
 
-def wrong_target(ctx: StoreContext, action: str, given: str) -> str:
-    """The one sentence an operator gets when ``given`` is no target for ``action``:
-    ``restore`` (nothing to restore: the cleanups that can be restored, when and what they
-    removed) or ``approve`` (its cleanup is not blocked: the cleanups that are)."""
-    if action == "approve":
-        record = cleanup_record(ctx, given)
-        state = record.status if record else "not run yet"
-        return f"the cleanup of run {given} is {state}, not blocked; {_blocked_list(ctx)}"
-    items = restorable_cleanups(ctx)
-    if not items:
-        return f"nothing to restore for {given!r}: no cleanup has removed projects not restored"
-    listed = ", ".join(
-        f"{r.run_id} ({r.count} removed {r.removed_at:%Y-%m-%d %H:%M}: {', '.join(r.names)}"
-        + (", …" if r.count > len(r.names) else "")
-        + ")"
-        for r in items[:5]
-    )
-    return f"nothing to restore for {given!r}; restorable cleanups: {listed}"
-
-
-def _blocked_list(ctx: StoreContext, runs: int = 50) -> str:
-    """The blocked cleanups among the newest ``runs`` runs, newest first."""
+def blocked_cleanups(ctx: StoreContext, runs: int = 50) -> list[str]:
+    """The runs whose cleanup is blocked among the newest ``runs`` runs, newest first."""
     rs, c = t.run_state, t.cleanups
     newest = (
         sa.select(rs.c.run_id, rs.c.generation)
@@ -216,8 +196,7 @@ def _blocked_list(ctx: StoreContext, runs: int = 50) -> str:
             .where(c.c.status == CleanupStatus.BLOCKED)
             .order_by(newest.c.generation.desc())
         ).scalars()
-        names = list(blocked)
-    return "blocked cleanups: " + ", ".join(names) if names else "no cleanup is blocked"
+        return list(blocked)
 
 
 def scope_summary(ctx: StoreContext) -> list[dict[str, Any]]:

@@ -355,10 +355,16 @@ class InventoryStore:
         """Cleanups whose removed projects are not all restored, newest first."""
         return changes.restorable_cleanups(self._ctx, names)
 
+    def blocked_cleanups(self, runs: int = 50) -> list[str]:
+        """The runs whose cleanup is blocked among the newest ``runs`` runs, newest first."""
+        return changes.blocked_cleanups(self._ctx, runs)
+
     def wrong_target(self, action: str, given: str) -> str:
-        """The sentence for an operator whose ``restore`` or ``approve`` target ``given`` is
-        wrong: what can be restored, or which cleanups are blocked."""
-        return changes.wrong_target(self._ctx, action, given)
+        """``enum_pipeline.output.wrong_target`` on this store. Issue 20: kept only for
+        ``enum_pipeline/cli.py``; remove once it calls ``enum_pipeline.output`` itself."""
+        from enum_pipeline.output import wrong_target  # above the store; imports none of it
+
+        return wrong_target(self, action, given)
 
     def scope_summary(self) -> list[dict[str, Any]]:
         """Per scope: total, missing, out of coverage, incomplete newest read."""

@@ -1,4 +1,6 @@
-"""The inventory as answers: filtered project rows, in the shape the CLI and exports print.
+"""The inventory as answers: filtered project rows, in the shape the CLI and exports print
+(``output_row``, ``OUTPUT_COLUMNS``); turning them into CSV, JSON or a table is
+``enum_pipeline.output``'s.
 
 Read-only. ``select_projects`` applies a ``ProjectFilter``; a filter value the inventory cannot
 hold (an unknown source kind, scope, language, …) raises ``FilterError`` with a one-line message
@@ -7,17 +9,23 @@ rather than returning an empty answer that looks like "none".
 
 from __future__ import annotations
 
-import csv
 import fnmatch
-import json
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import IO, Any
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
+# Issue 20: re-exported only for enum_pipeline/cli.py (CSV/JSON formatting moved above the
+# store); remove once it imports them from enum_pipeline.output.
+from enum_pipeline.output import (  # noqa: F401
+    TABLE_COLUMNS,
+    cell,
+    json_default,
+    write_csv,
+)
 from enum_pipeline.sources.fields import FILLED_COLUMNS, PRODUCT_COLUMNS
 from enum_pipeline.store import schema as t
 
@@ -48,17 +56,6 @@ OUTPUT_COLUMNS: tuple[str, ...] = (
     "first_seen_at",
     "last_seen_at",
     "missing_since",
-)
-#: The columns of the ``table`` output.
-TABLE_COLUMNS: tuple[str, ...] = (
-    "name",
-    "source_kind",
-    "location",
-    "visibility",
-    "archived",
-    "language",
-    "last_activity_at",
-    "status",
 )
 
 
@@ -170,39 +167,6 @@ def select_projects(
 def output_row(row: Mapping[str, Any]) -> dict[str, Any]:
     """One project as the outputs show it: ``OUTPUT_COLUMNS`` in order, ``status`` derived."""
     return {c: project_status(row) if c == "status" else row.get(c) for c in OUTPUT_COLUMNS}
-
-
-def cell(value: Any) -> str:
-    """A value as one CSV cell: empty for unknown, ``true``/``false``, ISO times, JSON lists."""
-    if value is None:
-        return ""
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, datetime):
-        return value.isoformat()
-    if isinstance(value, list | tuple | dict):
-        return json.dumps(value, sort_keys=True, ensure_ascii=False)
-    return str(value)
-
-
-def json_default(value: Any) -> Any:
-    """``json.dumps`` hook: datetimes as ISO strings, tuples as lists."""
-    if isinstance(value, datetime):
-        return value.isoformat()
-    if isinstance(value, tuple | set | frozenset):
-        return list(value)
-    return str(value)
-
-
-def write_csv(rows: Iterable[Mapping[str, Any]], out: IO[str], columns: Sequence[str]) -> int:
-    """Write ``rows`` (already in output shape) as CSV with a header; returns the row count."""
-    writer = csv.writer(out, lineterminator="\n")
-    writer.writerow(columns)
-    n = 0
-    for row in rows:
-        writer.writerow([cell(row.get(c)) for c in columns])
-        n += 1
-    return n
 
 
 def latest_completed_run(store: Any) -> str | None:

@@ -1,0 +1,70 @@
+"""The names the Dagster definitions share: run tags, job and op names, run-config builders.
+
+The lowest module of ``enum_pipeline.defs``: it imports no other module of the package's
+definitions, so assets, jobs, sensors, the schedule and the CLI all read one answer from here
+without importing each other.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from typing import Any
+
+#: The tag naming the enumeration run a Dagster run is about (a cleanup, approval, restore or
+#: report run): the Runs list filters by it, and a restore accepts such a run's id.
+ENUMERATION_RUN_TAG = "enum_pipeline/enumeration_run"
+#: The run queue admits one run per value of this tag (see dagster.yaml); the database enforces
+#: the single active run anyway, whatever launched it.
+INVENTORY_TAG = "enum_pipeline/inventory"
+CLEANUP_TAGS = {"enum_pipeline/cleanup": "default"}
+#: Dagster concurrency pools: one step at a time writes the inventory, or cleans it up.
+INVENTORY_POOL = "enum_pipeline/inventory"
+CLEANUP_POOL = "enum_pipeline/cleanup"
+
+ENUMERATE_JOB = "enumerate_projects"
+CLEANUP_JOB = "cleanup_projects"
+APPROVE_JOB = "approve_cleanup"
+#: The ops whose config names the enumeration run: the cleanup asset, the restore op.
+CLEANUP_OP = "stale_projects_cleanup"
+RESTORE_OP = "restore_removed_projects"
+
+#: The enumeration schedule's cron when ``ENUM_PIPELINE_SCHEDULE`` is unset: hourly.
+DEFAULT_SCHEDULE = "0 * * * *"
+
+
+def schedule_cron() -> str:
+    """The enumeration schedule's cron (``ENUM_PIPELINE_SCHEDULE``, hourly by default)."""
+    return os.environ.get("ENUM_PIPELINE_SCHEDULE", DEFAULT_SCHEDULE)
+
+
+def cleanup_run_config(run_id: str | None = None, **extra: Any) -> dict:
+    """Run config of ``cleanup_projects`` (and ``approve_cleanup``) for enumeration run
+    ``run_id`` (None: the op's default, the newest run), with ``extra`` config fields."""
+    config = {"run_id": run_id, **extra} if run_id is not None else dict(extra)
+    return {"ops": {CLEANUP_OP: {"config": config}}}
+
+
+def enumeration_run_of(record) -> str | None:
+    """The enumeration run a Dagster cleanup/approval/restore run was about (from its tag or
+    its run config), or None."""
+    run_id = record.tags.get(ENUMERATION_RUN_TAG)
+    if run_id:
+        return run_id
+    ops = (record.run_config or {}).get("ops", {})
+    for node in (CLEANUP_OP, RESTORE_OP):
+        value = ops.get(node, {}).get("config", {}).get("run_id")
+        if value:
+            return value
+    return None
+
+
+def dagster_run_lookup(instance) -> Callable[[str], str | None]:
+    """``steps.resolve_run``'s fallback on a Dagster instance: the enumeration run the Dagster
+    run with this id was about, or None (no such run, or not about one)."""
+
+    def run_of(dagster_run_id: str) -> str | None:
+        record = instance.get_run_by_id(dagster_run_id)
+        return enumeration_run_of(record) if record is not None else None
+
+    return run_of
