@@ -158,12 +158,15 @@ def cmd_run(args) -> int:
 
 
 def _cleanable(store, given: str) -> str:
+    """The run id ``given`` names, when its cleanup is due (``steps.cleanup_due``, the rule the
+    sensor asks too); a UsageError saying why not otherwise."""
+    from enum_pipeline.steps import cleanup_due
+
     run_id = home._resolve_run(store, given)
-    info = store.get_run(run_id)
-    if info.status != "completed" or not info.flush_succeeded:
+    due = cleanup_due(store, run_id)
+    if not due.due:
         raise UsageError(
-            f"run {run_id} is {info.status} (flush verified: {info.flush_succeeded}); only a "
-            f"completed, flush-verified run cleans up; {home._run_list(store)}"
+            f"{due.reason}; only a completed, flush-verified run cleans up; {home._run_list(store)}"
         )
     return run_id
 
