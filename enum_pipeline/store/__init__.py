@@ -4,6 +4,14 @@ Import from here, never from a submodule outside the store.
 """
 
 from enum_pipeline.store.changes import ProjectChange
+from enum_pipeline.store.engine import (
+    create_inventory_engine,
+    current_revision,
+    default_database_url,
+    head_revision,
+    redact_database_url,
+    upgrade_schema,
+)
 from enum_pipeline.store.errors import (
     AmbiguousRunError,
     CleanupRefusedError,
@@ -15,6 +23,17 @@ from enum_pipeline.store.errors import (
 )
 from enum_pipeline.store.inventory import InventoryStore, open_store
 from enum_pipeline.store.policy import CleanupPolicy
+from enum_pipeline.store.query import (
+    OUTPUT_COLUMNS,
+    TABLE_COLUMNS,
+    FilterError,
+    ProjectFilter,
+    cell,
+    json_default,
+    output_row,
+    select_projects,
+    write_csv,
+)
 from enum_pipeline.store.records import (
     CleanupAction,
     CleanupEntry,
@@ -58,4 +77,20 @@ __all__ = [
     "VerifyResult",
     "open_store",
     "utcnow",
+    # The command line's reads: the database URL, migrations, filtered listings and output.
+    "FilterError",
+    "OUTPUT_COLUMNS",
+    "ProjectFilter",
+    "TABLE_COLUMNS",
+    "cell",
+    "create_inventory_engine",
+    "current_revision",
+    "default_database_url",
+    "head_revision",
+    "json_default",
+    "output_row",
+    "redact_database_url",
+    "select_projects",
+    "upgrade_schema",
+    "write_csv",
 ]
