@@ -25,6 +25,8 @@ from enum_pipeline.cli.errors import (
 from enum_pipeline.cli.home import CLI_JOBS, _close_opened, _instance, _job, _store
 from enum_pipeline.cli.output import _exit_now, _quiet_stdout
 from enum_pipeline.cli.parser import build_parser
+from enum_pipeline.config import ConfigError
+from enum_pipeline.store import StoreError
 
 __all__ = [
     "CLI_JOBS",
@@ -71,9 +73,6 @@ def _dispatch(argv: list[str] | None) -> int:
         args = parser.parse_args(argv)
     except SystemExit as exit_:
         return EXIT_USAGE if exit_.code else EXIT_OK
-    from enum_pipeline.config import ConfigError
-    from enum_pipeline.store import StoreError
-
     try:
         return args.func(args)
     except (UsageError, ConfigError) as err:

@@ -8,6 +8,14 @@ from pathlib import Path
 
 from enum_pipeline.cli import home
 from enum_pipeline.cli.errors import EXIT_BLOCKED, EXIT_FAILED, EXIT_OK
+from enum_pipeline.store import (
+    create_inventory_engine,
+    current_revision,
+    default_database_url,
+    head_revision,
+    redact_database_url,
+    upgrade_schema,
+)
 
 
 def cmd_accept(args) -> int:
@@ -62,15 +70,6 @@ def cmd_ui(args) -> int:
 
 def cmd_db(args) -> int:
     """Apply or show schema migrations."""
-    from enum_pipeline.store.engine import (
-        create_inventory_engine,
-        current_revision,
-        default_database_url,
-        head_revision,
-        redact_database_url,
-        upgrade_schema,
-    )
-
     url = default_database_url()
     engine = create_inventory_engine(url)
     home._OPENED.append(engine)

@@ -9,6 +9,16 @@ import sys
 from enum_pipeline.cli import home
 from enum_pipeline.cli.errors import EXIT_OK, EXIT_USAGE, UsageError
 from enum_pipeline.cli.output import _print_rows
+from enum_pipeline.reports import inventory_frame, write_parquet
+from enum_pipeline.store import (
+    OUTPUT_COLUMNS,
+    TABLE_COLUMNS,
+    FilterError,
+    ProjectFilter,
+    output_row,
+    select_projects,
+    write_csv,
+)
 
 #: How many quarantined records ``runs`` shows a run (``--quarantined RUN_ID`` lists all).
 QUARANTINE_SHOWN = 3
@@ -58,8 +68,6 @@ def cmd_history(args) -> int:
 
 
 def _filter(args):
-    from enum_pipeline.store.query import ProjectFilter
-
     return ProjectFilter(
         source=args.source,
         scope=args.scope,
@@ -76,8 +84,6 @@ def _filter(args):
 
 def _select(args) -> list[dict] | None:
     """The filtered inventory rows, or None after printing a filter error."""
-    from enum_pipeline.store.query import FilterError, output_row, select_projects
-
     try:
         return [output_row(r) for r in select_projects(home._store().engine, _filter(args))]
     except FilterError as err:
@@ -87,8 +93,6 @@ def _select(args) -> list[dict] | None:
 
 def cmd_projects(args) -> int:
     """List the inventory, filtered, as a table, JSON lines or CSV."""
-    from enum_pipeline.store.query import OUTPUT_COLUMNS, TABLE_COLUMNS
-
     rows = _select(args)
     if rows is None:
         return EXIT_USAGE
@@ -98,8 +102,6 @@ def cmd_projects(args) -> int:
 
 def cmd_export(args) -> int:
     """Write the (filtered) inventory to a CSV or Parquet file."""
-    from enum_pipeline.store.query import OUTPUT_COLUMNS, write_csv
-
     rows = _select(args)
     if rows is None:
         return EXIT_USAGE
@@ -110,24 +112,30 @@ def cmd_export(args) -> int:
         except OSError as err:
             raise UsageError(f"cannot write --output {args.output}: {err.strerror}") from None
     else:
-        try:
-            import pandas  # noqa: F401
-            import pyarrow  # noqa: F401
-        except ImportError:
+        if not _parquet_installed():
             print(
                 "enum-pipeline: Parquet export needs pandas and pyarrow: "
                 "pip install 'enum_pipeline[parquet]'",
                 file=sys.stderr,
             )
             return EXIT_USAGE
-        from enum_pipeline.reports import inventory_frame, write_parquet
-
         try:
             write_parquet(inventory_frame(rows), args.output)
         except OSError as err:
             raise UsageError(f"cannot write --output {args.output}: {err}") from None
     print(f"wrote {len(rows)} projects to {args.output}", file=sys.stderr)
     return EXIT_OK
+
+
+def _parquet_installed() -> bool:
+    """Whether pandas and pyarrow (the ``parquet`` extra) can be imported; imports both, so only
+    a Parquet export calls it."""
+    try:
+        import pandas  # noqa: F401
+        import pyarrow  # noqa: F401
+    except ImportError:
+        return False
+    return True
 
 
 DIFF_COLUMNS = ("change", "name", "scope_key", "fields", "project_key", "run_id")

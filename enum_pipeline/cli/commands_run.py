@@ -5,10 +5,14 @@ from __future__ import annotations
 import os
 import sys
 import time
+from datetime import UTC, datetime
 
 from enum_pipeline.cli import home
 from enum_pipeline.cli.errors import EXIT_BLOCKED, EXIT_FAILED, EXIT_OK, UsageError, _UnknownRun
 from enum_pipeline.cli.output import LISTED, _print_cleanup
+from enum_pipeline.config import load_config
+from enum_pipeline.steps import cleanup_due
+from enum_pipeline.store import UnknownRunError
 
 
 def _run_config(args, scan: dict | None = None) -> dict:
@@ -27,12 +31,10 @@ def _step_errors(result) -> list[str]:
 
 
 def _cleanup(instance, run_id: str, args, *, approve=False, dry_run=False) -> tuple[int, dict]:
-    from enum_pipeline.defs.sensors import cleanup_run_config
-
     extra = {"approve": approve, "dry_run": dry_run}
     if args.config:
         extra["config_path"] = os.path.abspath(args.config)
-    run_config = cleanup_run_config(run_id, **extra)
+    run_config = home._sensors().cleanup_run_config(run_id, **extra)
     run_config["loggers"] = {"console": {"config": {"log_level": args.log_level}}}
     job = home._job("cleanup_projects")
     result = job.execute_in_process(
@@ -62,8 +64,6 @@ def _cleanup(instance, run_id: str, args, *, approve=False, dry_run=False) -> tu
 
 def _refusal(store) -> str | None:
     """Why a new run would be refused now (who holds the inventory), or None."""
-    from datetime import UTC, datetime
-
     held = store.holder()
     if held is None or held[1] is not None:
         return None
@@ -81,8 +81,6 @@ def _refusal(store) -> str | None:
 def _checked_run_inputs(args) -> tuple[dict, object]:
     """The scan's run config and the store, once every input is checked and no run holds the
     inventory; a UsageError (exit 2, nothing begun) otherwise."""
-    from enum_pipeline.config import load_config
-
     if args.root is not None and any(not r.strip() for r in args.root):
         raise UsageError("--root needs a folder, not an empty string")
     roots = [os.path.abspath(os.path.expanduser(r)) for r in args.root or []] or None
@@ -108,8 +106,6 @@ def _checked_run_inputs(args) -> tuple[dict, object]:
 def _print_run(store, run_id: str, elapsed: float):
     """The run's one-line summary and its incomplete or protected scopes; its ``RunInfo``, or
     None when the run never began (a UsageError when another run holds the inventory)."""
-    from enum_pipeline.store import UnknownRunError
-
     try:
         info = store.get_run(run_id)
     except UnknownRunError:
@@ -132,8 +128,6 @@ def _print_run(store, run_id: str, elapsed: float):
 
 def cmd_run(args) -> int:
     """One enumeration run through Dagster, then the cleanup the sensor would request."""
-    from enum_pipeline.steps import cleanup_due
-
     scan, store = _checked_run_inputs(args)
     instance = home._instance()
     started = time.monotonic()
@@ -160,8 +154,6 @@ def cmd_run(args) -> int:
 def _cleanable(store, given: str) -> str:
     """The run id ``given`` names, when its cleanup is due (``steps.cleanup_due``, the rule the
     sensor asks too); a UsageError saying why not otherwise."""
-    from enum_pipeline.steps import cleanup_due
-
     run_id = home._resolve_run(store, given)
     due = cleanup_due(store, run_id)
     if not due.due:

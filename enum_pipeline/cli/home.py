@@ -12,7 +12,16 @@ import os
 import shutil
 from pathlib import Path
 
+import sqlalchemy as sa
+
 from enum_pipeline.cli.errors import UsageError, _UnknownRun
+from enum_pipeline.store import (
+    AmbiguousRunError,
+    UnknownRunError,
+    default_database_url,
+    open_store,
+    redact_database_url,
+)
 
 # The code location as the UI names it (links in the metadata use this name).
 WORKSPACE = """load_from:
@@ -30,11 +39,6 @@ _OPENED: list = []  # Dagster instances and stores the command opened, closed be
 
 def _store():
     """The inventory store, or a UsageError naming the database URL (password hidden)."""
-    import sqlalchemy as sa
-
-    from enum_pipeline.store import open_store
-    from enum_pipeline.store.engine import default_database_url, redact_database_url
-
     url = default_database_url()
     try:
         shown = redact_database_url(url)
@@ -66,8 +70,6 @@ def _resolve_run(store, given: str, *, removals: bool = False) -> str:
     (with ``removals`` also a prune's id), or the Dagster run id of a cleanup, approval or
     restore of one. A UsageError names the candidates (ambiguous) or what exists (unknown:
     ``_UnknownRun``)."""
-    from enum_pipeline.store import AmbiguousRunError, UnknownRunError
-
     try:
         return store.resolve_run_id(given, removals=removals)
     except AmbiguousRunError as err:
@@ -77,9 +79,7 @@ def _resolve_run(store, given: str, *, removals: bool = False) -> str:
     instance = _instance()
     record = instance.get_run_by_id(given)
     if record is not None:
-        from enum_pipeline.defs.sensors import enumeration_run_of
-
-        run_id = enumeration_run_of(record)
+        run_id = _sensors().enumeration_run_of(record)
         if run_id:
             return run_id
     raise _UnknownRun(unknown)
@@ -146,6 +146,13 @@ def _cli_definitions():
         ),
     )
     return defs
+
+
+def _sensors():
+    """``enum_pipeline.defs.sensors``: how the sensors name a cleanup's run and its config."""
+    from enum_pipeline.defs import sensors
+
+    return sensors
 
 
 def _close_opened() -> None:

@@ -4,10 +4,12 @@ way out when stdout's reader went away (``enum-pipeline projects | head -1``).""
 from __future__ import annotations
 
 import json
+import logging
 import os
 import sys
 
 from enum_pipeline.cli.errors import EXIT_FAILED, EXIT_PIPE
+from enum_pipeline.store import cell, json_default, write_csv
 
 LISTED = 50  # names printed before "N more"
 
@@ -50,8 +52,6 @@ def _print_cleanup(data: dict) -> None:
 
 
 def _print_rows(rows: list[dict], fmt: str, columns, table_columns) -> None:
-    from enum_pipeline.store.query import cell, json_default, write_csv
-
     if fmt == "json":
         for row in rows:
             print(json.dumps(row, default=json_default, ensure_ascii=False))
@@ -76,8 +76,6 @@ def _print_rows(rows: list[dict], fmt: str, columns, table_columns) -> None:
 def _exit_now(code: int) -> None:
     """``os._exit(code)`` after flushing logs and standard streams (nothing else is pending: every
     store call commits before it returns and every engine the command opened is disposed)."""
-    import logging
-
     logging.shutdown()
     for stream in (sys.stdout, sys.stderr):
         try:
