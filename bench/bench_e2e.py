@@ -327,9 +327,12 @@ def cli_child_main(spec: dict) -> int:
 
         return wrapper
 
-    cli._instance = timed("instance", cli._instance)
-    if hasattr(cli, "_job"):  # older CLIs resolved the jobs from the whole code location
-        cli._job = timed("job build", cli._job)
+    # The commands call home._instance and home._job through their module (older CLIs: one
+    # module, cli.py; older still resolved the jobs from the whole code location).
+    where = getattr(cli, "home", cli)
+    where._instance = timed("instance", where._instance)
+    if hasattr(where, "_job"):
+        where._job = timed("job build", where._job)
     execute = JobDefinition.execute_in_process
 
     def execute_timed(job, *args, **kwargs):

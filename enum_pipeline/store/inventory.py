@@ -359,13 +359,6 @@ class InventoryStore:
         """The runs whose cleanup is blocked among the newest ``runs`` runs, newest first."""
         return changes.blocked_cleanups(self._ctx, runs)
 
-    def wrong_target(self, action: str, given: str) -> str:
-        """``enum_pipeline.output.wrong_target`` on this store. Issue 20: kept only for
-        ``enum_pipeline/cli.py``; remove once it calls ``enum_pipeline.output`` itself."""
-        from enum_pipeline.output import wrong_target  # above the store; imports none of it
-
-        return wrong_target(self, action, given)
-
     def scope_summary(self) -> list[dict[str, Any]]:
         """Per scope: total, missing, out of coverage, incomplete newest read."""
         return changes.scope_summary(self._ctx)

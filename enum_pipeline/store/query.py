@@ -18,14 +18,6 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-# Issue 20: re-exported only for enum_pipeline/cli.py (CSV/JSON formatting moved above the
-# store); remove once it imports them from enum_pipeline.output.
-from enum_pipeline.output import (  # noqa: F401
-    TABLE_COLUMNS,
-    cell,
-    json_default,
-    write_csv,
-)
 from enum_pipeline.sources.fields import FILLED_COLUMNS, PRODUCT_COLUMNS
 from enum_pipeline.store import schema as t
 

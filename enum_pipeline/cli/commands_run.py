@@ -1,0 +1,236 @@
+"""``run``, ``cleanup``, ``approve`` and ``restore``: the commands that execute a Dagster job."""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from datetime import UTC, datetime
+
+from enum_pipeline.cli import home
+from enum_pipeline.cli.errors import EXIT_BLOCKED, EXIT_FAILED, EXIT_OK, UsageError, _UnknownRun
+from enum_pipeline.cli.output import LISTED, _print_cleanup
+from enum_pipeline.config import load_config
+from enum_pipeline.output import wrong_target
+from enum_pipeline.steps import cleanup_due
+from enum_pipeline.store import UnknownRunError
+
+
+def _run_config(args, scan: dict | None = None) -> dict:
+    config: dict = {"loggers": {"console": {"config": {"log_level": args.log_level}}}}
+    if scan:
+        config["ops"] = {"scanned_projects": {"config": scan}}
+    return config
+
+
+def _step_errors(result) -> list[str]:
+    return [
+        f"{e.step_key}: {e.step_failure_data.error.message.strip()}"
+        for e in result.all_events
+        if e.is_step_failure and e.step_failure_data and e.step_failure_data.error
+    ]
+
+
+def _cleanup(instance, run_id: str, args, *, approve=False, dry_run=False) -> tuple[int, dict]:
+    extra = {"approve": approve, "dry_run": dry_run}
+    if args.config:
+        extra["config_path"] = os.path.abspath(args.config)
+    run_config = home._sensors().cleanup_run_config(run_id, **extra)
+    run_config["loggers"] = {"console": {"config": {"log_level": args.log_level}}}
+    job = home._job("cleanup_projects")
+    result = job.execute_in_process(
+        instance=instance,
+        run_config=run_config,
+        raise_on_error=False,
+        tags={"enum_pipeline/enumeration_run": run_id},
+    )
+    try:
+        data = result.output_for_node("stale_projects_cleanup")
+    except Exception:  # noqa: BLE001 - the step failed before its output: report its error
+        data = None
+    if data is None:
+        for error in _step_errors(result):
+            print(f"cleanup failed: {error}", file=sys.stderr)
+        return EXIT_FAILED, {}
+    _print_cleanup(data)
+    if data["status"] == "blocked":
+        print(
+            f"the deletion guard held this cleanup back; review it, then approve it with:\n"
+            f"  enum-pipeline approve {run_id}",
+            file=sys.stderr,
+        )
+        return EXIT_BLOCKED, data
+    return EXIT_OK, data
+
+
+def _refusal(store) -> str | None:
+    """Why a new run would be refused now (who holds the inventory), or None."""
+    held = store.holder()
+    if held is None or held[1] is not None:
+        return None
+    run, _ = held
+    age = (datetime.now(UTC) - run.heartbeat_at).total_seconds()
+    timeout = store.heartbeat_timeout.total_seconds()
+    return (
+        f"run {run.run_id} holds the inventory (pid {run.pid} on {run.host}, since "
+        f"{run.started_at:%Y-%m-%d %H:%M:%S} UTC, heartbeat {age:.0f}s ago); wait for it, or "
+        f"stop that process and run again: a run whose process is gone is taken over at once, "
+        f"a silent one after {timeout:.0f}s"
+    )
+
+
+def _checked_run_inputs(args) -> tuple[dict, object]:
+    """The scan's run config and the store, once every input is checked and no run holds the
+    inventory; a UsageError (exit 2, nothing begun) otherwise."""
+    if args.root is not None and any(not r.strip() for r in args.root):
+        raise UsageError("--root needs a folder, not an empty string")
+    roots = [os.path.abspath(os.path.expanduser(r)) for r in args.root or []] or None
+    for root in roots or []:
+        if not os.path.isdir(root):
+            what = "is not a folder" if os.path.exists(root) else "does not exist"
+            raise UsageError(f"--root {root} {what}; nothing was begun")
+    config_path = os.path.abspath(args.config) if args.config else None
+    # Every source is built (and so checked) before anything begins.
+    load_config(config_path, roots).build_sources()
+    store = home._store()
+    refusal = _refusal(store)
+    if refusal:
+        raise UsageError(refusal)
+    scan = {}
+    if roots:
+        scan["roots"] = roots
+    if config_path:
+        scan["config_path"] = config_path
+    return scan, store
+
+
+def _print_run(store, run_id: str, elapsed: float):
+    """The run's one-line summary and its incomplete or protected scopes; its ``RunInfo``, or
+    None when the run never began (a UsageError when another run holds the inventory)."""
+    try:
+        info = store.get_run(run_id)
+    except UnknownRunError:
+        refusal = _refusal(store)
+        if refusal:
+            raise UsageError(refusal) from None
+        return None
+    print(
+        f"run {run_id} (generation {info.generation}): {info.status} in {elapsed:.1f}s"
+        f" — found {info.scanned_count}, added {info.added_count}, changed "
+        f"{info.changed_count}, unchanged {info.unchanged_count}"
+    )
+    for scope in store.scopes(run_id):
+        if not scope.complete:
+            print(f"  incomplete scope {scope.scope_key}: {scope.reason}")
+        elif scope.protected:
+            print(f"  protected in {scope.scope_key}: {', '.join(scope.protected)}")
+    return info
+
+
+def cmd_run(args) -> int:
+    """One enumeration run through Dagster, then the cleanup the sensor would request."""
+    scan, store = _checked_run_inputs(args)
+    instance = home._instance()
+    started = time.monotonic()
+    job = home._job("enumerate_projects")
+    result = job.execute_in_process(
+        instance=instance, run_config=_run_config(args, scan), raise_on_error=False
+    )
+    info = _print_run(store, result.run_id, time.monotonic() - started)
+    if not result.success or not cleanup_due(store, result.run_id).due:
+        for error in _step_errors(result):
+            print(f"enum-pipeline: {error}", file=sys.stderr)
+        if info is not None and info.error:
+            print(f"enum-pipeline: run failed: {info.error}", file=sys.stderr)
+        print("nothing was removed from the inventory", file=sys.stderr)
+        return EXIT_FAILED
+    code = EXIT_OK
+    if not args.no_cleanup:
+        code, _ = _cleanup(instance, result.run_id, args)
+    if not args.no_reports:
+        _reports(instance, result.run_id, args)
+    return code
+
+
+def _cleanable(store, given: str) -> str:
+    """The run id ``given`` names, when its cleanup is due (``steps.cleanup_due``, the rule the
+    sensor asks too); a UsageError saying why not otherwise."""
+    run_id = home._resolve_run(store, given)
+    due = cleanup_due(store, run_id)
+    if not due.due:
+        raise UsageError(
+            f"{due.reason}; only a completed, flush-verified run cleans up; {home._run_list(store)}"
+        )
+    return run_id
+
+
+def _reports(instance, run_id: str, args) -> bool:
+    """Materialize the report assets after a completed run (a failure is shown, not fatal)."""
+    job = home._job("inventory_reports")
+    result = job.execute_in_process(
+        instance=instance,
+        run_config={"loggers": {"console": {"config": {"log_level": args.log_level}}}},
+        raise_on_error=False,
+        tags={"enum_pipeline/enumeration_run": run_id},
+    )
+    if not result.success:
+        for error in _step_errors(result):
+            print(f"enum-pipeline: report failed: {error}", file=sys.stderr)
+    return result.success
+
+
+def cmd_cleanup(args) -> int:
+    """The cleanup of one run (as the sensor requests it), optionally approved or dry."""
+    store = home._store()
+    run_id = _cleanable(store, args.run_id)
+    if args.approve:
+        _require_blocked(store, run_id)
+    code, _ = _cleanup(home._instance(), run_id, args, approve=args.approve, dry_run=args.dry_run)
+    return code
+
+
+def _require_blocked(store, run_id: str) -> None:
+    record = store.cleanup_record(run_id)
+    if record is None or record.status != "blocked":
+        raise UsageError(wrong_target(store, "approve", run_id))
+
+
+def cmd_approve(args) -> int:
+    """Approve and carry out a cleanup the deletion guard held back."""
+    store = home._store()
+    run_id = _cleanable(store, args.run_id)
+    _require_blocked(store, run_id)
+    code, _ = _cleanup(home._instance(), run_id, args, approve=True)
+    return code
+
+
+def cmd_restore(args) -> int:
+    """Bring back the projects a cleanup removed (through the ``restore_projects`` job)."""
+    store = home._store()
+    restorable = {r.run_id for r in store.restorable_cleanups()}
+    try:  # a cleanup's run, or a prune's id, with projects to bring back
+        run_id = home._resolve_run(store, args.run_id, removals=True)
+    except _UnknownRun:
+        raise UsageError(wrong_target(store, "restore", args.run_id)) from None
+    if run_id not in restorable:
+        raise UsageError(wrong_target(store, "restore", run_id))
+    job = home._job("restore_projects")
+    result = job.execute_in_process(
+        instance=home._instance(),
+        run_config={
+            "ops": {"restore_removed_projects": {"config": {"run_id": run_id}}},
+            "loggers": {"console": {"config": {"log_level": args.log_level}}},
+        },
+        raise_on_error=False,
+    )
+    if not result.success:
+        for error in _step_errors(result):
+            print(f"restore failed: {error}", file=sys.stderr)
+        return EXIT_FAILED
+    keys = result.output_for_node("restore_removed_projects")
+    print(f"restored {len(keys)} projects removed by the cleanup of run {run_id}")
+    for key in keys[:LISTED]:
+        print(f"  {key}")
+    if len(keys) > LISTED:
+        print(f"  … {len(keys) - LISTED} more: enum-pipeline history {run_id}")
+    return EXIT_OK
