@@ -1,21 +1,31 @@
-"""The git-config reader, and the remotes and upstream read with it."""
+"""The git-config reader (``parse_git_config``), and the remotes and upstream read with it.
+
+One reader for every caller: ``remote_urls``, ``branch_upstream`` and ``remotes_and_upstream``
+(what ``read_git_meta`` uses) ask it for the entries of the sections they need; it passes over
+the lines of other sections and reads a plain value (no quote, escape or comment) with one
+``strip``, so a config as git writes it costs about one line split and a few regex matches.
+"""
 
 from __future__ import annotations
 
-import os
 import re
-from collections.abc import Iterator
+from collections.abc import Container, Iterator
 
 from enum_pipeline.sources.gitfiles import decode_text
 
 _SECTION_RE = re.compile(r'[ \t]*\[[ \t]*([A-Za-z0-9.-]+)(?:[ \t]+"((?:[^"\\\n]|\\.)*)")?[ \t]*\]')
+# a header as git writes it, which ``_header`` would read the same
+_PLAIN_SECTION_RE = re.compile(r'\[([a-z0-9-]+)(?: "([^"\\\n]*)")?\]\Z')
 _KEY_RE = re.compile(r"[ \t]*([A-Za-z][A-Za-z0-9-]*)[ \t]*(=?)")
 _ESCAPES = {"n": "\n", "t": "\t", "b": "\b", "\\": "\\", '"': '"'}
 _UNESCAPE_SUB_RE = re.compile(r"\\(.)")
+_PLAIN_VALUE = re.compile(r'[\\"#;]')  # what only _parse_value reads right
 
 
-def _parse_value(lines: list[str], li: int, text: str) -> tuple[str, int]:
-    """Parse a config value starting in ``text`` (continuing on later lines); return it and li."""
+def _parse_value(text: str, more: Iterator[str]) -> str:
+    """Parse a config value starting in ``text``, continuing on the lines ``more`` gives."""
+    if _PLAIN_VALUE.search(text) is None:
+        return text.strip(" \t\r")  # no quote, escape, comment or continuation
     out: list[str] = []
     keep = 0  # length of ``out`` up to the last char that is not trailing unquoted whitespace
     quote = False
@@ -53,222 +63,172 @@ def _parse_value(lines: list[str], li: int, text: str) -> tuple[str, int]:
             keep = len(out)
             started = True
             i += 1
-        if not continued or li >= len(lines):
-            return "".join(out[:keep]), li
-        text = lines[li]
-        li += 1
+        nxt = next(more, None) if continued else None
+        if nxt is None:
+            return "".join(out[:keep])
+        text = nxt
 
 
-def parse_git_config(data: bytes) -> Iterator[tuple[str, str | None, str, str | None]]:
+def _decode(data: bytes) -> tuple[str, bool]:
+    """``data`` as text, and whether it needs ``_tidy`` (invalid UTF-8 or a NUL): undecodable
+    bytes are kept as surrogate escapes through parsing, so they are never read as escapes."""
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        return data.decode("utf-8", "surrogateescape"), True
+    return text, "\x00" in text
+
+
+def _tidy(text: str | None) -> str | None:
+    """A parsed string as ``decode_text`` makes it: bad bytes as ``\\xNN``, NUL as ``\\x00``."""
+    if text is None:
+        return None
+    return decode_text(text.encode("utf-8", "surrogateescape"))
+
+
+def _header(line: str) -> tuple[str, str | None, str] | None:
+    """``(section, subsection, rest of the line)`` of a section header; None when malformed."""
+    m = _SECTION_RE.match(line)
+    if m is None:
+        return None
+    name, sub = m.groups()
+    if sub is not None:
+        if "\\" in sub:
+            sub = _UNESCAPE_SUB_RE.sub(r"\1", sub)
+    elif "." in name:
+        name, sub = name.split(".", 1)
+        sub = sub.lower()
+    return name.lower(), sub, line[m.end() :]
+
+
+def parse_git_config(
+    data: bytes, sections: Container[str | tuple[str, str]] | None = None
+) -> Iterator[tuple[str, str | None, str, str | None]]:
     """Yield ``(section, subsection, key, value)`` entries of a git config file.
 
     Section and key names are lower-cased; subsections keep their case (old-style
     ``[section.sub]`` subsections are lower-cased, as git does). A key without ``=`` has value
     None (boolean true). Malformed lines are skipped; ``include`` directives are not followed.
+    Undecodable bytes and NULs come out as ``\\xNN`` (as ``decode_text``).
+
+    ``sections``: yield only the entries of these sections, named ``"remote"`` (lower-case) or
+    ``("branch", "main")`` (one subsection); the lines of the others are passed over without
+    being parsed, which keeps reading the remotes of a config cheap. This is the one git-config
+    reader: every caller reads a config through it.
     """
-    lines = decode_text(data).split("\n")
+    text, untidy = _decode(data)
+    entries = _entries(text, sections)
+    if untidy:
+        return ((section, _tidy(sub), key, _tidy(value)) for section, sub, key, value in entries)
+    return entries
+
+
+def _entries(
+    text: str, sections: Container[str | tuple[str, str]] | None
+) -> Iterator[tuple[str, str | None, str, str | None]]:
     section: str | None = None
     sub: str | None = None
-    li = 0
-    while li < len(lines):
-        line = lines[li]
-        li += 1
+    wanted = False  # entries of ``section`` are yielded
+    plain_header = _PLAIN_SECTION_RE.match  # (locals: this loop is on the scanner's path)
+    plain = _PLAIN_VALUE.search
+    lines = iter(text.split("\n"))
+    for line in lines:
         s = line.lstrip(" \t\r")
         if not s or s[0] in "#;":
             continue
         if s[0] == "[":
-            m = _SECTION_RE.match(line)
-            if m is None:
+            m = plain_header(line)
+            if m is not None:  # as git writes it: nothing to lower-case, unescape or split
+                section, sub = m.groups()
+                wanted = sections is None or section in sections or (section, sub) in sections
+                continue
+            header = _header(line)
+            if header is None:
                 section = None  # ignore keys until the next well-formed header
                 continue
-            name, sub = m.group(1), m.group(2)
-            if sub is not None:
-                sub = _UNESCAPE_SUB_RE.sub(r"\1", sub)
-            elif "." in name:
-                name, sub = name.split(".", 1)
-                sub = sub.lower()
-            section = name.lower()
-            line = line[m.end() :]
+            section, sub, line = header
+            wanted = sections is None or section in sections or (section, sub) in sections
             s = line.strip(" \t\r")
             if not s or s[0] in "#;":
                 continue
-        if section is None:
-            continue
-        m = _KEY_RE.match(line)
-        if m is None:
-            continue
-        key = m.group(1).lower()
-        rest = line[m.end() :]
-        if not m.group(2):
-            r = rest.strip(" \t\r")
-            if not r or r[0] in "#;":
-                yield section, sub, key, None
-            continue
-        value, li = _parse_value(lines, li, rest)
-        yield section, sub, key, value
+        if section is None or not wanted and "\\" not in line:
+            continue  # (a line with a backslash may continue on the next: parsed, not yielded)
+        key, eq, rest = line.partition("=")
+        key = key.strip(" \t")
+        if eq and key.isalnum() and key.isascii() and key[0].isalpha() and plain(rest) is None:
+            value = rest.strip(" \t\r")  # ``key = value`` as git writes it
+        else:
+            entry = _key_value(line, lines)
+            if entry is None:
+                continue
+            key, value = entry
+        if wanted:
+            yield section, sub, key.lower(), value
 
 
-_FAST_REMOTE_HDR = re.compile(
-    r'^[ \t]*\[[ \t]*remote[ \t]+"([^"\\\n]*)"[ \t]*\][ \t]*$', re.M | re.I
-)
-_ANY_REMOTE_HDR = re.compile(rb"\[[ \t]*remote")
-_NEXT_SECTION = re.compile(r"^[ \t]*\[", re.M)
-_FAST_URL = re.compile(r"^[ \t]*url[ \t]*=[ \t]*([^\n]*?)[ \t]*$", re.M | re.I)
+def _key_value(line: str, lines: Iterator[str]) -> tuple[str, str | None] | None:
+    """The key and value of a line (value None: a boolean key); None when it is not one."""
+    m = _KEY_RE.match(line)
+    if m is None:
+        return None
+    rest = line[m.end() :]
+    if m.group(2):
+        return m.group(1), _parse_value(rest, lines)
+    r = rest.strip(" \t\r")
+    if r and r[0] not in "#;":
+        return None
+    return m.group(1), None
 
 
-def _remote_urls_fast(data: bytes, low: bytes) -> dict[str, str] | None:
-    """Regex fast path for plain configs; None when the full parser is needed."""
-    if b"\\" in data or b"\r" in data:
-        return None  # escapes or continuations, or CRLF: let the real parser decide
-    text = decode_text(data)
-    headers = list(_FAST_REMOTE_HDR.finditer(text))
-    if len(headers) != len(_ANY_REMOTE_HDR.findall(low)):
-        return None  # old-style [remote.x], key on the header line, ...
-    urls: dict[str, str] = {}
-    for hdr in headers:
-        nxt = _NEXT_SECTION.search(text, hdr.end())
-        body = text[hdr.end() : nxt.start() if nxt else len(text)]
-        m = _FAST_URL.search(body)
-        if m is None:
-            continue
-        value = m.group(1)
-        if '"' in value or "#" in value or ";" in value:
-            return None
-        if value:
-            urls.setdefault(hdr.group(1), value)
-    return urls
+_REMOTE = frozenset({"remote"})
 
 
 def remote_urls(data: bytes) -> dict[str, str]:
     """Map remote name to its (first) ``url`` from config bytes, in file order. Not redacted."""
-    low = data.lower()
-    if b"remote" not in low:
+    if b"remote" not in data.lower():
         return {}
-    fast = _remote_urls_fast(data, low)
-    if fast is not None:
-        return fast
     urls: dict[str, str] = {}
-    for section, sub, key, value in parse_git_config(data):
-        if section == "remote" and key == "url" and sub is not None and value:
+    for _, sub, key, value in parse_git_config(data, _REMOTE):
+        if key == "url" and sub is not None and value:
             urls.setdefault(sub, value)
     return urls
-
-
-def _branch_upstream_fast(data: bytes, branch: str) -> dict[str, str] | None:
-    """``remote``/``merge`` of ``[branch "<branch>"]`` in a plain config as git writes it; None
-    when the layout needs the full parser."""
-    if b"\\" in data or b"\r" in data:
-        return None
-    low = data.lower()
-    headers = data.count(b'\n[branch "') + data.startswith(b'[branch "')
-    if low.count(b"branch") != data.count(b"[branch ") or low.count(b"[branch") != headers:
-        return None  # old-style or indented headers, "branch" in another place: parse properly
-    hdr = b'[branch "' + os.fsencode(branch) + b'"]'
-    found: dict[str, str] = {}
-    pos = data.find(hdr)
-    while pos != -1:
-        if pos and data[pos - 1] != 0x0A:
-            return None
-        eol = data.find(b"\n", pos)
-        eol = len(data) if eol == -1 else eol
-        if data[pos + len(hdr) : eol].strip(b" \t"):
-            return None  # a key on the header line
-        end = data.find(b"\n[", eol)
-        for line in data[eol : len(data) if end == -1 else end].split(b"\n"):
-            key, eq, value = line.partition(b"=")
-            key = key.strip(b" \t").lower()
-            if key in (b"remote", b"merge") and eq:
-                value = value.strip(b" \t")
-                if b'"' in value or b"#" in value or b";" in value:
-                    return None
-                found[key.decode("ascii")] = decode_text(value)
-        pos = data.find(hdr, eol)
-    return found
 
 
 def branch_upstream(data: bytes, branch: str) -> tuple[str, str] | None:
     """``(branch.<branch>.remote, branch.<branch>.merge)`` from config bytes; None unless both
     are set (the last value of each wins, as in git)."""
-    if b"ranch" not in data:
+    if b"branch" not in data.lower():
         return None
-    found = _branch_upstream_fast(data, branch)
-    if found is None:
-        found = {}
-        for section, sub, key, value in parse_git_config(data):
-            if section == "branch" and sub == branch and key in ("remote", "merge") and value:
-                found[key] = value
+    found: dict[str, str] = {}
+    for _, _, key, value in parse_git_config(data, {("branch", branch)}):
+        if key in ("remote", "merge") and value:
+            found[key] = value
+    return _upstream(found)
+
+
+def _upstream(found: dict[str, str]) -> tuple[str, str] | None:
     if found.get("remote") and found.get("merge"):
         return found["remote"], found["merge"]
     return None
-
-
-_PLAIN_HDR = re.compile(r'\[[ \t]*([A-Za-z0-9-]+)(?:[ \t]+"([^"\n]*)")?[ \t]*\][ \t]*\Z')
 
 
 def remotes_and_upstream(
     data: bytes, branch: str | None
 ) -> tuple[dict[str, str], tuple[str, str] | None]:
     """``remote_urls(data)`` and ``branch_upstream(data, branch)`` (None without a branch) from
-    one pass over a config as git writes it; the two parsers when its layout needs them."""
-    fast = _config_one_pass(data, branch) if b"emote" in data or b"ranch" in data else None
-    if fast is not None:
-        urls, found = fast
-        up = (found["remote"], found["merge"]) if "remote" in found and "merge" in found else None
-        return urls, up
-    return remote_urls(data), (branch_upstream(data, branch) if branch is not None else None)
-
-
-def _plain_text(data: bytes) -> str | None:
-    """``data`` as text when it is valid UTF-8 without backslashes, CR or NUL; else None."""
-    if b"\\" in data or b"\r" in data or b"\x00" in data:
-        return None
-    try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError:
-        return None
-
-
-def _config_one_pass(data: bytes, branch: str | None) -> tuple[dict[str, str], dict] | None:
-    """Remote urls and ``branch.<branch>.remote/merge`` of a plain config: one line each, no
-    escapes, quotes, comments after values, empty values, CR, NUL, continuations or old-style
-    headers. None when anything else is there (``remote_urls``/``branch_upstream`` decide)."""
-    text = _plain_text(data)
-    if text is None:
-        return None
+    one pass over the config."""
+    wanted = {"remote", ("branch", branch)} if branch is not None else _REMOTE
     urls: dict[str, str] = {}
     found: dict[str, str] = {}
-    remote: str | None = None  # the remote whose section this is
-    in_branch = False  # in [branch "<branch>"]
-    for line in text.split("\n"):
-        s = line.lstrip(" \t")
-        if not s or s[0] in "#;":
-            continue
-        if s[0] == "[":
-            m = _PLAIN_HDR.match(s)
-            if m is None:
-                return None
-            name, sub = m.group(1).lower(), m.group(2)
-            remote = sub if name == "remote" and sub is not None else None
-            in_branch = name == "branch" and sub is not None and sub == branch
-            continue
-        if remote is None and not in_branch:
-            continue
-        key, eq, value = s.partition("=")
-        key = key.rstrip(" \t").lower()
-        if remote is not None and key != "url" or in_branch and key not in ("remote", "merge"):
-            continue
-        if '"' in value or "#" in value or ";" in value:
-            return None
-        if not eq:
-            continue  # a boolean: no url, remote or merge
-        value = value.strip(" \t")
+    for section, sub, key, value in parse_git_config(data, wanted):
         if not value:
-            return None  # an empty value: the earlier parsers' answers differ, theirs stand
-        if remote is not None:
-            urls.setdefault(remote, value)
-        else:
+            continue
+        if section == "remote":
+            if key == "url" and sub is not None:
+                urls.setdefault(sub, value)
+        elif key == "remote" or key == "merge":  # of [branch "<branch>"]: the only other one
             found[key] = value
-    return urls, found
+    return urls, _upstream(found)
 
 
 def pick_remote(urls: dict[str, str]) -> tuple[str, str] | None:

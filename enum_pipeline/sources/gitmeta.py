@@ -12,7 +12,7 @@ This module is the entry point; the reading is done by its parts, whose names it
 * ``gitfiles``: bounded reads of regular files (``open_regular``, ``read_small``,
   ``RefusedFile``, the ``MAX_*`` bounds), ``GitMetaError`` and the text helpers;
 * ``gitrefs``: the git dir, ``HEAD``, loose and packed refs, upstream and the checkout's state;
-* ``gitconfig``: the git-config reader (``parse_git_config``), remotes and upstream;
+* ``gitconfig``: the one git-config reader (``parse_git_config``), remotes and upstream;
 * ``gitobjects``: the HEAD commit's committer time (loose, packed, dulwich fallback).
 """
 
