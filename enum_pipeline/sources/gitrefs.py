@@ -177,6 +177,9 @@ def _find_packed(data: bytes, ref: str) -> str | None:
     return None
 
 
+# -------------------------------------------------------------------- HEAD and the checkout's state
+
+
 def _read_head(meta: GitMeta, git_dir: str, common_dir: str, packed: PackedRefs) -> str | None:
     """The commit HEAD points at (branch, detached, unborn and reftable noted on ``meta``)."""
     try:
