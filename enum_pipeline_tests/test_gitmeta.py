@@ -231,6 +231,21 @@ def test_fast_config_path_agrees_with_full_parser(data: bytes) -> None:
     assert remote_urls(data) == full
 
 
+def test_one_config_reader_for_every_caller() -> None:
+    """The section filter only skips, undecodable bytes stay ``\\xNN`` whatever the layout, and
+    section names are case-insensitive for each caller."""
+    from enum_pipeline.sources.gitmeta import branch_upstream, remotes_and_upstream
+
+    for data in (CONFIG, CONFIG.replace(b"old-style", b"old-\xffstyle")):
+        every = list(parse_git_config(data))
+        assert list(parse_git_config(data, {"remote"})) == [e for e in every if e[0] == "remote"]
+    for data in (b'[remote "o"]\n\turl = u\xff\n', b'[remote "o"]\n\turl = "u\xff" # q\n'):
+        assert remote_urls(data) == {"o": "u\\xff"}
+    upper = b'[REMOTE "o"]\n\turl = u\n[BRANCH "main"]\n\tremote = o\n\tmerge = refs/heads/m\n'
+    assert remotes_and_upstream(upper, "main") == ({"o": "u"}, ("o", "refs/heads/m"))
+    assert branch_upstream(upper, "main") == ("o", "refs/heads/m")
+
+
 # ------------------------------------------------------------------------------ robustness
 
 

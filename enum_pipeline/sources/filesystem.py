@@ -31,6 +31,10 @@ turns undecodable bytes (surrogate escapes from ``os.fsdecode``) into ``\\xNN`` 
 literal backslash, so distinct paths always give distinct strings and ``unescape_path`` recovers
 the original path exactly. Paths with neither are unchanged; records whose strings changed carry
 ``attributes["path_escaped"] = True``. Newlines are kept as they are (valid UTF-8).
+
+This module holds the walk (``FilesystemSource``, ``_RootWalk``); its parts, whose names it
+re-exports: ``fspaths`` (``escape_path``/``unescape_path``, the mount table) and ``fsprojects``
+(VCS detection, markers, ``project_record``).
 """
 
 from __future__ import annotations
@@ -40,11 +44,30 @@ import stat
 from collections.abc import Iterable, Iterator
 from typing import Any
 
+from enum_pipeline.sources import fspaths, fsprojects
 from enum_pipeline.sources.base import ProjectRecord, ScanItem, ScopeVerdict
 from enum_pipeline.sources.coverage import outside_walk
 from enum_pipeline.sources.fields import FILLED_COLUMNS
-from enum_pipeline.sources.gitmeta import decode_text, read_git_meta, read_small
-from enum_pipeline.sources.remotes import normalize_remote, redact_url
+from enum_pipeline.sources.fspaths import (  # noqa: F401 - re-exported
+    _describe,
+    _read_mount_points,
+    _unescape_octal,
+    escape_path,
+    unescape_path,
+)
+from enum_pipeline.sources.fsprojects import (  # noqa: F401 - re-exported
+    _METADATA_DIRS,
+    _SPECIAL_NAMES,
+    CODEOWNERS_DIRS,
+    KIND,
+    LICENSE_PREFIXES,
+    MARKER_FILES,
+    MARKER_SUFFIXES,
+    detect,
+    project_record,
+    read_git_meta,
+)
+from enum_pipeline.sources.splitmodule import join_parts
 
 __all__ = [
     "DEFAULT_SKIP_NAMES",
@@ -88,182 +111,11 @@ DEFAULT_SKIP_NAMES: frozenset[str] = frozenset(
     }
 )
 
-#: Ecosystem files recorded in ``ProjectRecord.markers`` when present at a project root.
-MARKER_FILES: frozenset[str] = frozenset(
-    {
-        "pyproject.toml",
-        "setup.py",
-        "setup.cfg",
-        "requirements.txt",
-        "Pipfile",
-        "package.json",
-        "deno.json",
-        "deno.jsonc",
-        "Cargo.toml",
-        "go.mod",
-        "pom.xml",
-        "build.gradle",
-        "build.gradle.kts",
-        "settings.gradle",
-        "settings.gradle.kts",
-        "build.sbt",
-        "Gemfile",
-        "composer.json",
-        "mix.exs",
-        "rebar.config",
-        "CMakeLists.txt",
-        "meson.build",
-        "Makefile",
-        "GNUmakefile",
-        "configure.ac",
-        "Dockerfile",
-        "pubspec.yaml",
-        "Package.swift",
-        "Podfile",
-        "stack.yaml",
-        "cabal.project",
-        "dune-project",
-        "build.zig",
-        "flake.nix",
-        "default.nix",
-        "DESCRIPTION",
-        "Project.toml",
-        "WORKSPACE",
-        "MODULE.bazel",
-        "BUILD.bazel",
-        "catalog-info.yaml",
-        "CODEOWNERS",
-    }
-)
-#: ``CODEOWNERS`` in these sub-folders is recorded as ``<folder>/CODEOWNERS``.
-CODEOWNERS_DIRS: tuple[str, ...] = (".github", "docs")
-#: Any file whose upper-cased name starts with one of these is recorded as the ``LICENSE*`` marker.
-LICENSE_PREFIXES: tuple[str, ...] = ("LICENSE", "LICENCE")
-#: File-name suffixes recorded as ``*<suffix>`` markers (e.g. ``*.csproj``).
-MARKER_SUFFIXES: tuple[str, ...] = (
-    ".csproj",
-    ".fsproj",
-    ".vbproj",
-    ".sln",
-    ".cabal",
-    ".gemspec",
-    ".nimble",
-)
-
-_VCS_NAMES = {
-    ".git": "git",
-    ".hg": "hg",
-    ".svn": "svn",
-    ".jj": "jj",
-    ".fslckout": "fossil",
-    "_FOSSIL_": "fossil",
-}
-_BARE_FILES = ("HEAD", "config")
-# names whose presence makes a folder worth a closer look (checked with one set operation)
-_SPECIAL_NAMES = frozenset((*_VCS_NAMES, *_BARE_FILES))
-_VCS_ORDER = ("git", "jj", "hg", "svn", "fossil")  # which VCS names a folder holding several
-_METADATA_DIRS = frozenset({".git", ".hg", ".svn", ".jj"})  # never descended into
-
-
-def _markers(path: str, names: list[str], subdirs: list[str]) -> tuple[str, ...]:
-    found = set(MARKER_FILES.intersection(names))
-    for n in names:
-        if n.endswith(MARKER_SUFFIXES):
-            found.add("*" + n[n.rfind(".") :])
-        elif n[:1] in "Ll" and n.upper().startswith(LICENSE_PREFIXES) and n not in subdirs:
-            found.add("LICENSE*")
-    for d in CODEOWNERS_DIRS:
-        if d in subdirs:
-            p = f"{path}/{d}/CODEOWNERS"
-            # usually absent: access() says so without the exception isfile's stat raises
-            if os.access(p, os.F_OK) and os.path.isfile(p):
-                found.add(f"{d}/CODEOWNERS")
-    return tuple(sorted(found))
-
-
-def escape_path(path: str) -> str:
-    """Make an ``os.fsdecode``-d path valid UTF-8, reversibly (see module docstring)."""
-    if "\\" not in path:
-        try:
-            path.encode("utf-8")
-            return path
-        except UnicodeEncodeError:
-            pass
-    text = path.replace("\\", "\\\\")
-    try:
-        return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
-    except UnicodeEncodeError:  # a lone surrogate that is not a byte escape: not from fsdecode
-        return text.encode("utf-8", "backslashreplace").decode("utf-8")
-
-
-def unescape_path(text: str) -> str:
-    """Invert ``escape_path``: ``\\\\`` becomes ``\\`` and ``\\xNN`` the original byte.
-
-    The result is the ``os.fsdecode`` form (undecodable bytes as surrogate escapes), usable
-    directly with ``os`` functions; ``os.fsencode`` of it gives the original bytes.
-    """
-    if "\\" not in text:
-        return text
-    out: list[str] = []
-    i = 0
-    n = len(text)
-    while i < n:
-        c = text[i]
-        if c == "\\" and i + 1 < n:
-            nxt = text[i + 1]
-            if nxt == "\\":
-                out.append("\\")
-                i += 2
-                continue
-            if nxt == "x" and i + 4 <= n:
-                try:
-                    byte = int(text[i + 2 : i + 4], 16)
-                except ValueError:
-                    byte = -1
-                if byte >= 0x80:
-                    out.append(chr(0xDC00 + byte))
-                    i += 4
-                    continue
-        out.append(c)
-        i += 1
-    return "".join(out)
-
-
-def _read_mount_points() -> list[tuple[str, str]] | None:
-    """``(mount point, major:minor)`` pairs from ``/proc/self/mountinfo``; None if unavailable."""
-    try:
-        data = read_small("/proc/self/mountinfo", 1 << 26)
-    except OSError:
-        return None
-    mounts: list[tuple[str, str]] = []
-    for line in data.split(b"\n"):
-        fields = line.split(b" ")
-        if len(fields) < 5:
-            continue
-        raw = fields[4]
-        if b"\\" in raw:  # octal escapes: \040 space, \011 tab, \012 newline, \134 backslash
-            raw = _unescape_octal(raw)
-        mounts.append((os.fsdecode(raw), fields[2].decode("ascii", "replace")))
-    return mounts
-
-
-def _unescape_octal(raw: bytes) -> bytes:
-    out = bytearray()
-    i = 0
-    while i < len(raw):
-        if raw[i] == 0x5C and raw[i + 1 : i + 4].isdigit() and len(raw[i + 1 : i + 4]) == 3:
-            out.append(int(raw[i + 1 : i + 4], 8) & 0xFF)
-            i += 4
-        else:
-            out.append(raw[i])
-            i += 1
-    return bytes(out)
-
 
 class FilesystemSource:
     """Projects under local root folders (see module docstring)."""
 
-    kind = "filesystem"
+    kind = KIND
     #: The kind's facts: the columns it fills, what a walk could not have seen, and how a
     #: checkout's absence is confirmed (its own path looked at after the run's read).
     filled_columns = FILLED_COLUMNS["filesystem"]
@@ -506,9 +358,19 @@ class _RootWalk:
                 continue
             names, subdirs, links = listed
             if not _SPECIAL_NAMES.isdisjoint(names):
-                vcs, vcs_found = _detect(path, names, subdirs, parent_vcs)
+                vcs, vcs_found = detect(path, names, subdirs, parent_vcs)
                 if vcs is not None:
-                    rec = self._record(path, real, vcs, vcs_found, names, subdirs, parent_key)
+                    rec = project_record(
+                        path,
+                        real,
+                        vcs,
+                        vcs_found,
+                        names,
+                        subdirs,
+                        parent_key,
+                        self.scope_key,
+                        self._device,
+                    )
                     if rec.project_key in self.yielded:
                         self.duplicates += 1
                     else:
@@ -626,154 +488,10 @@ class _RootWalk:
             self.protected.append(p)
         self.protected_reasons[p] = why
 
-    def _record(
-        self,
-        path: str,
-        real: str,
-        vcs: str,
-        vcs_found: dict[str, str],
-        names: list[str],
-        subdirs: list[str],
-        parent_key: str | None,
-    ) -> ProjectRecord:
-        location = escape_path(path)
-        key_path = escape_path(real)
-        base = path.rstrip("/").rsplit("/", 1)[-1] or "/"
-        name = escape_path(base)
-        attrs: dict[str, Any] = {}
-        remote = branch = head = default = None
-        when = None
-        meta = None
-        if vcs == "git" or vcs == "bare":
-            bare = vcs == "bare"
-            if bare:
-                meta = read_git_meta(path, bare=True)
-            else:
-                # a real .git directory is in subdirs; a file or a symlink is looked at closer
-                is_dir = True if ".git" in subdirs else None
-                meta = read_git_meta(path + "/.git", is_dir=is_dir)
-            vcs = "git"
-            remote = meta.remote_url
-            if bare:  # no checkout: HEAD names the repository's default branch
-                default = meta.branch
-            else:
-                branch = meta.branch
-                default = meta.remote_head
-            head = meta.head_commit
-            when = meta.last_commit_at
-            attrs["bare"] = bare
-            attrs["detached"] = meta.detached
-            attrs["unborn"] = meta.unborn
-            attrs["worktree"] = meta.worktree
-            if meta.ref_storage:
-                attrs["ref_storage"] = meta.ref_storage
-            if meta.errors:
-                attrs["error"] = "; ".join(meta.errors)
-        elif vcs == "hg":
-            remote, branch, err = _hg_meta(path)
-            if err:
-                attrs["error"] = err
-        others = sorted(v for v in vcs_found if v != vcs)
-        if others:
-            attrs["other_vcs"] = others
-        if parent_key is not None:
-            attrs["nested_in"] = parent_key
-        if location != path or key_path != real or name != base:
-            attrs["path_escaped"] = True
-        attrs.update(self._device(path, real))
-        checkout = meta is not None and not meta.bare
-        return ProjectRecord(
-            project_key="fs:" + key_path,
-            scope_key=self.scope_key,
-            source_kind=FilesystemSource.kind,
-            name=name,
-            location=location,
-            vcs=vcs,
-            path=location,
-            remote_url=remote,
-            normalized_remote=normalize_remote(remote) if remote else None,
-            default_branch=default,
-            current_branch=branch,
-            head_commit=head,
-            last_commit_at=when,
-            last_activity_at=when,
-            markers=_markers(path, names, subdirs),
-            attributes=attrs,
-            remotes=(meta.remotes or None) if meta is not None else None,
-            upstream=meta.upstream if checkout else None,
-            in_sync=meta.in_sync if checkout else None,
-            shallow=meta.shallow if meta is not None else None,
-            has_stash=meta.has_stash if checkout else None,
-            last_fetch_at=meta.last_fetch_at if checkout else None,
-        )
-
-
-def _detect(
-    path: str, names: list[str], subdirs: list[str], parent_vcs: str | None
-) -> tuple[str | None, dict[str, str]]:
-    """Which VCS (or ``"bare"``) a folder is the root of, from its entry names; None: not one."""
-    vcs_found: dict[str, str] = {}
-    for n in _SPECIAL_NAMES.intersection(names):
-        v = _VCS_NAMES.get(n)
-        if v is not None:
-            vcs_found[v] = n
-    if vcs_found:
-        vcs = next(v for v in _VCS_ORDER if v in vcs_found)
-        # pre-1.7 Subversion keeps a .svn in every folder of one working copy: only a .svn
-        # holding wc.db starts a new (nested) working copy inside another
-        if (
-            vcs == "svn"
-            and parent_vcs == "svn"
-            and len(vcs_found) == 1
-            and not os.path.exists(f"{path}/.svn/wc.db")
-        ):
-            return None, vcs_found
-        return vcs, vcs_found
-    if (
-        "objects" in subdirs
-        and "refs" in subdirs
-        and "HEAD" not in subdirs
-        and "config" not in subdirs
-        and "HEAD" in names
-        and "config" in names
-    ):
-        return "bare", vcs_found
-    return None, vcs_found
-
 
 class _RootUnreadable(Exception):
     pass
 
 
-def _describe(exc: OSError) -> str:
-    name = exc.filename if isinstance(exc.filename, str) else None
-    what = exc.strerror or type(exc).__name__
-    return f"{what}: {escape_path(name)}" if name else what
-
-
-def _hg_meta(path: str) -> tuple[str | None, str | None, str | None]:
-    """Mercurial ``paths.default`` (redacted) and current branch, read from ``.hg`` files."""
-    remote = None
-    branch = "default"
-    err = None
-    try:
-        section = None
-        for raw in read_small(path + "/.hg/hgrc", 1 << 20).split(b"\n"):
-            line = raw.strip()
-            if line.startswith(b"[") and line.endswith(b"]"):
-                section = line[1:-1].strip().lower()
-            elif section == b"paths" and b"=" in line and not line.startswith((b"#", b";")):
-                key, _, value = line.partition(b"=")
-                if key.strip() == b"default" and value.strip():
-                    remote = redact_url(decode_text(value.strip()))
-    except FileNotFoundError:
-        pass
-    except OSError as exc:
-        err = f"hgrc: {exc.strerror or type(exc).__name__}"
-    try:
-        branch = decode_text(read_small(path + "/.hg/branch", 4096).strip()) or "default"
-    except FileNotFoundError:
-        pass
-    except OSError as exc:
-        err = f"branch: {exc.strerror or type(exc).__name__}"
-    return remote, branch, err
+# every name above stays settable here (tests patch e.g. ``read_git_meta``): see splitmodule
+join_parts(__name__, fspaths, fsprojects)

@@ -9,8 +9,9 @@ GitLab ``RateLimit-Reset``, GitHub secondary limits, also a 403 "abuse detection
 
 Every request has a wall-clock deadline (``request_deadline``, default 60 s), not only httpx's
 per-read timeout (which restarts on every byte a trickling server sends): each socket operation's
-timeout is clamped to what remains of the deadline (on the client this class builds), and the body
-is streamed with the clock checked between chunks and its size bounded (``max_body_bytes``, 64 MiB).
+timeout is clamped to what remains of the deadline (on the client this class builds; see
+``httpdeadline``), and the body is streamed with the clock checked between chunks and its size
+bounded (``max_body_bytes``, 64 MiB).
 A request past its deadline is a transient failure, so one page ends, answered or failed, within
 ``(max_retries + 1) * request_deadline + max_wait_seconds`` (defaults: 6 x 60 s + 300 s = 11 min):
 a host that stops answering leaves its scope incomplete within that bound.
@@ -28,7 +29,6 @@ import logging
 import os
 import random
 import re
-import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -36,9 +36,9 @@ from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urljoin, urlsplit
 
-import httpcore
 import httpx
 
+from enum_pipeline.sources.httpdeadline import DeadlinePassed, _Deadline, _deadline_transport
 from enum_pipeline.sources.remotes import redact_url
 
 log = logging.getLogger(__name__)
@@ -60,94 +60,6 @@ DEFAULT_MAX_BODY_BYTES = 64 << 20
 # GitHub's secondary limits: "You have exceeded a secondary rate limit", and the older "You have
 # triggered an abuse detection mechanism" (a 403, sometimes without Retry-After).
 _RATE_LIMIT_BODY = re.compile(r"rate limit|abuse detection|abuse-rate-limits", re.IGNORECASE)
-
-
-class DeadlinePassed(Exception):
-    """A request ran past its wall-clock deadline."""
-
-
-class _Deadline(threading.local):
-    """The wall-clock deadline (``time.monotonic``) of the request this thread is sending."""
-
-    at: float | None = None
-
-    def clamp(self, timeout: float | None, exc: type[Exception]) -> float | None:
-        """``timeout`` no longer than what remains of the deadline; ``exc`` once it passed."""
-        if self.at is None:
-            return timeout
-        remaining = self.at - time.monotonic()
-        if remaining <= 0:
-            raise exc("request deadline passed")
-        return remaining if timeout is None else min(timeout, remaining)
-
-
-class _DeadlineStream(httpcore.NetworkStream):
-    """A connection whose every read and write ends by the current request's deadline."""
-
-    def __init__(self, stream: httpcore.NetworkStream, deadline: _Deadline) -> None:
-        self._stream = stream
-        self._deadline = deadline
-
-    def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
-        return self._stream.read(max_bytes, self._deadline.clamp(timeout, httpcore.ReadTimeout))
-
-    def write(self, buffer: bytes, timeout: float | None = None) -> None:
-        self._stream.write(buffer, self._deadline.clamp(timeout, httpcore.WriteTimeout))
-
-    def close(self) -> None:
-        self._stream.close()
-
-    def start_tls(
-        self, ssl_context: Any, server_hostname: str | None = None, timeout: float | None = None
-    ) -> httpcore.NetworkStream:
-        timeout = self._deadline.clamp(timeout, httpcore.ConnectTimeout)
-        return _DeadlineStream(
-            self._stream.start_tls(ssl_context, server_hostname, timeout), self._deadline
-        )
-
-    def get_extra_info(self, info: str) -> Any:
-        return self._stream.get_extra_info(info)
-
-
-class _DeadlineBackend(httpcore.NetworkBackend):
-    """httpcore's network backend with every connection bound by the request's deadline."""
-
-    def __init__(self, backend: httpcore.NetworkBackend, deadline: _Deadline) -> None:
-        self._backend = backend
-        self._deadline = deadline
-
-    def connect_tcp(
-        self,
-        host: str,
-        port: int,
-        timeout: float | None = None,
-        local_address: str | None = None,
-        socket_options: Any = None,
-    ) -> httpcore.NetworkStream:
-        timeout = self._deadline.clamp(timeout, httpcore.ConnectTimeout)
-        stream = self._backend.connect_tcp(host, port, timeout, local_address, socket_options)
-        return _DeadlineStream(stream, self._deadline)
-
-    def connect_unix_socket(
-        self, path: str, timeout: float | None = None, socket_options: Any = None
-    ) -> httpcore.NetworkStream:
-        timeout = self._deadline.clamp(timeout, httpcore.ConnectTimeout)
-        stream = self._backend.connect_unix_socket(path, timeout, socket_options)
-        return _DeadlineStream(stream, self._deadline)
-
-    def sleep(self, seconds: float) -> None:
-        self._backend.sleep(seconds)
-
-
-def _deadline_transport(deadline: _Deadline) -> httpx.HTTPTransport:
-    """An httpx transport whose sockets obey ``deadline`` (httpx has no public hook for a
-    network backend; without the attribute the body's clock checks still bound the request)."""
-    transport = httpx.HTTPTransport()
-    pool = getattr(transport, "_pool", None)
-    backend = getattr(pool, "_network_backend", None)
-    if backend is not None:
-        pool._network_backend = _DeadlineBackend(backend, deadline)  # type: ignore[union-attr]
-    return transport
 
 
 class PageError(Exception):
