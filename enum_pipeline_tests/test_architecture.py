@@ -23,10 +23,8 @@ ROOT = Path(__file__).resolve().parents[1] / PACKAGE
 STORE_DOOR_EXCEPTIONS: tuple[str, ...] = ()
 
 
-# Issue 20: sources/witness.py and sources/filesystem.py import each other (deferred, both ways:
-# ``unescape_path`` and ``FilesystemSource.confirm_absence`` one way, ``filesystem_absence`` the
-# other). The split of filesystem.py, under way in its own branch, removes it; remove this then.
-KNOWN_CYCLES = [{"enum_pipeline.sources.filesystem", "enum_pipeline.sources.witness"}]
+# No known cycle is left.
+KNOWN_CYCLES: list[set[str]] = []
 
 
 def _module_name(path: Path) -> str:

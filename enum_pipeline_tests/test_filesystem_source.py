@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from enum_pipeline.sources import filesystem
+from enum_pipeline.sources import filesystem, fsprojects
 from enum_pipeline.sources.base import ProjectRecord, ScopeVerdict
 from enum_pipeline.sources.filesystem import (
     DEFAULT_SKIP_NAMES,
@@ -471,7 +471,7 @@ def test_unexpected_error_makes_only_that_root_incomplete(tmp_path: Path, monkey
             raise RuntimeError("unforeseen")
         return real(dotgit, **kw)
 
-    monkeypatch.setattr(filesystem, "read_git_meta", exploding)
+    monkeypatch.setattr(fsprojects, "read_git_meta", exploding)
     records, verdicts = _scan(tmp_path / "r1", tmp_path / "r2")
     assert [v.complete for v in verdicts] == [False, True]
     assert "RuntimeError: unforeseen" in (verdicts[0].reason or "")

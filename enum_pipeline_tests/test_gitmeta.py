@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from enum_pipeline.sources import gitmeta
+from enum_pipeline.sources import gitmeta, gitobjects
 from enum_pipeline.sources.gitmeta import (
     commit_time,
     parse_git_config,
@@ -86,7 +86,7 @@ def test_packed_commit_read_by_dulwich_fallback(tmp_path: Path, monkeypatch) -> 
     def refuse(objects_dir: str, sha: str) -> None:
         raise gitmeta._NeedFallback("forced")
 
-    monkeypatch.setattr(gitmeta, "_packed_commit_time", refuse)
+    monkeypatch.setattr(gitobjects, "_packed_commit_time", refuse)
     meta = read_git_meta(str(repo / ".git"), is_dir=True)
     assert meta.errors == []
     assert meta.last_commit_at == _ct(repo)
@@ -100,7 +100,7 @@ def test_large_pack_index_is_memory_mapped(tmp_path: Path, monkeypatch) -> None:
     git(repo, "commit", "-q", "-m", "many")
     git(repo, "gc", "-q")
     for threshold in (1 << 20, 0):  # read whole, then memory-mapped
-        monkeypatch.setattr(gitmeta, "_IDX_READ_WHOLE", threshold)
+        monkeypatch.setattr(gitobjects, "_IDX_READ_WHOLE", threshold)
         meta = read_git_meta(str(repo / ".git"), is_dir=True)
         assert meta.errors == []
         assert meta.last_commit_at == _ct(repo)

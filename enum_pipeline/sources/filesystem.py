@@ -44,7 +44,6 @@ import stat
 from collections.abc import Iterable, Iterator
 from typing import Any
 
-from enum_pipeline.sources import fspaths, fsprojects
 from enum_pipeline.sources.base import ProjectRecord, ScanItem, ScopeVerdict
 from enum_pipeline.sources.coverage import outside_walk
 from enum_pipeline.sources.fields import FILLED_COLUMNS
@@ -67,7 +66,7 @@ from enum_pipeline.sources.fsprojects import (  # noqa: F401 - re-exported
     project_record,
     read_git_meta,
 )
-from enum_pipeline.sources.splitmodule import join_parts
+from enum_pipeline.sources.witness import Candidate, Confirmation, filesystem_absence
 
 __all__ = [
     "DEFAULT_SKIP_NAMES",
@@ -122,10 +121,8 @@ class FilesystemSource:
     coverage_rule = staticmethod(outside_walk)
 
     @staticmethod
-    def confirm_absence(candidates):  # noqa: ANN001, ANN205 - sources.witness types
+    def confirm_absence(candidates: Iterable[Candidate]) -> Iterator[Confirmation]:
         """Look at each candidate checkout's own path (``sources.witness.filesystem_absence``)."""
-        from enum_pipeline.sources.witness import filesystem_absence
-
         return (filesystem_absence(c) for c in candidates)
 
     def __init__(
@@ -491,7 +488,3 @@ class _RootWalk:
 
 class _RootUnreadable(Exception):
     pass
-
-
-# every name above stays settable here (tests patch e.g. ``read_git_meta``): see splitmodule
-join_parts(__name__, fspaths, fsprojects)

@@ -14,6 +14,8 @@ from __future__ import annotations
 import errno
 import os
 import stat
+from dataclasses import dataclass, field
+from datetime import datetime
 
 #: ``HEAD``, a ref file, a ``.git`` (``gitdir:``) file, ``commondir``: a few bytes each
 MAX_SMALL_FILE = 64 << 10
@@ -137,3 +139,30 @@ def _err(exc: BaseException) -> str:
         name = exc.filename if isinstance(exc.filename, str) else ""
         return safe_str(f"{exc.strerror}: {os.path.basename(name)}" if name else exc.strerror)
     return safe_str(str(exc)) or type(exc).__name__
+
+
+@dataclass(slots=True)
+class GitMeta:
+    """What could be read about one git repository (see ``read_git_meta``)."""
+
+    git_dir: str | None = None
+    common_dir: str | None = None
+    branch: str | None = None
+    head_ref: str | None = None
+    head_commit: str | None = None
+    detached: bool = False
+    unborn: bool = False
+    worktree: bool = False
+    bare: bool = False
+    ref_storage: str | None = None
+    remote_name: str | None = None
+    remote_url: str | None = None  # already redacted
+    remotes: dict[str, str] = field(default_factory=dict)  # name -> redacted url, file order
+    remote_head: str | None = None  # the branch refs/remotes/<remote>/HEAD names (default branch)
+    upstream: str | None = None  # e.g. "origin/main" (branch.<name>.remote + merge)
+    in_sync: bool | None = None  # HEAD == upstream ref; None when either is unknown
+    shallow: bool = False
+    has_stash: bool = False
+    last_fetch_at: datetime | None = None  # FETCH_HEAD mtime
+    last_commit_at: datetime | None = None
+    errors: list[str] = field(default_factory=list)

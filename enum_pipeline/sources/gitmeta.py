@@ -18,10 +18,6 @@ This module is the entry point; the reading is done by its parts, whose names it
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from datetime import datetime
-
-from enum_pipeline.sources import gitconfig, gitfiles, gitobjects, gitrefs
 from enum_pipeline.sources.gitconfig import (  # noqa: F401 - re-exported
     branch_upstream,
     parse_git_config,
@@ -34,6 +30,7 @@ from enum_pipeline.sources.gitfiles import (  # noqa: F401 - re-exported
     MAX_LOOSE_OBJECT,
     MAX_PACKED_REFS,
     MAX_SMALL_FILE,
+    GitMeta,
     GitMetaError,
     RefusedFile,
     _err,
@@ -58,34 +55,6 @@ from enum_pipeline.sources.gitrefs import (  # noqa: F401 - re-exported
     resolve_git_dir,
 )
 from enum_pipeline.sources.remotes import redact_url
-from enum_pipeline.sources.splitmodule import join_parts
-
-
-@dataclass(slots=True)
-class GitMeta:
-    """What could be read about one git repository (see ``read_git_meta``)."""
-
-    git_dir: str | None = None
-    common_dir: str | None = None
-    branch: str | None = None
-    head_ref: str | None = None
-    head_commit: str | None = None
-    detached: bool = False
-    unborn: bool = False
-    worktree: bool = False
-    bare: bool = False
-    ref_storage: str | None = None
-    remote_name: str | None = None
-    remote_url: str | None = None  # already redacted
-    remotes: dict[str, str] = field(default_factory=dict)  # name -> redacted url, file order
-    remote_head: str | None = None  # the branch refs/remotes/<remote>/HEAD names (default branch)
-    upstream: str | None = None  # e.g. "origin/main" (branch.<name>.remote + merge)
-    in_sync: bool | None = None  # HEAD == upstream ref; None when either is unknown
-    shallow: bool = False
-    has_stash: bool = False
-    last_fetch_at: datetime | None = None  # FETCH_HEAD mtime
-    last_commit_at: datetime | None = None
-    errors: list[str] = field(default_factory=list)
 
 
 def read_git_meta(
@@ -145,7 +114,3 @@ def _read_remote(meta: GitMeta, common_dir: str, branch: str | None) -> tuple[st
     except (OSError, ValueError) as exc:
         meta.errors.append(f"config: {_err(exc)}")
     return up
-
-
-# every name above stays settable here (tests patch e.g. ``_packed_commit_time``): see splitmodule
-join_parts(__name__, gitfiles, gitrefs, gitconfig, gitobjects)

@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import os
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING
 
 from enum_pipeline.sources.gitfiles import (
     MAX_PACKED_REFS,
+    GitMeta,
     GitMetaError,
     _err,
     _exists,
@@ -21,9 +21,6 @@ from enum_pipeline.sources.gitfiles import (
     read_small,
 )
 from enum_pipeline.sources.remotes import redact_url
-
-if TYPE_CHECKING:
-    from enum_pipeline.sources.gitmeta import GitMeta
 
 _HEX = frozenset(b"0123456789abcdef")
 _SHA_LENGTHS = (40, 64)  # SHA-1 and SHA-256 repositories

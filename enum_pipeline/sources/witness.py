@@ -26,6 +26,8 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any, Protocol
 
+from enum_pipeline.sources.fspaths import unescape_path
+
 log = logging.getLogger(__name__)
 
 
@@ -154,8 +156,6 @@ def filesystem_absence(candidate: Candidate) -> Confirmation:
     went away); ``present`` when the path (or the real path the key names) still exists,
     whatever the walk said.
     """
-    from enum_pipeline.sources.filesystem import unescape_path
-
     paths = [unescape_path(candidate.location)]
     if candidate.project_key.startswith("fs:"):
         real = unescape_path(candidate.project_key[3:])
@@ -247,9 +247,8 @@ class SourceWitness:
         """The scope's ``confirm_absence``, or why there is none."""
         source = self.by_scope.get(scope_key)
         if source is None and kind == "filesystem":
-            from enum_pipeline.sources.filesystem import FilesystemSource
-
-            return FilesystemSource.confirm_absence
+            # a checkout's path needs no configuration to be looked at
+            return lambda group: (filesystem_absence(c) for c in group)
         if source is None:
             return (
                 f"scope {scope_key} is not configured now: no {kind} source can look the "
