@@ -24,16 +24,9 @@ from sqlalchemy.engine import Connection
 from enum_pipeline.sources.witness import Witness
 from enum_pipeline.store import schema as t
 from enum_pipeline.store.context import StoreContext, set_run
+from enum_pipeline.store.entries import approved_keys, load_entries, save_entries
 from enum_pipeline.store.errors import CleanupRefusedError, StoreError
-from enum_pipeline.store.plan import (
-    Witnessed,
-    apply_marks,
-    apply_removals,
-    approved_keys,
-    load_entries,
-    plan_cleanup,
-    save_entries,
-)
+from enum_pipeline.store.plan import Witnessed, apply_marks, apply_removals, plan_cleanup
 from enum_pipeline.store.policy import CleanupPolicy
 from enum_pipeline.store.records import (
     CleanupEntry,

@@ -13,8 +13,8 @@ from sqlalchemy.engine import Connection
 
 from enum_pipeline.store import schema as t
 from enum_pipeline.store.batch import chunks
+from enum_pipeline.store.entries import load_entries, save_entries
 from enum_pipeline.store.history import move_to_history
-from enum_pipeline.store.plan import load_entries, save_entries
 from enum_pipeline.store.policy import CleanupPolicy
 from enum_pipeline.store.records import CleanupEntry, CleanupResult, ScopeCleanup, utcnow
 
