@@ -14,7 +14,7 @@ import pytest
 from dagster import instance_for_test
 
 from enum_pipeline.cli import EXIT_PIPE, EXIT_USAGE, main
-from enum_pipeline.defs.sensors import cleanup_run_config
+from enum_pipeline.defs.constants import cleanup_run_config
 from enum_pipeline.store import AmbiguousRunError, InventoryStore, UnknownRunError
 from enum_pipeline_tests.helpers import rec, verdict
 

@@ -22,10 +22,10 @@ from dagster import (
 )
 
 from enum_pipeline.definitions import defs
+from enum_pipeline.defs.constants import cleanup_run_config
 from enum_pipeline.defs.resources import InventoryResource
 from enum_pipeline.defs.sensors import (
     cleanup_after_confirmed_flush,
-    cleanup_run_config,
     mark_failed_enumeration_runs,
     reap_abandoned_runs,
 )

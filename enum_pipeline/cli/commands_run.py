@@ -35,14 +35,14 @@ def _cleanup(instance, run_id: str, args, *, approve=False, dry_run=False) -> tu
     extra = {"approve": approve, "dry_run": dry_run}
     if args.config:
         extra["config_path"] = os.path.abspath(args.config)
-    run_config = home._sensors().cleanup_run_config(run_id, **extra)
+    run_config = home._constants().cleanup_run_config(run_id, **extra)
     run_config["loggers"] = {"console": {"config": {"log_level": args.log_level}}}
     job = home._job("cleanup_projects")
     result = job.execute_in_process(
         instance=instance,
         run_config=run_config,
         raise_on_error=False,
-        tags={"enum_pipeline/enumeration_run": run_id},
+        tags={home._constants().ENUMERATION_RUN_TAG: run_id},
     )
     try:
         data = result.output_for_node("stale_projects_cleanup")
@@ -171,7 +171,7 @@ def _reports(instance, run_id: str, args) -> bool:
         instance=instance,
         run_config={"loggers": {"console": {"config": {"log_level": args.log_level}}}},
         raise_on_error=False,
-        tags={"enum_pipeline/enumeration_run": run_id},
+        tags={home._constants().ENUMERATION_RUN_TAG: run_id},
     )
     if not result.success:
         for error in _step_errors(result):

@@ -15,6 +15,7 @@ from pathlib import Path
 import sqlalchemy as sa
 
 from enum_pipeline.cli.errors import UsageError, _UnknownRun
+from enum_pipeline.steps import resolve_run
 from enum_pipeline.store import (
     AmbiguousRunError,
     UnknownRunError,
@@ -71,18 +72,16 @@ def _resolve_run(store, given: str, *, removals: bool = False) -> str:
     restore of one. A UsageError names the candidates (ambiguous) or what exists (unknown:
     ``_UnknownRun``)."""
     try:
-        return store.resolve_run_id(given, removals=removals)
+        return resolve_run(
+            store,
+            given,
+            removals=removals,
+            dagster_run_of=lambda run_id: _constants().dagster_run_lookup(_instance())(run_id),
+        )
     except AmbiguousRunError as err:
         raise UsageError(str(err)) from None
     except UnknownRunError as err:
-        unknown = str(err)
-    instance = _instance()
-    record = instance.get_run_by_id(given)
-    if record is not None:
-        run_id = _sensors().enumeration_run_of(record)
-        if run_id:
-            return run_id
-    raise _UnknownRun(unknown)
+        raise _UnknownRun(str(err)) from None
 
 
 def _ensure_dagster_home() -> Path:
@@ -148,11 +147,12 @@ def _cli_definitions():
     return defs
 
 
-def _sensors():
-    """``enum_pipeline.defs.sensors``: how the sensors name a cleanup's run and its config."""
-    from enum_pipeline.defs import sensors
+def _constants():
+    """``enum_pipeline.defs.constants``: the run tags and run configs (loading it loads
+    Dagster, through ``enum_pipeline.defs``)."""
+    from enum_pipeline.defs import constants
 
-    return sensors
+    return constants
 
 
 def _close_opened() -> None:

@@ -23,13 +23,7 @@ from dagster import (
     sensor,
 )
 
-# cleanup_run_config and enumeration_run_of stay importable from here: the CLI imports them
-# from this module (issue 20: it will import them from enum_pipeline.defs.constants).
-from enum_pipeline.defs.constants import (  # noqa: F401
-    ENUMERATION_RUN_TAG,
-    cleanup_run_config,
-    enumeration_run_of,
-)
+from enum_pipeline.defs.constants import ENUMERATION_RUN_TAG, cleanup_run_config
 from enum_pipeline.defs.jobs import cleanup_projects, enumerate_projects
 from enum_pipeline.defs.resources import InventoryResource
 from enum_pipeline.steps import cleanup_due
