@@ -14,8 +14,8 @@ import pytest
 import sqlalchemy as sa
 
 from enum_pipeline.store import schema as t
-from enum_pipeline.store.history import move_to_history
 from enum_pipeline.store.entries import approved_keys, save_entries
+from enum_pipeline.store.history import move_to_history
 from enum_pipeline.store.records import CleanupEntry, utcnow
 
 N = 70_000  # more than PostgreSQL's 65,535 bind parameters a statement
