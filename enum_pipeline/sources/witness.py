@@ -165,12 +165,13 @@ def filesystem_absence(candidate: Candidate) -> Confirmation:
         for path in paths:
             how = _exists(path)
             if how is not None:
+                seen = now()
                 return Confirmation(
                     candidate.project_key,
                     Absence.PRESENT,
-                    f"{path} exists ({how}) at {now():%Y-%m-%dT%H:%M:%SZ}: the walk did not "
+                    f"{path} exists ({how}) at {seen:%Y-%m-%dT%H:%M:%SZ}: the walk did not "
                     "list it, so it is kept",
-                    now(),
+                    seen,
                 )
         device = _device_of(candidate)
         if device is None:
