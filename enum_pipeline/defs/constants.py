@@ -68,3 +68,10 @@ def dagster_run_lookup(instance) -> Callable[[str], str | None]:
         return enumeration_run_of(record) if record is not None else None
 
     return run_of
+
+#: The dynamic partitions of the run assets: one key per configured scope (see placement.py).
+SCOPES_PARTITIONS = "scopes"
+#: Run-queue tags (dagster.yaml limits them per unique value): one run at a time per scope,
+#: and a few per code host and token, so many orgs on one host share one token's rate limit.
+SCOPE_TAG = "enum_pipeline/scope"
+HOST_TOKEN_TAG = "enum_pipeline/host_token"
