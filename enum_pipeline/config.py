@@ -14,7 +14,15 @@ from pathlib import Path
 from typing import Annotated, ClassVar, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from enum_pipeline.sources.base import Source
 from enum_pipeline.store import CleanupPolicy
@@ -116,6 +124,35 @@ class GitHubSourceConfig(_OwnedCodeHost):
     token_env: str | None = "GITHUB_TOKEN"
     include_archived: bool = Field(True, description="List archived repositories too.")
     include_forks: bool = Field(True, description="List forks too.")
+    app_id: int | None = Field(
+        None, ge=1, description="Authenticate as this GitHub App's installation, not a token."
+    )
+    private_key_env: str | None = Field(
+        None, description="Environment variable holding the App's PEM private key."
+    )
+    private_key_file: str | None = Field(None, description="File holding the App's private key.")
+    installation_id: int | None = Field(
+        None, ge=1, description="The App's installation (default: looked up on the owner)."
+    )
+
+    @model_validator(mode="after")
+    def _one_kind_of_auth(self) -> GitHubSourceConfig:
+        app_keys = ("private_key_env", "private_key_file", "installation_id")
+        keys = [k for k in app_keys if getattr(self, k)]
+        if self.app_id is None:
+            if keys:
+                raise ValueError(f"{keys[0]} is set but app_id is not: set app_id too")
+            return self
+        if "token_env" in self.model_fields_set and self.token_env is not None:
+            raise ValueError("token_env and app_id exclude each other: set token_env to null")
+        if bool(self.private_key_env) == bool(self.private_key_file):
+            raise ValueError("app_id needs exactly one of private_key_env and private_key_file")
+        from enum_pipeline.sources.http import is_env_name
+
+        if self.private_key_env is not None and not is_env_name(self.private_key_env):
+            raise ValueError("private_key_env must name an environment variable, not hold a key")
+        self.token_env = None
+        return self
 
 
 class GitLabSourceConfig(_CodeHost):

@@ -33,7 +33,6 @@ from enum_pipeline.sources.http import (
     HttpClient,
     Page,
     PageError,
-    describe_page_error,
     is_env_name,
     parse_link_header,
     read_token,
@@ -77,6 +76,7 @@ class PageRequest:
 
     url: str
     params: dict[str, Any] | None = None
+    items_key: str | None = None  # the page is an object holding its items under this key
 
     def full_url(self) -> str:
         """The URL with its query, as the client sends it (to detect pagination loops)."""
@@ -222,6 +222,9 @@ class CodeHostSource:
         """Why the listing, read to its end, is still not provably whole; or None."""
         raise NotImplementedError
 
+    def _before_request(self, listing: Listing) -> None:
+        """Called before every request of a listing or a look-up (e.g. to renew a token)."""
+
     def _coverage(self, listing: Listing) -> dict[str, Any]:
         """What the listing could see."""
         return {
@@ -289,13 +292,22 @@ class CodeHostSource:
         identity.update(self._identify(listing))
         request: PageRequest | None = self._first_page(listing)
         while request is not None:
+            self._before_request(listing)
             page = self._http.get_json(
-                request.url, params=request.params, headers=listing.headers, expect=list
+                request.url,
+                params=request.params,
+                headers=listing.headers,
+                expect=dict if request.items_key else list,
             )
             listing.pages += 1
             listing.visited.add(page.url)
             listing.page_new = listing.page_malformed = 0
-            for item in page.data:
+            items = page.data.get(request.items_key) if request.items_key else page.data
+            if not isinstance(items, list):
+                raise ListingError(
+                    f"page {self._http.safe_url(page.url)} holds no {request.items_key!r} list"
+                )
+            for item in items:
                 record = self._accept(item, listing)
                 if record is not None:
                     yield record
@@ -414,6 +426,7 @@ class CodeHostSource:
         url = f"{self.base_url}{self.repo_by_id_path.format(id=rid)}"
         shown = self._http.safe_url(url)
         try:
+            self._before_request(listing)
             page = self._http.get_json(url, headers=listing.headers, expect=dict)
         except PageError as exc:
             checked = now()
@@ -481,3 +494,13 @@ def count_check(noun: str, listed: int, totals: set[int], header: str) -> str | 
     if listed != total:
         return f"server reported {header}={total} {noun} but {listed} were read"
     return None
+
+
+def describe_page_error(error: PageError, *, what: str, first_page: bool) -> str:
+    """A verdict reason for a page that failed: the page URL (redacted) and the error."""
+    hint = ""
+    if error.status == 404 and first_page:
+        hint = f"{what} not found (or not visible with these credentials); "
+    elif error.status in (401, 403):
+        hint = "authentication or authorization failed; "
+    return f"{hint}page {error.url} failed: {error.reason}"

@@ -112,7 +112,13 @@ def _visibility(row: Mapping[str, Any]) -> str | None:
 def outside_listing(
     coverage: Mapping[str, Any], row: Mapping[str, Any], scope_locations: Collection[str] = ()
 ) -> str | None:
-    """The code-host rule: visibilities, forks, archived, subgroups the listing returned."""
+    """The code-host rule: visibilities, forks, archived, subgroups the listing returned, and
+    an App installation granted selected repositories only."""
+    if coverage.get("repository_selection") == "selected":
+        return (
+            "the GitHub App installation sees selected repositories only: one it did not list "
+            "may not be granted to it"
+        )
     visibilities = coverage.get("visibilities")
     if visibilities is not None:
         seen = sorted(str(v).lower() for v in visibilities)

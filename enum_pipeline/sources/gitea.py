@@ -28,8 +28,8 @@ from enum_pipeline.sources.codehost import (
     count_check,
 )
 from enum_pipeline.sources.fields import FILLED_COLUMNS
-from enum_pipeline.sources.http import Page, parse_int_header, parse_link_header, parse_timestamp
-from enum_pipeline.sources.repos import int_or_none, repo_record
+from enum_pipeline.sources.http import Page, parse_int_header, parse_link_header
+from enum_pipeline.sources.repos import int_or_none, parse_timestamp, repo_record
 
 log = logging.getLogger(__name__)
 

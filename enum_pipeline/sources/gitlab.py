@@ -27,9 +27,9 @@ from enum_pipeline.sources.codehost import (
     count_check,
 )
 from enum_pipeline.sources.fields import FILLED_COLUMNS
-from enum_pipeline.sources.http import Page, parse_int_header, parse_timestamp
+from enum_pipeline.sources.http import Page, parse_int_header
 from enum_pipeline.sources.remotes import redact_url
-from enum_pipeline.sources.repos import host_record, int_or_none, text_or_none
+from enum_pipeline.sources.repos import host_record, int_or_none, parse_timestamp, text_or_none
 
 log = logging.getLogger(__name__)
 
