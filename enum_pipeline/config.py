@@ -53,6 +53,25 @@ class _CodeHost(_Strict):
         "the host answers; a page ends within (max_retries + 1) x this + the wait budget.",
     )
 
+    include: list[str] | None = Field(
+        None,
+        description="Keep only repositories whose path below the owner matches one of "
+        "these shell patterns (case-insensitive).",
+    )
+    exclude: list[str] | None = Field(
+        None, description="Leave out repositories whose path matches one of these patterns."
+    )
+    topics: list[str] | None = Field(
+        None, description="Keep only repositories carrying at least one of these topics."
+    )
+
+    @field_validator("include", "exclude", "topics")
+    @classmethod
+    def _no_empty_filter(cls, values: list[str] | None) -> list[str] | None:
+        if values is not None and any(not str(v).strip() for v in values):
+            raise ValueError("an empty pattern or topic matches nothing useful: remove it")
+        return values
+
     @field_validator("token_env")
     @classmethod
     def _env_name(cls, value: str | None) -> str | None:
@@ -165,6 +184,9 @@ class GitLabSourceConfig(_CodeHost):
     token_env: str | None = "GITLAB_TOKEN"
     include_subgroups: bool = Field(True, description="List the projects of subgroups too.")
     include_archived: bool = Field(True, description="List archived projects too.")
+    exclude_subgroups: list[str] | None = Field(
+        None, description="Sub-groups (paths below the group) left out, with their descendants."
+    )
 
 
 class GiteaSourceConfig(_OwnedCodeHost):

@@ -27,8 +27,11 @@ from typing import Any, Unpack
 from urllib.parse import quote
 
 from enum_pipeline.sources.base import ProjectRecord
-from enum_pipeline.sources.codehost import (
-    CodeHostSource,
+from enum_pipeline.sources.codehost import CodeHostSource
+from enum_pipeline.sources.fields import FILLED_COLUMNS
+from enum_pipeline.sources.githubapp import AppAuthError, AppInstallation, load_private_key
+from enum_pipeline.sources.http import Page, web_host
+from enum_pipeline.sources.listing import (
     HttpOptions,
     Listing,
     ListingError,
@@ -36,9 +39,6 @@ from enum_pipeline.sources.codehost import (
     check_owner,
     count_check,
 )
-from enum_pipeline.sources.fields import FILLED_COLUMNS
-from enum_pipeline.sources.githubapp import AppAuthError, AppInstallation, load_private_key
-from enum_pipeline.sources.http import Page, web_host
 from enum_pipeline.sources.repos import int_or_none, parse_timestamp, repo_record, text_or_none
 
 log = logging.getLogger(__name__)
