@@ -490,7 +490,8 @@ class GitLabApp(FakeApp):
         self.web_host = web_host
         self.keyset = keyset
         self.offset_links = offset_links
-        self.send_total = send_total  # False: like gitlab.com past 10,000 projects
+        self.send_total = send_total  # False: never any x-total
+        self.count_limit = 10_000  # like GitLab: no x-total past this many
         self.clone_credentials = clone_credentials
         self.groups: dict[str, _Owner] = {}
         self.projects: list[dict[str, Any]] = []
@@ -584,6 +585,10 @@ class GitLabApp(FakeApp):
         elif q.get("archived") == "true":
             projects = [p for p in projects if p["archived"]]
         projects.sort(key=lambda p: p["id"])
+        if q.get("id_before"):
+            projects = [p for p in projects if p["id"] < int(q["id_before"])]
+        if q.get("id_after") and q.get("pagination") != "keyset":
+            projects = [p for p in projects if p["id"] > int(q["id_after"])]
         per_page = min(max(int(q.get("per_page", 20) or 20), 1), 100)
         base = f"http://{host}/api/v4/groups/{group.id}/projects"
         use_keyset = (
@@ -608,7 +613,7 @@ class GitLabApp(FakeApp):
         items = projects[(page - 1) * per_page : page * per_page]
         pages = max(1, -(-total // per_page))
         headers = {"x-page": str(page), "x-per-page": str(per_page)}
-        if self.send_total:
+        if self.send_total and total <= self.count_limit:
             headers.update({"x-total": str(total), "x-total-pages": str(pages)})
         if self.cut(page):
             pages = page

@@ -35,6 +35,10 @@ from enum_pipeline.sources.repos import host_record, int_or_none, parse_timestam
 
 log = logging.getLogger(__name__)
 
+#: Listed projects a range holds when a group too large for GitLab to count is counted by
+#: ranges of ids (well under GitLab's 10,000, so a range that missed projects is still counted).
+RANGE_SIZE = 5000
+
 
 class GitLabSource(CodeHostSource):
     """Every project of one GitLab group (and, by default, its subgroups)."""
@@ -132,23 +136,56 @@ class GitLabSource(CodeHostSource):
         return PageRequest(self._projects_url(), {**params, "page": int(next_page)})
 
     def _check_complete(self, listing: Listing) -> str | None:
-        """Offset pages carry ``x-total``; a keyset listing asks for it (``per_page=1``)."""
+        """Offset pages carry ``x-total``; a keyset listing asks for it (``per_page=1``), and
+        past GitLab's 10,000-project counting limit, range by range of ids."""
         totals: set[int] = listing.extra["totals"]
         if not totals:
-            count = self._http.get_json(
-                self._projects_url(),
-                params={**self._filters(), "per_page": 1},
-                headers=listing.headers,
-                expect=list,
-            )
-            total = parse_int_header(count.headers, "x-total")
+            total = self._count(listing, None, None)
             if total is None:
-                return (
-                    "GitLab reported no x-total for the group's projects (it omits it past "
-                    "10,000): nothing to check the listing against"
-                )
+                return self._count_by_ranges(listing)
             totals = {total}
         return count_check(self.noun, len(listing.seen_ids), totals, "x-total")
+
+    def _count(self, listing: Listing, low: int | None, high: int | None) -> int | None:
+        """GitLab's ``x-total`` of the group's projects with ``low <= id < high`` (None: open),
+        under the listing's own filters; None when GitLab does not count them (over 10,000)."""
+        params: dict[str, Any] = {**self._filters(), "per_page": 1}
+        if low is not None:
+            params["id_after"] = low - 1
+        if high is not None:
+            params["id_before"] = high
+        page = self._http.get_json(
+            self._projects_url(), params=params, headers=listing.headers, expect=list
+        )
+        return parse_int_header(page.headers, "x-total")
+
+    def _count_by_ranges(self, listing: Listing) -> str | None:
+        """Prove a listing GitLab will not count whole: cut the id line at every
+        ``RANGE_SIZE``-th listed id and have GitLab count each range (each under its limit). The
+        keyset listing by id cannot skip a project that existed throughout, so every range
+        count equal to what was listed in it proves the read whole; a project created, deleted
+        or moved in meanwhile makes a range differ, and the scope incomplete."""
+        ids = sorted(int(i) for i in listing.seen_ids if str(i).isdigit())
+        if len(ids) != len(listing.seen_ids):
+            return "a listed project id is not a number: the listing cannot be counted by ranges"
+        cuts = ids[RANGE_SIZE::RANGE_SIZE]
+        bounds = list(zip([None, *cuts], [*cuts, None], strict=True))
+        for low, high in bounds:
+            listed = sum(1 for i in ids if (low is None or i >= low) and (high is None or i < high))
+            counted = self._count(listing, low, high)
+            where = f"ids {low or 'start'}..{high or 'end'}"
+            if counted is None:
+                return (
+                    f"GitLab reported no x-total for the group's projects ({where}; it omits it "
+                    f"past 10,000): the listing's end cannot be proven, this scope stays "
+                    "incomplete on every run until GitLab counts them"
+                )
+            if counted != listed:
+                return (
+                    f"GitLab counts {counted} {self.noun} with {where}, {listed} were read: "
+                    f"the group changed while it was listed, or a page was lost"
+                )
+        return None
 
     def _coverage(self, listing: Listing) -> dict[str, Any]:
         return {**super()._coverage(listing), "include_subgroups": self.include_subgroups}
