@@ -8,10 +8,9 @@ Environment:
 
 from __future__ import annotations
 
-import importlib
 import os
 from pathlib import Path
-from typing import Annotated, ClassVar, Literal
+from typing import Annotated, Literal, Union
 
 import yaml
 from pydantic import (
@@ -21,10 +20,10 @@ from pydantic import (
     PrivateAttr,
     ValidationError,
     field_validator,
-    model_validator,
 )
 
 from enum_pipeline.sources.base import Source
+from enum_pipeline.sources.kinds import host_config_models
 from enum_pipeline.store import CleanupPolicy
 
 CONFIG_ENV = "ENUM_PIPELINE_CONFIG"
@@ -37,66 +36,6 @@ class ConfigError(Exception):
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
-
-
-class _CodeHost(_Strict):
-    """What the code-host configs share: ``token_env`` names a variable, it never holds a token;
-    every other key is the source class's keyword of the same name."""
-
-    #: ``module:class`` of the source, imported only when one is configured.
-    source_class: ClassVar[str]
-    token_env: str | None = None
-    request_deadline_seconds: float = Field(
-        60.0,
-        gt=0,
-        description="Wall-clock bound of one HTTP request (headers and body), however slowly "
-        "the host answers; a page ends within (max_retries + 1) x this + the wait budget.",
-    )
-
-    include: list[str] | None = Field(
-        None,
-        description="Keep only repositories whose path below the owner matches one of "
-        "these shell patterns (case-insensitive).",
-    )
-    exclude: list[str] | None = Field(
-        None, description="Leave out repositories whose path matches one of these patterns."
-    )
-    topics: list[str] | None = Field(
-        None, description="Keep only repositories carrying at least one of these topics."
-    )
-
-    @field_validator("include", "exclude", "topics")
-    @classmethod
-    def _no_empty_filter(cls, values: list[str] | None) -> list[str] | None:
-        if values is not None and any(not str(v).strip() for v in values):
-            raise ValueError("an empty pattern or topic matches nothing useful: remove it")
-        return values
-
-    @field_validator("token_env")
-    @classmethod
-    def _env_name(cls, value: str | None) -> str | None:
-        from enum_pipeline.sources.http import is_env_name
-
-        if value is not None and not is_env_name(value):
-            # never echo it: a value that is not a variable name may be the token itself
-            raise ValueError(
-                "must be the name of an environment variable (letters, digits and _, not "
-                "starting with a digit) that holds the token, not the token itself (the value "
-                "is not shown)"
-            )
-        return value
-
-    def build(self) -> list[Source]:
-        module, name = self.source_class.split(":")
-        source = getattr(importlib.import_module(module), name)
-        return [source(**self.model_dump(exclude={"kind"}))]
-
-
-class _OwnedCodeHost(_CodeHost):
-    """A host listed by one organisation or user (GitHub, Gitea)."""
-
-    owner: str = Field(min_length=1)
-    owner_type: Literal["org", "user"] = "org"
 
 
 class FilesystemSourceConfig(_Strict):
@@ -134,72 +73,10 @@ class FilesystemSourceConfig(_Strict):
         ]
 
 
-class GitHubSourceConfig(_OwnedCodeHost):
-    """Repositories of a GitHub (or GitHub Enterprise) organisation or user."""
-
-    source_class = "enum_pipeline.sources.github:GitHubSource"
-    kind: Literal["github"]
-    base_url: str = "https://api.github.com"
-    token_env: str | None = "GITHUB_TOKEN"
-    include_archived: bool = Field(True, description="List archived repositories too.")
-    include_forks: bool = Field(True, description="List forks too.")
-    app_id: int | None = Field(
-        None, ge=1, description="Authenticate as this GitHub App's installation, not a token."
-    )
-    private_key_env: str | None = Field(
-        None, description="Environment variable holding the App's PEM private key."
-    )
-    private_key_file: str | None = Field(None, description="File holding the App's private key.")
-    installation_id: int | None = Field(
-        None, ge=1, description="The App's installation (default: looked up on the owner)."
-    )
-
-    @model_validator(mode="after")
-    def _one_kind_of_auth(self) -> GitHubSourceConfig:
-        app_keys = ("private_key_env", "private_key_file", "installation_id")
-        keys = [k for k in app_keys if getattr(self, k)]
-        if self.app_id is None:
-            if keys:
-                raise ValueError(f"{keys[0]} is set but app_id is not: set app_id too")
-            return self
-        if "token_env" in self.model_fields_set and self.token_env is not None:
-            raise ValueError("token_env and app_id exclude each other: set token_env to null")
-        if bool(self.private_key_env) == bool(self.private_key_file):
-            raise ValueError("app_id needs exactly one of private_key_env and private_key_file")
-        from enum_pipeline.sources.http import is_env_name
-
-        if self.private_key_env is not None and not is_env_name(self.private_key_env):
-            raise ValueError("private_key_env must name an environment variable, not hold a key")
-        self.token_env = None
-        return self
-
-
-class GitLabSourceConfig(_CodeHost):
-    """Projects of a GitLab group (with its subgroups), on gitlab.com or self-managed."""
-
-    source_class = "enum_pipeline.sources.gitlab:GitLabSource"
-    kind: Literal["gitlab"]
-    group: str = Field(min_length=1)
-    base_url: str = "https://gitlab.com"
-    token_env: str | None = "GITLAB_TOKEN"
-    include_subgroups: bool = Field(True, description="List the projects of subgroups too.")
-    include_archived: bool = Field(True, description="List archived projects too.")
-    exclude_subgroups: list[str] | None = Field(
-        None, description="Sub-groups (paths below the group) left out, with their descendants."
-    )
-
-
-class GiteaSourceConfig(_OwnedCodeHost):
-    """Repositories of a Gitea or Forgejo organisation or user."""
-
-    source_class = "enum_pipeline.sources.gitea:GiteaSource"
-    kind: Literal["gitea"]
-    base_url: str
-    token_env: str | None = "GITEA_TOKEN"
-
-
+#: One model a source kind, told apart by ``kind``: the filesystem, and every code host the
+#: ``sources`` package declares (``sources.kinds``).
 SourceConfig = Annotated[
-    FilesystemSourceConfig | GitHubSourceConfig | GitLabSourceConfig | GiteaSourceConfig,
+    Union[(FilesystemSourceConfig, *host_config_models())],  # noqa: UP007 - built at run time
     Field(discriminator="kind"),
 ]
 

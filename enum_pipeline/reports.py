@@ -11,7 +11,7 @@ from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from enum_pipeline.sources.fields import filled_columns
+from enum_pipeline.sources.kinds import filled_columns
 from enum_pipeline.store import OUTPUT_COLUMNS, output_row
 
 if TYPE_CHECKING:

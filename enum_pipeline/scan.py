@@ -61,6 +61,7 @@ class ScanSummary:
                     "protected_reasons": dict(v.protected_reasons),
                     "identity": dict(v.identity),
                     "coverage": dict(v.coverage),
+                    "budget": dict(v.budget),
                 }
                 for v in self.verdicts
             ],

@@ -19,7 +19,8 @@ import jwt
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from enum_pipeline_tests.fake_codehosts import GitHubApp, RecordedRequest, Reply, _link
+from enum_pipeline_tests.fake_github import GitHubApp
+from enum_pipeline_tests.fake_http import RecordedRequest, Reply, _link
 
 #: GitHub refuses a JWT whose lifetime (exp - iat) is longer than this.
 MAX_JWT_SECONDS = 600 + 60

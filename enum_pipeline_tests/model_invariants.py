@@ -16,7 +16,7 @@ from typing import Any, Protocol
 import pytest
 import sqlalchemy as sa
 
-from enum_pipeline.sources.coverage import outside_coverage
+from enum_pipeline.sources.kinds import outside_coverage
 from enum_pipeline.store import CleanupPolicy, InventoryStore, RunActiveError
 from enum_pipeline.store import schema as t
 from enum_pipeline_tests.model_oracle import STAGED_IS_SEEN, Model, under

@@ -11,9 +11,10 @@ from pathlib import Path
 import pytest
 
 from enum_pipeline.sources.base import ProjectRecord
-from enum_pipeline.sources.fields import FILLED_COLUMNS, PRODUCT_COLUMNS
+from enum_pipeline.sources.fields import PRODUCT_COLUMNS
 from enum_pipeline.sources.filesystem import FilesystemSource
 from enum_pipeline.sources.gitmeta import branch_upstream, parse_git_config
+from enum_pipeline.sources.kinds import FILLED_COLUMNS
 from enum_pipeline_tests.conftest import git
 
 pytestmark = pytest.mark.skipif(shutil.which("git") is None, reason="git not installed")

@@ -10,23 +10,17 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import httpx
 import pytest
 
-from enum_pipeline.sources.gitea import GiteaSource
-from enum_pipeline.sources.github import GitHubSource
-from enum_pipeline.sources.gitlab import GitLabSource
+from enum_pipeline_tests.fake_codehosts import HOSTS as FAKE_HOSTS
 from enum_pipeline_tests.fake_codehosts import (
-    FakeApp,
     FakeCodeHost,
     FakeSleep,
-    GiteaApp,
-    GitHubApp,
-    GitLabApp,
+    HostContract,
     Reply,
     scan,
 )
@@ -39,74 +33,20 @@ N = 250
 
 @dataclass(frozen=True)
 class Host:
-    """How to run one host's fake and source the same way as the others."""
+    """A host's contract (declared by its fake, ``fake_<host>.py``), run with this suite's
+    token variable."""
 
-    name: str
-    page_size: int
-    new_app: Callable[..., FakeApp]
-    populate: Callable[[FakeApp, int], list[dict[str, Any]]]
-    new_source: Callable[..., Any]
-    owner: str
-    owner_id: Callable[[FakeApp], int]
-    rename: Callable[[FakeApp, dict[str, Any], str], None]
-    sent_token: Callable[[dict[str, str]], str | None]
-    page_2: str  # how page 2's URL shows in a reason
+    contract: HostContract
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.contract, name)
 
     def make(self, host: FakeCodeHost, owner: str | None = None, **kw) -> Any:
-        kw.setdefault("sleep", FakeSleep())
         kw.setdefault("token_env", TOKEN_ENV)
-        return self.new_source(owner or self.owner, base_url=host.url, **kw)
+        return self.contract.make(host, owner, **kw)
 
 
-def _gitlab_populate(app: GitLabApp, n: int) -> list[dict[str, Any]]:
-    projects = app.add_group("grp", n)
-    for i, project in enumerate(projects):
-        project["visibility"] = ("public", "internal", "private")[i % 3]
-    return projects
-
-
-def _gitlab_rename(app: GitLabApp, project: dict[str, Any], new: str) -> None:
-    project.update(path=new, name=new, path_with_namespace=f"grp/{new}")
-
-
-HOSTS = [
-    Host(
-        name="github",
-        page_size=100,
-        new_app=GitHubApp,
-        populate=lambda app, n: app.add_owner("Acme", n),
-        new_source=GitHubSource,
-        owner="Acme",
-        owner_id=lambda app: app.owners["acme"].id,
-        rename=lambda app, repo, new: app.rename("Acme", repo["id"], new),
-        sent_token=lambda h: (h.get("authorization") or "").removeprefix("Bearer ") or None,
-        page_2="page=2",
-    ),
-    Host(
-        name="gitlab",
-        page_size=100,
-        new_app=GitLabApp,
-        populate=_gitlab_populate,
-        new_source=GitLabSource,
-        owner="grp",
-        owner_id=lambda app: app.groups["grp"].id,
-        rename=_gitlab_rename,
-        sent_token=lambda h: h.get("private-token"),
-        page_2="id_after=",
-    ),
-    Host(
-        name="gitea",
-        page_size=50,
-        new_app=GiteaApp,
-        populate=lambda app, n: app.add_owner("Org", n, private_every=3),
-        new_source=GiteaSource,
-        owner="Org",
-        owner_id=lambda app: app.owners["org"].id,
-        rename=lambda app, repo, new: app.rename("Org", repo["id"], new),
-        sent_token=lambda h: (h.get("authorization") or "").removeprefix("token ") or None,
-        page_2="page=2",
-    ),
-]
+HOSTS = [Host(contract) for contract in FAKE_HOSTS]
 
 
 @pytest.fixture(params=HOSTS, ids=[h.name for h in HOSTS])

@@ -416,19 +416,14 @@ def test_every_configured_kind_carries_its_facts() -> None:
     from typing import get_args
 
     from enum_pipeline.config import SourceConfig
-    from enum_pipeline.sources.coverage import COVERAGE_RULES
-    from enum_pipeline.sources.fields import FILLED_COLUMNS
+    from enum_pipeline.sources.kinds import COVERAGE_RULES, FILLED_COLUMNS
 
     union = get_args(SourceConfig)[0] if get_args(SourceConfig) else SourceConfig
     models = get_args(union) or (union,)
     assert len(models) >= 4
     for model in models:
         kind = get_args(model.model_fields["kind"].annotation)[0]
-        if kind == "filesystem":
-            cls = FilesystemSource
-        else:
-            module, name = model.source_class.split(":")
-            cls = getattr(__import__(module, fromlist=[name]), name)
+        cls = FilesystemSource if kind == "filesystem" else model.source
         assert cls.kind == kind
         assert cls.filled_columns == FILLED_COLUMNS[kind]
         assert cls.coverage_rule is COVERAGE_RULES[kind]

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from enum_pipeline.sources.base import ProjectRecord, ScopeVerdict
-from enum_pipeline.sources.coverage import outside_coverage
 from enum_pipeline.sources.filesystem import FilesystemSource
+from enum_pipeline.sources.kinds import outside_coverage
 
 ROOT = "/srv/src"
 FS = {

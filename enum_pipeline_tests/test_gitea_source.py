@@ -6,8 +6,9 @@ from datetime import UTC, datetime
 
 import pytest
 
-from enum_pipeline.sources.fields import FILLED_COLUMNS, PRODUCT_COLUMNS
+from enum_pipeline.sources.fields import PRODUCT_COLUMNS
 from enum_pipeline.sources.gitea import GiteaSource
+from enum_pipeline.sources.kinds import FILLED_COLUMNS
 from enum_pipeline_tests.fake_codehosts import FakeCodeHost, FakeSleep, GiteaApp, scan
 
 TOKEN_ENV = "ENUM_TEST_GITEA_TOKEN"

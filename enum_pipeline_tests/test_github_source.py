@@ -7,9 +7,10 @@ from datetime import UTC, datetime
 import httpx
 import pytest
 
-from enum_pipeline.sources.fields import FILLED_COLUMNS, PRODUCT_COLUMNS
+from enum_pipeline.sources.fields import PRODUCT_COLUMNS
 from enum_pipeline.sources.github import GitHubSource, github_web_host
 from enum_pipeline.sources.http import HttpClient, PageError, parse_link_header
+from enum_pipeline.sources.kinds import FILLED_COLUMNS
 from enum_pipeline_tests.fake_codehosts import FakeCodeHost, FakeSleep, GitHubApp, Reply, scan
 
 TOKEN_ENV = "ENUM_TEST_GH_TOKEN"

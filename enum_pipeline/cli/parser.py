@@ -16,6 +16,7 @@ from enum_pipeline.cli.commands_read import (
 )
 from enum_pipeline.cli.commands_run import cmd_approve, cmd_cleanup, cmd_restore, cmd_run
 from enum_pipeline.cli.errors import EXIT_USAGE
+from enum_pipeline.sources.kinds import kind_names
 
 DESCRIPTION = (
     "``enum-pipeline``: run an enumeration through Dagster, clean up, approve, restore, migrate."
@@ -64,7 +65,7 @@ def _output_file(text: str) -> str:
 
 def _filter_options(parser: argparse.ArgumentParser) -> None:
     f = parser.add_argument_group("filters")
-    f.add_argument("--source", help="source kind: filesystem, github, gitlab, gitea")
+    f.add_argument("--source", help="source kind: " + ", ".join(kind_names()))
     f.add_argument("--scope", help="scope key, e.g. fs:/srv/src or github:github.com/acme")
     f.add_argument("--name", help="project name pattern (shell-style, case-insensitive)")
     f.add_argument(

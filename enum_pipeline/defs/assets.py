@@ -165,6 +165,7 @@ def scanned_projects(
             "scope_verdicts": _scope_table(data["scopes"]),
             "quarantined": len(summary.quarantined),
             "quarantined_records": _quarantine_md(summary),
+            **tables.budget_metadata(data["scopes"]),
         },
     )
 

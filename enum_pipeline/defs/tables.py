@@ -58,6 +58,42 @@ SCOPE_SCHEMA = _schema(
     ("incomplete", "bool", "the newest read of the scope failed"),
 )
 
+BUDGET_SCHEMA = _schema(
+    "scope",
+    ("requests", "int"),
+    ("pages", "int"),
+    ("retries", "int"),
+    ("conditional_hits", "int", "304 answers"),
+    ("limit_wait_seconds", "float", "waited for a rate limit to reset"),
+    ("backoff_seconds", "float", "waited before retrying a failure"),
+    ("quota_remaining", "int", "the token's rate limit left at the end"),
+    ("quota_limit", "int"),
+)
+
+
+def budget_metadata(scopes: Sequence[dict]) -> dict[str, MetadataValue | int | float]:
+    """What the run's reads cost the code hosts: a table by scope, and the totals Dagster
+    plots over time (``requests``, ``rate_limit_wait_seconds``, ``quota_remaining_min``)."""
+    rows = [
+        {
+            "scope": s["scope_key"],
+            **{c.name: s["budget"].get(c.name) for c in BUDGET_SCHEMA.columns[1:]},
+        }
+        for s in scopes
+        if s.get("budget")
+    ]
+    if not rows:
+        return {}
+    left = [r["quota_remaining"] for r in rows if r["quota_remaining"] is not None]
+    totals: dict[str, MetadataValue | int | float] = {
+        "requests": sum(r["requests"] or 0 for r in rows),
+        "rate_limit_wait_seconds": round(sum(r["limit_wait_seconds"] or 0 for r in rows), 3),
+    }
+    if left:
+        totals["quota_remaining_min"] = min(left)
+    return {"request_budget": capped(rows, BUDGET_SCHEMA, "the run's log")["table"], **totals}
+
+
 _SQL_TYPES = {"TEXT": "string", "VARCHAR": "string", "BIGINT": "int", "INTEGER": "int"}
 
 

@@ -81,6 +81,8 @@ class ScopeVerdict:
     identity: dict[str, Any] = field(default_factory=dict)
     coverage: dict[str, Any] = field(default_factory=dict)
     protected_reasons: dict[str, str] = field(default_factory=dict)
+    #: What the read cost a code host (``sources.budget.RequestBudget.as_dict`` and pages).
+    budget: dict[str, Any] = field(default_factory=dict)
 
 
 ScanItem = ProjectRecord | ScopeVerdict

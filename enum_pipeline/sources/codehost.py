@@ -87,6 +87,7 @@ class CodeHostSource:
         include: Sequence[str] | None = None,
         exclude: Sequence[str] | None = None,
         topics: Sequence[str] | None = None,
+        reserve_requests: int = 0,
     ) -> None:
         self.listing_filter = ListingFilter.of(include=include, exclude=exclude, topics=topics)
         if urlsplit(base_url or "").scheme not in ("http", "https"):
@@ -107,6 +108,7 @@ class CodeHostSource:
             sleep=sleep,
             logger=self.log,
             request_deadline=request_deadline_seconds,
+            reserve_requests=reserve_requests,
         )
 
     def __repr__(self) -> str:
@@ -223,6 +225,7 @@ class CodeHostSource:
             reason=failure,
             identity=identity,
             coverage=self._coverage(listing),
+            budget={**self._http.budget.as_dict(), "pages": listing.pages},
         )
 
     def _start(self) -> tuple[Listing, str | None]:

@@ -15,29 +15,7 @@ from typing import Any
 
 from enum_pipeline.sources.filters import ListingFilter, path_below
 
-__all__ = ["COVERAGE_RULES", "outside_coverage", "outside_listing", "outside_walk"]
-
-
-def outside_coverage(
-    source_kind: str,
-    coverage: Mapping[str, Any] | None,
-    row: Mapping[str, Any],
-    scope_locations: Collection[str],
-) -> str | None:
-    """Why a read with ``coverage`` could not have seen ``row``, or None when it could have.
-
-    ``row`` is a projects row as a mapping (``location``, ``scope_key``, ``attributes``, and the
-    ``archived`` / ``fork`` / ``visibility`` columns where they exist); ``scope_locations`` holds
-    every location of the scope's rows (to tell a nested checkout when ``nested`` is False).
-    An empty coverage (a reading recorded before coverage was) answers None. A kind without
-    coverage rules could not have seen anything it did not list (default deny).
-    """
-    if not coverage:
-        return None
-    rule = COVERAGE_RULES.get(source_kind)
-    if rule is None:
-        return f"source kind {source_kind!r} has no coverage rules: what it did not list is kept"
-    return rule(coverage, row, scope_locations)
+__all__ = ["outside_listing", "outside_walk"]
 
 
 # -- filesystem -----------------------------------------------------------------------------
@@ -161,12 +139,3 @@ def _outside_group(row: Mapping[str, Any]) -> str | None:
     if group and location.startswith(group + "/") and "/" in location[len(group) + 1 :]:
         return "in a subgroup; the listing excluded subgroups (include_subgroups is false)"
     return None
-
-
-#: Each source kind's coverage rule (the source classes name theirs as ``coverage_rule``).
-COVERAGE_RULES = {
-    "filesystem": outside_walk,
-    "github": outside_listing,
-    "gitlab": outside_listing,
-    "gitea": outside_listing,
-}

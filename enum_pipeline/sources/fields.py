@@ -34,46 +34,36 @@ PRODUCT_COLUMNS: tuple[str, ...] = (
     *_CHECKOUT_COLUMNS,
 )
 
-_CODE_HOST_COMMON = (
-    "vcs",
-    "remote_url",
-    "normalized_remote",
-    "default_branch",
-    "archived",
-    "fork",
-    "visibility",
-    "description",
-    "topics",
-    "stars",
-    "created_at",
-    "last_activity_at",
+#: What every code host fills; a host's source class adds its own (``filled_columns``).
+CODE_HOST_COMMON = frozenset(
+    {
+        "vcs",
+        "remote_url",
+        "normalized_remote",
+        "default_branch",
+        "archived",
+        "fork",
+        "visibility",
+        "description",
+        "topics",
+        "stars",
+        "created_at",
+        "last_activity_at",
+    }
 )
 
-FILLED_COLUMNS: dict[str, frozenset[str]] = {
-    # a checkout: what its .git files and its folder say (no code-host facts)
-    "filesystem": frozenset(
-        {
-            "vcs",
-            "path",
-            "remote_url",
-            "normalized_remote",
-            "default_branch",  # git: refs/remotes/<remote>/HEAD when present; bare: HEAD
-            "head_commit",
-            "last_commit_at",
-            "last_activity_at",  # the HEAD commit's committer time
-            "markers",
-            *_CHECKOUT_COLUMNS,
-        }
-    ),
-    # GitHub's repository object: license.spdx_id, stargazers_count, pushed_at
-    "github": frozenset({*_CODE_HOST_COMMON, "language", "license", "last_commit_at"}),
-    # GitLab's project list has no language and no SPDX licence id
-    "gitlab": frozenset(_CODE_HOST_COMMON),
-    # Gitea/Forgejo: licenses (1.22+), stars_count, updated_at
-    "gitea": frozenset({*_CODE_HOST_COMMON, "language", "license"}),
-}
-
-
-def filled_columns(source_kind: str) -> frozenset[str]:
-    """The columns ``source_kind`` fills; empty for an unknown kind."""
-    return FILLED_COLUMNS.get(source_kind, frozenset())
+#: A checkout: what its .git files and its folder say (no code-host facts).
+CHECKOUT_FILLED = frozenset(
+    {
+        "vcs",
+        "path",
+        "remote_url",
+        "normalized_remote",
+        "default_branch",  # git: refs/remotes/<remote>/HEAD when present; bare: HEAD
+        "head_commit",
+        "last_commit_at",
+        "last_activity_at",  # the HEAD commit's committer time
+        "markers",
+        *_CHECKOUT_COLUMNS,
+    }
+)

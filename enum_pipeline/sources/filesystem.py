@@ -46,7 +46,7 @@ from typing import Any
 
 from enum_pipeline.sources.base import ProjectRecord, ScanItem, ScopeVerdict
 from enum_pipeline.sources.coverage import outside_walk
-from enum_pipeline.sources.fields import FILLED_COLUMNS
+from enum_pipeline.sources.fields import CHECKOUT_FILLED
 from enum_pipeline.sources.fspaths import (  # noqa: F401 - re-exported
     _describe,
     _read_mount_points,
@@ -117,7 +117,7 @@ class FilesystemSource:
     kind = KIND
     #: The kind's facts: the columns it fills, what a walk could not have seen, and how a
     #: checkout's absence is confirmed (its own path looked at after the run's read).
-    filled_columns = FILLED_COLUMNS["filesystem"]
+    filled_columns = CHECKOUT_FILLED
     coverage_rule = staticmethod(outside_walk)
 
     @staticmethod

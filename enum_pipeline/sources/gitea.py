@@ -14,12 +14,13 @@ Identity: the owner's numeric id and the login the token belongs to (``GET /api/
 from __future__ import annotations
 
 import logging
-from typing import Any, Unpack
+from typing import Any, Literal, Unpack
 from urllib.parse import quote
 
 from enum_pipeline.sources.base import ProjectRecord
 from enum_pipeline.sources.codehost import CodeHostSource
-from enum_pipeline.sources.fields import FILLED_COLUMNS
+from enum_pipeline.sources.fields import CODE_HOST_COMMON
+from enum_pipeline.sources.hostconfig import OwnedCodeHostConfig
 from enum_pipeline.sources.http import Page, parse_int_header, parse_link_header
 from enum_pipeline.sources.listing import (
     HttpOptions,
@@ -40,7 +41,8 @@ class GiteaSource(CodeHostSource):
     """Every repository of one Gitea/Forgejo organisation or user."""
 
     kind = "gitea"
-    filled_columns = FILLED_COLUMNS["gitea"]
+    # Gitea/Forgejo: licenses (1.22+), stars_count, updated_at
+    filled_columns = frozenset({*CODE_HOST_COMMON, "language", "license"})
     repo_by_id_path = "/api/v1/repositories/{id}"
     log = log
     user_path = "/api/v1/user"
@@ -118,3 +120,16 @@ class GiteaSource(CodeHostSource):
             stars=int_or_none(repo.get("stars_count")),
             last_activity_at=parse_timestamp(repo.get("updated_at")),
         )
+
+
+class GiteaSourceConfig(OwnedCodeHostConfig):
+    """Repositories of a Gitea or Forgejo organisation or user."""
+
+    source = GiteaSource
+    kind: Literal["gitea"]
+    base_url: str
+    token_env: str | None = "GITEA_TOKEN"
+
+
+#: The configuration model of this kind (``sources.kinds`` finds it).
+CONFIG = GiteaSourceConfig

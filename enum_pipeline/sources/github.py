@@ -23,14 +23,17 @@ from __future__ import annotations
 
 import logging
 from dataclasses import replace
-from typing import Any, Unpack
+from typing import Any, Literal, Unpack
 from urllib.parse import quote
+
+from pydantic import Field, model_validator
 
 from enum_pipeline.sources.base import ProjectRecord
 from enum_pipeline.sources.codehost import CodeHostSource
-from enum_pipeline.sources.fields import FILLED_COLUMNS
+from enum_pipeline.sources.fields import CODE_HOST_COMMON
 from enum_pipeline.sources.githubapp import AppAuthError, AppInstallation, load_private_key
-from enum_pipeline.sources.http import Page, web_host
+from enum_pipeline.sources.hostconfig import OwnedCodeHostConfig
+from enum_pipeline.sources.http import Page, is_env_name, web_host
 from enum_pipeline.sources.listing import (
     HttpOptions,
     Listing,
@@ -64,7 +67,8 @@ class GitHubSource(CodeHostSource):
     """Every repository of one GitHub organisation or user, as ``ProjectRecord``s."""
 
     kind = "github"
-    filled_columns = FILLED_COLUMNS["github"]
+    # GitHub's repository object: license.spdx_id, stargazers_count, pushed_at
+    filled_columns = frozenset({*CODE_HOST_COMMON, "language", "license", "last_commit_at"})
     repo_by_id_path = "/repositories/{id}"
     log = log
     accept = "application/vnd.github+json"
@@ -276,3 +280,45 @@ class GitHubSource(CodeHostSource):
             stars=int_or_none(repo.get("stargazers_count")),
             last_activity_at=pushed,
         )
+
+
+class GitHubSourceConfig(OwnedCodeHostConfig):
+    """Repositories of a GitHub (or GitHub Enterprise) organisation or user."""
+
+    source = GitHubSource
+    kind: Literal["github"]
+    base_url: str = "https://api.github.com"
+    token_env: str | None = "GITHUB_TOKEN"
+    include_archived: bool = Field(True, description="List archived repositories too.")
+    include_forks: bool = Field(True, description="List forks too.")
+    app_id: int | None = Field(
+        None, ge=1, description="Authenticate as this GitHub App's installation, not a token."
+    )
+    private_key_env: str | None = Field(
+        None, description="Environment variable holding the App's PEM private key."
+    )
+    private_key_file: str | None = Field(None, description="File holding the App's private key.")
+    installation_id: int | None = Field(
+        None, ge=1, description="The App's installation (default: looked up on the owner)."
+    )
+
+    @model_validator(mode="after")
+    def _one_kind_of_auth(self) -> GitHubSourceConfig:
+        app_keys = ("private_key_env", "private_key_file", "installation_id")
+        keys = [k for k in app_keys if getattr(self, k)]
+        if self.app_id is None:
+            if keys:
+                raise ValueError(f"{keys[0]} is set but app_id is not: set app_id too")
+            return self
+        if "token_env" in self.model_fields_set and self.token_env is not None:
+            raise ValueError("token_env and app_id exclude each other: set token_env to null")
+        if bool(self.private_key_env) == bool(self.private_key_file):
+            raise ValueError("app_id needs exactly one of private_key_env and private_key_file")
+        if self.private_key_env is not None and not is_env_name(self.private_key_env):
+            raise ValueError("private_key_env must name an environment variable, not hold a key")
+        self.token_env = None
+        return self
+
+
+#: The configuration model of this kind (``sources.kinds`` finds it).
+CONFIG = GitHubSourceConfig

@@ -17,8 +17,6 @@ from datetime import datetime
 from pathlib import Path
 from urllib.parse import quote
 
-import jwt
-
 from enum_pipeline.sources.http import HttpClient, PageError
 
 #: A token is renewed when less than this is left of it (a page may be slow to answer).
@@ -104,6 +102,8 @@ class AppInstallation:
 
     def app_jwt(self) -> str:
         """A JWT signed with the App's key, valid for a few minutes."""
+        import jwt  # with cryptography: imported only when an App is configured
+
         now = int(self._clock())
         claims = {
             "iat": now - JWT_BACKDATE_SECONDS,

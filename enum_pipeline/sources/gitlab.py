@@ -15,13 +15,16 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from typing import Any, Unpack
+from typing import Any, Literal, Unpack
 from urllib.parse import quote
+
+from pydantic import Field
 
 from enum_pipeline.sources.base import ProjectRecord
 from enum_pipeline.sources.codehost import CodeHostSource
-from enum_pipeline.sources.fields import FILLED_COLUMNS
+from enum_pipeline.sources.fields import CODE_HOST_COMMON
 from enum_pipeline.sources.filters import path_below
+from enum_pipeline.sources.hostconfig import CodeHostConfig
 from enum_pipeline.sources.http import Page, parse_int_header
 from enum_pipeline.sources.listing import (
     HttpOptions,
@@ -44,7 +47,8 @@ class GitLabSource(CodeHostSource):
     """Every project of one GitLab group (and, by default, its subgroups)."""
 
     kind = "gitlab"
-    filled_columns = FILLED_COLUMNS["gitlab"]
+    # GitLab's project list has no language and no SPDX licence id
+    filled_columns = CODE_HOST_COMMON
     repo_by_id_path = "/api/v4/projects/{id}"
     log = log
     noun = "projects"
@@ -229,3 +233,22 @@ class GitLabSource(CodeHostSource):
             stars=int_or_none(project.get("star_count")),
             last_activity_at=parse_timestamp(project.get("last_activity_at")),
         )
+
+
+class GitLabSourceConfig(CodeHostConfig):
+    """Projects of a GitLab group (with its subgroups), on gitlab.com or self-managed."""
+
+    source = GitLabSource
+    kind: Literal["gitlab"]
+    group: str = Field(min_length=1)
+    base_url: str = "https://gitlab.com"
+    token_env: str | None = "GITLAB_TOKEN"
+    include_subgroups: bool = Field(True, description="List the projects of subgroups too.")
+    include_archived: bool = Field(True, description="List archived projects too.")
+    exclude_subgroups: list[str] | None = Field(
+        None, description="Sub-groups (paths below the group) left out, with their descendants."
+    )
+
+
+#: The configuration model of this kind (``sources.kinds`` finds it).
+CONFIG = GitLabSourceConfig

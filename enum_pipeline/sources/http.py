@@ -21,7 +21,6 @@ the known secret values).
 
 from __future__ import annotations
 
-import email.utils
 import json
 import logging
 import os
@@ -35,6 +34,7 @@ from urllib.parse import urljoin, urlsplit
 
 import httpx
 
+from enum_pipeline.sources.budget import RequestBudget, parse_reset, parse_retry_after
 from enum_pipeline.sources.httpdeadline import DeadlinePassed, _Deadline, _deadline_transport
 from enum_pipeline.sources.remotes import redact_url
 
@@ -45,8 +45,6 @@ DEFAULT_TIMEOUT = httpx.Timeout(30.0, connect=10.0)
 TRANSIENT_STATUSES = frozenset({408, 500, 502, 503, 504, 520, 521, 522, 523, 524})
 # GitHub asks clients hit by a secondary rate limit without a Retry-After to wait a minute.
 SECONDARY_LIMIT_DEFAULT_WAIT = 60.0
-# Epoch-based resets get a small margin for clock skew between us and the server.
-RESET_MARGIN_SECONDS = 1.0
 REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
 MAX_REDIRECTS = 5
 #: A request's wall-clock bound (connect, headers and body), whatever the server trickles.
@@ -183,6 +181,7 @@ class HttpClient:
         logger: logging.Logger | None = None,
         request_deadline: float = DEFAULT_REQUEST_DEADLINE,
         max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+        reserve_requests: int = 0,
     ) -> None:
         self._client = client
         self._owns_client = client is None
@@ -199,6 +198,8 @@ class HttpClient:
         self.request_deadline = float(request_deadline)
         self.max_body_bytes = int(max_body_bytes)
         self._deadline = _Deadline()
+        #: What the reads cost (requests, retries, waits, the quota left); see ``budget``.
+        self.budget = RequestBudget(reserve=max(0, int(reserve_requests)))
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -254,7 +255,7 @@ class HttpClient:
         headers = response.headers
         remaining = headers.get("x-ratelimit-remaining", headers.get("ratelimit-remaining"))
         exhausted = remaining is not None and remaining.strip() == "0"
-        retry_after = _parse_retry_after(headers.get("retry-after"), self._clock)
+        retry_after = parse_retry_after(headers.get("retry-after"), self._clock)
         if status == 403:
             if not (retry_after is not None or exhausted or _RATE_LIMIT_BODY.search(body)):
                 return None
@@ -262,7 +263,7 @@ class HttpClient:
             return None
         if retry_after is not None:
             return retry_after
-        reset = _parse_reset(
+        reset = parse_reset(
             headers.get("x-ratelimit-reset") or headers.get("ratelimit-reset"), self._clock
         )
         if reset is not None and (exhausted or status == 429):
@@ -365,6 +366,8 @@ class HttpClient:
         waited = 0.0
         attempt = 0
         while True:
+            if (refusal := self.budget.refusal()) is not None:
+                raise PageError(shown, refusal)
             outcome = self._attempt(full_url, request_headers, expect, shown, method, body)
             if isinstance(outcome, Page):
                 return outcome
@@ -390,6 +393,7 @@ class HttpClient:
                 delay,
             )
             self._sleep(delay)
+            self.budget.waited(delay, rate_limit=error.startswith("rate limited"))
             waited += delay
             attempt += 1
 
@@ -412,6 +416,7 @@ class HttpClient:
             return f"timeout ({type(exc).__name__})", None
         except httpx.TransportError as exc:
             return f"connection error ({type(exc).__name__}: {self.scrub(str(exc))[:200]})", None
+        self.budget.observe(response.headers)
         status = response.status_code
         if 200 <= status < 300:
             data = _decode(content, expect)
@@ -428,7 +433,7 @@ class HttpClient:
         if limit_wait is not None:
             return f"rate limited (HTTP {status})", None if limit_wait < 0 else limit_wait
         if status in TRANSIENT_STATUSES:
-            wait = _parse_retry_after(response.headers.get("retry-after"), self._clock)
+            wait = parse_retry_after(response.headers.get("retry-after"), self._clock)
             return f"HTTP {status} {response.reason_phrase}".rstrip(), wait
         message = self.scrub(_error_message(body))
         reason = f"HTTP {status} {response.reason_phrase}".rstrip()
@@ -469,32 +474,3 @@ def _error_message(text: str) -> str:
             if data.get(key):
                 return " ".join(str(data[key]).split())[:200]
     return ""
-
-
-def _parse_retry_after(value: str | None, clock: Callable[[], float]) -> float | None:
-    """``Retry-After`` as seconds (delta-seconds or an HTTP date), or None."""
-    if value is None or not value.strip():
-        return None
-    value = value.strip()
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    return max(0.0, when.timestamp() - clock())
-
-
-def _parse_reset(value: str | None, clock: Callable[[], float]) -> float | None:
-    """A rate-limit reset as seconds to wait: epoch seconds (GitHub, GitLab) or delta seconds."""
-    if value is None or not value.strip():
-        return None
-    try:
-        number = float(value.strip())
-    except ValueError:
-        return None
-    if number > 1_000_000_000:  # epoch seconds
-        return max(0.0, number - clock()) + RESET_MARGIN_SECONDS
-    return max(0.0, number)

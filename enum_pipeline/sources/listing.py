@@ -39,6 +39,7 @@ class HttpOptions(TypedDict, total=False):
     include: Sequence[str] | None
     exclude: Sequence[str] | None
     topics: Sequence[str] | None
+    reserve_requests: int
 
 
 class ListingError(Exception):

@@ -28,7 +28,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from enum_pipeline.sources.coverage import outside_coverage
+from enum_pipeline.sources.kinds import outside_coverage
 from enum_pipeline.sources.witness import Absence, Candidate, Confirmation
 from enum_pipeline.store import schema as t
 from enum_pipeline.store.batch import chunks as _chunks

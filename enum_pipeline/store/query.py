@@ -18,7 +18,8 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from enum_pipeline.sources.fields import FILLED_COLUMNS, PRODUCT_COLUMNS
+from enum_pipeline.sources.fields import PRODUCT_COLUMNS
+from enum_pipeline.sources.kinds import FILLED_COLUMNS
 from enum_pipeline.store import schema as t
 
 #: What ``status`` a project row has: ``present`` (seen by the newest runs), ``missing`` (a
