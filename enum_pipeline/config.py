@@ -10,11 +10,20 @@ from __future__ import annotations
 
 import importlib
 import os
+import re
 from pathlib import Path
 from typing import Annotated, ClassVar, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from enum_pipeline.sources.base import Source
 from enum_pipeline.store import CleanupPolicy
@@ -31,6 +40,66 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+#: A Kubernetes node name or label value; a label key (an optional DNS prefix and ``/``, a name).
+_K8S_NAME = r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$"
+_LABEL_KEY = (
+    r"^([a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?/)?[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$"
+)
+_LABEL_VALUE = r"^([A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?)?$"
+
+
+class Placement(_Strict):
+    """Where a source's runs go (``placement:``; see docs/DEPLOYMENT.md): a Kubernetes node
+    (name or labels), Docker networks, or a code location served from the host itself."""
+
+    node: str | None = Field(
+        None, pattern=_K8S_NAME, description="Kubernetes node name (kubernetes.io/hostname)."
+    )
+    node_selector: dict[str, str] = Field(
+        default_factory=dict, description="Kubernetes node labels the run's pod requires."
+    )
+    docker_networks: list[str] = Field(
+        default_factory=list, description="Docker networks the run's container joins."
+    )
+    location: str | None = Field(
+        None,
+        pattern=r"^[A-Za-z0-9_][A-Za-z0-9_-]{0,62}$",
+        description="Code location served from the host that holds the scope (no Kubernetes).",
+    )
+
+    @field_validator("node_selector")
+    @classmethod
+    def _labels(cls, labels: dict[str, str]) -> dict[str, str]:
+        for key, value in labels.items():
+            if not re.match(_LABEL_KEY, key):
+                raise ValueError(f"{key!r} is not a Kubernetes label key")
+            if not re.match(_LABEL_VALUE, value):
+                raise ValueError(f"{value!r} (label {key}) is not a Kubernetes label value")
+        return labels
+
+
+class FilesystemPlacement(Placement):
+    """A filesystem root's placement: also the folder that holds the root on that host."""
+
+    host_path: str | None = Field(
+        None, description="The root's folder on the node or Docker host (default: the root)."
+    )
+
+    @field_validator("host_path")
+    @classmethod
+    def _absolute(cls, value: str | None) -> str | None:
+        if value is not None and not os.path.isabs(value):
+            raise ValueError("must be an absolute path")
+        return value
+
+
+def _placed(sources: list[Source], placement: Placement | None) -> list[Source]:
+    """``sources``, each carrying ``placement`` (read by ``defs.placement``)."""
+    for source in sources:
+        source.placement = placement  # type: ignore[attr-defined]
+    return sources
+
+
 class _CodeHost(_Strict):
     """What the code-host configs share: ``token_env`` names a variable, it never holds a token;
     every other key is the source class's keyword of the same name."""
@@ -38,6 +107,7 @@ class _CodeHost(_Strict):
     #: ``module:class`` of the source, imported only when one is configured.
     source_class: ClassVar[str]
     token_env: str | None = None
+    placement: Placement | None = None
     request_deadline_seconds: float = Field(
         60.0,
         gt=0,
@@ -62,7 +132,7 @@ class _CodeHost(_Strict):
     def build(self) -> list[Source]:
         module, name = self.source_class.split(":")
         source = getattr(importlib.import_module(module), name)
-        return [source(**self.model_dump(exclude={"kind"}))]
+        return _placed([source(**self.model_dump(exclude={"kind", "placement"}))], self.placement)
 
 
 class _OwnedCodeHost(_CodeHost):
@@ -82,6 +152,7 @@ class FilesystemSourceConfig(_Strict):
     one_file_system: bool = True
     max_depth: int | None = Field(None, ge=0)
     nested: bool = Field(True, description="Look inside repositories for nested ones.")
+    placement: FilesystemPlacement | None = None
 
     @field_validator("roots")
     @classmethod
@@ -90,21 +161,32 @@ class FilesystemSourceConfig(_Strict):
             raise ValueError("a root must be a folder, not an empty string")
         return roots
 
+    @model_validator(mode="after")
+    def _one_host_path(self) -> FilesystemSourceConfig:
+        if self.placement and self.placement.host_path and len(self.roots) > 1:
+            raise ValueError(
+                "placement.host_path names the folder of one root: give each root its own source"
+            )
+        return self
+
     def build(self) -> list[Source]:
         """One source per root, so roots can be scanned in parallel."""
         from enum_pipeline.sources.filesystem import FilesystemSource
 
-        return [
-            FilesystemSource(
-                roots=[os.path.abspath(os.path.expanduser(root))],
-                skip_names=self.skip_names,
-                follow_symlinks=self.follow_symlinks,
-                one_file_system=self.one_file_system,
-                max_depth=self.max_depth,
-                nested=self.nested,
-            )
-            for root in self.roots
-        ]
+        return _placed(
+            [
+                FilesystemSource(
+                    roots=[os.path.abspath(os.path.expanduser(root))],
+                    skip_names=self.skip_names,
+                    follow_symlinks=self.follow_symlinks,
+                    one_file_system=self.one_file_system,
+                    max_depth=self.max_depth,
+                    nested=self.nested,
+                )
+                for root in self.roots
+            ],
+            self.placement,
+        )
 
 
 class GitHubSourceConfig(_OwnedCodeHost):
