@@ -50,7 +50,7 @@ _LABEL_VALUE = r"^([A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?)?$"
 
 class Placement(_Strict):
     """Where a source's runs go (``placement:``; see docs/DEPLOYMENT.md): a Kubernetes node
-    (name or labels), Docker networks, or a code location served from the host itself."""
+    (name or labels) and the Docker networks of its container."""
 
     node: str | None = Field(
         None, pattern=_K8S_NAME, description="Kubernetes node name (kubernetes.io/hostname)."
@@ -60,11 +60,6 @@ class Placement(_Strict):
     )
     docker_networks: list[str] = Field(
         default_factory=list, description="Docker networks the run's container joins."
-    )
-    location: str | None = Field(
-        None,
-        pattern=r"^[A-Za-z0-9_][A-Za-z0-9_-]{0,62}$",
-        description="Code location served from the host that holds the scope (no Kubernetes).",
     )
 
     @field_validator("node_selector")

@@ -48,12 +48,12 @@ def _root_of(source: Source, scope_key: str) -> str | None:
 
 def host_token_value(source: Source) -> str:
     """The queue value a source's runs share: its code host and token variable, or the host
-    whose disk a filesystem source reads (its node or code location, else ``local``)."""
+    whose disk a filesystem source reads (its Kubernetes node, else ``local``)."""
     host = getattr(source, "host", None)
     if host is not None:
         return f"{source.kind}:{host}:{getattr(source, 'token_env', None) or 'anonymous'}"
     placement = _placement(source)
-    where = placement and (placement.node or placement.location)
+    where = placement and placement.node
     return f"{source.kind}:{where or 'local'}"
 
 
@@ -111,10 +111,3 @@ def docker_container_context(sources: Iterable[Source]) -> dict[str, Any]:
     if networks:
         docker["networks"] = networks
     return {"docker": docker} if docker else {}
-
-
-def location_of(source: Source) -> str | None:
-    """The code location a source's runs must be launched from (``placement.location``), or
-    None for the main location."""
-    placement = _placement(source)
-    return placement.location if placement is not None else None
