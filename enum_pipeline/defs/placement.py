@@ -48,13 +48,15 @@ def _root_of(source: Source, scope_key: str) -> str | None:
 
 def host_token_value(source: Source) -> str:
     """The queue value a source's runs share: its code host and token variable, or the host
-    whose disk a filesystem source reads (its Kubernetes node, else ``local``)."""
+    whose disk a filesystem source reads (its Kubernetes node or node labels, else ``local``)."""
     host = getattr(source, "host", None)
     if host is not None:
         return f"{source.kind}:{host}:{getattr(source, 'token_env', None) or 'anonymous'}"
     placement = _placement(source)
-    where = placement and placement.node
-    return f"{source.kind}:{where or 'local'}"
+    if placement is None:
+        return f"{source.kind}:local"
+    labels = ",".join(f"{key}={value}" for key, value in sorted(placement.node_selector.items()))
+    return f"{source.kind}:{placement.node or labels or 'local'}"
 
 
 def k8s_config(source: Source, scope_key: str) -> dict[str, Any] | None:
