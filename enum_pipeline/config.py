@@ -59,7 +59,8 @@ class Placement(_Strict):
         default_factory=dict, description="Kubernetes node labels the run's pod requires."
     )
     docker_networks: list[str] = Field(
-        default_factory=list, description="Docker networks the run's container joins."
+        default_factory=list,
+        description="Docker networks the run's container joins besides the launcher's own.",
     )
 
     @field_validator("node_selector")

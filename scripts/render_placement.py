@@ -1,8 +1,11 @@
 """Print what each scope's run gets on Kubernetes and Docker, rendered by dagster-k8s and
 dagster-docker themselves (docs/DEPLOYMENT.md shows this script's output).
 
-    python scripts/render_placement.py [SOURCES_YAML]      # default: deploy/placement-example.yaml
-    python scripts/render_placement.py --docker-context [SOURCES_YAML]   # the code server's JSON
+    python scripts/render_placement.py [SOURCES_YAML] [--config-path PATH]
+    python scripts/render_placement.py --docker-context SOURCES_YAML   # the code server's JSON
+
+SOURCES_YAML defaults to deploy/placement-example.yaml; ``--config-path`` is where the run
+containers find it (ENUM_PIPELINE_CONFIG; default: the file's own absolute path).
 
 For every scope: its run tags (``enum_pipeline.defs.placement.scope_run_tags``), and the pod of
 the Kubernetes Job ``K8sRunLauncher`` would create for a run with those tags (node selector,
@@ -84,8 +87,9 @@ def _dump(value: Any) -> str:
     return json.dumps(value, sort_keys=True)
 
 
-def render(config_path: Path) -> str:
-    """The per-scope configuration of ``config_path``'s sources, as text."""
+def render(config_path: Path, mounted_at: str) -> str:
+    """The per-scope configuration of ``config_path``'s sources (found at ``mounted_at`` in
+    the run containers), as text."""
     from enum_pipeline.config import load_config_file
     from enum_pipeline.defs.placement import docker_container_context, scope_run_tags
 
@@ -104,7 +108,7 @@ def render(config_path: Path) -> str:
                 lines.append("    (any node, no scope volume)")
             lines.extend(f"    {key}: {_dump(value)}" for key, value in pod.items())
             lines.append("")
-    context = docker_container_context(sources)
+    context = docker_container_context(sources, mounted_at)
     lines.append("Docker code location (DAGSTER_CONTAINER_CONTEXT of the code server):")
     lines.append(f"  {_dump(context)}")
     lines.append("Docker run container (dagster-docker container context, Docker SDK host config):")
@@ -120,17 +124,19 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="print only the Docker code location's container_context (JSON)",
     )
+    parser.add_argument("--config-path", help="the sources file's path in the run containers")
     args = parser.parse_args(argv)
     sys.path.insert(0, str(REPO))
     from enum_pipeline.config import ConfigError, load_config_file
     from enum_pipeline.defs.placement import docker_container_context
 
+    mounted_at = args.config_path or str(Path(args.config).resolve())
     try:
         if args.docker_context:
             sources = load_config_file(args.config).build_sources()
-            print(json.dumps(docker_container_context(sources), sort_keys=True))
+            print(json.dumps(docker_container_context(sources, mounted_at), sort_keys=True))
         else:
-            sys.stdout.write(render(Path(args.config)))
+            sys.stdout.write(render(Path(args.config), mounted_at))
     except ConfigError as err:
         print(f"render_placement: {err}", file=sys.stderr)
         return 2

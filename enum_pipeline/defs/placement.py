@@ -91,11 +91,18 @@ def scope_run_tags(source: Source, scope_key: str) -> dict[str, str]:
     return tags
 
 
-def docker_container_context(sources: Iterable[Source]) -> dict[str, Any]:
+def docker_container_context(
+    sources: Iterable[Source], config_path: str | None = None
+) -> dict[str, Any]:
     """The ``container_context`` of a code location whose runs read ``sources`` in Docker
-    containers: every placed filesystem root bound read-only at its own path, and the
-    placements' networks (dagster-docker applies it to every run of the location)."""
+    containers: every placed filesystem root bound read-only at its own path, the sources
+    file ``config_path`` (read-only, same path) and the placements' networks.
+
+    dagster-docker applies it to every run of the location, and its ``container_kwargs``
+    replace the launcher's key by key: every volume a run needs is therefore listed here."""
     volumes: dict[str, dict[str, str]] = {}
+    if config_path is not None:
+        volumes[config_path] = {"bind": config_path, "mode": "ro"}
     networks: list[str] = []
     for source in sources:
         placement = _placement(source)
