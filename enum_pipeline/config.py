@@ -111,6 +111,25 @@ class _CodeHost(_Strict):
         "the host answers; a page ends within (max_retries + 1) x this + the wait budget.",
     )
 
+    include: list[str] | None = Field(
+        None,
+        description="Keep only repositories whose path below the owner matches one of "
+        "these shell patterns (case-insensitive).",
+    )
+    exclude: list[str] | None = Field(
+        None, description="Leave out repositories whose path matches one of these patterns."
+    )
+    topics: list[str] | None = Field(
+        None, description="Keep only repositories carrying at least one of these topics."
+    )
+
+    @field_validator("include", "exclude", "topics")
+    @classmethod
+    def _no_empty_filter(cls, values: list[str] | None) -> list[str] | None:
+        if values is not None and any(not str(v).strip() for v in values):
+            raise ValueError("an empty pattern or topic matches nothing useful: remove it")
+        return values
+
     @field_validator("token_env")
     @classmethod
     def _env_name(cls, value: str | None) -> str | None:
@@ -194,6 +213,35 @@ class GitHubSourceConfig(_OwnedCodeHost):
     token_env: str | None = "GITHUB_TOKEN"
     include_archived: bool = Field(True, description="List archived repositories too.")
     include_forks: bool = Field(True, description="List forks too.")
+    app_id: int | None = Field(
+        None, ge=1, description="Authenticate as this GitHub App's installation, not a token."
+    )
+    private_key_env: str | None = Field(
+        None, description="Environment variable holding the App's PEM private key."
+    )
+    private_key_file: str | None = Field(None, description="File holding the App's private key.")
+    installation_id: int | None = Field(
+        None, ge=1, description="The App's installation (default: looked up on the owner)."
+    )
+
+    @model_validator(mode="after")
+    def _one_kind_of_auth(self) -> GitHubSourceConfig:
+        app_keys = ("private_key_env", "private_key_file", "installation_id")
+        keys = [k for k in app_keys if getattr(self, k)]
+        if self.app_id is None:
+            if keys:
+                raise ValueError(f"{keys[0]} is set but app_id is not: set app_id too")
+            return self
+        if "token_env" in self.model_fields_set and self.token_env is not None:
+            raise ValueError("token_env and app_id exclude each other: set token_env to null")
+        if bool(self.private_key_env) == bool(self.private_key_file):
+            raise ValueError("app_id needs exactly one of private_key_env and private_key_file")
+        from enum_pipeline.sources.http import is_env_name
+
+        if self.private_key_env is not None and not is_env_name(self.private_key_env):
+            raise ValueError("private_key_env must name an environment variable, not hold a key")
+        self.token_env = None
+        return self
 
 
 class GitLabSourceConfig(_CodeHost):
@@ -206,6 +254,9 @@ class GitLabSourceConfig(_CodeHost):
     token_env: str | None = "GITLAB_TOKEN"
     include_subgroups: bool = Field(True, description="List the projects of subgroups too.")
     include_archived: bool = Field(True, description="List archived projects too.")
+    exclude_subgroups: list[str] | None = Field(
+        None, description="Sub-groups (paths below the group) left out, with their descendants."
+    )
 
 
 class GiteaSourceConfig(_OwnedCodeHost):

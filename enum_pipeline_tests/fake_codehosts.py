@@ -94,6 +94,7 @@ class RecordedRequest:
     headers: dict[str, str]  # lower-case names
     page: int | None = None
     status: int | None = None
+    body: bytes = b""
 
 
 class FakeApp:
@@ -810,10 +811,18 @@ class _Handler(BaseHTTPRequestHandler):
         pass
 
     def do_GET(self) -> None:  # noqa: N802
+        self._serve("GET")
+
+    def do_POST(self) -> None:  # noqa: N802
+        self._serve("POST")
+
+    def _serve(self, method: str) -> None:
         app: FakeApp = self.server.app  # type: ignore[attr-defined]
         query = dict(parse_qsl(urlsplit(self.path).query, keep_blank_values=True))
         headers = {k.lower(): v for k, v in self.headers.items()}
-        req = RecordedRequest("GET", self.path, query, headers)
+        length = int(headers.get("content-length") or 0)
+        body = self.rfile.read(length) if length else b""
+        req = RecordedRequest(method, self.path, query, headers, body=body)
         host = headers.get("host") or "{}:{}".format(*self.server.server_address[:2])
         try:
             reply = app.handle(req, host)

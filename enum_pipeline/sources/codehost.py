@@ -17,92 +17,36 @@ from __future__ import annotations
 
 import logging
 import time
-from collections import Counter
 from collections.abc import Callable, Generator, Iterator, Sequence
-from dataclasses import dataclass, field
-from typing import Any, TypedDict
+from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
 
 from enum_pipeline.sources.base import ProjectRecord, ScanItem, ScopeVerdict
 from enum_pipeline.sources.coverage import outside_listing
+from enum_pipeline.sources.filters import ListingFilter
 from enum_pipeline.sources.http import (
     DEFAULT_REQUEST_DEADLINE,
     USER_AGENT,
     HttpClient,
     Page,
     PageError,
-    describe_page_error,
     is_env_name,
     parse_link_header,
     read_token,
     same_origin,
     web_host,
 )
+from enum_pipeline.sources.listing import (
+    ANONYMOUS,
+    Listing,
+    ListingError,
+    PageRequest,
+    describe_page_error,
+)
 from enum_pipeline.sources.remotes import redact_url
 from enum_pipeline.sources.witness import Absence, Candidate, Confirmation, now, unknown
-
-#: What ``identity["principal"]`` holds for requests sent without a token.
-ANONYMOUS = "anonymous"
-
-
-def check_owner(owner: str, owner_type: str, host_name: str) -> tuple[str, str]:
-    """``(owner, "org" | "user")`` from config values, or ValueError naming what is wrong."""
-    owner = (owner or "").strip()
-    if not owner or "/" in owner:
-        raise ValueError(f"invalid {host_name} owner {owner!r}")
-    if owner_type not in ("org", "user"):
-        raise ValueError(f"owner_type must be 'org' or 'user', not {owner_type!r}")
-    return owner, owner_type
-
-
-class HttpOptions(TypedDict, total=False):
-    """How a code-host source's HTTP client is built and retries (keywords every host takes)."""
-
-    client: httpx.Client | None
-    max_retries: int
-    max_wait_seconds: float
-    request_deadline_seconds: float
-    sleep: Callable[[float], None]
-
-
-class ListingError(Exception):
-    """The listing cannot be trusted to be whole (its message is the verdict's reason)."""
-
-
-@dataclass(frozen=True)
-class PageRequest:
-    """The next listing page to ask for."""
-
-    url: str
-    params: dict[str, Any] | None = None
-
-    def full_url(self) -> str:
-        """The URL with its query, as the client sends it (to detect pagination loops)."""
-        return str(httpx.URL(self.url, params=self.params) if self.params else httpx.URL(self.url))
-
-
-@dataclass
-class Listing:
-    """The state of one scan, shared by the skeleton and the host's hooks."""
-
-    headers: dict[str, str]
-    token: str | None
-    seen_ids: set[str] = field(default_factory=set)
-    visited: set[str] = field(default_factory=set)
-    pages: int = 0
-    yielded: int = 0
-    malformed: int = 0
-    page_new: int = 0  # new records on the last page read
-    page_malformed: int = 0
-    visibilities: Counter[str] = field(default_factory=Counter)  # of every repository listed
-    extra: dict[str, Any] = field(default_factory=dict)  # the host's own state
-
-    @property
-    def principal(self) -> str:
-        """Whom the requests are authenticated as (set by ``_identify``)."""
-        return str(self.extra.get("principal", ANONYMOUS))
 
 
 class CodeHostSource:
@@ -140,7 +84,11 @@ class CodeHostSource:
         max_wait_seconds: float = 300,
         request_deadline_seconds: float = DEFAULT_REQUEST_DEADLINE,
         sleep: Callable[[float], None] = time.sleep,
+        include: Sequence[str] | None = None,
+        exclude: Sequence[str] | None = None,
+        topics: Sequence[str] | None = None,
     ) -> None:
+        self.listing_filter = ListingFilter.of(include=include, exclude=exclude, topics=topics)
         if urlsplit(base_url or "").scheme not in ("http", "https"):
             raise ValueError(f"base_url must be an http(s) URL, not {redact_url(base_url)!r}")
         if token_env is not None and not is_env_name(token_env):
@@ -210,10 +158,16 @@ class CodeHostSource:
 
     def _wanted(self, item: dict[str, Any]) -> bool:
         """False for an item the configured filters drop."""
-        return not (
-            (item.get("archived") and not self.include_archived)
-            or (item.get("fork") and not self.include_forks)
-        )
+        if (item.get("archived") and not self.include_archived) or (
+            item.get("fork") and not self.include_forks
+        ):
+            return False
+        topics = item.get("topics") if isinstance(item.get("topics"), list) else None
+        return self.listing_filter.why_excluded(self._item_path(item), topics) is None
+
+    def _item_path(self, item: dict[str, Any]) -> str | None:
+        """The listed item's path below its owner (what name filters match)."""
+        return str(item["name"])
 
     def _record(self, item: dict[str, Any]) -> ProjectRecord:  # pragma: no cover - per host
         raise NotImplementedError
@@ -222,13 +176,19 @@ class CodeHostSource:
         """Why the listing, read to its end, is still not provably whole; or None."""
         raise NotImplementedError
 
+    def _before_request(self, listing: Listing) -> None:
+        """Called before every request of a listing or a look-up (e.g. to renew a token)."""
+
     def _coverage(self, listing: Listing) -> dict[str, Any]:
         """What the listing could see."""
-        return {
+        coverage = {
             "visibilities": self._visibilities(listing),
             "include_forks": self.include_forks,
             "include_archived": self.include_archived,
         }
+        if self.listing_filter:
+            coverage["filters"] = self.listing_filter.as_coverage()
+        return coverage
 
     def _visibilities(self, listing: Listing) -> list[str]:
         """The visibilities the listing returns: public only without a token."""
@@ -289,13 +249,22 @@ class CodeHostSource:
         identity.update(self._identify(listing))
         request: PageRequest | None = self._first_page(listing)
         while request is not None:
+            self._before_request(listing)
             page = self._http.get_json(
-                request.url, params=request.params, headers=listing.headers, expect=list
+                request.url,
+                params=request.params,
+                headers=listing.headers,
+                expect=dict if request.items_key else list,
             )
             listing.pages += 1
             listing.visited.add(page.url)
             listing.page_new = listing.page_malformed = 0
-            for item in page.data:
+            items = page.data.get(request.items_key) if request.items_key else page.data
+            if not isinstance(items, list):
+                raise ListingError(
+                    f"page {self._http.safe_url(page.url)} holds no {request.items_key!r} list"
+                )
+            for item in items:
                 record = self._accept(item, listing)
                 if record is not None:
                     yield record
@@ -414,6 +383,7 @@ class CodeHostSource:
         url = f"{self.base_url}{self.repo_by_id_path.format(id=rid)}"
         shown = self._http.safe_url(url)
         try:
+            self._before_request(listing)
             page = self._http.get_json(url, headers=listing.headers, expect=dict)
         except PageError as exc:
             checked = now()
@@ -463,21 +433,3 @@ class CodeHostSource:
                 f"({self._http.safe_url(nxt)}); not followed with credentials"
             )
         return PageRequest(nxt)
-
-
-def count_check(noun: str, listed: int, totals: set[int], header: str) -> str | None:
-    """Compare a listing with the counts the host reported on its pages (``header``)."""
-    if not totals:
-        return (
-            f"the host reported no {header}: nothing to check the listing against, its end is "
-            "known only from the last page"
-        )
-    if len(totals) > 1:
-        return (
-            f"the {noun} count changed during the listing ({header} {sorted(totals)}): pages "
-            f"may have skipped {noun}"
-        )
-    total = next(iter(totals))
-    if listed != total:
-        return f"server reported {header}={total} {noun} but {listed} were read"
-    return None

@@ -13,6 +13,8 @@ import json
 from collections.abc import Collection, Mapping
 from typing import Any
 
+from enum_pipeline.sources.filters import ListingFilter, path_below
+
 __all__ = ["COVERAGE_RULES", "outside_coverage", "outside_listing", "outside_walk"]
 
 
@@ -112,7 +114,13 @@ def _visibility(row: Mapping[str, Any]) -> str | None:
 def outside_listing(
     coverage: Mapping[str, Any], row: Mapping[str, Any], scope_locations: Collection[str] = ()
 ) -> str | None:
-    """The code-host rule: visibilities, forks, archived, subgroups the listing returned."""
+    """The code-host rule: visibilities, forks, archived, subgroups the listing returned, and
+    an App installation granted selected repositories only."""
+    if coverage.get("repository_selection") == "selected":
+        return (
+            "the GitHub App installation sees selected repositories only: one it did not list "
+            "may not be granted to it"
+        )
     visibilities = coverage.get("visibilities")
     if visibilities is not None:
         seen = sorted(str(v).lower() for v in visibilities)
@@ -125,9 +133,24 @@ def outside_listing(
         return "a fork; the listing excluded forks (include_forks is false)"
     if coverage.get("include_archived") is False and _flag(row, "archived"):
         return "archived; the listing excluded archived repositories (include_archived is false)"
-    if coverage.get("include_subgroups") is False:
-        return _outside_group(row)
+    if coverage.get("include_subgroups") is False and (why := _outside_group(row)):
+        return why
+    if coverage.get("filters"):
+        scope_key = str(row.get("scope_key") or "")
+        owner = scope_key.split("/", 1)[1] if "/" in scope_key else ""
+        path = path_below(owner, str(row.get("location") or "")) if owner else None
+        return ListingFilter.from_coverage(coverage["filters"]).why_excluded(path, _topics(row))
     return None
+
+
+def _topics(row: Mapping[str, Any]) -> list[str] | None:
+    value = row.get("topics")
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except ValueError:
+            return None
+    return [str(t) for t in value] if isinstance(value, list | tuple) else None
 
 
 def _outside_group(row: Mapping[str, Any]) -> str | None:

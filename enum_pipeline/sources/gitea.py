@@ -18,8 +18,10 @@ from typing import Any, Unpack
 from urllib.parse import quote
 
 from enum_pipeline.sources.base import ProjectRecord
-from enum_pipeline.sources.codehost import (
-    CodeHostSource,
+from enum_pipeline.sources.codehost import CodeHostSource
+from enum_pipeline.sources.fields import FILLED_COLUMNS
+from enum_pipeline.sources.http import Page, parse_int_header, parse_link_header
+from enum_pipeline.sources.listing import (
     HttpOptions,
     Listing,
     ListingError,
@@ -27,9 +29,7 @@ from enum_pipeline.sources.codehost import (
     check_owner,
     count_check,
 )
-from enum_pipeline.sources.fields import FILLED_COLUMNS
-from enum_pipeline.sources.http import Page, parse_int_header, parse_link_header, parse_timestamp
-from enum_pipeline.sources.repos import int_or_none, repo_record
+from enum_pipeline.sources.repos import int_or_none, parse_timestamp, repo_record
 
 log = logging.getLogger(__name__)
 

@@ -13,25 +13,33 @@ owner has, or fewer private ones where the token can see their count, the scope 
 
 Identity: the owner's numeric id and the login the token belongs to (``GET /user``), or
 ``anonymous``. Coverage: public only, unless the owner's private count is visible to the token.
+
+As a GitHub App (``app_id``; see ``githubapp``) the listing is ``GET /installation/repositories``,
+checked against its ``total_count``; an installation granted *selected* repositories records so
+in its identity and coverage, and every repository it does not list is out of coverage.
 """
 
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 from typing import Any, Unpack
 from urllib.parse import quote
 
 from enum_pipeline.sources.base import ProjectRecord
-from enum_pipeline.sources.codehost import (
-    CodeHostSource,
+from enum_pipeline.sources.codehost import CodeHostSource
+from enum_pipeline.sources.fields import FILLED_COLUMNS
+from enum_pipeline.sources.githubapp import AppAuthError, AppInstallation, load_private_key
+from enum_pipeline.sources.http import Page, web_host
+from enum_pipeline.sources.listing import (
     HttpOptions,
     Listing,
+    ListingError,
     PageRequest,
     check_owner,
+    count_check,
 )
-from enum_pipeline.sources.fields import FILLED_COLUMNS
-from enum_pipeline.sources.http import Page, parse_timestamp, web_host
-from enum_pipeline.sources.repos import int_or_none, repo_record, text_or_none
+from enum_pipeline.sources.repos import int_or_none, parse_timestamp, repo_record, text_or_none
 
 log = logging.getLogger(__name__)
 
@@ -70,11 +78,22 @@ class GitHubSource(CodeHostSource):
         token_env: str | None = "GITHUB_TOKEN",
         include_archived: bool = True,
         include_forks: bool = True,
+        app_id: int | str | None = None,
+        private_key_env: str | None = None,
+        private_key_file: str | None = None,
+        installation_id: int | None = None,
         **http: Unpack[HttpOptions],
     ) -> None:
+        if app_id is not None:
+            token_env = None  # the App's installation token authenticates instead
         super().__init__(*check_owner(owner, owner_type, "GitHub"), base_url, token_env, **http)
         self.include_archived = include_archived
         self.include_forks = include_forks
+        self.app_id = app_id
+        self.installation_id = installation_id
+        self._app_key = (
+            load_private_key(private_key_env, private_key_file) if app_id is not None else None
+        )
 
     def _web_host(self, base_url: str) -> str:
         return github_web_host(base_url)
@@ -85,11 +104,52 @@ class GitHubSource(CodeHostSource):
     def _start(self) -> tuple[Listing, str | None]:
         listing, failure = super()._start()
         listing.headers["X-GitHub-Api-Version"] = "2022-11-28"
-        return listing, failure
+        if self._app_key is None or failure is not None:
+            return listing, failure
+        app = AppInstallation(
+            app_id=str(self.app_id),
+            private_key=self._app_key,
+            base_url=self.base_url,
+            http=self._http,
+            owner=self.owner,
+            owner_type=self.owner_type,
+            installation_id=self.installation_id,
+        )
+        listing.extra["app"] = app
+        try:
+            listing.token = app.token()
+        except AppAuthError as exc:
+            return listing, str(exc)
+        self._before_request(listing)
+        return listing, None
+
+    def _before_request(self, listing: Listing) -> None:
+        """Renew the App's installation token before it expires."""
+        app = listing.extra.get("app")
+        if app is not None:
+            try:
+                listing.token = app.token()
+            except AppAuthError as exc:
+                raise ListingError(str(exc)) from None
+            listing.headers["Authorization"] = f"Bearer {listing.token}"
+
+    def _get_user(self, listing: Listing) -> str:
+        app = listing.extra.get("app")
+        return app.principal if app is not None else super()._get_user(listing)
+
+    def _identify(self, listing: Listing) -> dict[str, Any]:
+        """The owner and principal, and an App installation's repository selection."""
+        identity = super()._identify(listing)
+        app = listing.extra.get("app")
+        if app is not None:
+            identity["repository_selection"] = app.repository_selection
+        return identity
 
     def _owner_info(self, listing: Listing) -> dict[str, Any]:
         """Which listing the principal gets, then the owner and its counts."""
-        if self.owner_type == "org":
+        if "app" in listing.extra:
+            listing.extra["listing"] = "installation"  # what the installation was granted
+        elif self.owner_type == "org":
             listing.extra["listing"] = "org"
         elif listing.principal.lower() == self.owner.lower():
             listing.extra["listing"] = "own"  # /user/repos holds their private ones too
@@ -117,6 +177,9 @@ class GitHubSource(CodeHostSource):
         # Oldest first: repositories created during the listing land at the end, not mid-list.
         params: dict[str, Any] = {"per_page": 100, "sort": "created", "direction": "asc"}
         owner = quote(self.owner, safe="")
+        if listing.extra["listing"] == "installation":
+            url = f"{self.base_url}/installation/repositories"
+            return PageRequest(url, {"per_page": 100}, items_key="repositories")
         if self.owner_type == "org":
             return PageRequest(f"{self.base_url}/orgs/{owner}/repos", {**params, "type": "all"})
         if listing.extra["listing"] == "own":
@@ -125,7 +188,12 @@ class GitHubSource(CodeHostSource):
         return PageRequest(f"{self.base_url}/users/{owner}/repos", {**params, "type": "owner"})
 
     def _next_page(self, page: Page, request: PageRequest, listing: Listing) -> PageRequest | None:
-        return self._next_link(page)
+        nxt = self._next_link(page)
+        if request.items_key and nxt is not None:
+            nxt = replace(nxt, items_key=request.items_key)
+        if request.items_key and isinstance(page.data.get("total_count"), int):
+            listing.extra.setdefault("totals", set()).add(page.data["total_count"])
+        return nxt
 
     def _private_field(self) -> str:
         return "total_private_repos" if self.owner_type == "org" else "owned_private_repos"
@@ -133,6 +201,8 @@ class GitHubSource(CodeHostSource):
     def _visibilities(self, listing: Listing) -> list[str]:
         """Private (and internal) ones only when the owner's private count is visible to the
         token and the listing endpoint returns them."""
+        if listing.extra.get("listing") == "installation":
+            return ["internal", "private", "public"]  # every one it was granted
         if (
             listing.token is None
             or listing.extra.get("listing") not in ("org", "own")
@@ -146,6 +216,9 @@ class GitHubSource(CodeHostSource):
     def _check_complete(self, listing: Listing) -> str | None:
         """The owner's counts, read again, must not have moved, and the listing must hold as
         many public (and, where counted, private) repositories as the owner has."""
+        if listing.extra.get("listing") == "installation":
+            totals = listing.extra.get("totals", set())
+            return count_check("repositories", len(listing.seen_ids), totals, "total_count")
         before, after = listing.extra["counts"], self._counts(self._owner(listing))
         what = self.owner_label
         if before != after:
@@ -169,6 +242,23 @@ class GitHubSource(CodeHostSource):
         if "private" in self._visibilities(listing) and listed_private < (private or 0):
             return f"the listing holds {listed_private} private repositories, {what} has {private}"
         return None
+
+    def _coverage(self, listing: Listing) -> dict[str, Any]:
+        """What the listing could see; an App installation's ``repository_selection`` too."""
+        coverage = super()._coverage(listing)
+        app = listing.extra.get("app")
+        if app is not None:
+            coverage["repository_selection"] = app.repository_selection
+        return coverage
+
+    def _witness_refusal(self, listing: Listing, reading: dict[str, Any]) -> str | None:
+        app = listing.extra.get("app")
+        if app is not None and app.repository_selection == "selected":
+            return (
+                f"the GitHub App installation {app.installation_id} sees selected repositories "
+                f"of {self.owner_label} only: a not-found answer may be one it was not granted"
+            )
+        return super()._witness_refusal(listing, reading)
 
     def _record(self, repo: dict[str, Any]) -> ProjectRecord:
         visibility = repo.get("visibility")

@@ -14,22 +14,24 @@ or ``anonymous``. Coverage: public projects only without a token.
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from typing import Any, Unpack
 from urllib.parse import quote
 
 from enum_pipeline.sources.base import ProjectRecord
-from enum_pipeline.sources.codehost import (
-    CodeHostSource,
+from enum_pipeline.sources.codehost import CodeHostSource
+from enum_pipeline.sources.fields import FILLED_COLUMNS
+from enum_pipeline.sources.filters import path_below
+from enum_pipeline.sources.http import Page, parse_int_header
+from enum_pipeline.sources.listing import (
     HttpOptions,
     Listing,
     ListingError,
     PageRequest,
     count_check,
 )
-from enum_pipeline.sources.fields import FILLED_COLUMNS
-from enum_pipeline.sources.http import Page, parse_int_header, parse_timestamp
 from enum_pipeline.sources.remotes import redact_url
-from enum_pipeline.sources.repos import host_record, int_or_none, text_or_none
+from enum_pipeline.sources.repos import host_record, int_or_none, parse_timestamp, text_or_none
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +54,7 @@ class GitLabSource(CodeHostSource):
         token_env: str | None = "GITLAB_TOKEN",
         include_subgroups: bool = True,
         include_archived: bool = True,
+        exclude_subgroups: Sequence[str] | None = None,
         **http: Unpack[HttpOptions],
     ) -> None:
         group = (group or "").strip().strip("/")
@@ -60,6 +63,10 @@ class GitLabSource(CodeHostSource):
         super().__init__(group, "group", base_url, token_env, **http)
         self.include_subgroups = include_subgroups
         self.include_archived = include_archived
+        self.listing_filter = self.listing_filter.with_subgroups(exclude_subgroups)
+
+    def _item_path(self, item: dict[str, Any]) -> str | None:
+        return path_below(self.owner, item.get("path_with_namespace"))
 
     def __repr__(self) -> str:
         return f"GitLabSource(group={self.owner!r}, base_url={redact_url(self.base_url)!r})"

@@ -11,10 +11,8 @@ Every request has a wall-clock deadline (``request_deadline``, default 60 s), no
 per-read timeout (which restarts on every byte a trickling server sends): each socket operation's
 timeout is clamped to what remains of the deadline (on the client this class builds; see
 ``httpdeadline``), and the body is streamed with the clock checked between chunks and its size
-bounded (``max_body_bytes``, 64 MiB).
-A request past its deadline is a transient failure, so one page ends, answered or failed, within
-``(max_retries + 1) * request_deadline + max_wait_seconds`` (defaults: 6 x 60 s + 300 s = 11 min):
-a host that stops answering leaves its scope incomplete within that bound.
+bounded (``max_body_bytes``, 64 MiB). A request past its deadline is a transient failure, so a
+page ends within ``(max_retries + 1) * request_deadline + max_wait_seconds`` (11 min).
 
 Credentials travel only in request headers. Nothing here logs a header, and every URL that reaches
 a log line or an error message goes through :func:`safe_url` (``redact_url`` plus scrubbing of
@@ -32,7 +30,6 @@ import re
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urljoin, urlsplit
 
@@ -209,6 +206,10 @@ class HttpClient:
         """Values never to appear in a log line or error message (tokens)."""
         self._secrets = tuple(s for s in secrets if s)
 
+    def add_secret(self, secret: str) -> None:
+        """One more value never to appear in a log line or error message."""
+        self._secrets = (*self._secrets, secret)
+
     def _http(self) -> httpx.Client:
         if self._client is None:
             self._client = httpx.Client(
@@ -270,12 +271,15 @@ class HttpClient:
             return SECONDARY_LIMIT_DEFAULT_WAIT
         return -1.0  # a 429 without hints: use the backoff
 
-    def _send(self, url: str, headers: Mapping[str, str]) -> tuple[httpx.Response, bytes]:
-        """GET and the body, following redirects only within the origin (credentials never leave
-        it), all within one ``request_deadline``: ``DeadlinePassed`` past it."""
+    def _send(
+        self, url: str, headers: Mapping[str, str], method: str = "GET", body: bytes | None = None
+    ) -> tuple[httpx.Response, bytes]:
+        """The request and the answer's body, following a GET's redirects only within the
+        origin (credentials never leave it), all within one ``request_deadline``:
+        ``DeadlinePassed`` past it."""
         at = self._deadline.at = time.monotonic() + self.request_deadline
         try:
-            return self._send_within(url, headers)
+            return self._send_within(url, headers, method, body)
         except httpx.TimeoutException as exc:
             if time.monotonic() >= at - 0.01:  # the deadline cut it, not a per-read timeout
                 raise DeadlinePassed(str(exc)) from exc
@@ -283,11 +287,13 @@ class HttpClient:
         finally:
             self._deadline.at = None
 
-    def _get(self, url: str, headers: Mapping[str, str]) -> tuple[httpx.Response, bytes]:
-        """One GET, its body streamed with the clock checked between chunks and its size
-        bounded."""
+    def _get(
+        self, url: str, headers: Mapping[str, str], method: str = "GET", body: bytes | None = None
+    ) -> tuple[httpx.Response, bytes]:
+        """One request, the answer's body streamed with the clock checked between chunks and
+        its size bounded."""
         client = self._http()
-        request = client.build_request("GET", url, headers=headers)
+        request = client.build_request(method, url, headers=headers, content=body)
         response = client.send(request, stream=True, follow_redirects=False)
         chunks: list[bytes] = []
         size = 0
@@ -306,11 +312,13 @@ class HttpClient:
             response.close()
         return response, b"".join(chunks)
 
-    def _send_within(self, url: str, headers: Mapping[str, str]) -> tuple[httpx.Response, bytes]:
+    def _send_within(
+        self, url: str, headers: Mapping[str, str], method: str, content: bytes | None
+    ) -> tuple[httpx.Response, bytes]:
         for _ in range(MAX_REDIRECTS + 1):
-            response, body = self._get(url, headers)
+            response, body = self._get(url, headers, method, content)
             location = response.headers.get("location")
-            if response.status_code not in REDIRECT_STATUSES or not location:
+            if response.status_code not in REDIRECT_STATUSES or not location or method != "GET":
                 return response, body
             target = urljoin(url, location)
             if not same_origin(target, url):
@@ -333,17 +341,31 @@ class HttpClient:
         headers: Mapping[str, str] | None = None,
         expect: type | None = None,
     ) -> Page:
-        """GET ``url`` and return its parsed JSON, retrying as configured, or raise PageError.
+        """GET ``url``'s parsed JSON, retrying as configured, or PageError; ``expect`` (e.g.
+        ``list``) makes a body of another JSON type count as invalid."""
+        return self.request_json("GET", url, params=params, headers=headers, expect=expect)
 
-        ``expect`` (e.g. ``list``) makes a body of another JSON type count as invalid.
-        """
+    def request_json(
+        self,
+        method: str,
+        url: str,
+        *,
+        params: Mapping[str, Any] | None = None,
+        headers: Mapping[str, str] | None = None,
+        expect: type | None = None,
+        json_body: Any = None,
+    ) -> Page:
+        """``get_json`` for any method (``json_body`` sent as JSON), with the same retries."""
+        body = None if json_body is None else json.dumps(json_body).encode()
         full_url = str(httpx.URL(url, params=params) if params else httpx.URL(url))
         shown = self.safe_url(full_url)
         request_headers = dict(headers or {})
+        if body is not None:
+            request_headers.setdefault("Content-Type", "application/json")
         waited = 0.0
         attempt = 0
         while True:
-            outcome = self._attempt(full_url, request_headers, expect, shown)
+            outcome = self._attempt(full_url, request_headers, expect, shown, method, body)
             if isinstance(outcome, Page):
                 return outcome
             # A transient failure: retry if the budget allows.
@@ -359,7 +381,8 @@ class HttpClient:
                     f"({max(budget, 0):.0f}s of max_wait_seconds={self.max_wait_seconds:g})",
                 )
             self._log.warning(
-                "GET %s: %s; retry %d/%d in %.1fs",
+                "%s %s: %s; retry %d/%d in %.1fs",
+                method,
                 shown,
                 error,
                 attempt + 1,
@@ -376,11 +399,13 @@ class HttpClient:
         request_headers: dict[str, str],
         expect: type | None,
         shown: str,
+        method: str = "GET",
+        body: bytes | None = None,
     ) -> Page | tuple[str, float | None]:
-        """One GET: the page, or ``(transient error, seconds asked to wait)``; PageError when
+        """One request: the page, or ``(transient error, seconds asked to wait)``; PageError when
         the answer is final (a 4xx that is not a rate limit)."""
         try:
-            response, body = self._send(full_url, request_headers)
+            response, content = self._send(full_url, request_headers, method, body)
         except DeadlinePassed:
             return f"no answer within the request deadline ({self.request_deadline:g}s)", None
         except httpx.TimeoutException as exc:
@@ -389,12 +414,12 @@ class HttpClient:
             return f"connection error ({type(exc).__name__}: {self.scrub(str(exc))[:200]})", None
         status = response.status_code
         if 200 <= status < 300:
-            data = _decode(body, expect)
+            data = _decode(content, expect)
             if data is not _INVALID:
                 return Page(full_url, response.headers, data)
             kind = "JSON" if expect is None else f"JSON {expect.__name__}"
             return f"HTTP {status} with invalid or truncated {kind} body", None
-        return self._failure(response, _text(response, body), shown)
+        return self._failure(response, _text(response, content), shown)
 
     def _failure(self, response: httpx.Response, body: str, shown: str) -> tuple[str, float | None]:
         """A rate limit or a transient status to retry; PageError for any other status."""
@@ -473,26 +498,3 @@ def _parse_reset(value: str | None, clock: Callable[[], float]) -> float | None:
     if number > 1_000_000_000:  # epoch seconds
         return max(0.0, number - clock()) + RESET_MARGIN_SECONDS
     return max(0.0, number)
-
-
-def parse_timestamp(value: Any) -> datetime | None:
-    """An ISO-8601 timestamp from an API (``...Z`` or with an offset) as an aware UTC datetime."""
-    if not isinstance(value, str) or not value.strip():
-        return None
-    try:
-        parsed = datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
-    except ValueError:
-        return None
-    if parsed.tzinfo is None:
-        parsed = parsed.replace(tzinfo=UTC)
-    return parsed.astimezone(UTC)
-
-
-def describe_page_error(error: PageError, *, what: str, first_page: bool) -> str:
-    """A verdict reason for a page that failed: the page URL (redacted) and the error."""
-    hint = ""
-    if error.status == 404 and first_page:
-        hint = f"{what} not found (or not visible with these credentials); "
-    elif error.status in (401, 403):
-        hint = "authentication or authorization failed; "
-    return f"{hint}page {error.url} failed: {error.reason}"

@@ -3,10 +3,10 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from enum_pipeline.sources.base import ProjectRecord
-from enum_pipeline.sources.http import parse_timestamp
 from enum_pipeline.sources.remotes import normalize_remote, redact_url
 
 if TYPE_CHECKING:
@@ -101,3 +101,16 @@ def repo_record(
         language=text_or_none(repo.get("language")),
         **columns,
     )
+
+
+def parse_timestamp(value: Any) -> datetime | None:
+    """An ISO-8601 timestamp from an API (``...Z`` or with an offset) as an aware UTC datetime."""
+    if not isinstance(value, str) or not value.strip():
+        return None
+    try:
+        parsed = datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=UTC)
+    return parsed.astimezone(UTC)

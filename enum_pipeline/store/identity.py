@@ -25,6 +25,7 @@ IDENTITY_KEYS = {
     "host": "another server answers for this scope?",
     "owner_id": "a different owner now holds that name?",
     "principal": "the requests are authenticated as someone else (a token missing or changed)?",
+    "repository_selection": "the GitHub App installation now sees all, or selected, repositories?",
 }
 
 

@@ -174,7 +174,7 @@ def _stale_rows(conn: Connection, scope_keys: list[str], generation: int) -> dic
     """Each scope's rows the run did not see (by key), in one statement."""
     p = t.projects
     cols = [p.c[c] for c in _ROW_COLUMNS if c in p.c]
-    extra = [p.c[c] for c in ("visibility", "archived", "fork") if c in p.c]
+    extra = [p.c[c] for c in ("visibility", "archived", "fork", "topics") if c in p.c]
     out: dict[str, list[dict[str, Any]]] = {k: [] for k in scope_keys}
     if not scope_keys:
         return out
