@@ -225,6 +225,29 @@ def test_no_token_value_in_any_tag(monkeypatch):
     assert token not in json.dumps(docker_container_context(sources))
 
 
+def test_a_github_app_queues_per_installation_and_no_key_is_in_a_tag(monkeypatch):
+    from enum_pipeline_tests.fake_github_app import new_key_pair
+
+    private, _ = new_key_pair()
+    monkeypatch.setenv("APP_KEY", private)
+    app = {"kind": "github", "app_id": 7, "private_key_env": "APP_KEY", "token_env": None}
+    config = {
+        "sources": [
+            {**app, "owner": "acme"},
+            {**app, "owner": "acme-labs"},
+            {**app, "owner": "partner", "installation_id": 99},
+        ]
+    }
+    tags = [scope_run_tags(s, k) for s, k in _scopes(config)]
+    assert [t[HOST_TOKEN_TAG] for t in tags] == [
+        "github:github.com:app-7/acme",
+        "github:github.com:app-7/acme-labs",
+        "github:github.com:app-7/99",
+    ]
+    body = private.split("-----")[2].strip().splitlines()[0]
+    assert all(body not in value for t in tags for value in t.values())
+
+
 def test_tag_values_are_readable_and_shared_per_host_and_token():
     tags = [scope_run_tags(s, k) for s, k in _scopes(PINNED)]
     assert [t[SCOPE_TAG] for t in tags] == [

@@ -47,9 +47,15 @@ def _root_of(source: Source, scope_key: str) -> str | None:
 
 
 def host_token_value(source: Source) -> str:
-    """The queue value a source's runs share: its code host and token variable, or the host
-    whose disk a filesystem source reads (its Kubernetes node or node labels, else ``local``)."""
+    """The queue value a source's runs share: its code host and token variable (or GitHub App
+    installation), or the host whose disk a filesystem source reads (its Kubernetes node or
+    node labels, else ``local``)."""
     host = getattr(source, "host", None)
+    app_id = getattr(source, "app_id", None)
+    if host is not None and app_id is not None:
+        # a GitHub App's rate limit is its installation's: given, or the owner's own
+        installation = getattr(source, "installation_id", None) or source.owner  # type: ignore[attr-defined]
+        return f"{source.kind}:{host}:app-{app_id}/{installation}"
     if host is not None:
         return f"{source.kind}:{host}:{getattr(source, 'token_env', None) or 'anonymous'}"
     placement = _placement(source)
