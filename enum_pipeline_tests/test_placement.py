@@ -346,6 +346,29 @@ def test_every_deployment_has_the_projects_queue_limits():
     assert helm["pools"] == {"defaultLimit": 1, "granularity": "run"}
 
 
+def test_the_deployment_files_parse_with_dagsters_schemas(tmp_path, monkeypatch):
+    from dagster._core.instance.config import dagster_instance_config
+    from dagster._core.workspace.config_schema import ensure_workspace_config
+
+    for var in ("USERNAME", "PASSWORD", "HOST", "PORT", "DB"):
+        monkeypatch.setenv(f"DAGSTER_PG_{var}", "5432" if var == "PORT" else "x")
+    for name in ("dagster.postgres.yaml", "docker/dagster.yaml", "k8s/dagster.yaml"):
+        home = tmp_path / name.replace("/", "_")
+        home.mkdir()
+        shutil.copy(REPO / "deploy" / name, home / "dagster.yaml")
+        config, _ = dagster_instance_config(str(home))
+        assert config["run_coordinator"]["class"] == "QueuedRunCoordinator", name
+
+    for name in ("docker/workspace.yaml", "host-local/workspace.yaml"):
+        path = REPO / "deploy" / name
+        ensure_workspace_config(yaml.safe_load(path.read_text()), str(path.parent))
+    compose = yaml.safe_load((REPO / "deploy" / "docker" / "docker-compose.yaml").read_text())
+    launcher = _launcher_section(REPO / "deploy" / "docker" / "dagster.yaml")["config"]
+    assert launcher["network"] in {n["name"] for n in compose["networks"].values()}
+    code = compose["services"]["enum_pipeline_code"]
+    assert "--container-context" in code["command"][-1]  # the rendered container context
+
+
 # --- the deployment doc ----------------------------------------------------------------------
 
 
