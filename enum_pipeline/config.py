@@ -14,15 +14,15 @@ from typing import Annotated, Literal, Union
 
 import yaml
 from pydantic import (
-    BaseModel,
-    ConfigDict,
     Field,
     PrivateAttr,
     ValidationError,
     field_validator,
+    model_validator,
 )
 
 from enum_pipeline.sources.base import Source
+from enum_pipeline.sources.hostconfig import FilesystemPlacement, StrictConfig, placed
 from enum_pipeline.sources.kinds import host_config_models
 from enum_pipeline.store import CleanupPolicy
 
@@ -34,8 +34,7 @@ class ConfigError(Exception):
     """The configuration is missing or invalid; the message names the key and the file."""
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+_Strict = StrictConfig
 
 
 class FilesystemSourceConfig(_Strict):
@@ -48,6 +47,7 @@ class FilesystemSourceConfig(_Strict):
     one_file_system: bool = True
     max_depth: int | None = Field(None, ge=0)
     nested: bool = Field(True, description="Look inside repositories for nested ones.")
+    placement: FilesystemPlacement | None = None
 
     @field_validator("roots")
     @classmethod
@@ -56,21 +56,32 @@ class FilesystemSourceConfig(_Strict):
             raise ValueError("a root must be a folder, not an empty string")
         return roots
 
+    @model_validator(mode="after")
+    def _one_host_path(self) -> FilesystemSourceConfig:
+        if self.placement and self.placement.host_path and len(self.roots) > 1:
+            raise ValueError(
+                "placement.host_path names the folder of one root: give each root its own source"
+            )
+        return self
+
     def build(self) -> list[Source]:
         """One source per root, so roots can be scanned in parallel."""
         from enum_pipeline.sources.filesystem import FilesystemSource
 
-        return [
-            FilesystemSource(
-                roots=[os.path.abspath(os.path.expanduser(root))],
-                skip_names=self.skip_names,
-                follow_symlinks=self.follow_symlinks,
-                one_file_system=self.one_file_system,
-                max_depth=self.max_depth,
-                nested=self.nested,
-            )
-            for root in self.roots
-        ]
+        return placed(
+            [
+                FilesystemSource(
+                    roots=[os.path.abspath(os.path.expanduser(root))],
+                    skip_names=self.skip_names,
+                    follow_symlinks=self.follow_symlinks,
+                    one_file_system=self.one_file_system,
+                    max_depth=self.max_depth,
+                    nested=self.nested,
+                )
+                for root in self.roots
+            ],
+            self.placement,
+        )
 
 
 #: One model a source kind, told apart by ``kind``: the filesystem, and every code host the

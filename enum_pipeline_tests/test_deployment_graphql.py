@@ -172,13 +172,11 @@ def test_postgres_yaml_reads_every_connection_parameter_from_env():
     assert "postgres_url" not in config["storage"]["postgres"]
     # psycopg 3 (plain `postgresql` under SQLAlchemy 2.1) breaks dagster-postgres' NOTIFY.
     assert db["scheme"] == "postgresql+psycopg2"
-    limits = config["concurrency"]["runs"]["tag_concurrency_limits"]
-    assert {(lim["key"], lim["limit"]) for lim in limits} == {
-        ("enum_pipeline/inventory", 1),
-        ("enum_pipeline/cleanup", 1),
-    }
+    # the run queue's limits (per scope, per host and token, one cleanup) are the project's
+    project = yaml.safe_load((REPO_ROOT / "dagster.yaml").read_text())
+    assert config["concurrency"] == project["concurrency"]
+    assert config["run_coordinator"] == project["run_coordinator"]
     assert config["run_coordinator"]["class"] == "QueuedRunCoordinator"
-    assert config["concurrency"]["pools"] == {"default_limit": 1, "granularity": "run"}
     assert config["run_monitoring"]["enabled"] is True
     assert config["telemetry"]["enabled"] is False
 
