@@ -190,4 +190,5 @@ CONTRACT = HostContract(
     rename=lambda app, repo, new: app.rename("Org", repo["id"], new),
     sent_token=lambda h: (h.get("authorization") or "").removeprefix("token ") or None,
     page_2="page=2",
+    delete=lambda app, item: app.delete("Org", item["id"]),
 )

@@ -212,4 +212,5 @@ CONTRACT = HostContract(
     rename=lambda app, repo, new: app.rename("Acme", repo["id"], new),
     sent_token=lambda h: (h.get("authorization") or "").removeprefix("Bearer ") or None,
     page_2="page=2",
+    delete=lambda app, item: app.delete("Acme", item["id"]),
 )

@@ -210,4 +210,5 @@ CONTRACT = HostContract(
     rename=_rename,
     sent_token=lambda h: h.get("private-token"),
     page_2="id_after=",
+    delete=lambda app, item: app.delete_project(item["id"]),
 )

@@ -449,6 +449,21 @@ class HostContract:
     rename: Callable[[Any, dict[str, Any], str], None]
     sent_token: Callable[[dict[str, str]], str | None]
     page_2: str  # how page 2's URL shows in a reason
+    #: how to delete one item from the app
+    delete: Callable[[Any, dict[str, Any]], None]
+    #: an item's stable id as records carry it (``attributes["id"]``), and as project keys do
+    item_id: Callable[[dict[str, Any]], Any] = lambda item: item["id"]
+    key_id: Callable[[dict[str, Any]], str] = lambda item: str(item["id"])
+    is_private: Callable[[dict[str, Any]], bool] = lambda item: (
+        bool(item.get("private")) or (item.get("visibility") in ("private", "internal"))
+    )
+    #: a listing page's items, and a page body with other items (most hosts: a JSON list)
+    items_of: Callable[[Any], list] = lambda data: data
+    with_items: Callable[[Any, list], Any] = lambda data, items: items
+
+    def project_key(self, host: str, item: dict[str, Any]) -> str:
+        """The project key of ``item`` read from the fake at ``host`` (its ``host:port``)."""
+        return f"{self.name}:{host}:{self.key_id(item)}"
 
     def make(self, host: FakeCodeHost, owner: str | None = None, **kw) -> Any:
         """The host's source, reading ``owner`` (default: the contract's) on ``host``."""

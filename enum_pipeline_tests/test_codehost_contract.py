@@ -68,17 +68,13 @@ def served(kind: Host, token: str):
         yield app, host, items
 
 
-def _private(item: dict[str, Any]) -> bool:
-    return bool(item.get("private")) or item.get("visibility") in ("private", "internal")
-
-
 def test_full_listing_with_identity_and_coverage(kind: Host, served) -> None:
     app, host, items = served
-    assert any(_private(i) for i in items)
+    assert any(kind.is_private(i) for i in items)
     records, [verdict] = scan(kind.make(host))
     assert verdict.complete and verdict.reason is None
     assert verdict.seen == len(records) == N  # private ones included
-    assert {r.attributes["id"] for r in records} == {i["id"] for i in items}
+    assert {r.attributes["id"] for r in records} == {kind.item_id(i) for i in items}
     assert verdict.identity == {
         "host": host.host,
         "owner": kind.owner,
@@ -96,7 +92,7 @@ def test_anonymous_read_sees_public_repositories_only_and_says_so(kind: Host) ->
     items = kind.populate(app, 30)
     with FakeCodeHost(app) as host:
         records, [verdict] = scan(kind.make(host, token_env=None))
-    public = {i["id"] for i in items if not _private(i)}
+    public = {kind.item_id(i) for i in items if not kind.is_private(i)}
     assert 0 < len(public) < 30
     assert verdict.complete and {r.attributes["id"] for r in records} == public
     assert verdict.identity["principal"] == "anonymous"
@@ -258,7 +254,8 @@ def test_malformed_records_make_the_scope_incomplete(kind: Host, served) -> None
         reply = route(req, host_header)
         if reply.page == 1 and reply.status == 200:
             data = json.loads(reply.body)
-            reply.body = json.dumps([*data, {"id": None}, "not an object"]).encode()
+            broken = [*kind.items_of(data), {"id": None}, "not an object"]
+            reply.body = json.dumps(kind.with_items(data, broken)).encode()
         return reply
 
     app.route = with_a_broken_item  # type: ignore[method-assign]
@@ -277,9 +274,10 @@ def test_an_item_repeated_on_a_later_page_is_yielded_once(kind: Host, served) ->
         if reply.status == 200 and reply.page in (1, 2):
             data = json.loads(reply.body)
             if reply.page == 1:
-                first[:] = data[:1]
+                first[:] = kind.items_of(data)[:1]
             else:
-                reply.body = json.dumps(first + data).encode()
+                repeated = first + kind.items_of(data)
+                reply.body = json.dumps(kind.with_items(data, repeated)).encode()
         return reply
 
     app.route = repeating  # type: ignore[method-assign]
@@ -302,7 +300,7 @@ def test_rename_keeps_project_key(kind: Host, served) -> None:
     after, [verdict] = scan(kind.make(host))
     assert verdict.complete
     assert {r.project_key for r in before} == {r.project_key for r in after}
-    renamed = next(r for r in after if r.attributes["id"] == items[17]["id"])
+    renamed = next(r for r in after if r.attributes["id"] == kind.item_id(items[17]))
     assert renamed.name == "renamed-one" and renamed.location.endswith("/renamed-one")
 
 

@@ -12,6 +12,7 @@ import shutil
 import subprocess
 from datetime import UTC, datetime
 from pathlib import Path
+from urllib.parse import unquote
 
 import pytest
 
@@ -309,7 +310,7 @@ def filtering_host(request, monkeypatch):
 
 
 def _key(kind: Host, served, item) -> str:
-    return f"{kind.name}:{served.host}:{item['id']}"
+    return kind.project_key(served.host, item)
 
 
 def _source(kind: Host, served, **kw):
@@ -317,10 +318,7 @@ def _source(kind: Host, served, **kw):
 
 
 def _delete(kind: Host, app, item) -> None:
-    if kind.name == "gitlab":
-        app.delete_project(item["id"])
-    else:
-        app.delete(kind.owner, item["id"])
+    kind.delete(app, item)
 
 
 def test_a_deleted_repository_is_removed_on_a_not_found_by_id(store, host) -> None:
@@ -333,7 +331,9 @@ def test_a_deleted_repository_is_removed_on_a_not_found_by_id(store, host) -> No
     key = _key(kind, served, victim)
     assert result.removed_keys == [key]
     entry = _entry(result, key)
-    assert "not found: GET" in entry.confirmation and str(victim["id"]) in entry.confirmation
+    assert "not found: GET" in entry.confirmation and kind.key_id(victim) in unquote(
+        entry.confirmation
+    )
     assert store.history(run_id)[0].confirmation == entry.confirmation
 
 
@@ -351,9 +351,7 @@ def test_a_repository_the_listing_missed_is_kept_when_found_by_id(store, host) -
 
 def test_an_anonymous_not_found_confirms_nothing(store, host) -> None:
     kind, app, served, items = host
-    public = [
-        i for i in items if not (i.get("private") or i.get("visibility") in ("private", "internal"))
-    ]
+    public = [i for i in items if not kind.is_private(i)]
     _run(store, [_source(kind, served, token_env=None)])
     victim = public[0]
     _delete(kind, app, victim)
@@ -375,7 +373,7 @@ def test_a_server_error_by_id_keeps_the_row(store, host) -> None:
     original = app.route
 
     def failing(req, host_name):
-        if str(victim["id"]) in req.path.split("?")[0].rsplit("/", 1)[-1:]:
+        if kind.key_id(victim) in unquote(req.path.split("?")[0].rsplit("/", 1)[-1]):
             from enum_pipeline_tests.fake_codehosts import Reply
 
             return Reply.json(403, {"message": "Forbidden"})

@@ -19,7 +19,7 @@ import logging
 import time
 from collections.abc import Callable, Generator, Iterator, Sequence
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlsplit
 
 import httpx
 
@@ -383,7 +383,8 @@ class CodeHostSource:
     def _look_up(self, candidate: Candidate, listing: Listing) -> Confirmation:
         """``GET`` one repository by its stable id."""
         rid = str(candidate.attributes.get("id") or candidate.project_key.rsplit(":", 1)[-1])
-        url = f"{self.base_url}{self.repo_by_id_path.format(id=rid)}"
+        path = self.repo_by_id_path.format(id=quote(rid, safe=""), owner=quote(self.owner, safe=""))
+        url = f"{self.base_url}{path}"
         shown = self._http.safe_url(url)
         try:
             self._before_request(listing)
