@@ -165,3 +165,23 @@ def test_only_the_store_imports_store_submodules():
             if target.startswith("enum_pipeline.store."):
                 offenders.append(f"{relative} imports {target}")
     assert not offenders, "import enum_pipeline.store instead:\n" + "\n".join(offenders)
+
+
+def test_a_code_host_is_one_source_module_its_fake_and_the_docs():
+    """Adding a host needs its module (source and config model), its fake and the docs: the
+    newest host, Bitbucket, is named by no other file of the package or its tests (but its own
+    quirks' tests)."""
+    tests = ROOT.parent / "enum_pipeline_tests"
+    own = {
+        ROOT / "sources" / "bitbucket.py",
+        tests / "fake_bitbucket.py",
+        tests / "test_bitbucket_source.py",
+        Path(__file__).resolve(),
+    }
+    naming = [
+        str(path)
+        for folder in (ROOT, tests)
+        for path in folder.rglob("*.py")
+        if path.resolve() not in own and "bitbucket" in path.read_text(encoding="utf-8").lower()
+    ]
+    assert not naming, f"files that must not need to know a host: {naming}"

@@ -107,7 +107,7 @@ def test_projects_scope_filter(product):
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["--source", "bitbucket"], "unknown --source 'bitbucket'"),
+        (["--source", "sourcehut"], "unknown --source 'sourcehut'"),
         (["--scope", "fs:/nowhere"], "unknown --scope 'fs:/nowhere'"),
         (["--language", "COBOL"], "unknown --language 'COBOL'; known: Go, Python"),
         (["--topic", "nope"], "unknown --topic 'nope'"),
