@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib
 import os
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Annotated, ClassVar, Literal
 
@@ -189,6 +190,22 @@ class PipelineConfig(_Strict):
                     f"invalid configuration in {self._origin}: sources.{index}.{config.kind}: {err}"
                 ) from None
         return sources
+
+    def sources_for(self, scope_keys: Iterable[str]) -> list[Source]:
+        """The sources of the scopes ``scope_keys`` only (a filesystem source builds one source
+        per root, so it is narrowed to those roots); a key this configuration does not read is a
+        ConfigError, raised before any source is used."""
+        sources = self.build_sources()
+        wanted = set(scope_keys)
+        known = {k for s in sources for k in s.scope_keys()}
+        unknown = sorted(wanted - known)
+        if unknown:
+            listed = ", ".join(sorted(known)[:5]) + (", …" if len(known) > 5 else "")
+            raise ConfigError(
+                f"scope {unknown[0]} is not in {self._origin} (it reads {listed}); "
+                "nothing was begun"
+            )
+        return [s for s in sources if wanted & set(s.scope_keys())]
 
 
 def _format_errors(err: ValidationError, origin: str) -> str:

@@ -1,284 +1,34 @@
-"""Assets of one enumeration run: scan → flush (upsert, verify) → run state; and the cleanup."""
-
-from dataclasses import asdict
+"""The cleanup of a completed enumeration run (the run's own assets are in ``enumeration``)."""
 
 from dagster import (
     AssetExecutionContext,
     AssetKey,
+    BackfillPolicy,
     Config,
     Failure,
     MetadataValue,
-    OpExecutionContext,
-    Out,
     Output,
     asset,
-    graph_asset,
-    op,
 )
 from pydantic import Field
 
 from enum_pipeline.defs import tables
-from enum_pipeline.defs.catalog import catalog, database_kind, freshness, source_kinds
+from enum_pipeline.defs.catalog import catalog, database_kind
 from enum_pipeline.defs.constants import (
     APPROVE_JOB,
     CLEANUP_POOL,
     ENUMERATION_RUN_TAG,
-    INVENTORY_POOL,
     cleanup_run_config,
     dagster_run_lookup,
 )
 from enum_pipeline.defs.resources import InventoryResource
-from enum_pipeline.scan import ScanSummary
-from enum_pipeline.steps import finish_run, flush_run, resolve_run, start_run, verify_run
+from enum_pipeline.defs.scopes import SCOPES
+from enum_pipeline.steps import resolve_run
 from enum_pipeline.store import AmbiguousRunError, UnknownRunError
 
 GROUP = "inventory"
-PREVIEW_ROWS = 20
 DB_KINDS = {database_kind()}
 CATALOG = {"owners": catalog().owners, "tags": catalog().tags}
-
-
-class ScanConfig(Config):
-    """Run config of ``scanned_projects``: overrides of the configured sources."""
-
-    config_path: str | None = Field(
-        default=None, description="YAML configuration file (default: ENUM_PIPELINE_CONFIG)."
-    )
-    roots: list[str] | None = Field(
-        default=None, description="Scan these folders instead of the configured sources."
-    )
-
-
-# The executors that run every step of a job in the launching process: the run's holder (its
-# pid, its lease, its heartbeat thread; see enum_pipeline.steps) must outlive the first step.
-IN_PROCESS_EXECUTORS = ("in_process", "execute_in_process_executor")
-
-
-def _require_in_process(context: AssetExecutionContext) -> None:
-    executor = context.job_def.executor_def.name
-    if executor not in IN_PROCESS_EXECUTORS:
-        raise Failure(
-            f"the enumeration must run under the in-process executor, not {executor!r}: its "
-            "steps share the process that holds the run (pid, lease, heartbeat thread)"
-        )
-
-
-def _scope_table(scopes: list[dict]) -> MetadataValue:
-    lines = ["| scope | complete | seen | reason |", "|---|---|---|---|"]
-    for s in scopes:
-        reason = (s.get("reason") or "").replace("|", "\\|").replace("\n", " ")
-        lines.append(f"| {s['scope_key']} | {s['complete']} | {s['seen']} | {reason} |")
-    return MetadataValue.md("\n".join(lines))
-
-
-QUARANTINE_LISTED = 20
-
-
-def _quarantine_md(summary: ScanSummary) -> MetadataValue:
-    """The records the database could not take, with why (capped: the CLI lists all)."""
-    quarantined = summary.quarantined
-    if not quarantined:
-        return MetadataValue.md("none")
-    lines = ["| scope | project key | reason |", "|---|---|---|"]
-    for q in quarantined[:QUARANTINE_LISTED]:
-        cells = (
-            c.replace("|", "\\|").replace("\n", " ") for c in (q.scope_key, q.project_key, q.reason)
-        )
-        lines.append("| " + " | ".join(cells) + " |")
-    if len(quarantined) > QUARANTINE_LISTED:
-        lines.append(
-            f"\n{len(quarantined) - QUARANTINE_LISTED} more: "
-            f"`enum-pipeline runs --quarantined {summary.run_id}`"
-        )
-    return MetadataValue.md("\n".join(lines))
-
-
-ENUMERATION = {AssetKey("scanned_projects"), AssetKey("projects"), AssetKey("run_state")}
-
-
-def refuse_partial_enumeration(context) -> None:
-    """One sentence, before anything begins, when a run selects part of the enumeration."""
-    selection = context.run.asset_selection
-    if selection and not set(selection) >= ENUMERATION:
-        raise Failure(
-            "scanned_projects, projects and run_state are one run: launch the job "
-            "enumerate_projects (or materialize the three together); nothing was begun"
-        )
-
-
-@asset(group_name=GROUP, kinds=source_kinds(), pool=INVENTORY_POOL, **CATALOG)
-def scanned_projects(
-    context: AssetExecutionContext, config: ScanConfig, inventory: InventoryResource
-) -> Output[dict]:
-    """Begin the run, then stream every source into the run's durable staging table.
-
-    Every scope ends complete or incomplete; an incomplete scope protects its projects.
-    """
-    _require_in_process(context)
-    refuse_partial_enumeration(context)
-    from enum_pipeline.config import ConfigError
-
-    try:
-        pipeline = inventory.pipeline_config(config.config_path, config.roots)
-        sources = pipeline.build_sources()  # every source checked before the run begins
-    except ConfigError as err:
-        raise Failure(str(err)) from None
-    store = inventory.store()
-    run_id = context.run.run_id
-
-    def progress(summary: ScanSummary) -> None:
-        context.log.info(
-            f"scan progress: {summary.scanned} projects, {len(summary.verdicts)} scopes ended, "
-            f"{summary.seconds:.0f}s"
-        )
-
-    # The run carries the policy its cleanup applies, and (unless roots were given ad hoc) the
-    # configured scopes, so rows of any other scope become orphans instead of candidates.
-    configured = None if config.roots else [k for s in sources for k in s.scope_keys()]
-    summary = start_run(
-        store,
-        run_id,
-        sources,
-        policy=pipeline.cleanup,
-        configured_scopes=configured,
-        batch_size=pipeline.batch_size,
-        parallel_sources=pipeline.parallel_sources,
-        on_progress=progress,
-        log=lambda m: context.log.info(f"{m} on {inventory.display_url()}"),
-    )
-    generation = summary.generation
-    data = summary.as_dict()
-    for verdict in summary.incomplete:
-        context.log.warning(f"scope {verdict.scope_key} incomplete: {verdict.reason}")
-    for q in summary.quarantined[:QUARANTINE_LISTED]:
-        context.log.warning(f"quarantined {q.project_key} ({q.scope_key}): {q.reason}")
-    return Output(
-        data,
-        metadata={
-            "run_id": run_id,
-            "generation": generation,
-            "scanned": summary.scanned,
-            "staged": summary.staged,
-            "scopes": len(summary.verdicts),
-            "incomplete_scopes": len(summary.incomplete),
-            "scan_seconds": round(summary.seconds, 3),
-            "scope_verdicts": _scope_table(data["scopes"]),
-            "quarantined": len(summary.quarantined),
-            "quarantined_records": _quarantine_md(summary),
-        },
-    )
-
-
-@op(out=Out(dict), pool=INVENTORY_POOL)
-def upsert_projects(
-    context: OpExecutionContext, inventory: InventoryResource, scanned: dict
-) -> dict:
-    """Set-based upsert of the run's staged records into ``projects``.
-
-    In a re-execution (a new Dagster run) the staged run is resumed, never re-scanned.
-    """
-    refuse_partial_enumeration(context)
-    run_id = scanned["run_id"]
-    if context.run_id != run_id and context.run.parent_run_id is None:
-        raise Failure(
-            "projects is written by its own scan: launch the job enumerate_projects "
-            "(or re-execute a failed enumeration from failure); nothing was begun"
-        )
-    result = flush_run(inventory.store(), run_id, context.run_id, log=context.log.info)
-    context.log.info(
-        f"flushed {result.staged}: {result.added} added, {result.changed} changed, "
-        f"{result.unchanged} unchanged"
-    )
-    return asdict(result)
-
-
-@op(out=Out(dict), pool=INVENTORY_POOL)
-def verify_flush(context: OpExecutionContext, inventory: InventoryResource, flushed: dict):
-    """Prove every staged record landed with this run's generation, then confirm the rows.
-
-    A failed proof marks the run failed and is recorded as ``flush_succeeded=False`` (the
-    blocking check on ``projects`` then stops the run, and the cleanup sensor skips it).
-    """
-    store = inventory.store()
-    run_id = flushed["run_id"]
-    outcome = verify_run(store, run_id)
-    error, confirmed = outcome.error, outcome.confirmed
-    value = {**flushed, "flush_succeeded": error is None, "confirmed": confirmed, "error": error}
-    preview = store.projects(limit=PREVIEW_ROWS)
-    delta = [c for c in store.run_changes(run_id) if c.change != "removed"]
-    yield Output(
-        value,
-        metadata={
-            "flush_succeeded": error is None,
-            "run_id": run_id,
-            "generation": flushed["generation"],
-            "staged": flushed["staged"],
-            "added": flushed["added"],
-            "changed": flushed["changed"],
-            "unchanged": flushed["unchanged"],
-            "confirmed": confirmed,
-            "dagster/row_count": store.count_projects(),
-            "error": error or "",
-            "dagster/table_name": "projects",
-            "dagster/column_schema": tables.projects_column_schema(),
-            **tables.table_metadata(
-                "added_and_changed",
-                tables.change_rows(delta),
-                tables.CHANGE_SCHEMA,
-                f"enum-pipeline diff {run_id}",
-            ),
-            "scopes": scope_summary(store),
-            "preview": MetadataValue.md(_preview_table(preview)),
-        },
-    )
-
-
-def _preview_table(rows: list[dict]) -> str:
-    lines = ["| name | vcs | location | branch | markers |", "|---|---|---|---|---|"]
-    for r in rows:
-        markers = ", ".join(r.get("markers") or [])
-        cells = [r["name"], r["vcs"] or "", r["location"], r["default_branch"] or "", markers]
-        lines.append("| " + " | ".join(str(c).replace("|", "\\|") for c in cells) + " |")
-    return "\n".join(lines)
-
-
-@graph_asset(group_name=GROUP, kinds=DB_KINDS, **CATALOG)
-def projects(scanned_projects: dict) -> dict:
-    """The inventory table: the run's flush (``upsert_projects`` → ``verify_flush``)."""
-    return verify_flush(upsert_projects(scanned_projects))
-
-
-# fresh when a run has completed since the schedule's last tick (run_state materializes then)
-@asset(
-    group_name=GROUP,
-    kinds=DB_KINDS,
-    freshness_policy=freshness(),
-    pool=INVENTORY_POOL,
-    **CATALOG,
-)
-def run_state(
-    context: AssetExecutionContext, inventory: InventoryResource, projects: dict
-) -> Output[dict]:
-    """Complete the run: ``completed`` iff its flush was verified, else ``failed``."""
-    refuse_partial_enumeration(context)
-    run_id = projects["run_id"]
-    finished = finish_run(inventory.store(), run_id, log=context.log.info)
-    status, info = finished.status, finished.info
-    metadata = {
-        "run_id": run_id,
-        "generation": info.generation,
-        "status": status,
-        "flush_succeeded": info.flush_succeeded,
-        "scanned": info.scanned_count,
-        "added": info.added_count,
-        "changed": info.changed_count,
-        "unchanged": info.unchanged_count,
-        "confirmed": info.confirmed_count,
-        "error": info.error or "",
-    }
-    if status != "completed":
-        raise Failure(f"run {run_id} ended {status}: {info.error}", metadata=metadata)
-    return Output({"run_id": run_id, "status": status}, metadata=metadata)
 
 
 class CleanupConfig(Config):
@@ -301,15 +51,6 @@ class CleanupConfig(Config):
         description="Ignored: the cleanup applies the policy its run began with (approve, "
         "never loosen).",
     )
-
-
-def scope_summary(store) -> MetadataValue:
-    """The per-scope summary of ``projects`` as table metadata."""
-    rows = [
-        {k: r[k] for k in ("scope", "total", "missing", "out_of_coverage", "incomplete")}
-        for r in store.scope_summary()
-    ]
-    return tables.capped(rows, tables.SCOPE_SCHEMA, "enum-pipeline runs")["table"]
 
 
 def resolve_cleanup_run(context, store, given: str | None, *, approve: bool) -> str:
@@ -343,6 +84,8 @@ def cleanup_entries(store, run_id: str, result) -> list:
     kinds=DB_KINDS,
     deps=[AssetKey("projects")],
     pool=CLEANUP_POOL,
+    partitions_def=SCOPES,
+    backfill_policy=BackfillPolicy.single_run(),
     **CATALOG,
 )
 def stale_projects_cleanup(

@@ -1,16 +1,28 @@
 """Asset checks: a flush that is not verified stops the run; a blocked cleanup is an error."""
 
-from dagster import AssetCheckResult, AssetCheckSeverity, asset_check
+from dagster import (
+    AssetCheckExecutionContext,
+    AssetCheckResult,
+    AssetCheckSeverity,
+    AssetKey,
+    asset_check,
+)
 
-from enum_pipeline.defs.assets import projects, stale_projects_cleanup
+from enum_pipeline.defs.assets import stale_projects_cleanup
+from enum_pipeline.defs.enumeration import inventory_run_id
 from enum_pipeline.defs.resources import InventoryResource
 
+PROJECTS = AssetKey("projects")
 
-@asset_check(asset=projects, blocking=True)
-def projects_flush_verified(inventory: InventoryResource, projects: dict) -> AssetCheckResult:
+
+@asset_check(asset=PROJECTS, blocking=True)
+def projects_flush_verified(
+    context: AssetCheckExecutionContext, inventory: InventoryResource
+) -> AssetCheckResult:
     """Passes only when the store confirms this run's flush (``flush_succeeded``)."""
-    run_id = projects["run_id"]
-    info = inventory.store().get_run(run_id)
+    store = inventory.store()
+    run_id = inventory_run_id(context, store)
+    info = store.get_run(run_id)
     return AssetCheckResult(
         passed=bool(info.flush_succeeded),
         severity=AssetCheckSeverity.ERROR,
@@ -52,7 +64,7 @@ def cleanup_not_blocked(stale_projects_cleanup: dict) -> AssetCheckResult:
     )
 
 
-@asset_check(asset=projects)
+@asset_check(asset=PROJECTS)
 def projects_scopes_complete(inventory: InventoryResource) -> AssetCheckResult:
     """Warns when the newest read of a scope was incomplete (its projects are kept, unchecked)."""
     incomplete = [s for s in inventory.store().scope_summary() if s["incomplete"]]

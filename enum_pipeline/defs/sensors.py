@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 
 from dagster import (
     AssetKey,
+    AssetRecordsFilter,
     DagsterRunStatus,
     DefaultSensorStatus,
     RunFailureSensorContext,
@@ -17,15 +18,27 @@ from dagster import (
     RunStatusSensorDefinition,
     SensorDefinition,
     SensorEvaluationContext,
+    SensorResult,
     SkipReason,
     run_failure_sensor,
     run_status_sensor,
     sensor,
 )
 
-from enum_pipeline.defs.constants import ENUMERATION_RUN_TAG, cleanup_run_config
+from enum_pipeline.defs.constants import (
+    ENUMERATION_RUN_TAG,
+    SCOPES_PARTITIONS,
+    cleanup_run_config,
+)
 from enum_pipeline.defs.jobs import cleanup_projects, enumerate_projects
 from enum_pipeline.defs.resources import InventoryResource
+from enum_pipeline.defs.scopes import (
+    PARTITION_TAG,
+    SCOPES,
+    configured_partition_keys,
+    partition_tags_of,
+    sync_plan,
+)
 from enum_pipeline.steps import cleanup_due
 
 if TYPE_CHECKING:
@@ -35,6 +48,21 @@ if TYPE_CHECKING:
     )
 
     Job = JobDefinition | UnresolvedAssetJobDefinition
+
+
+#: Flushes of projects one tick reads at most (the rest on the next tick).
+FLUSHES_READ = 100
+
+
+def _metadata(record) -> dict:
+    return record.event_log_entry.asset_materialization.metadata
+
+
+def _partition_tags(instance, record) -> dict[str, str]:
+    """The partition (or range) tags of the enumeration run that recorded a flush."""
+    run = instance.get_run_by_id(record.event_log_entry.run_id)
+    tags = partition_tags_of(run.tags) if run is not None else {}
+    return tags or {PARTITION_TAG: record.partition_key}
 
 
 def make_cleanup_sensor(job: "Job") -> SensorDefinition:
@@ -50,35 +78,50 @@ def make_cleanup_sensor(job: "Job") -> SensorDefinition:
     def cleanup_after_confirmed_flush(
         context: SensorEvaluationContext, inventory: InventoryResource
     ):
-        """One cleanup run per confirmed flush, read from the latest ``projects``
-        materialization; whether it is due is ``steps.cleanup_due`` (the CLI asks the same)."""
+        """One cleanup run per confirmed flush, for the flushed run's partitions: every flush
+        of ``projects`` recorded since the cursor (the newest one on a first tick), oldest
+        first; whether it is due is ``steps.cleanup_due`` (the CLI asks the same)."""
+        after = int(context.cursor) if context.cursor else None
+        records = context.instance.fetch_materializations(
+            AssetRecordsFilter(asset_key=AssetKey("projects"), after_storage_id=after),
+            limit=FLUSHES_READ,
+            ascending=after is not None,
+        ).records
         # Cleanups and restores record row counts on projects too; the sensor wants the flushes.
-        records = [
-            r
-            for r in context.instance.fetch_materializations(AssetKey("projects"), limit=20).records
-            if "flush_succeeded" in r.event_log_entry.asset_materialization.metadata
-        ]
-        if not records:
-            return SkipReason("no flush of projects recorded yet")
-        storage_id = records[0].storage_id
-        event = records[0].event_log_entry
-        if context.cursor and int(context.cursor) >= storage_id:
-            return SkipReason(f"latest flush (event {storage_id}) was already handled")
-        metadata = event.asset_materialization.metadata
-        run_id = metadata["run_id"].value if "run_id" in metadata else None
-        if run_id is None:
-            context.update_cursor(str(storage_id))
-            return SkipReason("latest projects materialization carries no run_id")
-        due = cleanup_due(inventory.store(), run_id)
-        if due.wait:
-            return SkipReason(due.reason)
-        context.update_cursor(str(storage_id))
-        if not due.due:
-            return SkipReason(due.reason)
-        return RunRequest(
-            run_key=run_id,
-            run_config=cleanup_run_config(run_id),
-            tags={ENUMERATION_RUN_TAG: run_id},
+        flushes = [r for r in records if "flush_succeeded" in _metadata(r)]
+        if after is None:
+            flushes = flushes[:1]
+        if not flushes:
+            if after is None:
+                return SkipReason("no flush of projects recorded yet")
+            return SkipReason(f"latest flush (event {after}) was already handled")
+        store = inventory.store()
+        requests, skipped, cursor = [], [], after
+        for record in flushes:
+            metadata = _metadata(record)
+            run_id = metadata["run_id"].value if "run_id" in metadata else None
+            due = cleanup_due(store, run_id) if run_id else None
+            if due is not None and due.wait:
+                skipped.append(due.reason)
+                break  # the cursor stays before a run still active
+            cursor = record.storage_id
+            if due is None or not due.due:
+                skipped.append(due.reason if due else "a projects flush carries no run_id")
+            elif run_id not in {r.run_key for r in requests}:
+                requests.append(
+                    RunRequest(
+                        run_key=run_id,
+                        run_config=cleanup_run_config(run_id),
+                        tags={
+                            ENUMERATION_RUN_TAG: run_id,
+                            **_partition_tags(context.instance, record),
+                        },
+                    )
+                )
+        return SensorResult(
+            run_requests=requests,
+            skip_reason=None if requests else SkipReason("; ".join(skipped)),
+            cursor=str(cursor) if cursor is not None else None,
         )
 
     return cleanup_after_confirmed_flush
@@ -138,6 +181,29 @@ def reap_abandoned_runs(context: SensorEvaluationContext, inventory: InventoryRe
     if reaped:
         return SkipReason(f"marked abandoned: {', '.join(reaped)}")
     return SkipReason("no abandoned run")
+
+
+@sensor(
+    minimum_interval_seconds=60,
+    default_status=DefaultSensorStatus.RUNNING,
+    description="Keeps the scope partitions in step with the configuration (a dropped scope's "
+    "partition is deleted; its projects never are because of it: they become orphans).",
+)
+def sync_scope_partitions(context: SensorEvaluationContext, inventory: InventoryResource):
+    """Add a partition for every configured scope, delete those of scopes no longer configured;
+    a configuration that cannot be read changes nothing."""
+    from enum_pipeline.config import ConfigError
+
+    try:
+        wanted = configured_partition_keys(inventory.pipeline_config())
+    except ConfigError as err:
+        return SkipReason(f"scope partitions left as they are: {err}")
+    add, delete = sync_plan(context.instance.get_dynamic_partitions(SCOPES_PARTITIONS), wanted)
+    if not add and not delete:
+        return SkipReason(f"the {len(wanted)} scope partitions match the configuration")
+    requests = [SCOPES.build_add_request(add)] if add else []
+    requests += [SCOPES.build_delete_request(delete)] if delete else []
+    return SensorResult(dynamic_partitions_requests=requests)
 
 
 # The sensors the definitions expose, each built with the job it watches or requests.
