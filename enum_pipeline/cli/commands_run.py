@@ -19,8 +19,61 @@ from enum_pipeline.store import UnknownRunError
 def _run_config(args, scan: dict | None = None) -> dict:
     config: dict = {"loggers": {"console": {"config": {"log_level": args.log_level}}}}
     if scan:
-        config["ops"] = {"scanned_projects": {"config": scan}}
+        config.update(home._enumeration().scan_run_config(scan))
     return config
+
+
+def _one_run_over(instance, scope_keys: list[str], *, ad_hoc: bool) -> dict[str, str]:
+    """Make the run's scopes partitions; the partition tags of ONE run over all of them.
+
+    A configured run first syncs the partitions with its configuration as the sensor
+    ``sync_scope_partitions`` does (adds its scopes, deletes the others: never a project), so
+    its keys are all the partitions, one range. An ad hoc ``--root`` run only adds its keys.
+    Dagster's range spans every partition from its first to its last key in the order they
+    were added: when the run's keys are not contiguous in that order (one was added earlier,
+    others since), another scope inside the range would be read too, or fail the run before it
+    begins when its configuration lacks it; so those keys are deleted and added again, together
+    at the end (a partition's materializations stay in the event log).
+    """
+    scopes = home._scopes()
+    name = home._constants().SCOPES_PARTITIONS
+    keys = scopes.partition_keys(scope_keys)
+    current = instance.get_dynamic_partitions(name)
+    if not ad_hoc:
+        _, stale = scopes.sync_plan(current, keys)
+        for key in stale:
+            instance.delete_dynamic_partition(name, key)
+        current = [k for k in current if k not in stale]
+    wanted = set(keys)
+    present = [k for k in current if k in wanted]
+    missing = [k for k in keys if k not in set(present)]
+    start = current.index(present[0]) if present else 0
+    block = current[start : start + len(present)]
+    at_end = start + len(present) == len(current)
+    if present and (block != present or (missing and not at_end)):
+        for key in present:
+            instance.delete_dynamic_partition(name, key)
+        missing = keys
+    instance.add_dynamic_partitions(name, missing)
+    ordered = [k for k in instance.get_dynamic_partitions(name) if k in set(keys)]
+    return scopes.run_partition_tags(ordered)
+
+
+def _partition_tags_of_run(instance, store, run_id: str) -> dict[str, str]:
+    """The partition tags of enumeration run ``run_id`` (for its cleanup): its Dagster run's,
+    else (a run this instance did not launch) those of the scopes it read, added if missing."""
+    scopes = home._scopes()
+    record = instance.get_run_by_id(run_id)
+    tags = scopes.partition_tags_of(record.tags) if record is not None else {}
+    keys = list(tags.values()) or scopes.partition_keys(s.scope_key for s in store.scopes(run_id))
+    name = home._constants().SCOPES_PARTITIONS
+    instance.add_dynamic_partitions(
+        name, [k for k in keys if not instance.has_dynamic_partition(name, k)]
+    )
+    if tags:
+        return tags
+    ordered = [k for k in instance.get_dynamic_partitions(name) if k in set(keys)]
+    return scopes.run_partition_tags(ordered)
 
 
 def _step_errors(result) -> list[str]:
@@ -31,7 +84,9 @@ def _step_errors(result) -> list[str]:
     ]
 
 
-def _cleanup(instance, run_id: str, args, *, approve=False, dry_run=False) -> tuple[int, dict]:
+def _cleanup(
+    instance, store, run_id: str, args, *, approve=False, dry_run=False
+) -> tuple[int, dict]:
     extra = {"approve": approve, "dry_run": dry_run}
     if args.config:
         extra["config_path"] = os.path.abspath(args.config)
@@ -42,7 +97,10 @@ def _cleanup(instance, run_id: str, args, *, approve=False, dry_run=False) -> tu
         instance=instance,
         run_config=run_config,
         raise_on_error=False,
-        tags={home._constants().ENUMERATION_RUN_TAG: run_id},
+        tags={
+            home._constants().ENUMERATION_RUN_TAG: run_id,
+            **_partition_tags_of_run(instance, store, run_id),
+        },
     )
     try:
         data = result.output_for_node("stale_projects_cleanup")
@@ -79,9 +137,9 @@ def _refusal(store) -> str | None:
     )
 
 
-def _checked_run_inputs(args) -> tuple[dict, object]:
-    """The scan's run config and the store, once every input is checked and no run holds the
-    inventory; a UsageError (exit 2, nothing begun) otherwise."""
+def _checked_run_inputs(args) -> tuple[dict, object, list[str]]:
+    """The scan's run config, the store and the run's scope keys, once every input is checked
+    and no run holds the inventory; a UsageError (exit 2, nothing begun) otherwise."""
     if args.root is not None and any(not r.strip() for r in args.root):
         raise UsageError("--root needs a folder, not an empty string")
     roots = [os.path.abspath(os.path.expanduser(r)) for r in args.root or []] or None
@@ -91,7 +149,7 @@ def _checked_run_inputs(args) -> tuple[dict, object]:
             raise UsageError(f"--root {root} {what}; nothing was begun")
     config_path = os.path.abspath(args.config) if args.config else None
     # Every source is built (and so checked) before anything begins.
-    load_config(config_path, roots).build_sources()
+    sources = load_config(config_path, roots).build_sources()
     store = home._store()
     refusal = _refusal(store)
     if refusal:
@@ -101,7 +159,7 @@ def _checked_run_inputs(args) -> tuple[dict, object]:
         scan["roots"] = roots
     if config_path:
         scan["config_path"] = config_path
-    return scan, store
+    return scan, store, [k for s in sources for k in s.scope_keys()]
 
 
 def _print_run(store, run_id: str, elapsed: float):
@@ -128,13 +186,15 @@ def _print_run(store, run_id: str, elapsed: float):
 
 
 def cmd_run(args) -> int:
-    """One enumeration run through Dagster, then the cleanup the sensor would request."""
-    scan, store = _checked_run_inputs(args)
+    """One enumeration run of every scope through Dagster (one run over their partitions, see
+    ``_one_run_over``), then the cleanup the sensor would request."""
+    scan, store, scopes = _checked_run_inputs(args)
     instance = home._instance()
     started = time.monotonic()
+    tags = _one_run_over(instance, scopes, ad_hoc=bool(args.root))
     job = home._job("enumerate_projects")
     result = job.execute_in_process(
-        instance=instance, run_config=_run_config(args, scan), raise_on_error=False
+        instance=instance, run_config=_run_config(args, scan), raise_on_error=False, tags=tags
     )
     info = _print_run(store, result.run_id, time.monotonic() - started)
     if not result.success or not cleanup_due(store, result.run_id).due:
@@ -146,7 +206,7 @@ def cmd_run(args) -> int:
         return EXIT_FAILED
     code = EXIT_OK
     if not args.no_cleanup:
-        code, _ = _cleanup(instance, result.run_id, args)
+        code, _ = _cleanup(instance, store, result.run_id, args)
     if not args.no_reports:
         _reports(instance, result.run_id, args)
     return code
@@ -185,7 +245,9 @@ def cmd_cleanup(args) -> int:
     run_id = _cleanable(store, args.run_id)
     if args.approve:
         _require_blocked(store, run_id)
-    code, _ = _cleanup(home._instance(), run_id, args, approve=args.approve, dry_run=args.dry_run)
+    code, _ = _cleanup(
+        home._instance(), store, run_id, args, approve=args.approve, dry_run=args.dry_run
+    )
     return code
 
 
@@ -200,7 +262,7 @@ def cmd_approve(args) -> int:
     store = home._store()
     run_id = _cleanable(store, args.run_id)
     _require_blocked(store, run_id)
-    code, _ = _cleanup(home._instance(), run_id, args, approve=True)
+    code, _ = _cleanup(home._instance(), store, run_id, args, approve=True)
     return code
 
 

@@ -6,6 +6,9 @@ enumeration's steps must share the process that holds its run."""
 
 from dagster import Definitions, in_process_executor
 
-from enum_pipeline.defs.resources import InventoryResource
+from enum_pipeline.defs.resources import InventoryResource, RunScopedIOManager
 
-defs = Definitions(resources={"inventory": InventoryResource()}, executor=in_process_executor)
+defs = Definitions(
+    resources={"inventory": InventoryResource(), "run_io_manager": RunScopedIOManager()},
+    executor=in_process_executor,
+)

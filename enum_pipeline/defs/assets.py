@@ -86,6 +86,7 @@ def cleanup_entries(store, run_id: str, result) -> list:
     pool=CLEANUP_POOL,
     partitions_def=SCOPES,
     backfill_policy=BackfillPolicy.single_run(),
+    io_manager_key="run_io_manager",
     **CATALOG,
 )
 def stale_projects_cleanup(

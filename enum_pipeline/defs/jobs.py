@@ -48,7 +48,6 @@ def _cleanup_job(name: str, description: str, config: dict | None = None):
         name,
         selection=AssetSelection.assets(stale_projects_cleanup),
         executor_def=in_process_executor,
-        partitions_def=SCOPES,
         tags=CLEANUP_TAGS,
         config=config,
         description=description,

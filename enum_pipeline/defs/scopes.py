@@ -54,7 +54,10 @@ def sync_plan(current: Sequence[str], wanted: Sequence[str]) -> tuple[list[str],
 
 
 def run_partition_tags(keys: Sequence[str]) -> dict[str, str]:
-    """The tags of a run over ``keys``: one partition, or the range from the first to the last."""
+    """The tags of a run over ``keys``: one partition, or the range from the first to the last
+    (none for no keys)."""
+    if not keys:
+        return {}
     if len(keys) == 1:
         return {PARTITION_TAG: keys[0]}
     return {RANGE_START_TAG: keys[0], RANGE_END_TAG: keys[-1]}
