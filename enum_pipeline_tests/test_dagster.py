@@ -35,10 +35,10 @@ from enum_pipeline.store import schema as t
 from enum_pipeline_tests.helpers import (
     clear_faults,
     configured_scopes,
-    scope_partitions,
     enumerate_scopes,
     install_fault,
     run_partition_tags_of,
+    scope_partitions,
 )
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -118,10 +118,13 @@ def test_sensor_requests_exactly_one_cleanup_for_a_confirmed_flush(env, instance
     assert [r.run_key for r in first.run_requests] == [result.run_id]
     request: RunRequest = first.run_requests[0]
     assert request.run_config == cleanup_run_config(result.run_id)
-    assert request.tags.items() >= {
-        ENUMERATION_RUN_TAG: result.run_id,
-        **run_partition_tags_of(instance, result.run_id),
-    }.items()
+    assert (
+        request.tags.items()
+        >= {
+            ENUMERATION_RUN_TAG: result.run_id,
+            **run_partition_tags_of(instance, result.run_id),
+        }.items()
+    )
     again = _sensor_tick(instance, cursor=first.cursor)
     assert again.run_requests == [] and "already handled" in again.skip_message
     cleanup = defs.resolve_job_def("cleanup_projects").execute_in_process(
