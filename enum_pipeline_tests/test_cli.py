@@ -114,7 +114,8 @@ def test_missing_root_removes_nothing_under_it(cli, inventory, tmp_path, repo_tr
 
 
 def test_guard_holds_back_emptying_a_root_until_approved(cli, inventory, repo_tree):
-    assert cli("run", "--root", str(repo_tree))[0] == 0
+    code, out = cli("run", "--root", str(repo_tree))
+    assert code == 0, out
     for child in repo_tree.iterdir():
         shutil.rmtree(child)
     code, out = cli("run", "--root", str(repo_tree))

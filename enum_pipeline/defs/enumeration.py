@@ -304,10 +304,8 @@ def complete_run(context: OpExecutionContext, inventory: InventoryResource, veri
             description="The inventory table: the run's flush (upsert_projects → verify_flush).",
             **CATALOG,
         ),
-        # fresh when a run has completed since the schedule's last tick
         "run_state": AssetOut(
             kinds=DB_KINDS,
-            freshness_policy=freshness(),
             description="The run's end: completed iff its flush was verified, else failed.",
             **CATALOG,
         ),
@@ -326,3 +324,12 @@ def enumeration():
         "projects": projects_asset,
         "run_state": complete_run(verified),
     }
+
+
+# fresh when a run has completed since the schedule's last tick (graph_multi_asset drops an
+# AssetOut's freshness policy, so it is set on the spec)
+enumeration = enumeration.map_asset_specs(
+    lambda spec: spec.replace_attributes(freshness_policy=freshness())
+    if spec.key.to_user_string() == "run_state"
+    else spec
+)
