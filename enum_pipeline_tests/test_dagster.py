@@ -101,6 +101,7 @@ def test_enumerate_projects_materializes_a_real_git_tree(env, instance, repo_tre
     assert {c.check_name: c.passed for c in checks} == {
         "projects_flush_verified": True,
         "projects_scopes_complete": True,
+        "scope_health": True,
     }
     added = meta["added_and_changed"]
     assert sorted((r.data["change"], r.data["name"]) for r in added.records) == [

@@ -98,7 +98,7 @@ def test_assets_jobs_sensors_and_schedules_keep_their_names():
     keys = {k.to_user_string() for k in graph.get_all_asset_keys()}
     assert (ASSETS | REPORT_ASSETS) - keys == set()
     projects = defs.resolve_assets_def(AssetKey("projects"))
-    assert OPS <= {node.name for node in projects.node_def.nodes}
+    assert {node.name for node in projects.node_def.nodes} >= OPS
     assert {k.to_user_string() for k in projects.keys} == {
         "scanned_projects",
         "projects",

@@ -329,7 +329,9 @@ def enumeration():
 # fresh when a run has completed since the schedule's last tick (graph_multi_asset drops an
 # AssetOut's freshness policy, so it is set on the spec)
 enumeration = enumeration.map_asset_specs(
-    lambda spec: spec.replace_attributes(freshness_policy=freshness())
-    if spec.key.to_user_string() == "run_state"
-    else spec
+    lambda spec: (
+        spec.replace_attributes(freshness_policy=freshness())
+        if spec.key.to_user_string() == "run_state"
+        else spec
+    )
 )
