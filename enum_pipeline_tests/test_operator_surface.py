@@ -21,8 +21,12 @@ from pathlib import Path
 
 import pytest
 
+from enum_pipeline.defs.constants import SCOPES_PARTITIONS, cleanup_run_config
+from enum_pipeline.defs.scopes import PARTITION_TAG, partition_key
+from enum_pipeline.sources.filesystem import FilesystemSource
 from enum_pipeline_tests.conftest import make_repo
 from enum_pipeline_tests.test_deployment_graphql import (
+    ADD_PARTITION_MUTATION,
     FINISHED,
     LAUNCH_RUN_MUTATION,
     LOCATION,
@@ -42,6 +46,12 @@ ARTIFACTS = REPO_ROOT / "enum_pipeline_tests" / "artifacts"
 CHROMIUM = os.environ.get("ENUM_PIPELINE_CHROMIUM", "/usr/bin/chromium")
 NAMES = ["alpha", "beta", "gamma"]
 TIMEOUT = 240
+
+RUN_TAGS_QUERY = """
+query ($runId: ID!) {
+  runOrError(runId: $runId) { __typename ... on Run { tags { key value } } }
+}
+"""
 
 RUN_EVENTS_QUERY = """
 query ($runId: ID!) {
@@ -120,8 +130,20 @@ def ui_server(tmp_path: Path, db_url: str) -> Iterator[tuple[GraphQL, Path, int,
         gql.close()
 
 
-def launch(gql: GraphQL, job: str, run_config: dict | None = None) -> str:
-    """Launch ``job`` through GraphQL; returns the Dagster run id."""
+def add_scope_partition(gql: GraphQL, src: Path) -> str:
+    """Add the partition of the scope ``src`` as the UI's "Add partition" does; its key."""
+    key = partition_key(FilesystemSource.scope_key_for(str(src)))
+    repository = {"repositoryLocationName": LOCATION, "repositoryName": REPOSITORY}
+    added = gql(ADD_PARTITION_MUTATION, selector=repository, name=SCOPES_PARTITIONS, key=key)
+    assert added["addDynamicPartition"]["__typename"] == "AddDynamicPartitionSuccess", added
+    return key
+
+
+def launch(
+    gql: GraphQL, job: str, run_config: dict | None = None, partition: str | None = None
+) -> str:
+    """Launch ``job`` (of ``partition``) through GraphQL; returns the Dagster run id."""
+    tags = [{"key": PARTITION_TAG, "value": partition}] if partition else []
 
     def launched():
         data = gql(
@@ -133,6 +155,7 @@ def launch(gql: GraphQL, job: str, run_config: dict | None = None) -> str:
                     "jobName": job,
                 },
                 "runConfigData": run_config or {},
+                "executionMetadata": {"tags": tags},
             },
         )["launchRun"]
         assert data["__typename"] == "LaunchRunSuccess", data
@@ -182,15 +205,22 @@ def projects_row_count(gql: GraphQL) -> int:
     return entries["dagster/row_count"]["intValue"]
 
 
+def _partition_keys(gql: GraphQL, run_id: str) -> list[str]:
+    """The partition key of a launched run (from its tags)."""
+    run = gql(RUN_TAGS_QUERY, runId=run_id)["runOrError"]
+    return [t["value"] for t in run["tags"] if t["key"] == PARTITION_TAG]
+
+
 def blocked_cleanup(gql: GraphQL, src: Path, procs) -> tuple[str, str]:
     """Enumerate, empty the root, enumerate again: (second run id, its blocked cleanup's id)."""
-    first = launch(gql, "enumerate_projects")
+    key = add_scope_partition(gql, src)
+    first = launch(gql, "enumerate_projects", partition=key)
     assert finished(gql, first, procs) == "SUCCESS"
     assert projects_row_count(gql) == len(NAMES)
     assert sensor_cleanup(gql, first, procs)[1] == "SUCCESS"  # nothing to remove
     for child in src.iterdir():
         shutil.rmtree(child)
-    second = launch(gql, "enumerate_projects")
+    second = launch(gql, "enumerate_projects", partition=key)
     assert finished(gql, second, procs) == "SUCCESS"
     cleanup_id, status = sensor_cleanup(gql, second, procs)
     assert status == "FAILURE"  # recorded, then failed by its blocking check
@@ -214,7 +244,10 @@ def test_graphql_run_blocked_cleanup_one_step_approval_restore(tmp_path, db_url)
         assert f"would remove {len(NAMES)}" in check["description"]
         assert projects_row_count(gql) == len(NAMES)
 
-        approval = launch(gql, "approve_cleanup")  # no config typed: the pending cleanup
+        # no run id typed: the pending cleanup (the config the launchpad fills in for the
+        # partition is the job's own)
+        [key] = _partition_keys(gql, second)
+        approval = launch(gql, "approve_cleanup", cleanup_run_config(approve=True), key)
         assert finished(gql, approval, procs) == "SUCCESS"
         metadata, checks = run_events(gql, approval)
         assert metadata["removed"]["intValue"] == len(NAMES)
