@@ -192,10 +192,13 @@ class PipelineConfig(_Strict):
         return sources
 
     def sources_for(self, scope_keys: Iterable[str]) -> list[Source]:
-        """The sources of the scopes ``scope_keys`` only (a filesystem source builds one source
-        per root, so it is narrowed to those roots); a key this configuration does not read is a
-        ConfigError, raised before any source is used."""
-        sources = self.build_sources()
+        """The sources of the scopes ``scope_keys`` only (see ``narrow``)."""
+        return self.narrow(self.build_sources(), scope_keys)
+
+    def narrow(self, sources: list[Source], scope_keys: Iterable[str]) -> list[Source]:
+        """Of this configuration's built ``sources``, those reading ``scope_keys`` (a filesystem
+        source is built one per root, so it is narrowed to those roots); a key the configuration
+        does not read is a ConfigError, raised before any source is used."""
         wanted = set(scope_keys)
         known = {k for s in sources for k in s.scope_keys()}
         unknown = sorted(wanted - known)

@@ -23,6 +23,7 @@ from dagster._core.definitions.reconstruct import ReconstructableRepository
 from dagster._core.storage.partition_status_cache import AssetPartitionStatus
 
 from enum_pipeline.cli.commands_run import _one_run_over
+from enum_pipeline.config import ConfigError, parse_config
 from enum_pipeline.definitions import defs
 from enum_pipeline.defs.constants import SCOPES_PARTITIONS
 from enum_pipeline.defs.placement import scope_run_tags
@@ -285,3 +286,23 @@ def test_the_cli_makes_one_range_of_its_scopes(instance):
         "fs:/a",
         "fs:/c",
     ]
+
+
+def test_narrowing_keeps_only_the_given_scopes_and_refuses_an_unknown_one(tmp_path):
+    roots = [str(tmp_path / n) for n in ("a", "b", "c")]
+    config = parse_config(
+        {
+            "sources": [
+                {"kind": "filesystem", "roots": roots},
+                {"kind": "github", "owner": "acme"},
+            ]
+        },
+        "enum.yaml",
+    )
+    every = [k for s in config.build_sources() for k in s.scope_keys()]
+    assert len(every) == 4
+    wanted = [every[1], every[3]]  # one root of the filesystem source, and the org
+    narrowed = config.sources_for(wanted)
+    assert [k for s in narrowed for k in s.scope_keys()] == wanted
+    with pytest.raises(ConfigError, match=r"^scope fs:/nowhere is not in enum.yaml .*begun$"):
+        config.sources_for([every[0], "fs:/nowhere"])

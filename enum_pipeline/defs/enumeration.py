@@ -134,8 +134,8 @@ def scan_scopes(context: OpExecutionContext, config: ScanConfig, inventory: Inve
     scopes = run_scope_keys(context)
     try:
         pipeline = inventory.pipeline_config(config.config_path, config.roots)
-        configured = pipeline.build_sources()
-        sources = pipeline.sources_for(scopes)  # every source checked before the run begins
+        configured = pipeline.build_sources()  # every source checked before the run begins
+        sources = pipeline.narrow(configured, scopes)
     except ConfigError as err:
         raise Failure(str(err)) from None
     store = inventory.store()
