@@ -131,13 +131,15 @@ def make_run_end_sensors(
     job: "Job",
 ) -> tuple[RunStatusSensorDefinition, RunStatusSensorDefinition]:
     """The sensors that mark the inventory run failed when a Dagster run of ``job`` (the
-    enumeration) fails or is cancelled: a run that ended leaves no ``active`` run_state."""
+    enumeration), or of any job of this code location (the UI's Materialize and backfills run
+    the implicit asset job), fails or is cancelled: a run that ended leaves no ``active``
+    run_state. Only an active run whose attempt is that Dagster run is marked."""
 
     @run_failure_sensor(
         name="mark_failed_enumeration_runs",
-        monitored_jobs=[job],
         default_status=DefaultSensorStatus.RUNNING,
-        description="Marks the inventory run failed when its Dagster run fails.",
+        description=f"Marks the inventory run failed when its Dagster run ({job.name}, or a "
+        "Materialize or backfill of the enumeration) fails.",
     )
     def mark_failed_enumeration_runs(
         context: RunFailureSensorContext, inventory: InventoryResource
@@ -152,7 +154,6 @@ def make_run_end_sensors(
     @run_status_sensor(
         name="mark_canceled_enumeration_runs",
         run_status=DagsterRunStatus.CANCELED,
-        monitored_jobs=[job],
         default_status=DefaultSensorStatus.RUNNING,
         description="Marks the inventory run failed when its Dagster run is cancelled.",
     )
