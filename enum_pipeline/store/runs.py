@@ -217,12 +217,16 @@ def _resume(ctx: StoreContext, run_id: str, attempt_run_id: str, now: datetime) 
 
 
 def _refuse_stale_resume(conn: Connection, row, now: datetime) -> None:
-    """A failed run resumes only if no run over a scope of it began after it, and no run over
-    a scope of it is active."""
+    """A failed run resumes only if no run over a scope of it is active, and none began after
+    it."""
     rs = t.run_state
     run_id, generation = row["run_id"], int(row["generation"])
+    for active in _active_rows(conn):
+        shared = overlap(active["scopes"], row["scopes"])
+        if shared is not None:
+            raise _refusal(active, shared, now)
     newer = conn.execute(
-        sa.select(rs.c.run_id, rs.c.generation, rs.c.scopes)
+        sa.select(rs.c.generation, rs.c.scopes)
         .where(rs.c.generation > generation)
         .order_by(rs.c.generation.desc())
     ).mappings()
@@ -232,10 +236,6 @@ def _refuse_stale_resume(conn: Connection, row, now: datetime) -> None:
                 f"run {run_id} (generation {generation}) cannot resume: "
                 f"generation {other['generation']} started after it over its scopes"
             )
-    for active in _active_rows(conn):
-        shared = overlap(active["scopes"], row["scopes"])
-        if shared is not None:
-            raise _refusal(active, shared, now)
 
 
 def complete(ctx: StoreContext, run_id: str) -> str:
