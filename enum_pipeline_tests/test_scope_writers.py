@@ -417,3 +417,65 @@ def test_concurrent_processes_over_disjoint_scopes_all_run_and_lose_nothing(db_u
     removed = {h.project_key for h in store.history()}
     assert removed == {key(f"p{n}", s) for s in scopes for n in range(1, cycles)}
     store.dispose()
+
+
+def _race_worker(url: str, scopes: list[str], run_ids: list[str], start, done, results) -> None:
+    store = InventoryStore(url)
+    with store.engine.connect() as conn:  # connect before the gate: the race is begin() itself
+        conn.exec_driver_sql("SELECT 1")
+    try:
+        for run_id in run_ids:
+            start.wait(WAIT)
+            try:
+                results.put((run_id, scopes, "won", store.begin(run_id, scopes=scopes)))
+            except RunActiveError as err:
+                results.put((run_id, scopes, "refused", err.run_id))
+            except Exception as err:  # reported, the parent fails the test
+                results.put((run_id, scopes, "error", f"{type(err).__name__}: {err}"))
+            done.wait(WAIT)  # stay alive (a live holder) until every racer tried
+    finally:
+        store.dispose()
+
+
+def test_simultaneous_begins_over_overlapping_scope_sets_admit_only_disjoint_runs(db_url):
+    """Six processes begin at the same instant, three rounds, over a ring of overlapping scope
+    sets and two scopes of their own: the admitted runs' scope sets are pairwise disjoint, the
+    two lone scopes are always admitted, each refusal names an admitted run over a shared scope,
+    and generations stay one rising sequence."""
+    sets = [[A, B], [B, C], [C, D], [D, A], ["fs:/srv/e"], ["fs:/srv/f"]]
+    rounds = 3
+    store = InventoryStore(db_url)
+    ids = [[new_run_id() for _ in range(rounds)] for _ in sets]
+    start, done = CTX.Barrier(len(sets) + 1), CTX.Barrier(len(sets) + 1)
+    results = CTX.Queue()
+    procs = [
+        CTX.Process(target=_race_worker, args=(db_url, s, ids[i], start, done, results))
+        for i, s in enumerate(sets)
+    ]
+    for p in procs:
+        p.start()
+    try:
+        generations = []
+        for _ in range(rounds):
+            start.wait(WAIT)
+            got = [results.get(timeout=WAIT) for _ in sets]
+            assert [g for g in got if g[2] == "error"] == []
+            won = {g[0]: g for g in got if g[2] == "won"}
+            claimed = [scope for g in won.values() for scope in g[1]]
+            assert len(claimed) == len(set(claimed)), got  # pairwise disjoint
+            assert {tuple(g[1]) for g in won.values()} >= {("fs:/srv/e",), ("fs:/srv/f",)}
+            for _, scopes, outcome, holder in got:
+                if outcome == "refused":
+                    assert holder in won and set(won[holder][1]) & set(scopes)
+            assert {r.run_id for r in store.active_runs()} == set(won)
+            generations += sorted(g[3] for g in won.values())
+            done.wait(WAIT)
+            for run_id in won:
+                assert store.fail(run_id, "round over")
+        assert generations == list(range(1, len(generations) + 1))
+    finally:
+        for p in procs:
+            p.join(WAIT)
+            if p.is_alive():
+                p.kill()
+        store.dispose()
