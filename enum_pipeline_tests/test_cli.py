@@ -330,9 +330,29 @@ def test_a_refused_second_run_says_who_holds_the_inventory(cli, inventory, repo_
     code, out = cli("run", "--root", str(repo_tree))
     assert code == 2
     line = _one_line(out)
-    assert "run holder-run holds the inventory" in line and f"pid {os.getpid()}" in line
-    assert "since" in line and "taken over" in line
+    root = os.path.realpath(repo_tree)
+    assert line.startswith(f"enum-pipeline: scope fs:{root} is being read by run holder-run")
+    assert f"pid {os.getpid()}" in line and "since" in line and "taken over" in line
     assert [r.run_id for r in inventory.runs()] == ["holder-run"]
+
+
+def test_a_run_over_other_scopes_neither_refuses_nor_is_refused(cli, inventory, repo_tree):
+    """A live run over another scope does not stop ``run``; one over the run's root does, in
+    one sentence naming the run and that scope."""
+    root = os.path.realpath(repo_tree)
+    inventory.begin("elsewhere", scopes=["fs:/srv/elsewhere"])
+    code, out = cli("run", "--root", str(repo_tree), "--no-reports")
+    assert code == 0, out
+    assert inventory.get_run("elsewhere").status == "active"
+    mine = [s for s in inventory.runs() if s.run_id != "elsewhere"][0].scopes
+    assert mine and all(root in scope for scope in mine)
+    inventory.fail("elsewhere", "test")
+    inventory.begin("holder-run", scopes=mine)
+    code, out = cli("run", "--root", str(repo_tree), "--no-reports")
+    assert code == 2
+    assert _one_line(out).startswith(
+        f"enum-pipeline: scope {mine[0]} is being read by run holder-run"
+    )
 
 
 def test_the_cli_runs_the_code_locations_jobs():

@@ -121,16 +121,17 @@ def _cleanup(
     return EXIT_OK, data
 
 
-def _refusal(store) -> str | None:
-    """Why a new run would be refused now (who holds the inventory), or None."""
-    held = store.holder()
-    if held is None or held[1] is not None:
+def _refusal(store, scopes: list[str] | None) -> str | None:
+    """Why a new run over ``scopes`` would be refused now (which live run reads which of its
+    scopes), or None."""
+    held = store.holder(scopes)
+    if held is None or held.takeover is not None:
         return None
-    run, _ = held
+    run = held.run
     age = (datetime.now(UTC) - run.heartbeat_at).total_seconds()
     timeout = store.heartbeat_timeout.total_seconds()
     return (
-        f"run {run.run_id} holds the inventory (pid {run.pid} on {run.host}, since "
+        f"{held.scope} is being read by run {run.run_id} (pid {run.pid} on {run.host}, since "
         f"{run.started_at:%Y-%m-%d %H:%M:%S} UTC, heartbeat {age:.0f}s ago); wait for it, or "
         f"stop that process and run again: a run whose process is gone is taken over at once, "
         f"a silent one after {timeout:.0f}s"
@@ -138,8 +139,9 @@ def _refusal(store) -> str | None:
 
 
 def _checked_run_inputs(args) -> tuple[dict, object, list[str]]:
-    """The scan's run config, the store and the run's scope keys, once every input is checked
-    and no run holds the inventory; a UsageError (exit 2, nothing begun) otherwise."""
+    """The scan's run config, the store and the scope keys the run reads, once every input is
+    checked and no live run reads one of those scopes; a UsageError (exit 2, nothing begun)
+    otherwise."""
     if args.root is not None and any(not r.strip() for r in args.root):
         raise UsageError("--root needs a folder, not an empty string")
     roots = [os.path.abspath(os.path.expanduser(r)) for r in args.root or []] or None
@@ -150,8 +152,9 @@ def _checked_run_inputs(args) -> tuple[dict, object, list[str]]:
     config_path = os.path.abspath(args.config) if args.config else None
     # Every source is built (and so checked) before anything begins.
     sources = load_config(config_path, roots).build_sources()
+    scopes = [k for source in sources for k in source.scope_keys()]
     store = home._store()
-    refusal = _refusal(store)
+    refusal = _refusal(store, scopes)
     if refusal:
         raise UsageError(refusal)
     scan = {}
@@ -159,16 +162,16 @@ def _checked_run_inputs(args) -> tuple[dict, object, list[str]]:
         scan["roots"] = roots
     if config_path:
         scan["config_path"] = config_path
-    return scan, store, [k for s in sources for k in s.scope_keys()]
+    return scan, store, scopes
 
 
-def _print_run(store, run_id: str, elapsed: float):
+def _print_run(store, run_id: str, elapsed: float, scopes: list[str]):
     """The run's one-line summary and its incomplete or protected scopes; its ``RunInfo``, or
-    None when the run never began (a UsageError when another run holds the inventory)."""
+    None when the run never began (a UsageError when a live run reads one of ``scopes``)."""
     try:
         info = store.get_run(run_id)
     except UnknownRunError:
-        refusal = _refusal(store)
+        refusal = _refusal(store, scopes)
         if refusal:
             raise UsageError(refusal) from None
         return None
@@ -196,7 +199,7 @@ def cmd_run(args) -> int:
     result = job.execute_in_process(
         instance=instance, run_config=_run_config(args, scan), raise_on_error=False, tags=tags
     )
-    info = _print_run(store, result.run_id, time.monotonic() - started)
+    info = _print_run(store, result.run_id, time.monotonic() - started, scopes)
     if not result.success or not cleanup_due(store, result.run_id).due:
         for error in _step_errors(result):
             print(f"enum-pipeline: {error}", file=sys.stderr)

@@ -83,19 +83,24 @@ class InventoryStore:
         *,
         policy: CleanupPolicy | None = None,
         configured_scopes: Iterable[str] | None = None,
+        scopes: Iterable[str] | None = None,
         now: datetime | None = None,
     ) -> int:
-        """Start run ``run_id`` and return its generation; refuse while another run is active.
+        """Start run ``run_id`` over ``scopes`` (the scope keys it reads; None: the whole
+        inventory) and return its generation, the next of one inventory-wide sequence.
 
-        An active run whose holder is provably gone (its process on this host gone, or on
-        PostgreSQL its database session) is first marked ``failed`` (``abandoned``); so is one
-        whose heartbeat expired, but only when nothing else tells of its holder: a live holder
-        always vetoes an old heartbeat (``liveness.abandon_reason``).
+        Refused (``RunActiveError``, naming the run and a shared scope) while an active run
+        reads a scope of ``scopes`` (None overlaps everything); runs over disjoint scope sets
+        are active at once. An overlapping active run whose holder is provably gone (its
+        process on this host gone, or on PostgreSQL its database session) is first marked
+        ``failed`` (``abandoned``); so is one whose heartbeat expired, but only when nothing
+        else tells of its holder: a live holder always vetoes an old heartbeat
+        (``liveness.abandon_reason``).
         ``policy`` (default ``CleanupPolicy()``) is recorded with the run: its cleanup applies it,
         whoever requests it. ``configured_scopes``: the scope keys of the configuration in force
         (None when unknown, e.g. an ad hoc ``--root`` run); rows of other scopes are orphaned.
         """
-        return runs.begin(self._ctx, run_id, now, policy, configured_scopes)
+        return runs.begin(self._ctx, run_id, now, policy, configured_scopes, scopes)
 
     def heartbeat(self, run_id: str, *, now: datetime | None = None) -> bool:
         """Tell reapers the run is alive; on PostgreSQL, take the lease again if its session
@@ -118,9 +123,10 @@ class InventoryStore:
     def resume(self, run_id: str, attempt_run_id: str) -> int:
         """Re-activate a failed run whose scan is staged, so a re-execution can finish its flush.
 
-        Allowed only while no other run is active and no newer run has begun, so a re-execution
-        can never write over a newer run's view; a run still ``active`` is taken over only when
-        its holder's lease is ours or free. Returns the run's generation.
+        Allowed only while no run over a scope of it is active and none has begun after it, so
+        a re-execution can never write over a newer run's view of its scopes; a run still
+        ``active`` is taken over only when its holder's lease is ours or free. Returns the
+        run's generation.
         """
         return runs.resume(self._ctx, run_id, attempt_run_id)
 
@@ -322,8 +328,12 @@ class InventoryStore:
         return reads.resolve_run_id(self._ctx, given, removals=removals)
 
     def active_run(self) -> RunInfo | None:
-        """The active run, if any."""
+        """The oldest active run, if any."""
         return reads.active_run(self._ctx)
+
+    def active_runs(self) -> list[RunInfo]:
+        """The active runs (several when their scope sets are disjoint), oldest first."""
+        return reads.active_runs(self._ctx)
 
     def scopes(self, run_id: str) -> list[ScopeReading]:
         """The scope verdicts a run recorded."""
@@ -347,9 +357,11 @@ class InventoryStore:
         """What run ``run_id`` added, changed (which columns) and removed, by project."""
         return changes.run_changes(self._ctx, run_id)
 
-    def holder(self) -> tuple[RunInfo, str | None] | None:
-        """The active run, and why a new run would take it over (None: it holds on)."""
-        return changes.holder(self._ctx)
+    def holder(self, scopes: Iterable[str] | None = None) -> changes.Holder | None:
+        """The active run a new run over ``scopes`` (None: the whole inventory) would meet,
+        preferring one that holds on: the run, why a new run would take it over (None: it
+        holds on), and the scope they share."""
+        return changes.holder(self._ctx, scopes)
 
     def restorable_cleanups(self, names: int = 5) -> list[changes.Restorable]:
         """Cleanups whose removed projects are not all restored, newest first."""

@@ -74,6 +74,8 @@ class RunInfo(_Row):
     #: The cleanup policy recorded at begin (JSON), and the scope keys configured then.
     policy: dict[str, Any] | None = None
     configured_scopes: list[str] | None = None
+    #: The scope keys the run reads; None: the whole inventory.
+    scopes: list[str] | None = None
 
 
 @dataclass(frozen=True)
@@ -163,6 +165,9 @@ class FlushResult:
     added: int
     changed: int
     unchanged: int
+    #: staged keys left as they are because a newer run (over another scope, e.g. a
+    #: repository transferred between owners) wrote them first; counted as unchanged
+    superseded: int = 0
 
     def run_counts(self) -> dict[str, int]:
         """The ``run_state`` counters this flush sets."""
@@ -187,6 +192,8 @@ class VerifyResult:
     present: int
     confirmed: int
     flush_succeeded: bool
+    #: staged keys a newer run saw and confirmed since (fenced: they carry its values)
+    superseded: int = 0
 
 
 @dataclass

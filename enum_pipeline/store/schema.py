@@ -183,15 +183,10 @@ run_state = _run_table(
     # scope keys configured then (None: unknown, e.g. an ad hoc --root run).
     sa.Column("policy", JSONType),
     sa.Column("configured_scopes", JSONType),
+    # The scope keys the run reads (migration 0008); NULL: the whole inventory. I4: no two
+    # active runs' scopes overlap, checked by begin and resume under the inventory lock.
+    sa.Column("scopes", JSONType),
     sa.CheckConstraint(f"status IN {RUN_STATUSES!r}", name="ck_run_state_status"),
-    # I4: at most one active run per inventory, enforced by the database itself.
-    sa.Index(
-        "uq_run_state_one_active",
-        "status",
-        unique=True,
-        sqlite_where=sa.text("status = 'active'"),
-        postgresql_where=sa.text("status = 'active'"),
-    ),
 )
 
 run_scopes = _run_table(
