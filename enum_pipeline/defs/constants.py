@@ -69,6 +69,7 @@ def dagster_run_lookup(instance) -> Callable[[str], str | None]:
 
     return run_of
 
+
 #: The dynamic partitions of the run assets: one key per configured scope (see placement.py).
 SCOPES_PARTITIONS = "scopes"
 #: Run-queue tags (dagster.yaml limits them per unique value): one run at a time per scope,

@@ -23,6 +23,7 @@ from dagster import (
     sensor,
 )
 
+from enum_pipeline.defs.cleanup_notice import REQUESTED_BY_TAG, already_claimed
 from enum_pipeline.defs.constants import ENUMERATION_RUN_TAG, cleanup_run_config
 from enum_pipeline.defs.jobs import cleanup_projects, enumerate_projects
 from enum_pipeline.defs.resources import InventoryResource
@@ -37,11 +38,14 @@ if TYPE_CHECKING:
     Job = JobDefinition | UnresolvedAssetJobDefinition
 
 
+SENSOR_NAME = "cleanup_after_confirmed_flush"
+
+
 def make_cleanup_sensor(job: "Job") -> SensorDefinition:
     """The sensor that requests ``job`` (the cleanup) once for each confirmed flush."""
 
     @sensor(
-        name="cleanup_after_confirmed_flush",
+        name=SENSOR_NAME,
         job=job,
         minimum_interval_seconds=30,
         default_status=DefaultSensorStatus.RUNNING,
@@ -75,10 +79,13 @@ def make_cleanup_sensor(job: "Job") -> SensorDefinition:
         context.update_cursor(str(storage_id))
         if not due.due:
             return SkipReason(due.reason)
+        claimed = already_claimed(inventory.store(), run_id)
+        if claimed:
+            return SkipReason(claimed)
         return RunRequest(
             run_key=run_id,
             run_config=cleanup_run_config(run_id),
-            tags={ENUMERATION_RUN_TAG: run_id},
+            tags={ENUMERATION_RUN_TAG: run_id, REQUESTED_BY_TAG: "sensor " + SENSOR_NAME},
         )
 
     return cleanup_after_confirmed_flush
