@@ -15,7 +15,8 @@ from dagster import build_run_status_sensor_context, instance_for_test, job, op
 from enum_pipeline.config import ConfigError, load_config_file
 from enum_pipeline.definitions import defs
 from enum_pipeline.defs.constants import cleanup_run_config
-from enum_pipeline.defs.notify import Notifier, notify_blocked_cleanup, notify_stuck_scopes
+from enum_pipeline.defs.notifier import Notifier
+from enum_pipeline.defs.notify import notify_blocked_cleanup, notify_stuck_scopes
 from enum_pipeline.defs.resources import InventoryResource
 from enum_pipeline.store import InventoryStore
 from enum_pipeline_tests.helpers import run_once

@@ -353,9 +353,11 @@ def stale_projects_cleanup(
 ) -> Output[dict]:
     """Remove what a completed, verified run did not see (``safe_cleanup_old_projects``).
 
-    Requested by the ``cleanup_after_confirmed_flush`` sensor, by ``approve_cleanup`` (one
-    click: the pending blocked cleanup) or by an operator. A blocked cleanup is recorded with
-    the projects it would remove, then its blocking check fails the Dagster run.
+    Requested by the ``cleanup_after_confirmed_flush`` sensor, the CLI or an operator: the
+    first request claims the flush, any other is a no-op naming it (``claimed_by``). A blocked
+    cleanup is recorded with the projects it would remove and its plan id, then its check fails
+    the Dagster run on one sentence; the ``approve`` link (first in the metadata) opens
+    ``approve_cleanup`` for exactly that plan: Launch Run approves it.
     """
     store = inventory.store()
     run_id = resolve_cleanup_run(context, store, config.run_id, approve=config.approve)
@@ -381,7 +383,11 @@ def stale_projects_cleanup(
         context.log.error(cleanup_notice.blocked_sentence(data))
     if result.already_done and result.claimed_by:
         context.log.info(result.reason)
-    metadata = {
+    metadata = {}
+    if result.status == "blocked":  # first, so the asset's Overview shows it at the top
+        link = cleanup_notice.approve_link(run_id, result.plan_id)
+        metadata["approve"] = MetadataValue.url(link)
+    metadata |= {
         "run_id": run_id,
         "status": result.status,
         "plan_id": result.plan_id or "",
@@ -403,8 +409,6 @@ def stale_projects_cleanup(
         ),
         "scopes": MetadataValue.md(_cleanup_scopes_md(result)),
     }
-    if result.status == "blocked":
-        metadata["approve"] = MetadataValue.url(cleanup_notice.approve_link(run_id, result.plan_id))
     if result.status == "done" and not result.dry_run and result.removed:
         # What the restore_projects job can bring back (this cleanup and older ones).
         metadata["restorable"] = tables.restorable_table(store)
