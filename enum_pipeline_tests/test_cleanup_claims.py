@@ -7,7 +7,13 @@ import threading
 import time
 
 import pytest
+from dagster import build_sensor_context, instance_for_test
 
+from enum_pipeline.definitions import defs
+from enum_pipeline.defs.cleanup_notice import REQUESTED_BY_TAG
+from enum_pipeline.defs.constants import cleanup_run_config
+from enum_pipeline.defs.resources import InventoryResource
+from enum_pipeline.defs.sensors import cleanup_after_confirmed_flush
 from enum_pipeline.store import CleanupPolicy, CleanupRefusedError, PlanChangedError, StoreError
 from enum_pipeline.store.claims import plan_id
 from enum_pipeline_tests.helpers import GONE, WorldWitness, fail_on_sql, key, new_run_id, run_once
@@ -132,3 +138,40 @@ def test_a_dry_run_claims_nothing(store):
     run_id = _emptied(store)
     dry = store.safe_cleanup_old_projects(run_id, witness=GONE, dry_run=True, claimant="x")
     assert dry.dry_run and dry.claimed_by is None and store.cleanup_claim(run_id) is None
+
+
+@pytest.fixture
+def dagster_env(db_url, repo_tree, monkeypatch):
+    monkeypatch.setenv("ENUM_PIPELINE_DATABASE_URL", db_url)
+    monkeypatch.setenv("ENUM_PIPELINE_ROOTS", str(repo_tree))
+    monkeypatch.delenv("ENUM_PIPELINE_CONFIG", raising=False)
+    with instance_for_test() as instance:
+        yield instance
+
+
+def test_the_sensor_requests_no_cleanup_of_a_flush_the_cli_claimed(dagster_env):
+    """``enum-pipeline run`` cleans up right after its run: the sensor's next tick skips that
+    flush, naming the CLI's Dagster run; a cleanup run requested anyway is a no-op naming it."""
+    instance = dagster_env
+    run = defs.resolve_job_def("enumerate_projects").execute_in_process(instance=instance)
+    cleanup = defs.resolve_job_def("cleanup_projects")
+    cli = cleanup.execute_in_process(
+        instance=instance,
+        run_config=cleanup_run_config(run.run_id),
+        tags={REQUESTED_BY_TAG: "enum-pipeline run"},
+    )
+    assert cli.output_for_node("stale_projects_cleanup")["claimed_by"] == (
+        f"dagster run {cli.run_id} (enum-pipeline run)"
+    )
+    tick = cleanup_after_confirmed_flush.evaluate_tick(
+        build_sensor_context(instance=instance, resources={"inventory": InventoryResource()})
+    )
+    assert tick.run_requests == []
+    assert f"claimed by dagster run {cli.run_id} (enum-pipeline run)" in tick.skip_message
+
+    late = cleanup.execute_in_process(instance=instance, run_config=cleanup_run_config(run.run_id))
+    data = late.output_for_node("stale_projects_cleanup")
+    assert data["already_done"] and data["removed"] == 0
+    assert f"dagster run {cli.run_id} (enum-pipeline run)'s" in data["reason"]
+    [mat] = late.asset_materializations_for_node("stale_projects_cleanup")
+    assert mat.metadata["claimed_by"].value == f"dagster run {cli.run_id} (enum-pipeline run)"
