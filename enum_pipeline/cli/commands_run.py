@@ -214,6 +214,12 @@ def _require_blocked(store, run_id: str, plan_id: str | None) -> str:
     plan = store.blocked_plan(run_id)
     if plan is None:
         raise UsageError(wrong_target(store, "approve", run_id))
+    if plan_id is not None and plan_id != plan.plan_id:  # the store refuses it too, atomically
+        raise UsageError(
+            f"plan {plan_id} is not the blocked plan of run {run_id}: that is plan "
+            f"{plan.plan_id} now ({plan.would_remove} projects), so nothing was approved; "
+            "review it and approve it by its id"
+        )
     return plan_id or plan.plan_id
 
 
