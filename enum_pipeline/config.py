@@ -165,12 +165,25 @@ class CatalogConfig(_Strict):
         return owners
 
 
+class NotifyConfig(_Strict):
+    """When trouble that waits for an operator becomes a notification (see defs/notify.py)."""
+
+    stuck_after_runs: int = Field(
+        3,
+        ge=1,
+        le=10_000,
+        description="Notify once when a scope stays incomplete or held for more than this "
+        "many completed runs in a row.",
+    )
+
+
 class PipelineConfig(_Strict):
     """The whole configuration file."""
 
     sources: list[SourceConfig] = Field(min_length=1)
     catalog: CatalogConfig = CatalogConfig()
     cleanup: CleanupPolicy = CleanupPolicy()
+    notify: NotifyConfig = NotifyConfig()
     batch_size: int = Field(1000, ge=1, le=100_000)
     parallel_sources: int = Field(
         1, ge=1, le=64, description="Sources (and filesystem roots) scanned at the same time."

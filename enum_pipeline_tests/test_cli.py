@@ -120,12 +120,20 @@ def test_guard_holds_back_emptying_a_root_until_approved(cli, inventory, repo_tr
         shutil.rmtree(child)
     code, out = cli("run", "--root", str(repo_tree))
     assert code == 3, out
-    assert "would remove all 5" in out and "enum-pipeline approve" in out
+    run_id = _run_id(out)
+    plan_id = inventory.blocked_plan(run_id).plan_id
+    assert "would remove all 5" in out and f"enum-pipeline approve {run_id} --plan {plan_id}" in out
     assert len(_names(inventory)) == 5
-    code, dry = cli("cleanup", _run_id(out), "--dry-run")
+    code, dry = cli("cleanup", run_id, "--dry-run")
     assert code == 3 and "(dry run)" in dry and f"fs:{repo_tree}: 5 projects, 5 not seen" in dry
     assert len(_names(inventory)) == 5
-    code, out = cli("approve", _run_id(out))
+    # a second cleanup of the same flush does nothing and says whose cleanup it is
+    code, again = cli("cleanup", run_id)
+    assert code == 3 and "enum-pipeline run)'s" in again and "this request did nothing" in again
+    code, out = cli("approve", run_id, "--plan", "0123456789ab")  # not the plan shown
+    assert code == 2 and f"that is plan {plan_id} now" in out and "nothing was approved" in out
+    assert len(_names(inventory)) == 5
+    code, out = cli("approve", run_id, "--plan", plan_id)
     assert code == 0, out
     assert _names(inventory) == set()
 

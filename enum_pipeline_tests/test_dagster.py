@@ -6,8 +6,10 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from urllib.parse import parse_qs, urlparse
 
 import pytest
+import yaml
 from dagster import (
     AssetCheckSeverity,
     AssetKey,
@@ -15,6 +17,7 @@ from dagster import (
     DagsterInvalidSubsetError,
     ReexecutionOptions,
     RunRequest,
+    UrlMetadataValue,
     build_run_status_sensor_context,
     build_sensor_context,
     execute_job,
@@ -236,7 +239,7 @@ def _table_names(value) -> list[str]:
     return [record.data["name"] for record in value.records]
 
 
-def test_blocked_cleanup_fails_its_run_names_the_projects_and_approve_cleanup_needs_no_id(
+def test_blocked_cleanup_fails_its_run_in_one_sentence_and_its_link_approves_that_plan(
     env, instance, repo_tree
 ):
     _enumerate(instance)
@@ -256,19 +259,36 @@ def test_blocked_cleanup_fails_its_run_names_the_projects_and_approve_cleanup_ne
     assert not blocked.success  # recorded, then failed: not a green success
     data = blocked.output_for_node("stale_projects_cleanup")
     assert (data["status"], data["removed"], data["would_remove"]) == ("blocked", 0, 5)
+    plan_id = data["plan_id"]
     [check] = blocked.get_asset_check_evaluations()
     assert not check.passed and check.severity == AssetCheckSeverity.ERROR
-    assert "would remove 5" in check.description and "removed 0" in check.description
+    assert "would remove 5" in check.description and f"approve plan {plan_id}" in check.description
+    assert blocked.run_id in check.description and second.run_id in check.description
+    # The run fails on one sentence (a Failure's description) with the approve link beside it.
+    [failure] = [e for e in blocked.all_events if e.is_step_failure]
+    user = failure.step_failure_data.user_failure_data
+    assert user.description.startswith(f"Cleanup of run {second.run_id} held back")
+    assert failure.step_failure_data.error.message.strip().endswith(user.description)
+    link = user.metadata["approve"].value
+    assert isinstance(user.metadata["approve"], UrlMetadataValue)
     [mat] = blocked.asset_materializations_for_node("stale_projects_cleanup")
     assert mat.metadata["removed"].value == 0
     assert sorted(_table_names(mat.metadata["projects"].value)) == sorted(
         ["alpha", "beta", "gamma", "delta", "epsilon"]
     )
     assert {r.data["action"] for r in mat.metadata["projects"].value.records} == {"remove"}
-    assert "approve_cleanup" in mat.metadata["approve"].value
+    assert mat.metadata["approve"].value == link and mat.metadata["plan_id"].value == plan_id
     assert len(env.project_keys()) == 5
 
-    approved = _cleanup(instance, "approve_cleanup", second)
+    # approve_cleanup launched bare approves nothing: it names the pending plan instead
+    bare = _cleanup(instance, "approve_cleanup", second, raise_on_error=False)
+    assert not bare.success
+    [refused] = [e for e in bare.all_events if e.is_step_failure]
+    assert f"plan {plan_id} of run {second.run_id}" in refused.step_failure_data.error.message
+    assert len(env.project_keys()) == 5
+    # the link's launchpad config approves exactly the plan shown
+    [config_yaml] = parse_qs(urlparse(link).query)["config"]
+    approved = _cleanup(instance, "approve_cleanup", second, run_config=yaml.safe_load(config_yaml))
     assert approved.success
     assert approved.output_for_node("stale_projects_cleanup")["removed"] == 5
     [done] = approved.asset_materializations_for_node("stale_projects_cleanup")

@@ -85,9 +85,13 @@ def _step_errors(result) -> list[str]:
 
 
 def _cleanup(
-    instance, store, run_id: str, args, *, approve=False, dry_run=False
+    instance, store, run_id: str, args, *, approve=False, dry_run=False, plan_id=None
 ) -> tuple[int, dict]:
+    from enum_pipeline.defs.cleanup_notice import REQUESTED_BY_TAG
+
     extra = {"approve": approve, "dry_run": dry_run}
+    if approve:
+        extra["plan_id"] = plan_id
     if args.config:
         extra["config_path"] = os.path.abspath(args.config)
     run_config = home._constants().cleanup_run_config(run_id, **extra)
@@ -100,6 +104,7 @@ def _cleanup(
         tags={
             home._constants().ENUMERATION_RUN_TAG: run_id,
             **_partition_tags_of_run(instance, store, run_id),
+            REQUESTED_BY_TAG: f"enum-pipeline {args.command}",
         },
     )
     try:
@@ -111,10 +116,12 @@ def _cleanup(
             print(f"cleanup failed: {error}", file=sys.stderr)
         return EXIT_FAILED, {}
     _print_cleanup(data)
+    if data.get("already_done") and data.get("claimed_by"):
+        print(data["reason"])  # the flush's cleanup is another requester's: say whose
     if data["status"] == "blocked":
         print(
             f"the deletion guard held this cleanup back; review it, then approve it with:\n"
-            f"  enum-pipeline approve {run_id}",
+            f"  enum-pipeline approve {run_id} --plan {data['plan_id']}",
             file=sys.stderr,
         )
         return EXIT_BLOCKED, data
@@ -246,26 +253,42 @@ def cmd_cleanup(args) -> int:
     """The cleanup of one run (as the sensor requests it), optionally approved or dry."""
     store = home._store()
     run_id = _cleanable(store, args.run_id)
+    plan_id = None
     if args.approve:
-        _require_blocked(store, run_id)
+        plan_id = _require_blocked(store, run_id, args.plan)
     code, _ = _cleanup(
-        home._instance(), store, run_id, args, approve=args.approve, dry_run=args.dry_run
+        home._instance(),
+        store,
+        run_id,
+        args,
+        approve=args.approve,
+        dry_run=args.dry_run,
+        plan_id=plan_id,
     )
     return code
 
 
-def _require_blocked(store, run_id: str) -> None:
-    record = store.cleanup_record(run_id)
-    if record is None or record.status != "blocked":
+def _require_blocked(store, run_id: str, plan_id: str | None) -> str:
+    """The plan an approval approves: ``plan_id`` as given, or (none given) the run's blocked
+    plan as it is now; a UsageError when the run has no blocked cleanup."""
+    plan = store.blocked_plan(run_id)
+    if plan is None:
         raise UsageError(wrong_target(store, "approve", run_id))
+    if plan_id is not None and plan_id != plan.plan_id:  # the store refuses it too, atomically
+        raise UsageError(
+            f"plan {plan_id} is not the blocked plan of run {run_id}: that is plan "
+            f"{plan.plan_id} now ({plan.would_remove} projects), so nothing was approved; "
+            "review it and approve it by its id"
+        )
+    return plan_id or plan.plan_id
 
 
 def cmd_approve(args) -> int:
     """Approve and carry out a cleanup the deletion guard held back."""
     store = home._store()
     run_id = _cleanable(store, args.run_id)
-    _require_blocked(store, run_id)
-    code, _ = _cleanup(home._instance(), store, run_id, args, approve=True)
+    plan_id = _require_blocked(store, run_id, args.plan)
+    code, _ = _cleanup(home._instance(), store, run_id, args, approve=True, plan_id=plan_id)
     return code
 
 

@@ -6,9 +6,14 @@ enumeration's steps must share the process that holds its run."""
 
 from dagster import Definitions, in_process_executor
 
+from enum_pipeline.defs.notifier import notifier_from_env
 from enum_pipeline.defs.resources import InventoryResource, RunScopedIOManager
 
 defs = Definitions(
-    resources={"inventory": InventoryResource(), "run_io_manager": RunScopedIOManager()},
+    resources={
+        "inventory": InventoryResource(),
+        "run_io_manager": RunScopedIOManager(),
+        "notifier": notifier_from_env(),
+    },
     executor=in_process_executor,
 )

@@ -12,19 +12,17 @@ from dagster import (
 )
 from pydantic import Field
 
-from enum_pipeline.defs import tables
+from enum_pipeline.defs import cleanup_notice, tables
 from enum_pipeline.defs.catalog import catalog, database_kind
 from enum_pipeline.defs.constants import (
-    APPROVE_JOB,
     CLEANUP_POOL,
     ENUMERATION_RUN_TAG,
-    cleanup_run_config,
     dagster_run_lookup,
 )
 from enum_pipeline.defs.resources import InventoryResource
 from enum_pipeline.defs.scopes import SCOPES
 from enum_pipeline.steps import resolve_run
-from enum_pipeline.store import AmbiguousRunError, UnknownRunError
+from enum_pipeline.store import AmbiguousRunError, StoreError, UnknownRunError
 
 GROUP = "inventory"
 DB_KINDS = {database_kind()}
@@ -44,6 +42,11 @@ class CleanupConfig(Config):
     approve: bool = Field(
         default=False,
         description="Approve this run's blocked cleanup: exactly the projects its plan listed.",
+    )
+    plan_id: str | None = Field(
+        default=None,
+        description="With approve: the blocked plan approved (its id is in the cleanup's "
+        "metadata and approve link); a plan that changed since is not approved.",
     )
     dry_run: bool = Field(default=False, description="Show what would be removed; change nothing.")
     config_path: str | None = Field(
@@ -94,9 +97,11 @@ def stale_projects_cleanup(
 ) -> Output[dict]:
     """Remove what a completed, verified run did not see (``safe_cleanup_old_projects``).
 
-    Requested by the ``cleanup_after_confirmed_flush`` sensor, by ``approve_cleanup`` (one
-    click: the pending blocked cleanup) or by an operator. A blocked cleanup is recorded with
-    the projects it would remove, then its blocking check fails the Dagster run.
+    Requested by the ``cleanup_after_confirmed_flush`` sensor, the CLI or an operator: the
+    first request claims the flush, any other is a no-op naming it (``claimed_by``). A blocked
+    cleanup is recorded with the projects it would remove and its plan id, then its check fails
+    the Dagster run on one sentence; the ``approve`` link (first in the metadata) opens
+    ``approve_cleanup`` for exactly that plan: Launch Run approves it.
     """
     store = inventory.store()
     run_id = resolve_cleanup_run(context, store, config.run_id, approve=config.approve)
@@ -105,26 +110,32 @@ def stale_projects_cleanup(
         context.instance.add_run_tags(context.run.run_id, {ENUMERATION_RUN_TAG: run_id})
     approver = f"dagster run {context.run.run_id}" if config.approve else None
     if config.approve:
-        store.approve_cleanup(run_id, approver)
+        approve_plan(store, run_id, config.plan_id, approver)
     result = store.safe_cleanup_old_projects(
         run_id,
         dry_run=config.dry_run,
         approved_by=approver,
         witness=inventory.witness(context.log.warning),
+        # an approval acts on the claimed, blocked cleanup; every other request claims the flush
+        claimant=None if config.approve else cleanup_notice.claimant(context),
     )
     data = result.as_dict()
     held = result.dry_run or result.status == "blocked"
     entries = tables.entry_rows(cleanup_entries(store, run_id, result))
     data["entries"] = entries[: tables.LISTED]
     if result.status == "blocked":
-        context.log.error(
-            f"cleanup of run {run_id} held back by the deletion guard: {result.reason}. "
-            f"Nothing was removed. Approve it in one step: launch the job approve_cleanup "
-            f"(or `enum-pipeline approve {run_id}`)."
-        )
-    metadata = {
+        context.log.error(cleanup_notice.blocked_sentence(data))
+    if result.already_done and result.claimed_by:
+        context.log.info(result.reason)
+    metadata = {}
+    if result.status == "blocked":  # first, so the asset's Overview shows it at the top
+        link = cleanup_notice.approve_link(run_id, result.plan_id)
+        metadata["approve"] = MetadataValue.url(link)
+    metadata |= {
         "run_id": run_id,
         "status": result.status,
+        "plan_id": result.plan_id or "",
+        "claimed_by": result.claimed_by or "",
         "dry_run": result.dry_run,
         "candidates": result.candidates,
         "removed": result.removed,
@@ -142,8 +153,6 @@ def stale_projects_cleanup(
         ),
         "scopes": MetadataValue.md(_cleanup_scopes_md(result)),
     }
-    if result.status == "blocked":
-        metadata["approve"] = MetadataValue.url(approve_link(run_id))
     if result.status == "done" and not result.dry_run and result.removed:
         # What the restore_projects job can bring back (this cleanup and older ones).
         metadata["restorable"] = tables.restorable_table(store)
@@ -159,14 +168,21 @@ def stale_projects_cleanup(
     return Output(data, metadata=metadata)
 
 
-def approve_link(run_id: str) -> str:
-    """A launchpad path of ``approve_cleanup`` with this run's approval filled in."""
-    from urllib.parse import urlencode
-
-    import yaml
-
-    query = urlencode({"config": yaml.safe_dump(cleanup_run_config(run_id, approve=True))})
-    return f"/locations/enum_pipeline/jobs/{APPROVE_JOB}/playground/setup?{query}"
+def approve_plan(store, run_id: str, plan_id: str | None, approver: str) -> None:
+    """Approve plan ``plan_id`` of ``run_id``'s blocked cleanup; a Failure, nothing approved,
+    when no plan id was given or the plan is another one now."""
+    if plan_id is None:
+        plan = store.blocked_plan(run_id)
+        shown = f"plan {plan.plan_id} of run {run_id}, {plan.would_remove} projects" if plan else ""
+        raise Failure(
+            f"approve_cleanup approves the plan it was shown, and no plan_id was given ({shown}): "
+            "open the approve link of the blocked cleanup (its run page or the asset's metadata) "
+            "and launch that; nothing was approved"
+        )
+    try:
+        store.approve_cleanup(run_id, approver, plan_id)
+    except StoreError as err:
+        raise Failure(str(err)) from None
 
 
 def _cleanup_scopes_md(result) -> str:

@@ -10,6 +10,7 @@ from dagster import (
 )
 
 from enum_pipeline.defs.assets import stale_projects_cleanup
+from enum_pipeline.defs.cleanup_notice import check_evaluation
 from enum_pipeline.defs.enumeration import inventory_run_id
 from enum_pipeline.defs.resources import InventoryResource
 from enum_pipeline.defs.scopes import SCOPES, partition_key, scope_key
@@ -39,31 +40,10 @@ def projects_flush_verified(
 
 
 @asset_check(asset=stale_projects_cleanup, blocking=True)
-def cleanup_not_blocked(stale_projects_cleanup: dict) -> AssetCheckResult:
-    """Fails (ERROR, blocking: the cleanup's Dagster run fails) when the deletion guard held the
-    cleanup back; approve it with the job ``approve_cleanup``."""
-    data = stale_projects_cleanup
-    blocked = data["status"] == "blocked"
-    description = None
-    if blocked:
-        description = (
-            f"held back: would remove {data['would_remove']} of the projects of run "
-            f"{data['run_id']}, removed 0 ({data.get('reason')}); approve with the job "
-            "approve_cleanup"
-        )
-    return AssetCheckResult(
-        passed=not blocked,
-        severity=AssetCheckSeverity.ERROR,
-        description=description,
-        metadata={
-            "run_id": data["run_id"],
-            "status": data["status"],
-            "candidates": data["candidates"],
-            "would_remove": data["would_remove"],
-            "removed": data["removed"],
-            "marked_missing": data["marked_missing"],
-        },
-    )
+def cleanup_not_blocked(context: AssetCheckExecutionContext, stale_projects_cleanup: dict):
+    """Fails (ERROR) when the deletion guard held the cleanup back, then fails the cleanup's
+    Dagster run with one sentence and the approve link (``cleanup_notice``)."""
+    yield from check_evaluation(stale_projects_cleanup, context.run.run_id)
 
 
 @asset_check(asset=PROJECTS)

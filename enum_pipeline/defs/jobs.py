@@ -62,8 +62,10 @@ cleanup_projects = _cleanup_job(
 
 approve_cleanup = _cleanup_job(
     APPROVE_JOB,
-    "One click: approve and carry out the blocked cleanup of the newest completed run, for "
-    "the projects it was blocked with (see its metadata). Set run_id for another one.",
+    "Approve and carry out one blocked cleanup plan: open the approve link of the blocked "
+    "cleanup (its run page, the asset's metadata, the notification), which fills in run_id and "
+    "plan_id, then Launch Run. Without plan_id nothing is approved: a plan that changed since "
+    "it was shown is never approved in its place.",
     config=cleanup_run_config(approve=True),
 )
 

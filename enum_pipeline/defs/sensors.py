@@ -25,6 +25,7 @@ from dagster import (
     sensor,
 )
 
+from enum_pipeline.defs.cleanup_notice import REQUESTED_BY_TAG, already_claimed
 from enum_pipeline.defs.constants import (
     ENUMERATION_RUN_TAG,
     SCOPES_PARTITIONS,
@@ -65,11 +66,14 @@ def _partition_tags(instance, record) -> dict[str, str]:
     return tags or {PARTITION_TAG: record.partition_key}
 
 
+SENSOR_NAME = "cleanup_after_confirmed_flush"
+
+
 def make_cleanup_sensor(job: "Job") -> SensorDefinition:
     """The sensor that requests ``job`` (the cleanup) once for each confirmed flush."""
 
     @sensor(
-        name="cleanup_after_confirmed_flush",
+        name=SENSOR_NAME,
         job=job,
         minimum_interval_seconds=30,
         default_status=DefaultSensorStatus.RUNNING,
@@ -105,8 +109,11 @@ def make_cleanup_sensor(job: "Job") -> SensorDefinition:
                 skipped.append(due.reason)
                 break  # the cursor stays before a run still active
             cursor = record.storage_id
+            claimed = already_claimed(store, run_id) if due is not None and due.due else None
             if due is None or not due.due:
                 skipped.append(due.reason if due else "a projects flush carries no run_id")
+            elif claimed:
+                skipped.append(claimed)
             elif run_id not in {r.run_key for r in requests}:
                 requests.append(
                     RunRequest(
@@ -114,6 +121,7 @@ def make_cleanup_sensor(job: "Job") -> SensorDefinition:
                         run_config=cleanup_run_config(run_id),
                         tags={
                             ENUMERATION_RUN_TAG: run_id,
+                            REQUESTED_BY_TAG: "sensor " + SENSOR_NAME,
                             **_partition_tags(context.instance, record),
                         },
                     )

@@ -42,3 +42,7 @@ class FlushVerificationError(StoreError):
 
 class CleanupRefusedError(StoreError):
     """The run is not a completed, flush-verified run."""
+
+
+class PlanChangedError(StoreError):
+    """An approval named a plan that is not the run's blocked plan now."""

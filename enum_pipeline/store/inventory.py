@@ -17,6 +17,7 @@ from enum_pipeline.sources.base import ProjectRecord, ScopeVerdict
 from enum_pipeline.sources.witness import Witness
 from enum_pipeline.store import (
     changes,
+    claims,
     cleanup,
     flush,
     history,
@@ -32,6 +33,8 @@ from enum_pipeline.store.engine import create_inventory_engine, ensure_schema
 from enum_pipeline.store.liveness import LOCAL_HOLDERS, LeaseKeeper
 from enum_pipeline.store.policy import CleanupPolicy
 from enum_pipeline.store.records import (
+    BlockedPlan,
+    CleanupClaim,
     CleanupEntry,
     CleanupRecord,
     CleanupResult,
@@ -215,10 +218,21 @@ class InventoryStore:
 
     # ------------------------------------------------------------------ cleanup / history
 
-    def approve_cleanup(self, run_id: str, approved_by: str) -> dict[str, Any]:
+    def approve_cleanup(
+        self, run_id: str, approved_by: str, plan_id: str | None = None
+    ) -> dict[str, Any]:
         """Approve the blocked cleanup of ``run_id``: exactly the removals its plan listed (a
-        later plan with more removals is blocked again)."""
-        return cleanup.approve_cleanup(self._ctx, run_id, approved_by)
+        later plan with more removals is blocked again). With ``plan_id`` only while that is
+        the run's blocked plan (``PlanChangedError`` naming both otherwise)."""
+        return cleanup.approve_cleanup(self._ctx, run_id, approved_by, plan_id)
+
+    def blocked_plan(self, run_id: str) -> BlockedPlan | None:
+        """The blocked plan of ``run_id`` (its id, how many it would remove, why), or None."""
+        return claims.blocked_plan(self._ctx, run_id)
+
+    def cleanup_claim(self, run_id: str) -> CleanupClaim | None:
+        """Who claimed the cleanup of ``run_id``'s flush, if anyone (one cleanup per flush)."""
+        return claims.cleanup_claim(self._ctx, run_id)
 
     def safe_cleanup_old_projects(
         self,
@@ -228,6 +242,7 @@ class InventoryStore:
         dry_run: bool = False,
         approved_by: str | None = None,
         witness: Witness | None = None,
+        claimant: str | None = None,
     ) -> CleanupResult:
         """Remove the projects a completed, verified run did not see and whose absence a
         witness confirmed, in one transaction.
@@ -250,9 +265,13 @@ class InventoryStore:
         owns the row's scope looks at the project directly) answered ``gone`` after the run's
         read; found rows are kept (refreshed from the answer), anything else is kept marked
         missing with the reason. Without a witness nothing is removed.
+
+        **One cleanup per flush**: with ``claimant`` (who asks: a Dagster run, the CLI) the
+        cleanup claims the run's flush first, under the inventory lock; a request that finds it
+        claimed by another does nothing and its result's ``claimed_by`` names that one.
         """
         return cleanup.safe_cleanup_old_projects(
-            self._ctx, run_id, policy, dry_run, approved_by, witness
+            self._ctx, run_id, policy, dry_run, approved_by, witness, claimant
         )
 
     def cleanup_record(self, run_id: str) -> CleanupRecord | None:

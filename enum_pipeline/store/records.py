@@ -156,6 +156,26 @@ class CleanupRecord(_Row):
 
 
 @dataclass(frozen=True)
+class CleanupClaim(_Row):
+    """One ``cleanup_claims`` row: who runs the cleanup of the run's confirmed flush."""
+
+    run_id: str
+    claimed_by: str
+    claimed_at: datetime
+
+
+@dataclass(frozen=True)
+class BlockedPlan:
+    """A cleanup the deletion guard held back, as an operator approves it: ``plan_id`` is a
+    digest of the run and the keys it would remove, so an approval names exactly this plan."""
+
+    run_id: str
+    plan_id: str
+    would_remove: int
+    reason: str | None
+
+
+@dataclass(frozen=True)
 class FlushResult:
     """Counts of one set-based upsert."""
 
@@ -273,6 +293,10 @@ class CleanupResult:
     unconfirmed: int = 0
     found_present: int = 0
     entries: list[CleanupEntry] = field(default_factory=list)
+    #: A blocked cleanup's plan, as ``approve_cleanup`` must name it (``BlockedPlan.plan_id``).
+    plan_id: str | None = None
+    #: Who claimed this flush's cleanup (``cleanup_claims``); set on every cleanup that claims.
+    claimed_by: str | None = None
 
     def as_dict(self, max_entries: int | None = 1000) -> dict[str, Any]:
         """Plain data, for metadata and JSON: at most ``max_entries`` entries (removals

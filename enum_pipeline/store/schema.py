@@ -260,6 +260,14 @@ cleanups = _run_table(
     sa.CheckConstraint(f"status IN {CLEANUP_STATUSES!r}", name="ck_cleanups_status"),
 )
 
+# Who runs the cleanup of a run's confirmed flush: one row per run, inserted under the inventory
+# lock before the cleanup looks at anything, so two requesters never both clean up one flush.
+cleanup_claims = _run_table(
+    "cleanup_claims",
+    sa.Column("claimed_by", sa.Text, nullable=False),
+    sa.Column("claimed_at", UTCDateTime(), nullable=False),
+)
+
 # The persisted cleanup plan: every project a cleanup (or an orphan prune) names, with its action
 # and reason. ``approved``: the entry was in the plan an operator approved.
 cleanup_entries = _run_table(
