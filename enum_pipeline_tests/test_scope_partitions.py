@@ -322,3 +322,13 @@ def test_enum_pipeline_run_is_one_run_over_every_scope(env, roots, tmp_path, mon
         tags = instance.get_run_by_id(run.run_id).tags
         assert (tags[RANGE_START_TAG], tags[RANGE_END_TAG]) == (keys[0], keys[-1])
         assert instance.get_dynamic_partitions(SCOPES_PARTITIONS) == keys
+
+
+def test_the_approve_link_opens_the_launchpad_on_the_cleanups_partition():
+    from urllib.parse import parse_qs, urlsplit
+
+    from enum_pipeline.defs.assets import approve_link
+
+    query = parse_qs(urlsplit(approve_link("r1", {PARTITION_TAG: "fs:/a"})).query)
+    assert query["tags[0][key]"] == [PARTITION_TAG] and query["tags[0][value]"] == ["fs:/a"]
+    assert "approve: true" in query["config"][0] and "r1" in query["config"][0]

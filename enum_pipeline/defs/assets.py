@@ -22,7 +22,7 @@ from enum_pipeline.defs.constants import (
     dagster_run_lookup,
 )
 from enum_pipeline.defs.resources import InventoryResource
-from enum_pipeline.defs.scopes import SCOPES
+from enum_pipeline.defs.scopes import SCOPES, partition_tags_of
 from enum_pipeline.steps import resolve_run
 from enum_pipeline.store import AmbiguousRunError, UnknownRunError
 
@@ -143,7 +143,9 @@ def stale_projects_cleanup(
         "scopes": MetadataValue.md(_cleanup_scopes_md(result)),
     }
     if result.status == "blocked":
-        metadata["approve"] = MetadataValue.url(approve_link(run_id))
+        metadata["approve"] = MetadataValue.url(
+            approve_link(run_id, partition_tags_of(context.run.tags))
+        )
     if result.status == "done" and not result.dry_run and result.removed:
         # What the restore_projects job can bring back (this cleanup and older ones).
         metadata["restorable"] = tables.restorable_table(store)
@@ -159,13 +161,17 @@ def stale_projects_cleanup(
     return Output(data, metadata=metadata)
 
 
-def approve_link(run_id: str) -> str:
-    """A launchpad path of ``approve_cleanup`` with this run's approval filled in."""
+def approve_link(run_id: str, tags: dict[str, str] | None = None) -> str:
+    """A launchpad path of ``approve_cleanup`` with this run's approval filled in, and ``tags``
+    (the run's partition: the cleanup is partitioned by scope, as its run was)."""
     from urllib.parse import urlencode
 
     import yaml
 
-    query = urlencode({"config": yaml.safe_dump(cleanup_run_config(run_id, approve=True))})
+    fields = {"config": yaml.safe_dump(cleanup_run_config(run_id, approve=True))}
+    for i, (key, value) in enumerate((tags or {}).items()):  # qs's array notation
+        fields[f"tags[{i}][key]"], fields[f"tags[{i}][value]"] = key, value
+    query = urlencode(fields)
     return f"/locations/enum_pipeline/jobs/{APPROVE_JOB}/playground/setup?{query}"
 
 
