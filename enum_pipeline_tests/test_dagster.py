@@ -342,8 +342,11 @@ def test_reexecution_from_failure_finishes_the_flush_without_rescanning(env, db_
         (repo_tree / "zeta").mkdir()  # appears after the scan: a re-scan would see it
         subprocess.run(["git", "init", "-q", str(repo_tree / "zeta")], check=True)
         options = ReexecutionOptions.from_failure(first.run_id, instance)
-        with execute_job(
-            reconstructable(_enumerate_job), instance=instance, reexecution_options=options
+        with execute_job(  # the partition's tags, as the UI's re-execution copies them
+            reconstructable(_enumerate_job),
+            instance=instance,
+            reexecution_options=options,
+            tags=tags,
         ) as second:
             assert second.success
             executed = {e.step_key for e in second.all_events if e.is_step_success}

@@ -22,6 +22,7 @@ from dagster._core.definitions.assets.job.asset_job import IMPLICIT_ASSET_JOB_NA
 from dagster._core.definitions.reconstruct import ReconstructableRepository
 from dagster._core.storage.partition_status_cache import AssetPartitionStatus
 
+from enum_pipeline import cli
 from enum_pipeline.cli.commands_run import _one_run_over
 from enum_pipeline.config import ConfigError, parse_config
 from enum_pipeline.definitions import defs
@@ -306,3 +307,28 @@ def test_narrowing_keeps_only_the_given_scopes_and_refuses_an_unknown_one(tmp_pa
     assert [k for s in narrowed for k in s.scope_keys()] == wanted
     with pytest.raises(ConfigError, match=r"^scope fs:/nowhere is not in enum.yaml .*begun$"):
         config.sources_for([every[0], "fs:/nowhere"])
+
+
+def test_enum_pipeline_run_is_one_run_over_every_scope(env, roots, tmp_path, monkeypatch):
+    home = tmp_path / "dagster_home"
+    home.mkdir()
+    (home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
+    monkeypatch.setenv("DAGSTER_HOME", str(home))
+    assert cli.main(["run", "--no-reports"]) == 0
+    [run] = env.runs()
+    assert sorted(s.scope_key for s in env.scopes(run.run_id)) == sorted(map(_scope, roots))
+    keys = [partition_key(_scope(r)) for r in roots]
+    with DagsterInstance.from_config(str(home)) as instance:
+        tags = instance.get_run_by_id(run.run_id).tags
+        assert (tags[RANGE_START_TAG], tags[RANGE_END_TAG]) == (keys[0], keys[-1])
+        assert instance.get_dynamic_partitions(SCOPES_PARTITIONS) == keys
+
+
+def test_the_approve_link_opens_the_launchpad_on_the_cleanups_partition():
+    from urllib.parse import parse_qs, urlsplit
+
+    from enum_pipeline.defs.cleanup_notice import approve_link
+
+    query = parse_qs(urlsplit(approve_link("r1", "p1", tags={PARTITION_TAG: "fs:/a"})).query)
+    assert query["tags[0][key]"] == [PARTITION_TAG] and query["tags[0][value]"] == ["fs:/a"]
+    assert "approve: true" in query["config"][0] and "r1" in query["config"][0]

@@ -20,7 +20,7 @@ from enum_pipeline.defs.constants import (
     dagster_run_lookup,
 )
 from enum_pipeline.defs.resources import InventoryResource
-from enum_pipeline.defs.scopes import SCOPES
+from enum_pipeline.defs.scopes import SCOPES, partition_tags_of
 from enum_pipeline.steps import resolve_run
 from enum_pipeline.store import AmbiguousRunError, StoreError, UnknownRunError
 
@@ -129,7 +129,10 @@ def stale_projects_cleanup(
         context.log.info(result.reason)
     metadata = {}
     if result.status == "blocked":  # first, so the asset's Overview shows it at the top
-        link = cleanup_notice.approve_link(run_id, result.plan_id)
+        link = cleanup_notice.approve_link(
+            run_id, result.plan_id, tags=partition_tags_of(context.run.tags)
+        )
+        data["approve_link"] = link
         metadata["approve"] = MetadataValue.url(link)
     metadata |= {
         "run_id": run_id,

@@ -28,15 +28,29 @@ def approve_config(run_id: str, plan_id: str) -> dict:
     return cleanup_run_config(run_id, approve=True, plan_id=plan_id)
 
 
-def approve_link(run_id: str, plan_id: str, base_url: str | None = None) -> str:
-    """The launchpad of ``approve_cleanup`` with this plan's approval filled in: absolute when
-    ``base_url`` (default ``$ENUM_PIPELINE_UI_URL``) is set, else a path of the UI."""
+def approve_link(
+    run_id: str,
+    plan_id: str,
+    base_url: str | None = None,
+    tags: dict[str, str] | None = None,
+) -> str:
+    """The launchpad of ``approve_cleanup`` with this plan's approval filled in, opened on
+    ``tags`` (the cleanup's partition: it is partitioned by scope, as its run was): absolute
+    when ``base_url`` (default ``$ENUM_PIPELINE_UI_URL``) is set, else a path of the UI."""
     import yaml
 
-    query = urlencode({"config": yaml.safe_dump(approve_config(run_id, plan_id))})
+    fields = {"config": yaml.safe_dump(approve_config(run_id, plan_id))}
+    for i, (key, value) in enumerate((tags or {}).items()):  # the launchpad's array notation
+        fields[f"tags[{i}][key]"], fields[f"tags[{i}][value]"] = key, value
+    query = urlencode(fields)
     path = f"/locations/enum_pipeline/jobs/{APPROVE_JOB}/playground/setup?{query}"
     base = (base_url if base_url is not None else os.environ.get(UI_URL_ENV, "")).rstrip("/")
     return f"{base}{path}"
+
+
+def _link(data: dict) -> str:
+    """The approve link the cleanup asset put in its output (its partition's), else a new one."""
+    return data.get("approve_link") or approve_link(data["run_id"], data["plan_id"])
 
 
 def blocked_sentence(data: dict) -> str:
@@ -88,7 +102,7 @@ def check_evaluation(data: dict, dagster_run_id: str):
         "plan_id": data.get("plan_id") or "",
     }
     if blocked:
-        metadata["approve"] = MetadataValue.url(approve_link(data["run_id"], data["plan_id"]))
+        metadata["approve"] = MetadataValue.url(_link(data))
     yield AssetCheckResult(
         passed=not blocked,
         severity=AssetCheckSeverity.ERROR,
@@ -99,7 +113,7 @@ def check_evaluation(data: dict, dagster_run_id: str):
         raise Failure(
             description=blocked_sentence(data),
             metadata={
-                "approve": MetadataValue.url(approve_link(data["run_id"], data["plan_id"])),
+                "approve": MetadataValue.url(_link(data)),
                 "plan_id": data["plan_id"],
                 "would_remove": data["would_remove"],
             },

@@ -26,6 +26,7 @@ from enum_pipeline.defs.constants import ENUMERATION_RUN_TAG
 from enum_pipeline.defs.jobs import approve_cleanup, cleanup_projects, enumerate_projects
 from enum_pipeline.defs.notifier import WEBHOOK_ENV, Notice, Notifier
 from enum_pipeline.defs.resources import InventoryResource
+from enum_pipeline.defs.scopes import partition_tags_of
 from enum_pipeline.store import RunStatus
 
 #: The tag a notified Dagster run carries, per notice (the value is the notice's key).
@@ -49,12 +50,15 @@ def send_once(context, notifier: Notifier, notice: Notice, dagster_run_id: str) 
     return f"notified {', '.join(sent)}: {notice.key}"
 
 
-def blocked_notice(store, run_id: str, dagster_run_id: str) -> Notice | None:
-    """The notice of ``run_id``'s blocked cleanup plan, or None (not blocked now)."""
+def blocked_notice(
+    store, run_id: str, dagster_run_id: str, tags: dict[str, str] | None = None
+) -> Notice | None:
+    """The notice of ``run_id``'s blocked cleanup plan (its link opened on the partition
+    ``tags`` of the cleanup run), or None (not blocked now)."""
     plan = store.blocked_plan(run_id)
     if plan is None:
         return None
-    link = approve_link(run_id, plan.plan_id)
+    link = approve_link(run_id, plan.plan_id, tags=tags)
     text = (
         f"Cleanup of run {run_id} is blocked: it would remove {plan.would_remove} projects "
         f"({plan.reason}); approve plan {plan.plan_id}: {link} "
@@ -80,7 +84,11 @@ def notify_blocked_cleanup(
     """A cleanup run that failed blocked: one notice for its plan, never twice."""
     run = context.dagster_run
     run_id = run.tags.get(ENUMERATION_RUN_TAG)
-    notice = blocked_notice(inventory.store(), run_id, run.run_id) if run_id else None
+    notice = (
+        blocked_notice(inventory.store(), run_id, run.run_id, partition_tags_of(run.tags))
+        if run_id
+        else None
+    )
     if notice is None:
         return SkipReason(f"dagster run {run.run_id} failed, not on a blocked cleanup")
     context.log.info(send_once(context, notifier, notice, run.run_id))
