@@ -16,7 +16,16 @@ from enum_pipeline.defs.resources import InventoryResource
 from enum_pipeline.defs.sensors import cleanup_after_confirmed_flush
 from enum_pipeline.store import CleanupPolicy, CleanupRefusedError, PlanChangedError, StoreError
 from enum_pipeline.store.claims import plan_id
-from enum_pipeline_tests.helpers import GONE, WorldWitness, fail_on_sql, key, new_run_id, run_once
+from enum_pipeline_tests.helpers import (
+    GONE,
+    WorldWitness,
+    enumerate_scopes,
+    fail_on_sql,
+    key,
+    new_run_id,
+    run_once,
+    run_partition_tags_of,
+)
 
 NAMES = [f"p{i}" for i in range(6)]
 #: Holds back a cleanup removing half a scope, however small.
@@ -153,12 +162,14 @@ def test_the_sensor_requests_no_cleanup_of_a_flush_the_cli_claimed(dagster_env):
     """``enum-pipeline run`` cleans up right after its run: the sensor's next tick skips that
     flush, naming the CLI's Dagster run; a cleanup run requested anyway is a no-op naming it."""
     instance = dagster_env
-    run = defs.resolve_job_def("enumerate_projects").execute_in_process(instance=instance)
+    run = enumerate_scopes(instance)
+    assert run.success
+    partition = run_partition_tags_of(instance, run.run_id)
     cleanup = defs.resolve_job_def("cleanup_projects")
     cli = cleanup.execute_in_process(
         instance=instance,
         run_config=cleanup_run_config(run.run_id),
-        tags={REQUESTED_BY_TAG: "enum-pipeline run"},
+        tags={REQUESTED_BY_TAG: "enum-pipeline run", **partition},
     )
     assert cli.output_for_node("stale_projects_cleanup")["claimed_by"] == (
         f"dagster run {cli.run_id} (enum-pipeline run)"
@@ -169,7 +180,9 @@ def test_the_sensor_requests_no_cleanup_of_a_flush_the_cli_claimed(dagster_env):
     assert tick.run_requests == []
     assert f"claimed by dagster run {cli.run_id} (enum-pipeline run)" in tick.skip_message
 
-    late = cleanup.execute_in_process(instance=instance, run_config=cleanup_run_config(run.run_id))
+    late = cleanup.execute_in_process(
+        instance=instance, run_config=cleanup_run_config(run.run_id), tags=partition
+    )
     data = late.output_for_node("stale_projects_cleanup")
     assert data["already_done"] and data["removed"] == 0
     assert f"dagster run {cli.run_id} (enum-pipeline run)'s" in data["reason"]

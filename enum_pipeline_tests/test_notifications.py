@@ -19,7 +19,7 @@ from enum_pipeline.defs.notifier import Notifier
 from enum_pipeline.defs.notify import notify_blocked_cleanup, notify_stuck_scopes
 from enum_pipeline.defs.resources import InventoryResource
 from enum_pipeline.store import InventoryStore
-from enum_pipeline_tests.helpers import run_once
+from enum_pipeline_tests.helpers import enumerate_scopes, run_once, run_partition_tags_of
 
 
 class Webhook:
@@ -84,14 +84,17 @@ def _failure_context(instance, result, notifier):
 def test_a_blocked_plan_is_notified_once_across_ticks_and_duplicate_runs(
     env, instance, repo_tree, webhook
 ):
-    enumerate_job = defs.resolve_job_def("enumerate_projects")
-    assert enumerate_job.execute_in_process(instance=instance).success
+    assert enumerate_scopes(instance).success
     for child in repo_tree.iterdir():
         shutil.rmtree(child)
-    second = enumerate_job.execute_in_process(instance=instance)
+    second = enumerate_scopes(instance)
+    partition = run_partition_tags_of(instance, second.run_id)
     cleanup = defs.resolve_job_def("cleanup_projects")
     blocked = cleanup.execute_in_process(
-        instance=instance, run_config=cleanup_run_config(second.run_id), raise_on_error=False
+        instance=instance,
+        run_config=cleanup_run_config(second.run_id),
+        raise_on_error=False,
+        tags=partition,
     )
     assert not blocked.success
     plan_id = blocked.output_for_node("stale_projects_cleanup")["plan_id"]
@@ -109,7 +112,10 @@ def test_a_blocked_plan_is_notified_once_across_ticks_and_duplicate_runs(
     notify_blocked_cleanup(_failure_context(instance, blocked, notifier))
     # A second cleanup of the same flush is a no-op naming the first; it fails on the same plan.
     again = cleanup.execute_in_process(
-        instance=instance, run_config=cleanup_run_config(second.run_id), raise_on_error=False
+        instance=instance,
+        run_config=cleanup_run_config(second.run_id),
+        raise_on_error=False,
+        tags=partition,
     )
     data = again.output_for_node("stale_projects_cleanup")
     assert data["already_done"] and data["claimed_by"] == f"dagster run {blocked.run_id}"
@@ -121,13 +127,16 @@ def test_a_blocked_plan_is_notified_once_across_ticks_and_duplicate_runs(
 def test_a_failed_webhook_marks_nothing_sent_so_the_next_tick_sends_it(
     env, instance, repo_tree, webhook
 ):
-    enumerate_job = defs.resolve_job_def("enumerate_projects")
-    assert enumerate_job.execute_in_process(instance=instance).success
+    assert enumerate_scopes(instance).success
     for child in repo_tree.iterdir():
         shutil.rmtree(child)
-    second = enumerate_job.execute_in_process(instance=instance)
+    second = enumerate_scopes(instance)
+    partition = run_partition_tags_of(instance, second.run_id)
     blocked = defs.resolve_job_def("cleanup_projects").execute_in_process(
-        instance=instance, run_config=cleanup_run_config(second.run_id), raise_on_error=False
+        instance=instance,
+        run_config=cleanup_run_config(second.run_id),
+        raise_on_error=False,
+        tags=partition,
     )
     down_port = Webhook()
     down_port.close()  # a port nothing listens on any more
