@@ -150,12 +150,9 @@ def synthetic_defs(url: str):
     from dagster import Definitions
 
     from enum_pipeline.config import PipelineConfig
-    from enum_pipeline.defs.assets import (
-        projects,
-        run_state,
-        scanned_projects,
-        stale_projects_cleanup,
-    )
+    from enum_pipeline.defs import defs as shared
+    from enum_pipeline.defs.assets import stale_projects_cleanup
+    from enum_pipeline.defs.enumeration import enumeration
     from enum_pipeline.defs.jobs import cleanup_projects, enumerate_projects
     from enum_pipeline.defs.resources import InventoryResource
 
@@ -169,10 +166,22 @@ def synthetic_defs(url: str):
             return SyntheticConfig.model_construct(sources=[])
 
     return Definitions(
-        assets=[scanned_projects, projects, run_state, stale_projects_cleanup],
+        assets=[enumeration, stale_projects_cleanup],
         jobs=[enumerate_projects, cleanup_projects],
-        resources={"inventory": SyntheticInventory(database_url=url)},
+        resources={**shared.resources, "inventory": SyntheticInventory(database_url=url)},
+        executor=shared.executor,
     )
+
+
+def _one_range(instance, defs) -> dict[str, str]:
+    """Every configured scope as a partition; the tags of one run over all of them."""
+    from enum_pipeline.defs.constants import SCOPES_PARTITIONS
+    from enum_pipeline.defs.scopes import partition_keys, run_partition_tags
+
+    sources = defs.resources["inventory"].pipeline_config().build_sources()
+    keys = partition_keys(k for s in sources for k in s.scope_keys())
+    instance.add_dynamic_partitions(SCOPES_PARTITIONS, keys)
+    return run_partition_tags(keys)
 
 
 def _delete_one_percent(url: str) -> int:
@@ -232,6 +241,7 @@ def child_main(spec: dict) -> int:
     os.makedirs(dagster_home, exist_ok=True)
     os.environ["DAGSTER_HOME"] = dagster_home
     with instance_for_test(temp_dir=dagster_home) as instance:
+        tags = _one_range(instance, defs)
         for run in (1, 2):
             if run == 2:
                 if spec["case"] == "tree":
@@ -240,11 +250,11 @@ def child_main(spec: dict) -> int:
                     SYNTH["run"] = 2
             timers.reset()
             t = time.perf_counter()
-            result = enumerate_job.execute_in_process(instance=instance)
+            result = enumerate_job.execute_in_process(instance=instance, tags=tags)
             wall = time.perf_counter() - t
             store_s, scan_s = timers.reset()
             assert result.success
-            flush = result.output_for_node("projects")
+            flush = result.output_for_node("enumeration.verify_flush", "verified")
             if run == 1:
                 assert flush["staged"] == expected, (flush["staged"], expected)
             runs.append(
@@ -252,7 +262,9 @@ def child_main(spec: dict) -> int:
             )
             run_config = {"ops": {"stale_projects_cleanup": {"config": {"run_id": result.run_id}}}}
             t = time.perf_counter()
-            cleaned = cleanup_job.execute_in_process(instance=instance, run_config=run_config)
+            cleaned = cleanup_job.execute_in_process(
+                instance=instance, run_config=run_config, tags=tags
+            )
             wall = time.perf_counter() - t
             store_s, scan_s = timers.reset()
             assert cleaned.success

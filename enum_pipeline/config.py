@@ -9,6 +9,7 @@ Environment:
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Annotated, Literal, Union
 
@@ -111,12 +112,25 @@ class CatalogConfig(_Strict):
         return owners
 
 
+class NotifyConfig(_Strict):
+    """When trouble that waits for an operator becomes a notification (see defs/notify.py)."""
+
+    stuck_after_runs: int = Field(
+        3,
+        ge=1,
+        le=10_000,
+        description="Notify once when a scope stays incomplete or held for more than this "
+        "many completed runs in a row.",
+    )
+
+
 class PipelineConfig(_Strict):
     """The whole configuration file."""
 
     sources: list[SourceConfig] = Field(min_length=1)
     catalog: CatalogConfig = CatalogConfig()
     cleanup: CleanupPolicy = CleanupPolicy()
+    notify: NotifyConfig = NotifyConfig()
     batch_size: int = Field(1000, ge=1, le=100_000)
     parallel_sources: int = Field(
         1, ge=1, le=64, description="Sources (and filesystem roots) scanned at the same time."
@@ -136,6 +150,25 @@ class PipelineConfig(_Strict):
                     f"invalid configuration in {self._origin}: sources.{index}.{config.kind}: {err}"
                 ) from None
         return sources
+
+    def sources_for(self, scope_keys: Iterable[str]) -> list[Source]:
+        """The sources of the scopes ``scope_keys`` only (see ``narrow``)."""
+        return self.narrow(self.build_sources(), scope_keys)
+
+    def narrow(self, sources: list[Source], scope_keys: Iterable[str]) -> list[Source]:
+        """Of this configuration's built ``sources``, those reading ``scope_keys`` (a filesystem
+        source is built one per root, so it is narrowed to those roots); a key the configuration
+        does not read is a ConfigError, raised before any source is used."""
+        wanted = set(scope_keys)
+        known = {k for s in sources for k in s.scope_keys()}
+        unknown = sorted(wanted - known)
+        if unknown:
+            listed = ", ".join(sorted(known)[:5]) + (", …" if len(known) > 5 else "")
+            raise ConfigError(
+                f"scope {unknown[0]} is not in {self._origin} (it reads {listed}); "
+                "nothing was begun"
+            )
+        return [s for s in sources if wanted & set(s.scope_keys())]
 
 
 def _format_errors(err: ValidationError, origin: str) -> str:

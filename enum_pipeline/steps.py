@@ -157,12 +157,18 @@ def start_run(
     log: LogFn = _quiet,
     policy: CleanupPolicy | None = None,
     configured_scopes: Iterable[str] | None = None,
+    scopes: Iterable[str] | None = None,
 ) -> ScanSummary:
     """Begin run ``run_id``, start its holder, and stage every source (a callable is called
     after ``begin``, so an error building the sources fails the run). Any error fails the run
-    and is raised. ``policy`` and ``configured_scopes`` are recorded with the run (see
-    ``InventoryStore.begin``)."""
-    generation = store.begin(run_id, policy=policy, configured_scopes=configured_scopes)
+    and is raised. ``policy``, ``configured_scopes`` and ``scopes`` are recorded with the run
+    (see ``InventoryStore.begin``); ``scopes`` defaults to the scope keys of ``sources`` when
+    they are a sequence, else (a callable) the run claims the whole inventory."""
+    if scopes is None and not callable(sources):
+        scopes = [k for s in sources for k in s.scope_keys()]
+    generation = store.begin(
+        run_id, policy=policy, configured_scopes=configured_scopes, scopes=scopes
+    )
     RunHolder.start(store, run_id)
     log(f"run {run_id}: generation {generation}, holder pid {os.getpid()}")
     try:

@@ -337,3 +337,43 @@ def make_repo(path: Path, *, commit: bool = True, remote: str | None = None) -> 
         git(path, "add", "README.md")
         git(path, "commit", "-q", "-m", "init")
     return path
+
+
+def scope_partitions(instance, scope_keys: Iterable[str]) -> dict[str, str]:
+    """Add ``scope_keys`` as scope partitions of ``instance`` (those missing); the tags of one
+    run over them (a partition, or the range spanning them in the partitions' order)."""
+    from enum_pipeline.defs.constants import SCOPES_PARTITIONS
+    from enum_pipeline.defs.scopes import partition_keys, run_partition_tags
+
+    keys = partition_keys(scope_keys)
+    existing = set(instance.get_dynamic_partitions(SCOPES_PARTITIONS))
+    instance.add_dynamic_partitions(SCOPES_PARTITIONS, [k for k in keys if k not in existing])
+    ordered = [k for k in instance.get_dynamic_partitions(SCOPES_PARTITIONS) if k in set(keys)]
+    return run_partition_tags(ordered)
+
+
+def configured_scopes() -> list[str]:
+    """The scope keys of the configuration in effect (``ENUM_PIPELINE_CONFIG`` / ``_ROOTS``)."""
+    from enum_pipeline.config import load_config
+
+    return [k for s in load_config().build_sources() for k in s.scope_keys()]
+
+
+def enumerate_scopes(instance, scopes: Iterable[str] | None = None, *, defs=None, **kwargs):
+    """``enumerate_projects`` executed in process over ``scopes`` (default: every configured
+    scope) as one run; ``raise_on_error=False`` unless given."""
+    if defs is None:
+        from enum_pipeline.definitions import defs
+    tags = scope_partitions(instance, configured_scopes() if scopes is None else scopes)
+    kwargs.setdefault("raise_on_error", False)
+    kwargs["tags"] = {**tags, **kwargs.get("tags", {})}
+    return defs.resolve_job_def("enumerate_projects").execute_in_process(
+        instance=instance, **kwargs
+    )
+
+
+def run_partition_tags_of(instance, dagster_run_id: str) -> dict[str, str]:
+    """The partition (or range) tags of a Dagster run: those a cleanup of it runs with."""
+    from enum_pipeline.defs.scopes import partition_tags_of
+
+    return partition_tags_of(instance.get_run_by_id(dagster_run_id).tags)

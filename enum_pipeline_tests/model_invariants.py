@@ -19,7 +19,7 @@ import sqlalchemy as sa
 from enum_pipeline.sources.kinds import outside_coverage
 from enum_pipeline.store import CleanupPolicy, InventoryStore, RunActiveError
 from enum_pipeline.store import schema as t
-from enum_pipeline_tests.model_oracle import STAGED_IS_SEEN, Model, under
+from enum_pipeline_tests.model_oracle import STAGED_IS_SEEN, Model, overlap, under
 
 _RUN_IDS = iter(range(1, 10**12))
 
@@ -138,9 +138,21 @@ def i3_truthful_status(cur: Snapshot, where: str) -> None:
 
 
 def i4_single_writer(cur: Snapshot, where: str) -> None:
-    """I4: at most one active run."""
-    active = [r for r, v in cur.runs.items() if v["status"] == "active"]
-    assert len(active) <= 1, f"I4: {len(active)} active runs {where}"
+    """I4: one writer per scope: no two active runs' scope sets overlap (NULL: the whole
+    inventory), and generations are unique."""
+    active = sorted((v for v in cur.runs.values() if v["status"] == "active"), key=_gen)
+    for i, a in enumerate(active):
+        for b in active[i + 1 :]:
+            assert not overlap(a["scopes"], b["scopes"]), (
+                f"I4: active runs {a['run_id']} {a['scopes']} and {b['run_id']} {b['scopes']} "
+                f"read a common scope {where}"
+            )
+    gens = [v["generation"] for v in cur.runs.values()]
+    assert len(gens) == len(set(gens)), f"I4: a generation handed out twice {where}"
+
+
+def _gen(run: dict[str, Any]) -> int:
+    return run["generation"]
 
 
 def i5_ordering(m: Model, cur: Snapshot, gone: list[str], run: dict[str, Any]) -> list[str]:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections import Counter
 from datetime import datetime, timedelta
-from itertools import permutations
+from itertools import combinations, permutations
 from typing import Any
 
 import pytest
@@ -26,6 +26,7 @@ from enum_pipeline.store import (
     CleanupRefusedError,
     FlushVerificationError,
     InventoryStore,
+    RunActiveError,
     StoreError,
     utcnow,
 )
@@ -64,6 +65,7 @@ from enum_pipeline_tests.model_oracle import (
     SCOPES,
     Model,
     MRun,
+    overlap,
     root,
 )
 
@@ -170,6 +172,8 @@ BATCHES = [(1, False), (2, False), (3, False), (8, False), (2, True)]  # (size, 
 FAIL_PATHS = ["fail", "fail", "fail_attempt", "fail_fails"]
 INTERLEAVED = ("cleanup", "restore", "world", "begin", "reap")
 PAIRS = [(scope, name) for scope in SCOPES for name in NAMES]
+#: The scope sets a run may claim: the whole inventory (None), one scope, or two.
+SCOPE_SETS = [None, *((scope,) for scope in SCOPES), *combinations(SCOPES, 2)]
 
 
 def _events(step: str, *, run_point: bool) -> list[tuple[str, str | None]]:
@@ -254,8 +258,8 @@ class InventoryMachine(RuleBasedStateMachine):
 
     def _after_rule(self) -> None:
         self.stats["steps"] += 1
-        active = [r for r, v in self.snap.runs.items() if v["status"] == "active"]
-        expected = [self.model.active.run_id] if self.model.active else []
+        active = sorted(r for r, v in self.snap.runs.items() if v["status"] == "active")
+        expected = sorted(r.run_id for r in self.model.actives)
         assert active == expected, (
             f"I3: runs left active after the step: {active}, expected only abandoned {expected}"
         )
@@ -375,6 +379,9 @@ class InventoryMachine(RuleBasedStateMachine):
         self.stats["begin_refused"] += 1
         self.step_note = "second begin while a run is active"
         i9_live_run_not_taken_over(self.store)
+        for run in self.model.actives:  # those it found gone stay abandoned though it refused
+            if run.session_gone:
+                self.model.fail(run)
         self._check()
 
     def _finish(self, run: MRun, data) -> None:
@@ -581,42 +588,93 @@ class InventoryMachine(RuleBasedStateMachine):
 
     def _enumeration_run(self, data) -> None:
         m = self.model
-        run_id = next_run_id()
         now = None
-        if m.active is not None:  # an abandoned run still holds the inventory
-            if not m.active.session_gone and data.draw(
+        held = m.actives
+        if held:  # abandoned runs still hold their scopes
+            if any(not r.session_gone for r in held) and data.draw(
                 st.booleans(), label="begin before the heartbeat expired"
             ):
                 self._begin_refused()
-            if not m.active.session_gone and (
-                self.backend == "postgresql" and data.draw(st.booleans(), label="session ends")
-            ):
-                self._end_session(m.active)
-            if not m.active.session_gone:
+            for r in m.actives:
+                if not r.session_gone and (
+                    self.backend == "postgresql" and data.draw(st.booleans(), label="session ends")
+                ):
+                    self._end_session(r)
+            if any(not r.session_gone for r in m.actives):
                 now = self._expired_now()
             self.stats["takeovers"] += 1
+        run = self._begin_run(data, None, now)
+        if run is not None and self._scan(run, data):
+            self._finish(run, data)
+        self._after_rule()
+
+    def _begin_run(self, data, scopes: tuple[str, ...] | None, now=None) -> MRun | None:
+        """Begin a run over ``scopes`` (None: the whole inventory) under a drawn policy and
+        event; the run, or None when the begin rolled back or crashed."""
+        m = self.model
+        run_id = next_run_id()
         policy = data.draw(st.sampled_from(POLICIES), label="policy at begin")
+        claimed = list(scopes) if scopes is not None else None
         event = self._point(data, "begin", run_point=False)
         outcome, _ = self._call(
-            "begin", lambda: self.store.begin(run_id, now=now, policy=policy), event
+            "begin",
+            lambda: self.store.begin(run_id, now=now, policy=policy, scopes=claimed),
+            event,
         )
         if outcome == "rolled_back":
             self._check()
-            self._after_rule()
-            return
-        run = m.begin(run_id, run_id, policy)
+            return None
+        run = m.begin(run_id, run_id, policy, scopes)
         self.stats["runs"] += 1
         self._check()
         if outcome == "crashed":
             self._fail_path(run, "begin crashed", data)
-        elif self._scan(run, data):
-            self._finish(run, data)
+            return None
+        return run
+
+    @precondition(lambda self: self.model.active is None)
+    @rule(data=st.data())
+    def concurrent_runs(self, data) -> None:
+        """Two runs whose lives overlap, each over a set of scopes (one, two or the whole
+        inventory), with every fault of a run: the second is refused while the first is active
+        over a common scope; otherwise both scan, then flush, verify, complete (and maybe clean
+        up) in either order."""
+        m = self.model
+        if data.draw(st.booleans(), label="world changes first"):
+            self._change_world(data)
+        first_scopes = data.draw(st.sampled_from(SCOPE_SETS), label="first")
+        first = self._begin_run(data, first_scopes)
+        scanned = {first.run_id: self._scan(first, data)} if first is not None else {}
+        disjoint = [s for s in SCOPE_SETS if not overlap(s, first_scopes)]
+        scopes = data.draw(st.sampled_from(disjoint * 3 + SCOPE_SETS), label="second")
+        holder = next((r for r in m.actives if overlap(r.scopes, scopes)), None)
+        second = None
+        if holder is not None:
+            self.stats["scope_refused"] += 1
+            self.step_note = f"begin over {scopes} while {holder.run_id} reads {holder.scopes}"
+            claimed = list(scopes) if scopes is not None else None
+            with pytest.raises(RunActiveError, match=f"is being read by run {holder.run_id}"):
+                self.store.begin(next_run_id(), scopes=claimed)
+            self._check()
+        else:
+            if m.actives:
+                self.stats["concurrent_runs"] += 1
+            second = self._begin_run(data, scopes)
+            if second is not None:
+                scanned[second.run_id] = self._scan(second, data)
+        order = [r for r in (first, second) if r is not None and scanned.get(r.run_id)]
+        if len(order) == 2 and data.draw(st.booleans(), label="newer finishes first"):
+            order.reverse()
+        for run in order:
+            if run.status == "active":
+                self._finish(run, data)
         self._after_rule()
 
     def _scan(self, run: MRun, data) -> bool:
         """Stage every scope in batches and end it with a verdict. False when the run stopped."""
         m = self.model
-        order = data.draw(st.sampled_from(list(permutations(SCOPES))), label="scope order")
+        scopes = run.scopes if run.scopes is not None else SCOPES
+        order = data.draw(st.sampled_from(list(permutations(scopes))), label="scope order")
         for scope in order:
             kind = data.draw(st.sampled_from(VERDICTS), label=f"verdict {scope}")
             self.stats[f"verdict_{kind}"] += 1
@@ -686,7 +744,7 @@ class InventoryMachine(RuleBasedStateMachine):
         failed = [r for r in m.order if m.runs[r].status == "failed"]
         run = m.runs[data.draw(st.sampled_from(failed), label="resume")]
         attempt = next_run_id()
-        allowed = m.active is None and run.gen == m.last_gen
+        allowed = m.may_resume(run)
         self.stats["resumes"] += 1
         if not allowed:
             self.step_note = "resume that must be refused"
@@ -801,14 +859,18 @@ class InventoryMachine(RuleBasedStateMachine):
         """The reaper sensor: a fresh heartbeat is left alone unless the run's database session
         is gone (PostgreSQL), an expired one is failed."""
         m = self.model
-        if m.active.session_gone:
-            self.step_note = "reap a run whose session is gone (fresh heartbeat)"
-            assert self.store.reap() == [m.active.run_id]
-            m.fail(m.active)
+        gone = [r for r in m.actives if r.session_gone]
+        if gone:
+            self.step_note = "reap runs whose session is gone (fresh heartbeat)"
+            assert sorted(self.store.reap()) == sorted(r.run_id for r in gone)
+            for r in gone:
+                m.fail(r)
         elif data.draw(st.booleans(), label="heartbeat expired"):
             self.step_note = "reap with an expired heartbeat"
-            assert self.store.reap(now=self._expired_now()) == [m.active.run_id]
-            m.fail(m.active)
+            expected = sorted(r.run_id for r in m.actives)
+            assert sorted(self.store.reap(now=self._expired_now())) == expected
+            for r in m.actives:
+                m.fail(r)
         else:
             self.step_note = "reap with a fresh heartbeat"
             i9_live_run_not_reaped(self.store)

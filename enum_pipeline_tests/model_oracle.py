@@ -35,6 +35,15 @@ def root(scope: str) -> str:
     return scope.split(":", 1)[1]
 
 
+def overlap(a: Collection[str] | None, b: Collection[str] | None) -> bool:
+    """Two runs' scope sets share a scope (None is the whole inventory)."""
+    if a is None and b is None:
+        return True
+    if a is None or b is None:
+        return bool(b if a is None else a)
+    return bool(set(a) & set(b))
+
+
 @dataclass
 class MRow:
     scope: str
@@ -63,6 +72,7 @@ class MRun:
     accepted: set[str] = field(default_factory=set)
     staging_kept: bool = True  # prune_staging has not dropped its staged rows
     session_gone: bool = False  # PostgreSQL: the holder's database session (its lease) ended
+    scopes: tuple[str, ...] | None = None  # the scopes it claims (None: the whole inventory)
 
 
 @dataclass
@@ -112,11 +122,23 @@ class Model:
     def active(self) -> MRun | None:
         return next((r for r in self.runs.values() if r.status == "active"), None)
 
-    def begin(self, run_id: str, attempt: str, policy: CleanupPolicy) -> MRun:
-        if self.active is not None:
-            self.active.status = "failed"
+    @property
+    def actives(self) -> list[MRun]:
+        """The active runs, oldest first (several when their scope sets are disjoint)."""
+        return sorted((r for r in self.runs.values() if r.status == "active"), key=lambda r: r.gen)
+
+    def begin(
+        self,
+        run_id: str,
+        attempt: str,
+        policy: CleanupPolicy,
+        scopes: tuple[str, ...] | None = None,
+    ) -> MRun:
+        for other in self.actives:  # abandoned runs over a scope of it are taken over
+            if overlap(other.scopes, scopes):
+                other.status = "failed"
         self.last_gen += 1
-        run = MRun(run_id, self.last_gen, attempt=attempt, policy=policy)
+        run = MRun(run_id, self.last_gen, attempt=attempt, policy=policy, scopes=scopes)
         self.runs[run_id] = run
         self.order.append(run_id)
         return run
@@ -270,8 +292,21 @@ class Model:
         return any(
             r.gen > gen and r.status == "completed" and r.verdicts.get(scope, (False,))[0]
             for r in self.runs.values()
-        ) or any(  # a newer scan whose staging was pruned: what it saw is unknown
-            r.gen > gen and r.staged and not r.staging_kept for r in self.runs.values()
+        ) or any(  # a newer scan whose staging was pruned: what it saw is unknown, unless it
+            # completed over other scopes only (its keys carry its generation or a newer one)
+            r.gen > gen
+            and r.staged
+            and not r.staging_kept
+            and (r.status != "completed" or overlap(r.scopes, [scope]))
+            for r in self.runs.values()
+        )
+
+    def may_resume(self, run: MRun) -> bool:
+        """A failed run resumes while no run over a scope of it is active or began after it."""
+        return not any(
+            overlap(r.scopes, run.scopes)
+            for r in self.runs.values()
+            if r.status == "active" or r.gen > run.gen
         )
 
     def prune_staging(self, keep: int) -> None:

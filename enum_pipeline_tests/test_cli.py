@@ -114,17 +114,26 @@ def test_missing_root_removes_nothing_under_it(cli, inventory, tmp_path, repo_tr
 
 
 def test_guard_holds_back_emptying_a_root_until_approved(cli, inventory, repo_tree):
-    assert cli("run", "--root", str(repo_tree))[0] == 0
+    code, out = cli("run", "--root", str(repo_tree))
+    assert code == 0, out
     for child in repo_tree.iterdir():
         shutil.rmtree(child)
     code, out = cli("run", "--root", str(repo_tree))
     assert code == 3, out
-    assert "would remove all 5" in out and "enum-pipeline approve" in out
+    run_id = _run_id(out)
+    plan_id = inventory.blocked_plan(run_id).plan_id
+    assert "would remove all 5" in out and f"enum-pipeline approve {run_id} --plan {plan_id}" in out
     assert len(_names(inventory)) == 5
-    code, dry = cli("cleanup", _run_id(out), "--dry-run")
+    code, dry = cli("cleanup", run_id, "--dry-run")
     assert code == 3 and "(dry run)" in dry and f"fs:{repo_tree}: 5 projects, 5 not seen" in dry
     assert len(_names(inventory)) == 5
-    code, out = cli("approve", _run_id(out))
+    # a second cleanup of the same flush does nothing and says whose cleanup it is
+    code, again = cli("cleanup", run_id)
+    assert code == 3 and "enum-pipeline run)'s" in again and "this request did nothing" in again
+    code, out = cli("approve", run_id, "--plan", "0123456789ab")  # not the plan shown
+    assert code == 2 and f"that is plan {plan_id} now" in out and "nothing was approved" in out
+    assert len(_names(inventory)) == 5
+    code, out = cli("approve", run_id, "--plan", plan_id)
     assert code == 0, out
     assert _names(inventory) == set()
 
@@ -329,9 +338,29 @@ def test_a_refused_second_run_says_who_holds_the_inventory(cli, inventory, repo_
     code, out = cli("run", "--root", str(repo_tree))
     assert code == 2
     line = _one_line(out)
-    assert "run holder-run holds the inventory" in line and f"pid {os.getpid()}" in line
-    assert "since" in line and "taken over" in line
+    root = os.path.realpath(repo_tree)
+    assert line.startswith(f"enum-pipeline: scope fs:{root} is being read by run holder-run")
+    assert f"pid {os.getpid()}" in line and "since" in line and "taken over" in line
     assert [r.run_id for r in inventory.runs()] == ["holder-run"]
+
+
+def test_a_run_over_other_scopes_neither_refuses_nor_is_refused(cli, inventory, repo_tree):
+    """A live run over another scope does not stop ``run``; one over the run's root does, in
+    one sentence naming the run and that scope."""
+    root = os.path.realpath(repo_tree)
+    inventory.begin("elsewhere", scopes=["fs:/srv/elsewhere"])
+    code, out = cli("run", "--root", str(repo_tree), "--no-reports")
+    assert code == 0, out
+    assert inventory.get_run("elsewhere").status == "active"
+    mine = [s for s in inventory.runs() if s.run_id != "elsewhere"][0].scopes
+    assert mine and all(root in scope for scope in mine)
+    inventory.fail("elsewhere", "test")
+    inventory.begin("holder-run", scopes=mine)
+    code, out = cli("run", "--root", str(repo_tree), "--no-reports")
+    assert code == 2
+    assert _one_line(out).startswith(
+        f"enum-pipeline: scope {mine[0]} is being read by run holder-run"
+    )
 
 
 def test_the_cli_runs_the_code_locations_jobs():

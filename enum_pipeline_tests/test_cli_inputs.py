@@ -16,7 +16,7 @@ from dagster import instance_for_test
 from enum_pipeline.cli import EXIT_PIPE, EXIT_USAGE, main
 from enum_pipeline.defs.constants import cleanup_run_config
 from enum_pipeline.store import AmbiguousRunError, InventoryStore, UnknownRunError
-from enum_pipeline_tests.helpers import rec, verdict
+from enum_pipeline_tests.helpers import rec, scope_partitions, verdict
 
 CLI = str(Path(sys.executable).with_name("enum-pipeline"))
 KEEP, GONE = "fs:/srv/keep", "fs:/srv/gone"
@@ -129,8 +129,9 @@ def test_dagster_cleanup_and_restore_take_a_run_id_prefix(history, db_url, monke
     from enum_pipeline.definitions import defs
 
     with instance_for_test() as instance:
+        tags = scope_partitions(instance, [s.scope_key for s in store.scopes(WILD)])
         dry = defs.resolve_job_def("cleanup_projects").execute_in_process(
-            instance=instance, run_config=cleanup_run_config(WILD[:8], dry_run=True)
+            instance=instance, run_config=cleanup_run_config(WILD[:8], dry_run=True), tags=tags
         )
         assert dry.output_for_node("stale_projects_cleanup")["run_id"] == WILD
         restore = defs.resolve_job_def("restore_projects").execute_in_process(

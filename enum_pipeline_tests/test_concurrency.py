@@ -226,7 +226,7 @@ def test_simultaneous_begins_from_many_processes_admit_exactly_one(db_url):
             for _, outcome, holder, message in got:
                 if outcome == "refused":
                     assert holder == winner
-                    assert f"run {winner} is active" in message
+                    assert f"the whole inventory is being read by run {winner}" in message
             with store.engine.connect() as conn:
                 rows = conn.execute(sa.select(t.run_state)).mappings().all()
             assert [r["run_id"] for r in rows if r["status"] == "active"] == [winner]

@@ -6,14 +6,18 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from urllib.parse import parse_qs, urlparse
 
 import pytest
+import yaml
 from dagster import (
     AssetCheckSeverity,
     AssetKey,
     DagsterInstance,
+    DagsterInvalidSubsetError,
     ReexecutionOptions,
     RunRequest,
+    UrlMetadataValue,
     build_run_status_sensor_context,
     build_sensor_context,
     execute_job,
@@ -22,7 +26,7 @@ from dagster import (
 )
 
 from enum_pipeline.definitions import defs
-from enum_pipeline.defs.constants import cleanup_run_config
+from enum_pipeline.defs.constants import ENUMERATION_RUN_TAG, cleanup_run_config
 from enum_pipeline.defs.resources import InventoryResource
 from enum_pipeline.defs.sensors import (
     cleanup_after_confirmed_flush,
@@ -31,7 +35,14 @@ from enum_pipeline.defs.sensors import (
 )
 from enum_pipeline.store import InventoryStore
 from enum_pipeline.store import schema as t
-from enum_pipeline_tests.helpers import clear_faults, install_fault
+from enum_pipeline_tests.helpers import (
+    clear_faults,
+    configured_scopes,
+    enumerate_scopes,
+    install_fault,
+    run_partition_tags_of,
+    scope_partitions,
+)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -54,8 +65,15 @@ def instance():
 
 
 def _enumerate(instance: DagsterInstance):
-    return defs.resolve_job_def("enumerate_projects").execute_in_process(
-        instance=instance, raise_on_error=False
+    return enumerate_scopes(instance)
+
+
+def _cleanup(instance: DagsterInstance, job: str, of_run, **kwargs):
+    """``job`` (a cleanup job) for the partition of enumeration result ``of_run`` (one: a job's
+    own config applies to a partition given as such, as the launchpad does)."""
+    [key] = run_partition_tags_of(instance, of_run.run_id).values()
+    return defs.resolve_job_def(job).execute_in_process(
+        instance=instance, partition_key=key, **kwargs
     )
 
 
@@ -86,6 +104,7 @@ def test_enumerate_projects_materializes_a_real_git_tree(env, instance, repo_tre
     assert {c.check_name: c.passed for c in checks} == {
         "projects_flush_verified": True,
         "projects_scopes_complete": True,
+        "scope_health": True,
     }
     added = meta["added_and_changed"]
     assert sorted((r.data["change"], r.data["name"]) for r in added.records) == [
@@ -103,10 +122,17 @@ def test_sensor_requests_exactly_one_cleanup_for_a_confirmed_flush(env, instance
     assert [r.run_key for r in first.run_requests] == [result.run_id]
     request: RunRequest = first.run_requests[0]
     assert request.run_config == cleanup_run_config(result.run_id)
+    assert (
+        request.tags.items()
+        >= {
+            ENUMERATION_RUN_TAG: result.run_id,
+            **run_partition_tags_of(instance, result.run_id),
+        }.items()
+    )
     again = _sensor_tick(instance, cursor=first.cursor)
     assert again.run_requests == [] and "already handled" in again.skip_message
     cleanup = defs.resolve_job_def("cleanup_projects").execute_in_process(
-        instance=instance, run_config=request.run_config
+        instance=instance, run_config=request.run_config, tags=request.tags
     )
     assert cleanup.output_for_node("stale_projects_cleanup")["status"] == "noop"
 
@@ -189,8 +215,8 @@ def test_cleanup_removes_a_deleted_repository(env, instance, repo_tree):
     _enumerate(instance)
     shutil.rmtree(repo_tree / "beta")
     second = _enumerate(instance)
-    cleanup = defs.resolve_job_def("cleanup_projects").execute_in_process(
-        instance=instance, run_config=cleanup_run_config(second.run_id)
+    cleanup = _cleanup(
+        instance, "cleanup_projects", second, run_config=cleanup_run_config(second.run_id)
     )
     data = cleanup.output_for_node("stale_projects_cleanup")
     assert data["status"] == "done" and data["removed"] == 1
@@ -213,7 +239,7 @@ def _table_names(value) -> list[str]:
     return [record.data["name"] for record in value.records]
 
 
-def test_blocked_cleanup_fails_its_run_names_the_projects_and_approve_cleanup_needs_no_id(
+def test_blocked_cleanup_fails_its_run_in_one_sentence_and_its_link_approves_that_plan(
     env, instance, repo_tree
 ):
     _enumerate(instance)
@@ -223,26 +249,46 @@ def test_blocked_cleanup_fails_its_run_names_the_projects_and_approve_cleanup_ne
     flush = _latest_flush_metadata(instance)
     assert flush["dagster/table_name"] == "projects"
     assert "project_key" in {c.name for c in flush["dagster/column_schema"].columns}
-    job = defs.resolve_job_def("cleanup_projects")
-    blocked = job.execute_in_process(
-        instance=instance, run_config=cleanup_run_config(second.run_id), raise_on_error=False
+    blocked = _cleanup(
+        instance,
+        "cleanup_projects",
+        second,
+        run_config=cleanup_run_config(second.run_id),
+        raise_on_error=False,
     )
     assert not blocked.success  # recorded, then failed: not a green success
     data = blocked.output_for_node("stale_projects_cleanup")
     assert (data["status"], data["removed"], data["would_remove"]) == ("blocked", 0, 5)
+    plan_id = data["plan_id"]
     [check] = blocked.get_asset_check_evaluations()
     assert not check.passed and check.severity == AssetCheckSeverity.ERROR
-    assert "would remove 5" in check.description and "removed 0" in check.description
+    assert "would remove 5" in check.description and f"approve plan {plan_id}" in check.description
+    assert blocked.run_id in check.description and second.run_id in check.description
+    # The run fails on one sentence (a Failure's description) with the approve link beside it.
+    [failure] = [e for e in blocked.all_events if e.is_step_failure]
+    user = failure.step_failure_data.user_failure_data
+    assert user.description.startswith(f"Cleanup of run {second.run_id} held back")
+    assert failure.step_failure_data.error.message.strip().endswith(user.description)
+    link = user.metadata["approve"].value
+    assert isinstance(user.metadata["approve"], UrlMetadataValue)
     [mat] = blocked.asset_materializations_for_node("stale_projects_cleanup")
     assert mat.metadata["removed"].value == 0
     assert sorted(_table_names(mat.metadata["projects"].value)) == sorted(
         ["alpha", "beta", "gamma", "delta", "epsilon"]
     )
     assert {r.data["action"] for r in mat.metadata["projects"].value.records} == {"remove"}
-    assert "approve_cleanup" in mat.metadata["approve"].value
+    assert mat.metadata["approve"].value == link and mat.metadata["plan_id"].value == plan_id
     assert len(env.project_keys()) == 5
 
-    approved = defs.resolve_job_def("approve_cleanup").execute_in_process(instance=instance)
+    # approve_cleanup launched bare approves nothing: it names the pending plan instead
+    bare = _cleanup(instance, "approve_cleanup", second, raise_on_error=False)
+    assert not bare.success
+    [refused] = [e for e in bare.all_events if e.is_step_failure]
+    assert f"plan {plan_id} of run {second.run_id}" in refused.step_failure_data.error.message
+    assert len(env.project_keys()) == 5
+    # the link's launchpad config approves exactly the plan shown
+    [config_yaml] = parse_qs(urlparse(link).query)["config"]
+    approved = _cleanup(instance, "approve_cleanup", second, run_config=yaml.safe_load(config_yaml))
     assert approved.success
     assert approved.output_for_node("stale_projects_cleanup")["removed"] == 5
     [done] = approved.asset_materializations_for_node("stale_projects_cleanup")
@@ -270,23 +316,15 @@ def test_blocked_cleanup_fails_its_run_names_the_projects_and_approve_cleanup_ne
     assert _latest_projects_metadata(instance)["dagster/row_count"].value == 5
 
 
-def test_materializing_part_of_the_enumeration_refuses_before_beginning(env, instance):
-    result = defs.resolve_implicit_global_asset_job_def().execute_in_process(
-        instance=instance, asset_selection=[AssetKey("scanned_projects")], raise_on_error=False
-    )
-    assert not result.success
-    [failure] = [e for e in result.all_events if e.is_step_failure]
-    assert "enumerate_projects" in failure.step_failure_data.error.message
+def test_the_enumeration_cannot_be_split(env, instance):
+    """Selecting one of its three assets selects the three (the UI does so), else refuses
+    before a run begins."""
+    tags = scope_partitions(instance, configured_scopes())
+    job = defs.resolve_implicit_global_asset_job_def()
+    for key in ("scanned_projects", "projects", "run_state"):
+        with pytest.raises(DagsterInvalidSubsetError):
+            job.execute_in_process(instance=instance, asset_selection=[AssetKey(key)], tags=tags)
     assert env.runs() == []
-    first = _enumerate(instance)
-    for key in ("projects", "run_state"):
-        result = defs.resolve_implicit_global_asset_job_def().execute_in_process(
-            instance=instance, asset_selection=[AssetKey(key)], raise_on_error=False
-        )
-        assert not result.success
-        [failure] = [e for e in result.all_events if e.is_step_failure]
-        assert "launch the job enumerate_projects" in failure.step_failure_data.error.message
-    assert [(r.run_id, r.status) for r in env.runs()] == [(first.run_id, "completed")]
 
 
 def _enumerate_job():
@@ -296,19 +334,24 @@ def _enumerate_job():
 def test_reexecution_from_failure_finishes_the_flush_without_rescanning(env, db_url, repo_tree):
     with instance_for_test() as instance:
         install_fault(db_url, "abort_upsert")
-        with execute_job(reconstructable(_enumerate_job), instance=instance) as first:
+        tags = scope_partitions(instance, configured_scopes())
+        with execute_job(reconstructable(_enumerate_job), instance=instance, tags=tags) as first:
             assert not first.success
         assert env.get_run(first.run_id).status == "failed"
         clear_faults(db_url)
         (repo_tree / "zeta").mkdir()  # appears after the scan: a re-scan would see it
         subprocess.run(["git", "init", "-q", str(repo_tree / "zeta")], check=True)
         options = ReexecutionOptions.from_failure(first.run_id, instance)
-        with execute_job(
-            reconstructable(_enumerate_job), instance=instance, reexecution_options=options
+        with execute_job(  # the partition's tags, as the UI's re-execution copies them
+            reconstructable(_enumerate_job),
+            instance=instance,
+            reexecution_options=options,
+            tags=tags,
         ) as second:
             assert second.success
             executed = {e.step_key for e in second.all_events if e.is_step_success}
-        assert "scanned_projects" not in executed
+        assert "enumeration.scanned_projects" not in executed
+        assert "enumeration.upsert_projects" in executed
         info = env.get_run(first.run_id)
         assert info.status == "completed" and info.attempt_run_id == second.run_id
         assert "zeta" not in {r["name"] for r in env.projects()}
@@ -379,8 +422,12 @@ def test_blocked_cleanup_stays_blocked_from_the_sensor_and_the_launchpad_when_co
             config.unlink()
         tick = _sensor_tick(instance)
         assert [r.run_key for r in tick.run_requests] == [second.run_id]
+        request = tick.run_requests[0]
         requested = _cleanup_job().execute_in_process(
-            instance=instance, run_config=tick.run_requests[0].run_config, raise_on_error=False
+            instance=instance,
+            run_config=request.run_config,
+            tags=request.tags,
+            raise_on_error=False,
         )
         assert not requested.success  # a blocked cleanup fails its run, after recording it
         data = requested.output_for_node("stale_projects_cleanup")
@@ -388,7 +435,10 @@ def test_blocked_cleanup_stays_blocked_from_the_sensor_and_the_launchpad_when_co
         assert "max_delete_count=1" in data["reason"]
         launchpad = cleanup_run_config(second.run_id, config_path=str(config))
         with execute_job(
-            reconstructable(_cleanup_job), instance=instance, run_config=launchpad
+            reconstructable(_cleanup_job),
+            instance=instance,
+            run_config=launchpad,
+            tags=request.tags,
         ) as result:
             assert not result.success
             (event,) = result.asset_materializations_for_node("stale_projects_cleanup")

@@ -34,8 +34,10 @@ from dagster import AssetKey, DagsterInstance, QueuedRunCoordinator
 from dagster_postgres import PostgresRunStorage
 from sqlalchemy.engine import URL, make_url
 
-from enum_pipeline.definitions import defs
-from enum_pipeline_tests.helpers import make_repo
+from enum_pipeline.defs.constants import SCOPES_PARTITIONS
+from enum_pipeline.defs.scopes import PARTITION_TAG, partition_key
+from enum_pipeline.sources.filesystem import FilesystemSource
+from enum_pipeline_tests.helpers import enumerate_scopes, make_repo
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEPLOY_YAML = REPO_ROOT / "deploy" / "dagster.postgres.yaml"
@@ -195,7 +197,7 @@ def test_postgres_yaml_runs_enumerate_projects_in_process(pg, tmp_path, monkeypa
         assert make_url(instance.run_storage.postgres_url).get_driver_name() == "psycopg2"
         assert isinstance(instance.run_coordinator, QueuedRunCoordinator)
         assert instance.run_monitoring_enabled
-        result = defs.resolve_job_def("enumerate_projects").execute_in_process(instance=instance)
+        result = enumerate_scopes(instance)
         assert result.success
         run_id = result.run_id
         assert instance.get_run_by_id(run_id).is_success
@@ -249,6 +251,40 @@ mutation ($executionParams: ExecutionParams!) {
     ... on RunConfigValidationInvalid { errors { message } }
     ... on PythonError { message stack }
     ... on Error { message }
+  }
+}
+"""
+
+ADD_PARTITION_MUTATION = """
+mutation ($selector: RepositorySelector!, $name: String!, $key: String!) {
+  addDynamicPartition(repositorySelector: $selector, partitionsDefName: $name, partitionKey: $key) {
+    __typename
+    ... on AddDynamicPartitionSuccess { partitionKey }
+    ... on PythonError { message stack }
+    ... on Error { message }
+  }
+}
+"""
+
+ADDED = ("AddDynamicPartitionSuccess", "DuplicateDynamicPartitionError")
+
+BACKFILL_MUTATION = """
+mutation ($backfillParams: LaunchBackfillParams!) {
+  launchPartitionBackfill(backfillParams: $backfillParams) {
+    __typename
+    ... on LaunchBackfillSuccess { backfillId }
+    ... on PythonError { message stack }
+    ... on Error { message }
+  }
+}
+"""
+
+BACKFILL_QUERY = """
+query ($backfillId: String!) {
+  partitionBackfillOrError(backfillId: $backfillId) {
+    __typename
+    ... on PartitionBackfill { status runs(limit: 10) { runId status } }
+    ... on PythonError { message }
   }
 }
 """
@@ -412,16 +448,22 @@ def test_daemon_and_webserver_on_postgres_enumerate_then_clean_up(pg, tmp_path):
                 started = gql(START_SENSOR_MUTATION, selector=selector)["startSensor"]
                 assert started["sensorState"]["status"] == "RUNNING", started
 
+            # The scope's partition, as the UI's "Add partition" (or the sync sensor) adds it.
+            repository = {"repositoryLocationName": LOCATION, "repositoryName": REPOSITORY}
+            key = partition_key(FilesystemSource.scope_key_for(env["ENUM_PIPELINE_ROOTS"]))
+            added = gql(
+                ADD_PARTITION_MUTATION, selector=repository, name=SCOPES_PARTITIONS, key=key
+            )
+            # the daemon's sync_scope_partitions may have added it already
+            assert added["addDynamicPartition"]["__typename"] in ADDED, added
+
             t1 = time.monotonic()
             launched = gql(
                 LAUNCH_RUN_MUTATION,
                 executionParams={
-                    "selector": {
-                        "repositoryLocationName": LOCATION,
-                        "repositoryName": REPOSITORY,
-                        "jobName": "enumerate_projects",
-                    },
+                    "selector": {**repository, "jobName": "enumerate_projects"},
                     "runConfigData": {},
+                    "executionMetadata": {"tags": [{"key": PARTITION_TAG, "value": key}]},
                 },
             )["launchRun"]
             assert launched["__typename"] == "LaunchRunSuccess", launched
@@ -459,6 +501,32 @@ def test_daemon_and_webserver_on_postgres_enumerate_then_clean_up(pg, tmp_path):
             cleanup_runs = _runs(gql, **cleanup_filter)
             assert len(cleanup_runs) == 1, cleanup_runs
             cleanup_run_id = cleanup_runs[0]["runId"]
+            _assert_inventory(pg, run_id)
+
+            # Materialize on the enumeration's asset page, the lineage or Materialize all is,
+            # for partitioned assets, a backfill: launched as the UI does, run by the daemon.
+            t3 = time.monotonic()
+            enumeration = ("scanned_projects", "projects", "run_state")
+            backfill = gql(
+                BACKFILL_MUTATION,
+                backfillParams={
+                    "assetSelection": [{"path": [name]} for name in enumeration],
+                    "partitionNames": [key],
+                },
+            )["launchPartitionBackfill"]
+            assert backfill["__typename"] == "LaunchBackfillSuccess", backfill
+
+            def backfill_done():
+                data = gql(BACKFILL_QUERY, backfillId=backfill["backfillId"])
+                data = data["partitionBackfillOrError"]
+                assert data["__typename"] == "PartitionBackfill", data
+                runs = data["runs"]
+                return data if runs and all(r["status"] in FINISHED for r in runs) else None
+
+            done = _wait("for the backfill", RUN_TIMEOUT + 60, backfill_done, procs, interval=2.0)
+            assert [r["status"] for r in done["runs"]] == ["SUCCESS"], done
+            backfill_run_id = done["runs"][0]["runId"]
+            timings["backfill"] = time.monotonic() - t3
     except BaseException:
         _dump_logs(logs)
         raise
@@ -470,7 +538,7 @@ def test_daemon_and_webserver_on_postgres_enumerate_then_clean_up(pg, tmp_path):
         + ", ".join(f"{name} {seconds:.1f}s" for name, seconds in timings.items())
     )
 
-    _assert_inventory(pg, run_id)
+    _assert_inventory(pg, backfill_run_id)
     cleanups = _query(pg.inventory, "SELECT status FROM cleanups WHERE run_id = :r", r=run_id)
     assert len(cleanups) == 1
     assert cleanups[0].status in ("done", "noop")
@@ -478,4 +546,5 @@ def test_daemon_and_webserver_on_postgres_enumerate_then_clean_up(pg, tmp_path):
     runs = _dagster_runs(pg)
     assert runs[run_id] == ("enumerate_projects", "SUCCESS")
     assert runs[cleanup_run_id] == ("cleanup_projects", "SUCCESS")
+    assert runs[backfill_run_id] == ("__ASSET_JOB", "SUCCESS")
     assert not (home / "history" / "runs.db").exists(), "SQLite run storage was used"

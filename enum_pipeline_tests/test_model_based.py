@@ -141,6 +141,7 @@ def _summary(backend: str, s: Counter) -> str:
         f"{s['faults_not_reached']}); abandoned={s['abandoned']} takeovers={s['takeovers']} "
         f"(lease freed: {s['lease_takeovers']})\n"
         f"  runs={s['runs']} completed={s['runs_completed']} resumed={s['resumed']} "
+        f"concurrent={s['concurrent_runs']} scope_refused={s['scope_refused']} "
         f"cleanups={s['cleanups']}: done={s['cleanup_done']} blocked={s['cleanup_blocked']} "
         f"noop={s['cleanup_noop']} repeated={repeated} dry={dry} "
         f"refused={s['cleanups_refused']} approvals={s['approvals']} "

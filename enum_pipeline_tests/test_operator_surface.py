@@ -1,9 +1,10 @@
 """The operator's surface through a real ``enum-pipeline ui`` (``dagster dev``: webserver and
 daemon, the project's ``dagster.yaml`` in force), over GraphQL and in a real browser.
 
-A run, a blocked cleanup (its Dagster run fails; its metadata names the projects; removed 0),
-the one-step approval (``approve_cleanup``, no id typed), a restore by the cleanup's own Dagster
-run id, and the row count on ``projects`` after each. The browser test drives Debian's chromium
+A run, a blocked cleanup (its Dagster run fails on one sentence; its metadata names the projects
+and the plan; removed 0), the approval of exactly that plan through its approve link (the bare
+``approve_cleanup`` approves nothing), a restore by the cleanup's own Dagster run id, and the row
+count on ``projects`` after each. The browser test drives Debian's chromium
 through Playwright (``scripts/test`` installs chromium when missing) and keeps its screenshots
 under ``enum_pipeline_tests/artifacts/``.
 """
@@ -18,11 +19,18 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from urllib.parse import parse_qs, urlparse
 
 import pytest
+import yaml
 
+from enum_pipeline.defs.constants import SCOPES_PARTITIONS
+from enum_pipeline.defs.scopes import PARTITION_TAG, partition_key
+from enum_pipeline.sources.filesystem import FilesystemSource
 from enum_pipeline_tests.conftest import make_repo
 from enum_pipeline_tests.test_deployment_graphql import (
+    ADD_PARTITION_MUTATION,
+    ADDED,
     FINISHED,
     LAUNCH_RUN_MUTATION,
     LOCATION,
@@ -42,6 +50,12 @@ ARTIFACTS = REPO_ROOT / "enum_pipeline_tests" / "artifacts"
 CHROMIUM = os.environ.get("ENUM_PIPELINE_CHROMIUM", "/usr/bin/chromium")
 NAMES = ["alpha", "beta", "gamma"]
 TIMEOUT = 240
+
+RUN_TAGS_QUERY = """
+query ($runId: ID!) {
+  runOrError(runId: $runId) { __typename ... on Run { tags { key value } } }
+}
+"""
 
 RUN_EVENTS_QUERY = """
 query ($runId: ID!) {
@@ -120,8 +134,21 @@ def ui_server(tmp_path: Path, db_url: str) -> Iterator[tuple[GraphQL, Path, int,
         gql.close()
 
 
-def launch(gql: GraphQL, job: str, run_config: dict | None = None) -> str:
-    """Launch ``job`` through GraphQL; returns the Dagster run id."""
+def add_scope_partition(gql: GraphQL, src: Path) -> str:
+    """Add the partition of the scope ``src`` as the UI's "Add partition" does; its key."""
+    key = partition_key(FilesystemSource.scope_key_for(str(src)))
+    repository = {"repositoryLocationName": LOCATION, "repositoryName": REPOSITORY}
+    added = gql(ADD_PARTITION_MUTATION, selector=repository, name=SCOPES_PARTITIONS, key=key)
+    # the daemon's sync_scope_partitions may have added it already
+    assert added["addDynamicPartition"]["__typename"] in ADDED, added
+    return key
+
+
+def launch(
+    gql: GraphQL, job: str, run_config: dict | None = None, partition: str | None = None
+) -> str:
+    """Launch ``job`` (of ``partition``) through GraphQL; returns the Dagster run id."""
+    tags = [{"key": PARTITION_TAG, "value": partition}] if partition else []
 
     def launched():
         data = gql(
@@ -133,6 +160,7 @@ def launch(gql: GraphQL, job: str, run_config: dict | None = None) -> str:
                     "jobName": job,
                 },
                 "runConfigData": run_config or {},
+                "executionMetadata": {"tags": tags},
             },
         )["launchRun"]
         assert data["__typename"] == "LaunchRunSuccess", data
@@ -175,6 +203,12 @@ def run_events(gql: GraphQL, run_id: str) -> tuple[dict, list[dict]]:
     return metadata, checks
 
 
+def link_config(link: str) -> dict:
+    """The run config an approve link fills into ``approve_cleanup``'s launchpad."""
+    [config] = parse_qs(urlparse(link).query)["config"]
+    return yaml.safe_load(config)
+
+
 def projects_row_count(gql: GraphQL) -> int:
     data = gql(PROJECTS_ROW_COUNT_QUERY)["assetOrError"]
     [latest] = data["assetMaterializations"]
@@ -182,15 +216,22 @@ def projects_row_count(gql: GraphQL) -> int:
     return entries["dagster/row_count"]["intValue"]
 
 
+def _partition_keys(gql: GraphQL, run_id: str) -> list[str]:
+    """The partition key of a launched run (from its tags)."""
+    run = gql(RUN_TAGS_QUERY, runId=run_id)["runOrError"]
+    return [t["value"] for t in run["tags"] if t["key"] == PARTITION_TAG]
+
+
 def blocked_cleanup(gql: GraphQL, src: Path, procs) -> tuple[str, str]:
     """Enumerate, empty the root, enumerate again: (second run id, its blocked cleanup's id)."""
-    first = launch(gql, "enumerate_projects")
+    key = add_scope_partition(gql, src)
+    first = launch(gql, "enumerate_projects", partition=key)
     assert finished(gql, first, procs) == "SUCCESS"
     assert projects_row_count(gql) == len(NAMES)
     assert sensor_cleanup(gql, first, procs)[1] == "SUCCESS"  # nothing to remove
     for child in src.iterdir():
         shutil.rmtree(child)
-    second = launch(gql, "enumerate_projects")
+    second = launch(gql, "enumerate_projects", partition=key)
     assert finished(gql, second, procs) == "SUCCESS"
     cleanup_id, status = sensor_cleanup(gql, second, procs)
     assert status == "FAILURE"  # recorded, then failed by its blocking check
@@ -208,13 +249,22 @@ def test_graphql_run_blocked_cleanup_one_step_approval_restore(tmp_path, db_url)
         records = [json.loads(r) for r in metadata["projects"]["table"]["records"]]
         assert sorted(r["name"] for r in records) == NAMES
         assert {r["action"] for r in records} == {"remove"}
-        assert "approve_cleanup" in metadata["approve"]["url"]
+        plan_id = metadata["plan_id"]["text"]
+        link = metadata["approve"]["url"]
+        assert "approve_cleanup" in link and plan_id in link
         [check] = checks
         assert not check["success"] and check["severity"] == "ERROR"
         assert f"would remove {len(NAMES)}" in check["description"]
+        assert (
+            cleanup_id in check["description"] and f"approve plan {plan_id}" in check["description"]
+        )
         assert projects_row_count(gql) == len(NAMES)
 
-        approval = launch(gql, "approve_cleanup")  # no config typed: the pending cleanup
+        [key] = _partition_keys(gql, second)
+        bare = launch(gql, "approve_cleanup", None, key)  # no plan named: nothing is approved
+        assert finished(gql, bare, procs) == "FAILURE"
+        assert projects_row_count(gql) == len(NAMES)
+        approval = launch(gql, "approve_cleanup", link_config(link), key)  # what the link fills
         assert finished(gql, approval, procs) == "SUCCESS"
         metadata, checks = run_events(gql, approval)
         assert metadata["removed"]["intValue"] == len(NAMES)
@@ -240,7 +290,7 @@ def _browser():
 
 
 @pytest.mark.slow
-def test_browser_finds_the_blocked_cleanup_and_approves_it_without_typing_an_id(tmp_path, request):
+def test_browser_run_page_opens_on_the_sentence_and_two_clicks_approve_the_plan(tmp_path, request):
     sync_api = _browser()
     db_url = f"sqlite:///{tmp_path / 'inventory.sqlite'}"
     shots = tmp_path / "screenshots"
@@ -248,6 +298,8 @@ def test_browser_finds_the_blocked_cleanup_and_approves_it_without_typing_an_id(
     try:
         with ui_server(tmp_path, db_url) as (gql, src, port, procs):
             second, cleanup_id = blocked_cleanup(gql, src, procs)
+            metadata, _ = run_events(gql, cleanup_id)
+            plan_id = metadata["plan_id"]["text"]
             base = f"http://127.0.0.1:{port}"
             with sync_api.sync_playwright() as pw:
                 browser = pw.chromium.launch(
@@ -264,7 +316,7 @@ def test_browser_finds_the_blocked_cleanup_and_approves_it_without_typing_an_id(
                 page = browser.new_page(viewport={"width": 1400, "height": 1000})
                 page.set_default_timeout(60_000)
                 try:
-                    walk(page, base, shots, cleanup_id, second)
+                    walk(page, base, shots, cleanup_id, second, plan_id)
                 except BaseException:
                     page.screenshot(path=str(shots / "failure.png"), full_page=True)
                     raise
@@ -283,74 +335,78 @@ def sync_api_timeout():
     return PlaywrightTimeout
 
 
-def walk(page, base: str, shots: Path, cleanup_id: str, enumeration_id: str) -> None:
-    """The operator's walk: lineage → the failed cleanup → its approve link → launch → names."""
-    page.goto(f"{base}/asset-groups/inventory/lineage")  # the "inventory" group's lineage
-    skip = page.get_by_role("button", name="Skip")  # the first visit's newsletter dialog
-    with contextlib.suppress(sync_api_timeout()):
-        skip.click(timeout=30_000)
-    page.screenshot(path=str(shots / "0-lineage-groups.png"), full_page=True)
-    cleanup_node = page.get_by_text("stale_projects_cleanup").last
-    if not page.get_by_text("stale_projects_cleanup").count():
-        # Groups start collapsed (inventory, reports): expand the inventory group.
-        page.get_by_text("inventory", exact=True).first.click()
-        page.keyboard.press("ArrowRight")
-        with contextlib.suppress(sync_api_timeout()):
-            cleanup_node.wait_for(timeout=10_000)
-        if not cleanup_node.is_visible():
-            page.get_by_text("inventory", exact=True).last.dblclick()
-            with contextlib.suppress(sync_api_timeout()):
-                cleanup_node.wait_for(timeout=10_000)
-        if not cleanup_node.is_visible():  # the asset's own lineage view
-            page.goto(f"{base}/assets/stale_projects_cleanup?view=lineage")
-    cleanup_node.wait_for()
-    time.sleep(2)
-    page.screenshot(path=str(shots / "1-lineage.png"), full_page=True)
+def in_view(page, locator) -> list[dict]:
+    """The bounding boxes of ``locator``'s matches that lie in the viewport as it is now."""
+    height = page.viewport_size["height"]
+    boxes = []
+    for i in range(locator.count()):
+        box = locator.nth(i).bounding_box()
+        if box and box["height"] > 0 and 0 <= box["y"] < height:
+            boxes.append(box)
+    return boxes
 
-    page.get_by_text("stale_projects_cleanup").last.click()
-    time.sleep(3)
-    page.screenshot(path=str(shots / "2-cleanup-selected.png"), full_page=True)
 
-    page.goto(f"{base}/assets/stale_projects_cleanup")
-    page.get_by_text("blocked").first.wait_for()
-    time.sleep(2)
-    page.screenshot(path=str(shots / "3-blocked-cleanup.png"), full_page=True)
-    names_on_page(page, shots / "3b-would-remove-named.png")
-
-    # The approval, without typing an id: the blocked cleanup's own "approve" link opens the
-    # launchpad of approve_cleanup with this cleanup's run id filled in.
-    link = page.locator('a[href*="approve_cleanup/playground"]')
-    approve_href = link.first.get_attribute("href")
-    assert "approve_cleanup" in approve_href
-
+def walk(page, base: str, shots: Path, cleanup_id: str, enumeration_id: str, plan_id: str):
+    """The operator's walk: the failed run's page → the asset's Overview → two clicks."""
+    # The cleanup's run page, as it opens: the sentence is in view, above any stack trace.
     page.goto(f"{base}/runs/{cleanup_id}")
-    page.get_by_text("Failure").first.wait_for()
-    time.sleep(2)
-    page.screenshot(path=str(shots / "4-cleanup-run-failed.png"), full_page=True)
+    with contextlib.suppress(sync_api_timeout()):
+        page.get_by_role("button", name="Skip").click(timeout=15_000)  # first visit's dialog
+    sentence = page.get_by_text(f"Cleanup of run {enumeration_id} held back by the deletion guard")
+    sentence.first.wait_for(state="attached")
+    time.sleep(3)  # the log view settles on its tail
+    page.screenshot(path=str(shots / "1-run-page-opens-on-the-sentence.png"))
+    said = in_view(page, sentence)
+    assert said, "the sentence is not in view when the run page opens"
+    first_said = min(box["y"] for box in said)
+    stacks = in_view(page, page.get_by_text("Stack Trace:"))
+    assert all(box["y"] > first_said for box in stacks), (said, stacks)
+    assert f"approve plan {plan_id}" in page.inner_text("body")
 
-    # The approval: the job approve_cleanup's launchpad comes filled in; nothing is typed.
+    # The asset's Overview: the failed check, and the approve link first in its metadata.
+    page.goto(f"{base}/assets/stale_projects_cleanup")
+    page.get_by_text("Latest check results").wait_for()
+    link = page.locator('a[href*="approve_cleanup/playground"]').first
+    link.wait_for()
+    time.sleep(2)
+    page.screenshot(path=str(shots / "2-asset-overview-blocked.png"))
+    assert plan_id in link.get_attribute("href")
+    page.goto(f"{base}/assets/stale_projects_cleanup?view=checks")
+    page.get_by_text(f"Cleanup run {cleanup_id} of run {enumeration_id} is blocked").wait_for()
+    time.sleep(2)
+    page.screenshot(path=str(shots / "3-failed-check-description.png"))
+
+    # Two clicks from the Overview: the approve link, then Launch Run.
     page.goto(f"{base}/assets/stale_projects_cleanup")
     link = page.locator('a[href*="approve_cleanup/playground"]').first
     link.scroll_into_view_if_needed()
-    page.screenshot(path=str(shots / "5-approve-link.png"))
-    href = link.get_attribute("href")  # the UI opens it in a new tab; follow it in this one
-    page.goto(href if href.startswith("http") else f"{base}{href}")
-    launch_button = page.get_by_role("button", name="Launch Run")
+    clicks = 0
+    try:  # the UI opens a metadata link in a new tab
+        with page.context.expect_page(timeout=15_000) as opened:
+            link.click()
+        launchpad = opened.value
+    except sync_api_timeout():
+        launchpad = page
+    clicks += 1
+    launchpad.set_default_timeout(60_000)
+    launch_button = launchpad.get_by_role("button", name="Launch Run")
     launch_button.wait_for()
-    page.get_by_text(enumeration_id).first.wait_for()  # the filled-in config names the run
+    launchpad.get_by_text(plan_id).first.wait_for()  # the filled-in config names the plan
     time.sleep(3)
-    page.screenshot(path=str(shots / "5b-approve-launchpad.png"), full_page=True)
+    launchpad.screenshot(path=str(shots / "4-approve-launchpad.png"), full_page=True)
     launch_button.click()
-    page.wait_for_url("**/runs/**", timeout=60_000)
-    page.get_by_text("Success").first.wait_for(timeout=180_000)
+    clicks += 1
+    launchpad.wait_for_url("**/runs/**", timeout=60_000)
+    launchpad.get_by_text("Success").first.wait_for(timeout=180_000)
+    assert clicks <= 2
     time.sleep(2)
-    page.screenshot(path=str(shots / "6-approval-run.png"), full_page=True)
+    launchpad.screenshot(path=str(shots / "5-approval-run.png"), full_page=True)
 
     page.goto(f"{base}/assets/stale_projects_cleanup")
     page.get_by_text("done").first.wait_for()
     time.sleep(2)
-    page.screenshot(path=str(shots / "7-approved-cleanup.png"), full_page=True)
-    names_on_page(page, shots / "7b-removed-projects-named.png")
+    page.screenshot(path=str(shots / "6-approved-cleanup.png"), full_page=True)
+    names_on_page(page, shots / "6b-removed-projects-named.png")
 
 
 def names_on_page(page, shot: Path) -> None:

@@ -15,7 +15,7 @@ from enum_pipeline.store import InventoryStore
 
 ASSETS = {"scanned_projects", "projects", "run_state", "stale_projects_cleanup"}
 REPORT_ASSETS = {"inventory_frame", "inventory_summary", "clone_coverage", "run_changes"}
-OPS = {"upsert_projects", "verify_flush"}  # the graph asset ``projects``
+OPS = {"upsert_projects", "verify_flush"}  # in the multi-asset of the three run assets
 JOBS = {"enumerate_projects", "cleanup_projects", "restore_projects"}
 SENSORS = {
     "cleanup_after_confirmed_flush",
@@ -98,7 +98,13 @@ def test_assets_jobs_sensors_and_schedules_keep_their_names():
     keys = {k.to_user_string() for k in graph.get_all_asset_keys()}
     assert (ASSETS | REPORT_ASSETS) - keys == set()
     projects = defs.resolve_assets_def(AssetKey("projects"))
-    assert {node.name for node in projects.node_def.nodes} == OPS
+    assert {node.name for node in projects.node_def.nodes} >= OPS
+    assert {k.to_user_string() for k in projects.keys} == {
+        "scanned_projects",
+        "projects",
+        "run_state",
+    }
+    assert not projects.can_subset
     assert JOBS - {job.name for job in defs.resolve_all_job_defs()} == set()
     assert SENSORS - {s.name for s in defs.sensors} == set()
     assert SCHEDULES - {s.name for s in defs.schedules} == set()

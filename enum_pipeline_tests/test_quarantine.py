@@ -243,7 +243,7 @@ def test_runs_shows_the_count_and_the_first_few_with_their_reasons(
 def test_scanned_projects_metadata_lists_them_capped():
     from datetime import UTC, datetime
 
-    from enum_pipeline.defs.assets import QUARANTINE_LISTED, _quarantine_md
+    from enum_pipeline.defs.enumeration import QUARANTINE_LISTED, _quarantine_md
     from enum_pipeline.scan import ScanSummary
     from enum_pipeline.store import QuarantinedRecord
 

@@ -20,7 +20,7 @@ from enum_pipeline.defs.reports import reports_after_enumeration
 from enum_pipeline.store import InventoryStore
 from enum_pipeline.store.query import OUTPUT_COLUMNS
 from enum_pipeline_tests.fake_codehosts import FakeCodeHost
-from enum_pipeline_tests.helpers import make_repo
+from enum_pipeline_tests.helpers import enumerate_scopes, make_repo
 from enum_pipeline_tests.product_fixtures import github_app, make_tree, write_config
 
 REPORTS = ["inventory_frame", "inventory_summary", "clone_coverage", "inventory_export"]
@@ -35,9 +35,7 @@ def enumerated(db_url, tmp_path, monkeypatch):
         monkeypatch.setenv("ENUM_PIPELINE_CONFIG", str(config))
         monkeypatch.delenv("ENUM_PIPELINE_ROOTS", raising=False)
         with instance_for_test() as instance:
-            result = defs.resolve_job_def("enumerate_projects").execute_in_process(
-                instance=instance
-            )
+            result = enumerate_scopes(instance)
             assert result.success
             yield instance, result
     InventoryStore(db_url).dispose()
@@ -145,7 +143,7 @@ def test_reports_materialize_on_an_inventory_without_hosted_repositories(
     monkeypatch.setenv("ENUM_PIPELINE_ROOTS", str(tmp_path / "tree"))
     monkeypatch.delenv("ENUM_PIPELINE_CONFIG", raising=False)
     with instance_for_test() as instance:
-        assert defs.resolve_job_def("enumerate_projects").execute_in_process(instance=instance)
+        assert enumerate_scopes(instance).success
         result = _materialize(instance, REPORTS)
         assert result.success
         meta = _meta(instance, "clone_coverage")

@@ -16,9 +16,17 @@ from dagster import (
 
 from enum_pipeline import steps
 from enum_pipeline.sources.base import ScopeVerdict
+from enum_pipeline.sources.filesystem import FilesystemSource
 from enum_pipeline.store import InventoryStore
 from enum_pipeline.store import schema as t
-from enum_pipeline_tests.helpers import SCOPE, StaticSource, new_run_id, rec, run_once
+from enum_pipeline_tests.helpers import (
+    SCOPE,
+    StaticSource,
+    new_run_id,
+    rec,
+    run_once,
+    scope_partitions,
+)
 
 
 def test_cleanup_due_is_one_rule_for_every_state_of_a_run(store):
@@ -68,16 +76,16 @@ def test_run_through_stages_what_a_source_yields(store):
 
 def _multiprocess_enumeration():
     """The enumeration's assets in a job whose steps each run in a process of their own."""
-    from enum_pipeline.defs.assets import projects, run_state, scanned_projects
+    from enum_pipeline.defs.enumeration import enumeration
     from enum_pipeline.defs.resources import InventoryResource
 
     job = define_asset_job(
         "enumerate_projects_multiprocess",
-        selection=AssetSelection.assets(scanned_projects, projects, run_state),
+        selection=AssetSelection.assets(enumeration),
         executor_def=multiprocess_executor,
     )
     return Definitions(
-        assets=[scanned_projects, projects, run_state],
+        assets=[enumeration],
         jobs=[job],
         resources={"inventory": InventoryResource()},
     ).resolve_job_def(job.name)
@@ -88,13 +96,15 @@ def test_the_enumeration_refuses_another_executor_before_it_begins(db_url, repo_
     monkeypatch.setenv("ENUM_PIPELINE_DATABASE_URL", db_url)
     monkeypatch.setenv("ENUM_PIPELINE_ROOTS", str(repo_tree))
     job = reconstructable(_multiprocess_enumeration)
-    with instance_for_test() as instance, execute_job(job, instance=instance) as result:
-        assert not result.success
-        errors = [
-            e.step_failure_data.error.message
-            for e in result.all_events
-            if e.is_step_failure and e.step_failure_data
-        ]
+    with instance_for_test() as instance:
+        tags = scope_partitions(instance, [FilesystemSource.scope_key_for(str(repo_tree))])
+        with execute_job(job, instance=instance, tags=tags) as result:
+            assert not result.success
+            errors = [
+                e.step_failure_data.error.message
+                for e in result.all_events
+                if e.is_step_failure and e.step_failure_data
+            ]
     assert any("must run under the in-process executor" in m for m in errors), errors
     store = InventoryStore(db_url)
     assert store.runs() == []  # refused before begin: nothing to clean up after

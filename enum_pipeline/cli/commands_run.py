@@ -19,8 +19,61 @@ from enum_pipeline.store import UnknownRunError
 def _run_config(args, scan: dict | None = None) -> dict:
     config: dict = {"loggers": {"console": {"config": {"log_level": args.log_level}}}}
     if scan:
-        config["ops"] = {"scanned_projects": {"config": scan}}
+        config.update(home._enumeration().scan_run_config(scan))
     return config
+
+
+def _one_run_over(instance, scope_keys: list[str], *, ad_hoc: bool) -> dict[str, str]:
+    """Make the run's scopes partitions; the partition tags of ONE run over all of them.
+
+    A configured run first syncs the partitions with its configuration as the sensor
+    ``sync_scope_partitions`` does (adds its scopes, deletes the others: never a project), so
+    its keys are all the partitions, one range. An ad hoc ``--root`` run only adds its keys.
+    Dagster's range spans every partition from its first to its last key in the order they
+    were added: when the run's keys are not contiguous in that order (one was added earlier,
+    others since), another scope inside the range would be read too, or fail the run before it
+    begins when its configuration lacks it; so those keys are deleted and added again, together
+    at the end (a partition's materializations stay in the event log).
+    """
+    scopes = home._scopes()
+    name = home._constants().SCOPES_PARTITIONS
+    keys = scopes.partition_keys(scope_keys)
+    current = instance.get_dynamic_partitions(name)
+    if not ad_hoc:
+        _, stale = scopes.sync_plan(current, keys)
+        for key in stale:
+            instance.delete_dynamic_partition(name, key)
+        current = [k for k in current if k not in stale]
+    wanted = set(keys)
+    present = [k for k in current if k in wanted]
+    missing = [k for k in keys if k not in set(present)]
+    start = current.index(present[0]) if present else 0
+    block = current[start : start + len(present)]
+    at_end = start + len(present) == len(current)
+    if present and (block != present or (missing and not at_end)):
+        for key in present:
+            instance.delete_dynamic_partition(name, key)
+        missing = keys
+    instance.add_dynamic_partitions(name, missing)
+    ordered = [k for k in instance.get_dynamic_partitions(name) if k in set(keys)]
+    return scopes.run_partition_tags(ordered)
+
+
+def _partition_tags_of_run(instance, store, run_id: str) -> dict[str, str]:
+    """The partition tags of enumeration run ``run_id`` (for its cleanup): its Dagster run's,
+    else (a run this instance did not launch) those of the scopes it read, added if missing."""
+    scopes = home._scopes()
+    record = instance.get_run_by_id(run_id)
+    tags = scopes.partition_tags_of(record.tags) if record is not None else {}
+    keys = list(tags.values()) or scopes.partition_keys(s.scope_key for s in store.scopes(run_id))
+    name = home._constants().SCOPES_PARTITIONS
+    instance.add_dynamic_partitions(
+        name, [k for k in keys if not instance.has_dynamic_partition(name, k)]
+    )
+    if tags:
+        return tags
+    ordered = [k for k in instance.get_dynamic_partitions(name) if k in set(keys)]
+    return scopes.run_partition_tags(ordered)
 
 
 def _step_errors(result) -> list[str]:
@@ -31,8 +84,14 @@ def _step_errors(result) -> list[str]:
     ]
 
 
-def _cleanup(instance, run_id: str, args, *, approve=False, dry_run=False) -> tuple[int, dict]:
+def _cleanup(
+    instance, store, run_id: str, args, *, approve=False, dry_run=False, plan_id=None
+) -> tuple[int, dict]:
+    from enum_pipeline.defs.cleanup_notice import REQUESTED_BY_TAG
+
     extra = {"approve": approve, "dry_run": dry_run}
+    if approve:
+        extra["plan_id"] = plan_id
     if args.config:
         extra["config_path"] = os.path.abspath(args.config)
     run_config = home._constants().cleanup_run_config(run_id, **extra)
@@ -42,7 +101,11 @@ def _cleanup(instance, run_id: str, args, *, approve=False, dry_run=False) -> tu
         instance=instance,
         run_config=run_config,
         raise_on_error=False,
-        tags={home._constants().ENUMERATION_RUN_TAG: run_id},
+        tags={
+            home._constants().ENUMERATION_RUN_TAG: run_id,
+            **_partition_tags_of_run(instance, store, run_id),
+            REQUESTED_BY_TAG: f"enum-pipeline {args.command}",
+        },
     )
     try:
         data = result.output_for_node("stale_projects_cleanup")
@@ -53,35 +116,39 @@ def _cleanup(instance, run_id: str, args, *, approve=False, dry_run=False) -> tu
             print(f"cleanup failed: {error}", file=sys.stderr)
         return EXIT_FAILED, {}
     _print_cleanup(data)
+    if data.get("already_done") and data.get("claimed_by"):
+        print(data["reason"])  # the flush's cleanup is another requester's: say whose
     if data["status"] == "blocked":
         print(
             f"the deletion guard held this cleanup back; review it, then approve it with:\n"
-            f"  enum-pipeline approve {run_id}",
+            f"  enum-pipeline approve {run_id} --plan {data['plan_id']}",
             file=sys.stderr,
         )
         return EXIT_BLOCKED, data
     return EXIT_OK, data
 
 
-def _refusal(store) -> str | None:
-    """Why a new run would be refused now (who holds the inventory), or None."""
-    held = store.holder()
-    if held is None or held[1] is not None:
+def _refusal(store, scopes: list[str] | None) -> str | None:
+    """Why a new run over ``scopes`` would be refused now (which live run reads which of its
+    scopes), or None."""
+    held = store.holder(scopes)
+    if held is None or held.takeover is not None:
         return None
-    run, _ = held
+    run = held.run
     age = (datetime.now(UTC) - run.heartbeat_at).total_seconds()
     timeout = store.heartbeat_timeout.total_seconds()
     return (
-        f"run {run.run_id} holds the inventory (pid {run.pid} on {run.host}, since "
+        f"{held.scope} is being read by run {run.run_id} (pid {run.pid} on {run.host}, since "
         f"{run.started_at:%Y-%m-%d %H:%M:%S} UTC, heartbeat {age:.0f}s ago); wait for it, or "
         f"stop that process and run again: a run whose process is gone is taken over at once, "
         f"a silent one after {timeout:.0f}s"
     )
 
 
-def _checked_run_inputs(args) -> tuple[dict, object]:
-    """The scan's run config and the store, once every input is checked and no run holds the
-    inventory; a UsageError (exit 2, nothing begun) otherwise."""
+def _checked_run_inputs(args) -> tuple[dict, object, list[str]]:
+    """The scan's run config, the store and the scope keys the run reads, once every input is
+    checked and no live run reads one of those scopes; a UsageError (exit 2, nothing begun)
+    otherwise."""
     if args.root is not None and any(not r.strip() for r in args.root):
         raise UsageError("--root needs a folder, not an empty string")
     roots = [os.path.abspath(os.path.expanduser(r)) for r in args.root or []] or None
@@ -91,9 +158,10 @@ def _checked_run_inputs(args) -> tuple[dict, object]:
             raise UsageError(f"--root {root} {what}; nothing was begun")
     config_path = os.path.abspath(args.config) if args.config else None
     # Every source is built (and so checked) before anything begins.
-    load_config(config_path, roots).build_sources()
+    sources = load_config(config_path, roots).build_sources()
+    scopes = [k for source in sources for k in source.scope_keys()]
     store = home._store()
-    refusal = _refusal(store)
+    refusal = _refusal(store, scopes)
     if refusal:
         raise UsageError(refusal)
     scan = {}
@@ -101,16 +169,16 @@ def _checked_run_inputs(args) -> tuple[dict, object]:
         scan["roots"] = roots
     if config_path:
         scan["config_path"] = config_path
-    return scan, store
+    return scan, store, scopes
 
 
-def _print_run(store, run_id: str, elapsed: float):
+def _print_run(store, run_id: str, elapsed: float, scopes: list[str]):
     """The run's one-line summary and its incomplete or protected scopes; its ``RunInfo``, or
-    None when the run never began (a UsageError when another run holds the inventory)."""
+    None when the run never began (a UsageError when a live run reads one of ``scopes``)."""
     try:
         info = store.get_run(run_id)
     except UnknownRunError:
-        refusal = _refusal(store)
+        refusal = _refusal(store, scopes)
         if refusal:
             raise UsageError(refusal) from None
         return None
@@ -128,15 +196,17 @@ def _print_run(store, run_id: str, elapsed: float):
 
 
 def cmd_run(args) -> int:
-    """One enumeration run through Dagster, then the cleanup the sensor would request."""
-    scan, store = _checked_run_inputs(args)
+    """One enumeration run of every scope through Dagster (one run over their partitions, see
+    ``_one_run_over``), then the cleanup the sensor would request."""
+    scan, store, scopes = _checked_run_inputs(args)
     instance = home._instance()
     started = time.monotonic()
+    tags = _one_run_over(instance, scopes, ad_hoc=bool(args.root))
     job = home._job("enumerate_projects")
     result = job.execute_in_process(
-        instance=instance, run_config=_run_config(args, scan), raise_on_error=False
+        instance=instance, run_config=_run_config(args, scan), raise_on_error=False, tags=tags
     )
-    info = _print_run(store, result.run_id, time.monotonic() - started)
+    info = _print_run(store, result.run_id, time.monotonic() - started, scopes)
     if not result.success or not cleanup_due(store, result.run_id).due:
         for error in _step_errors(result):
             print(f"enum-pipeline: {error}", file=sys.stderr)
@@ -146,7 +216,7 @@ def cmd_run(args) -> int:
         return EXIT_FAILED
     code = EXIT_OK
     if not args.no_cleanup:
-        code, _ = _cleanup(instance, result.run_id, args)
+        code, _ = _cleanup(instance, store, result.run_id, args)
     if not args.no_reports:
         _reports(instance, result.run_id, args)
     return code
@@ -183,24 +253,42 @@ def cmd_cleanup(args) -> int:
     """The cleanup of one run (as the sensor requests it), optionally approved or dry."""
     store = home._store()
     run_id = _cleanable(store, args.run_id)
+    plan_id = None
     if args.approve:
-        _require_blocked(store, run_id)
-    code, _ = _cleanup(home._instance(), run_id, args, approve=args.approve, dry_run=args.dry_run)
+        plan_id = _require_blocked(store, run_id, args.plan)
+    code, _ = _cleanup(
+        home._instance(),
+        store,
+        run_id,
+        args,
+        approve=args.approve,
+        dry_run=args.dry_run,
+        plan_id=plan_id,
+    )
     return code
 
 
-def _require_blocked(store, run_id: str) -> None:
-    record = store.cleanup_record(run_id)
-    if record is None or record.status != "blocked":
+def _require_blocked(store, run_id: str, plan_id: str | None) -> str:
+    """The plan an approval approves: ``plan_id`` as given, or (none given) the run's blocked
+    plan as it is now; a UsageError when the run has no blocked cleanup."""
+    plan = store.blocked_plan(run_id)
+    if plan is None:
         raise UsageError(wrong_target(store, "approve", run_id))
+    if plan_id is not None and plan_id != plan.plan_id:  # the store refuses it too, atomically
+        raise UsageError(
+            f"plan {plan_id} is not the blocked plan of run {run_id}: that is plan "
+            f"{plan.plan_id} now ({plan.would_remove} projects), so nothing was approved; "
+            "review it and approve it by its id"
+        )
+    return plan_id or plan.plan_id
 
 
 def cmd_approve(args) -> int:
     """Approve and carry out a cleanup the deletion guard held back."""
     store = home._store()
     run_id = _cleanable(store, args.run_id)
-    _require_blocked(store, run_id)
-    code, _ = _cleanup(home._instance(), run_id, args, approve=True)
+    plan_id = _require_blocked(store, run_id, args.plan)
+    code, _ = _cleanup(home._instance(), store, run_id, args, approve=True, plan_id=plan_id)
     return code
 
 

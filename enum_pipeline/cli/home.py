@@ -122,9 +122,9 @@ def _instance():
 
 def _job(name: str):
     """The job ``name`` as the code location defines it, built from only the assets, checks and
-    jobs of ``enum_pipeline.defs.assets``, ``.checks``, ``.jobs`` and ``.reports`` with the
-    resources of ``enum_pipeline.defs`` (not the whole defs folder: no sensors, schedules or
-    folder loader, which a one-off run does not use)."""
+    jobs of ``enum_pipeline.defs.enumeration``, ``.assets``, ``.checks``, ``.jobs`` and
+    ``.reports`` with the resources and executor of ``enum_pipeline.defs`` (not the whole defs
+    folder: no sensors, schedules or folder loader, which a one-off run does not use)."""
     return _cli_definitions().resolve_job_def(name)
 
 
@@ -132,10 +132,10 @@ def _job(name: str):
 def _cli_definitions():
     from dagster import Definitions, load_asset_checks_from_modules, load_assets_from_modules
 
-    from enum_pipeline.defs import assets, checks, jobs, reports
+    from enum_pipeline.defs import assets, checks, enumeration, jobs, reports
     from enum_pipeline.defs import defs as resources
 
-    modules = [assets, checks, reports]
+    modules = [enumeration, assets, checks, reports]
     defs = Definitions.merge(
         resources,
         Definitions(
@@ -153,6 +153,20 @@ def _constants():
     from enum_pipeline.defs import constants
 
     return constants
+
+
+def _scopes():
+    """``enum_pipeline.defs.scopes``: the scope partitions (loading it loads Dagster)."""
+    from enum_pipeline.defs import scopes
+
+    return scopes
+
+
+def _enumeration():
+    """``enum_pipeline.defs.enumeration``: the enumeration's run config (loads Dagster)."""
+    from enum_pipeline.defs import enumeration
+
+    return enumeration
 
 
 def _close_opened() -> None:

@@ -108,10 +108,18 @@ def build_parser() -> argparse.ArgumentParser:
     cleanup.add_argument("--config")
     cleanup.add_argument("--dry-run", action="store_true", help="show, change nothing")
     cleanup.add_argument("--approve", action="store_true", help="approve a blocked cleanup")
+    cleanup.add_argument(
+        "--plan", help="with --approve: the plan id shown with the blocked cleanup"
+    )
     cleanup.set_defaults(func=cmd_cleanup)
 
     approve = sub.add_parser("approve", help="approve a cleanup the deletion guard held back")
     approve.add_argument("run_id")
+    approve.add_argument(
+        "--plan",
+        help="the plan id shown with the blocked cleanup: approve that plan or nothing (default: "
+        "the run's blocked plan as it is now)",
+    )
     approve.add_argument("--config")
     approve.set_defaults(func=cmd_approve)
 

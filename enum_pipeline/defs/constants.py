@@ -14,12 +14,10 @@ from typing import Any
 #: The tag naming the enumeration run a Dagster run is about (a cleanup, approval, restore or
 #: report run): the Runs list filters by it, and a restore accepts such a run's id.
 ENUMERATION_RUN_TAG = "enum_pipeline/enumeration_run"
-#: The run queue admits one run per value of this tag (see dagster.yaml); the database enforces
-#: the single active run anyway, whatever launched it.
-INVENTORY_TAG = "enum_pipeline/inventory"
 CLEANUP_TAGS = {"enum_pipeline/cleanup": "default"}
-#: Dagster concurrency pools: one step at a time writes the inventory, or cleans it up.
-INVENTORY_POOL = "enum_pipeline/inventory"
+#: The Dagster concurrency pool of the cleanup: one cleanup step at a time applies the
+#: deletion guard (the enumeration has none: one writer per scope is the database's, and the
+#: run queue limits runs per scope and per host and token).
 CLEANUP_POOL = "enum_pipeline/cleanup"
 
 ENUMERATE_JOB = "enumerate_projects"

@@ -13,30 +13,31 @@ from dagster import (
 from pydantic import Field
 
 from enum_pipeline.defs import tables
-from enum_pipeline.defs.assets import projects, run_state, scanned_projects, stale_projects_cleanup
+from enum_pipeline.defs.assets import stale_projects_cleanup
 from enum_pipeline.defs.constants import (
     APPROVE_JOB,
     CLEANUP_JOB,
     CLEANUP_POOL,
     CLEANUP_TAGS,
     ENUMERATE_JOB,
-    INVENTORY_TAG,
     cleanup_run_config,
     dagster_run_lookup,
 )
+from enum_pipeline.defs.enumeration import enumeration
 from enum_pipeline.defs.resources import InventoryResource
+from enum_pipeline.defs.scopes import SCOPES
 from enum_pipeline.output import wrong_target
 from enum_pipeline.steps import resolve_run
 from enum_pipeline.store import AmbiguousRunError, UnknownRunError
 
 enumerate_projects = define_asset_job(
     ENUMERATE_JOB,
-    selection=AssetSelection.assets(scanned_projects, projects, run_state),
+    selection=AssetSelection.assets(enumeration),
     executor_def=in_process_executor,
-    tags={INVENTORY_TAG: "default"},
+    partitions_def=SCOPES,
     description=(
-        "Scan every source, flush and verify, then complete the run (the delta, by project, "
-        "is in the metadata of projects)."
+        "Scan the run's scopes (its partitions: one, or a range), flush and verify, then "
+        "complete the run (the delta, by project, is in the metadata of projects)."
     ),
 )
 
@@ -61,8 +62,10 @@ cleanup_projects = _cleanup_job(
 
 approve_cleanup = _cleanup_job(
     APPROVE_JOB,
-    "One click: approve and carry out the blocked cleanup of the newest completed run, for "
-    "the projects it was blocked with (see its metadata). Set run_id for another one.",
+    "Approve and carry out one blocked cleanup plan: open the approve link of the blocked "
+    "cleanup (its run page, the asset's metadata, the notification), which fills in run_id and "
+    "plan_id, then Launch Run. Without plan_id nothing is approved: a plan that changed since "
+    "it was shown is never approved in its place.",
     config=cleanup_run_config(approve=True),
 )
 

@@ -1,10 +1,18 @@
 """The store as a Dagster resource."""
 
+import pickle
 import threading
 from collections.abc import Callable
 from datetime import timedelta
 
-from dagster import ConfigurableResource
+from dagster import (
+    ConfigurableIOManagerFactory,
+    ConfigurableResource,
+    InitResourceContext,
+    InputContext,
+    OutputContext,
+    UPathIOManager,
+)
 from pydantic import Field
 
 from enum_pipeline.config import ConfigError, PipelineConfig, load_config
@@ -68,3 +76,41 @@ class InventoryResource(ConfigurableResource):
                 store = InventoryStore(key[0], heartbeat_timeout=timedelta(seconds=key[1]))
                 _stores[key] = store
             return store
+
+
+class RunScopedPickleIOManager(UPathIOManager):
+    """Pickles every output under its run and step (``<run>/<step>/<output>``), whatever
+    partitions it materializes: one value for a partition range too (where the default I/O
+    manager refuses a range), and a partition key such as ``fs:/srv`` is no path."""
+
+    def dump_to_path(self, context: OutputContext, obj, path) -> None:
+        with path.open("wb") as file:
+            pickle.dump(obj, file)
+
+    def load_from_path(self, context: InputContext, path):
+        with path.open("rb") as file:
+            return pickle.load(file)
+
+    def _run_path(self, context: InputContext | OutputContext):
+        return self._with_extension(self._base_path.joinpath(*context.get_identifier()))
+
+    def handle_output(self, context: OutputContext, obj) -> None:
+        path = self._run_path(context)
+        self.make_directory(path.parent)
+        self.dump_to_path(context=context, obj=obj, path=path)
+
+    def load_input(self, context: InputContext):
+        return self.load_from_path(context=context, path=self._run_path(context))
+
+
+class RunScopedIOManager(ConfigurableIOManagerFactory[RunScopedPickleIOManager]):
+    """``RunScopedPickleIOManager`` under the instance's storage folder (or ``base_dir``): the
+    I/O manager of the partitioned cleanup, whose value only its own run's check reads."""
+
+    base_dir: str | None = Field(default=None, description="Default: the instance's storage.")
+
+    def create_io_manager(self, context: InitResourceContext) -> RunScopedPickleIOManager:
+        from upath import UPath
+
+        base = self.base_dir or context.instance.storage_directory()
+        return RunScopedPickleIOManager(base_path=UPath(base))

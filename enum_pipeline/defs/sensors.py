@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 
 from dagster import (
     AssetKey,
+    AssetRecordsFilter,
     DagsterRunStatus,
     DefaultSensorStatus,
     RunFailureSensorContext,
@@ -17,15 +18,28 @@ from dagster import (
     RunStatusSensorDefinition,
     SensorDefinition,
     SensorEvaluationContext,
+    SensorResult,
     SkipReason,
     run_failure_sensor,
     run_status_sensor,
     sensor,
 )
 
-from enum_pipeline.defs.constants import ENUMERATION_RUN_TAG, cleanup_run_config
+from enum_pipeline.defs.cleanup_notice import REQUESTED_BY_TAG, already_claimed
+from enum_pipeline.defs.constants import (
+    ENUMERATION_RUN_TAG,
+    SCOPES_PARTITIONS,
+    cleanup_run_config,
+)
 from enum_pipeline.defs.jobs import cleanup_projects, enumerate_projects
 from enum_pipeline.defs.resources import InventoryResource
+from enum_pipeline.defs.scopes import (
+    PARTITION_TAG,
+    SCOPES,
+    configured_partition_keys,
+    partition_tags_of,
+    sync_plan,
+)
 from enum_pipeline.steps import cleanup_due
 
 if TYPE_CHECKING:
@@ -37,11 +51,29 @@ if TYPE_CHECKING:
     Job = JobDefinition | UnresolvedAssetJobDefinition
 
 
+#: Flushes of projects one tick reads at most (the rest on the next tick).
+FLUSHES_READ = 100
+
+
+def _metadata(record) -> dict:
+    return record.event_log_entry.asset_materialization.metadata
+
+
+def _partition_tags(instance, record) -> dict[str, str]:
+    """The partition (or range) tags of the enumeration run that recorded a flush."""
+    run = instance.get_run_by_id(record.event_log_entry.run_id)
+    tags = partition_tags_of(run.tags) if run is not None else {}
+    return tags or {PARTITION_TAG: record.partition_key}
+
+
+SENSOR_NAME = "cleanup_after_confirmed_flush"
+
+
 def make_cleanup_sensor(job: "Job") -> SensorDefinition:
     """The sensor that requests ``job`` (the cleanup) once for each confirmed flush."""
 
     @sensor(
-        name="cleanup_after_confirmed_flush",
+        name=SENSOR_NAME,
         job=job,
         minimum_interval_seconds=30,
         default_status=DefaultSensorStatus.RUNNING,
@@ -50,35 +82,54 @@ def make_cleanup_sensor(job: "Job") -> SensorDefinition:
     def cleanup_after_confirmed_flush(
         context: SensorEvaluationContext, inventory: InventoryResource
     ):
-        """One cleanup run per confirmed flush, read from the latest ``projects``
-        materialization; whether it is due is ``steps.cleanup_due`` (the CLI asks the same)."""
+        """One cleanup run per confirmed flush, for the flushed run's partitions: every flush
+        of ``projects`` recorded since the cursor (the newest one on a first tick), oldest
+        first; whether it is due is ``steps.cleanup_due`` (the CLI asks the same)."""
+        after = int(context.cursor) if context.cursor else None
+        records = context.instance.fetch_materializations(
+            AssetRecordsFilter(asset_key=AssetKey("projects"), after_storage_id=after),
+            limit=FLUSHES_READ,
+            ascending=after is not None,
+        ).records
         # Cleanups and restores record row counts on projects too; the sensor wants the flushes.
-        records = [
-            r
-            for r in context.instance.fetch_materializations(AssetKey("projects"), limit=20).records
-            if "flush_succeeded" in r.event_log_entry.asset_materialization.metadata
-        ]
-        if not records:
-            return SkipReason("no flush of projects recorded yet")
-        storage_id = records[0].storage_id
-        event = records[0].event_log_entry
-        if context.cursor and int(context.cursor) >= storage_id:
-            return SkipReason(f"latest flush (event {storage_id}) was already handled")
-        metadata = event.asset_materialization.metadata
-        run_id = metadata["run_id"].value if "run_id" in metadata else None
-        if run_id is None:
-            context.update_cursor(str(storage_id))
-            return SkipReason("latest projects materialization carries no run_id")
-        due = cleanup_due(inventory.store(), run_id)
-        if due.wait:
-            return SkipReason(due.reason)
-        context.update_cursor(str(storage_id))
-        if not due.due:
-            return SkipReason(due.reason)
-        return RunRequest(
-            run_key=run_id,
-            run_config=cleanup_run_config(run_id),
-            tags={ENUMERATION_RUN_TAG: run_id},
+        flushes = [r for r in records if "flush_succeeded" in _metadata(r)]
+        if after is None:
+            flushes = flushes[:1]
+        if not flushes:
+            if after is None:
+                return SkipReason("no flush of projects recorded yet")
+            return SkipReason(f"latest flush (event {after}) was already handled")
+        store = inventory.store()
+        requests, skipped, cursor = [], [], after
+        for record in flushes:
+            metadata = _metadata(record)
+            run_id = metadata["run_id"].value if "run_id" in metadata else None
+            due = cleanup_due(store, run_id) if run_id else None
+            if due is not None and due.wait:
+                skipped.append(due.reason)
+                break  # the cursor stays before a run still active
+            cursor = record.storage_id
+            claimed = already_claimed(store, run_id) if due is not None and due.due else None
+            if due is None or not due.due:
+                skipped.append(due.reason if due else "a projects flush carries no run_id")
+            elif claimed:
+                skipped.append(claimed)
+            elif run_id not in {r.run_key for r in requests}:
+                requests.append(
+                    RunRequest(
+                        run_key=run_id,
+                        run_config=cleanup_run_config(run_id),
+                        tags={
+                            ENUMERATION_RUN_TAG: run_id,
+                            REQUESTED_BY_TAG: "sensor " + SENSOR_NAME,
+                            **_partition_tags(context.instance, record),
+                        },
+                    )
+                )
+        return SensorResult(
+            run_requests=requests,
+            skip_reason=None if requests else SkipReason("; ".join(skipped)),
+            cursor=str(cursor) if cursor is not None else None,
         )
 
     return cleanup_after_confirmed_flush
@@ -88,13 +139,15 @@ def make_run_end_sensors(
     job: "Job",
 ) -> tuple[RunStatusSensorDefinition, RunStatusSensorDefinition]:
     """The sensors that mark the inventory run failed when a Dagster run of ``job`` (the
-    enumeration) fails or is cancelled: a run that ended leaves no ``active`` run_state."""
+    enumeration), or of any job of this code location (the UI's Materialize and backfills run
+    the implicit asset job), fails or is cancelled: a run that ended leaves no ``active``
+    run_state. Only an active run whose attempt is that Dagster run is marked."""
 
     @run_failure_sensor(
         name="mark_failed_enumeration_runs",
-        monitored_jobs=[job],
         default_status=DefaultSensorStatus.RUNNING,
-        description="Marks the inventory run failed when its Dagster run fails.",
+        description=f"Marks the inventory run failed when its Dagster run ({job.name}, or a "
+        "Materialize or backfill of the enumeration) fails.",
     )
     def mark_failed_enumeration_runs(
         context: RunFailureSensorContext, inventory: InventoryResource
@@ -109,7 +162,6 @@ def make_run_end_sensors(
     @run_status_sensor(
         name="mark_canceled_enumeration_runs",
         run_status=DagsterRunStatus.CANCELED,
-        monitored_jobs=[job],
         default_status=DefaultSensorStatus.RUNNING,
         description="Marks the inventory run failed when its Dagster run is cancelled.",
     )
@@ -138,6 +190,29 @@ def reap_abandoned_runs(context: SensorEvaluationContext, inventory: InventoryRe
     if reaped:
         return SkipReason(f"marked abandoned: {', '.join(reaped)}")
     return SkipReason("no abandoned run")
+
+
+@sensor(
+    minimum_interval_seconds=60,
+    default_status=DefaultSensorStatus.RUNNING,
+    description="Keeps the scope partitions in step with the configuration (a dropped scope's "
+    "partition is deleted; its projects never are because of it: they become orphans).",
+)
+def sync_scope_partitions(context: SensorEvaluationContext, inventory: InventoryResource):
+    """Add a partition for every configured scope, delete those of scopes no longer configured;
+    a configuration that cannot be read changes nothing."""
+    from enum_pipeline.config import ConfigError
+
+    try:
+        wanted = configured_partition_keys(inventory.pipeline_config())
+    except ConfigError as err:
+        return SkipReason(f"scope partitions left as they are: {err}")
+    add, delete = sync_plan(context.instance.get_dynamic_partitions(SCOPES_PARTITIONS), wanted)
+    if not add and not delete:
+        return SkipReason(f"the {len(wanted)} scope partitions match the configuration")
+    requests = [SCOPES.build_add_request(add)] if add else []
+    requests += [SCOPES.build_delete_request(delete)] if delete else []
+    return SensorResult(dynamic_partitions_requests=requests)
 
 
 # The sensors the definitions expose, each built with the job it watches or requests.

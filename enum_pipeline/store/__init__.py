@@ -8,6 +8,7 @@ from enum_pipeline.store.errors import (
     AmbiguousRunError,
     CleanupRefusedError,
     FlushVerificationError,
+    PlanChangedError,
     RunActiveError,
     RunNotActiveError,
     StoreError,
@@ -16,7 +17,9 @@ from enum_pipeline.store.errors import (
 from enum_pipeline.store.inventory import InventoryStore, open_store
 from enum_pipeline.store.policy import CleanupPolicy
 from enum_pipeline.store.records import (
+    BlockedPlan,
     CleanupAction,
+    CleanupClaim,
     CleanupEntry,
     CleanupRecord,
     CleanupResult,
@@ -57,7 +60,9 @@ from enum_pipeline.store.schema import projects as projects_table
 
 __all__ = [
     "AmbiguousRunError",
+    "BlockedPlan",
     "CleanupAction",
+    "CleanupClaim",
     "CleanupEntry",
     "CleanupPolicy",
     "CleanupRecord",
@@ -67,6 +72,7 @@ __all__ = [
     "FlushResult",
     "FlushVerificationError",
     "InventoryStore",
+    "PlanChangedError",
     "ProjectChange",
     "QuarantinedRecord",
     "RemovedProject",

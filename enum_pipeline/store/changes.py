@@ -7,16 +7,17 @@ its cleanup) removed, by project.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import sqlalchemy as sa
 
 from enum_pipeline.store import reads, runs
 from enum_pipeline.store import schema as t
 from enum_pipeline.store.batch import chunks
-from enum_pipeline.store.records import CleanupStatus, RunInfo, utcnow
+from enum_pipeline.store.records import CleanupStatus, RunInfo, RunStatus, utcnow
 
 if TYPE_CHECKING:
     from enum_pipeline.store.context import StoreContext
@@ -60,14 +61,30 @@ def run_changes(ctx: StoreContext, run_id: str) -> list[ProjectChange]:
     p, s, rs = t.projects, t.staged_projects, t.run_state
     since = info.started_at
     until = info.finished_at or info.heartbeat_at
-    window = sa.and_(p.c.first_seen_at >= since, p.c.first_seen_at <= until)
-    changed_window = sa.and_(p.c.changed_at >= since, p.c.changed_at <= until)
+    # Runs over other scopes may be active at once, so a time window alone is not this run's:
+    # a row is added by the flush that inserted it (its generation), and its change belongs to
+    # the run that last saw it when its flush's time falls in that run's own window.
+    window = p.c.first_seen_generation == info.generation
+    last = rs.alias("last_seer")
+    in_last_window = sa.and_(
+        p.c.changed_at >= last.c.started_at,
+        p.c.changed_at <= sa.func.coalesce(last.c.finished_at, last.c.heartbeat_at),
+    )
+    changed_window = sa.and_(
+        p.c.changed_at >= since,
+        p.c.changed_at <= until,
+        sa.or_(p.c.run_id == run_id, last.c.run_id.is_(None), ~in_last_window),
+    )
     compared = [c for c in t.PROJECT_DATA_COLUMNS if c not in _NOT_COMPARED]
     out: list[ProjectChange] = []
     with ctx.engine.connect() as conn:
         rows = conn.execute(
             sa.select(p.c.project_key, p.c.name, p.c.scope_key, p.c.location, window.label("new"))
-            .select_from(s.join(p, p.c.project_key == s.c.project_key))
+            .select_from(
+                s.join(p, p.c.project_key == s.c.project_key).outerjoin(
+                    last, last.c.run_id == p.c.run_id
+                )
+            )
             .where(s.c.run_id == run_id, sa.or_(window, changed_window))
             .order_by(p.c.name, p.c.project_key)
         ).all()
@@ -139,21 +156,34 @@ def _aware(value: str | None) -> datetime | None:
     return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
-def holder(ctx: StoreContext) -> tuple[RunInfo, str | None] | None:
-    """The active run, and why a new run would take it over (None: it holds the inventory)."""
-    active = reads.active_run(ctx)
-    if active is None:
-        return None
+class Holder(NamedTuple):
+    """An active run in the way of a new one: why a new run would take it over (None: it holds
+    on), and what the two share ("scope KEY" or "the whole inventory")."""
+
+    run: RunInfo
+    takeover: str | None
+    scope: str
+
+
+def holder(ctx: StoreContext, scopes: Iterable[str] | None = None) -> Holder | None:
+    """The active run over a scope of ``scopes`` (None: any), preferring one that holds on."""
+    wanted = sorted(set(scopes)) if scopes is not None else None
+    found: Holder | None = None
     with ctx.engine.connect() as conn:
-        row = (
-            conn.execute(sa.select(t.run_state).where(t.run_state.c.run_id == active.run_id))
-            .mappings()
-            .first()
-        )
-        if row is None:
-            return None
-        reason = runs._abandon_reason(ctx, conn, row, utcnow())
-    return active, reason
+        rows = conn.execute(
+            sa.select(t.run_state)
+            .where(t.run_state.c.status == RunStatus.ACTIVE)
+            .order_by(t.run_state.c.generation)
+        ).mappings()
+        for row in rows.all():
+            shared = runs.overlap(row["scopes"], wanted)
+            if shared is None:
+                continue
+            reason = runs._abandon_reason(ctx, conn, row, utcnow())
+            if reason is None:
+                return Holder(RunInfo.from_row(row), None, shared)
+            found = found or Holder(RunInfo.from_row(row), reason, shared)
+    return found
 
 
 def restorable_cleanups(ctx: StoreContext, names: int = 5) -> list[Restorable]:

@@ -22,10 +22,11 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from enum_pipeline.sources.witness import Witness
+from enum_pipeline.store import claims
 from enum_pipeline.store import schema as t
 from enum_pipeline.store.context import StoreContext, set_run
 from enum_pipeline.store.entries import approved_keys, load_entries, save_entries
-from enum_pipeline.store.errors import CleanupRefusedError, StoreError
+from enum_pipeline.store.errors import CleanupRefusedError
 from enum_pipeline.store.plan import Witnessed, apply_marks, apply_removals, plan_cleanup
 from enum_pipeline.store.policy import CleanupPolicy
 from enum_pipeline.store.records import (
@@ -57,14 +58,16 @@ def cleanup_entries(ctx: StoreContext, run_id: str) -> list[CleanupEntry]:
         return load_entries(conn, run_id)
 
 
-def approve_cleanup(ctx: StoreContext, run_id: str, approved_by: str) -> dict[str, Any]:
-    """Approve the blocked cleanup of ``run_id``: exactly the removals its persisted plan lists."""
+def approve_cleanup(
+    ctx: StoreContext, run_id: str, approved_by: str, plan_id: str | None = None
+) -> dict[str, Any]:
+    """Approve the blocked cleanup of ``run_id``: exactly the removals its persisted plan lists,
+    and only while that plan is ``plan_id`` (None: the plan as it is now)."""
     ce = t.cleanup_entries
     with ctx.engine.begin() as conn:
         ctx.lock_inventory(conn)
+        plan = claims.check_plan(conn, run_id, plan_id)
         row = _cleanup_row(conn, run_id)
-        if row is None or row["status"] != CleanupStatus.BLOCKED:
-            raise StoreError(f"run {run_id} has no blocked cleanup to approve")
         listed = conn.execute(
             sa.update(ce)
             .where(ce.c.run_id == run_id, ce.c.action == "remove")
@@ -75,7 +78,11 @@ def approve_cleanup(ctx: StoreContext, run_id: str, approved_by: str) -> dict[st
             .where(t.cleanups.c.run_id == run_id)
             .values(approved_by=approved_by, approved_max=listed, updated_at=utcnow())
         )
-        return dict(row) | {"approved_by": approved_by, "approved_max": listed}
+        return dict(row) | {
+            "approved_by": approved_by,
+            "approved_max": listed,
+            "plan_id": plan.plan_id,
+        }
 
 
 def run_policy(run, fallback: CleanupPolicy | None = None) -> CleanupPolicy:
@@ -96,14 +103,30 @@ def safe_cleanup_old_projects(
     dry_run: bool,
     approved_by: str | None,
     witness: Witness | None = None,
+    claimant: str | None = None,
 ) -> CleanupResult:
     """Gather the witness's confirmations, then plan, decide and (unless blocked or a dry run)
-    apply, in one transaction."""
-    witnessed = gather_confirmations(ctx, run_id, policy, witness, dry_run=dry_run)
-    with ctx.engine.begin() as conn:
-        result = _cleanup(ctx, conn, run_id, policy, dry_run, approved_by, witnessed)
-        if dry_run:
-            conn.rollback()
+    apply, in one transaction.
+
+    With ``claimant`` (not a dry run) the cleanup first claims the run's flush: when another
+    requester claimed it already, this one does nothing and its result names that one.
+    """
+    claiming = claimant is not None and not dry_run
+    if claiming:
+        held = claims.claim(ctx, run_id, claimant)
+        if held.claimed_by != claimant:
+            return claims.claimed_elsewhere(ctx, run_id, held)
+    try:
+        witnessed = gather_confirmations(ctx, run_id, policy, witness, dry_run=dry_run)
+        with ctx.engine.begin() as conn:
+            result = _cleanup(ctx, conn, run_id, policy, dry_run, approved_by, witnessed)
+            if dry_run:
+                conn.rollback()
+    except BaseException:
+        if claiming:
+            claims.release(ctx, run_id, claimant)
+        raise
+    result.claimed_by = claimant if claiming else None
     return result
 
 
@@ -237,6 +260,7 @@ def _decide(result: CleanupResult, remove: list[str], approved: set[str], approv
     if blocked:
         result.status = CleanupStatus.BLOCKED.value
         result.reason = "; ".join(sc.blocked_reason for sc in blocked)
+        result.plan_id = claims.plan_id(result.run_id, remove)
         if approved:
             extra = len(set(remove) - approved)
             result.reason += f" ({extra} projects not in the approved plan)"
@@ -278,6 +302,7 @@ def _record_cleanup(conn, result: CleanupResult, exists: bool, approver, now: da
             "held": result.held,
             "unconfirmed": result.unconfirmed,
             "found_present": result.found_present,
+            "plan_id": result.plan_id,
         },
         "updated_at": now,
     }

@@ -1,9 +1,9 @@
 """What every concern of the store shares: the engine, the dialect, the leases, the timeout.
 
 Every store function is a short transaction of its own; nothing holds a transaction across the
-scan. Writers that must not interleave (``begin``, ``safe_cleanup_old_projects``, ``restore``)
-first lock the single ``inventory`` row (``lock_inventory``), and the partial unique index on
-``run_state(status)`` keeps a second ``active`` run out whatever launched it.
+scan. Writers that must not interleave (``begin``, ``resume``, ``safe_cleanup_old_projects``,
+``restore``) first lock the single ``inventory`` row (``lock_inventory``): so no two active runs
+read a common scope whatever launched them, and generations stay one monotonic sequence.
 """
 
 from __future__ import annotations

@@ -8,11 +8,20 @@ class StoreError(Exception):
 
 
 class RunActiveError(StoreError):
-    """Another run holds the inventory."""
+    """A live run holds what the new one would read: a scope of it (``scope``: "scope KEY", or
+    "the whole inventory"), or the run itself (``scope`` None: its lease)."""
 
-    def __init__(self, run_id: str, detail: str):
-        super().__init__(f"run {run_id} is active ({detail}); refusing to start another run")
+    def __init__(self, run_id: str, detail: str, scope: str | None = None):
+        if scope is None:
+            message = f"run {run_id} is active ({detail}); refusing to start another run"
+        else:
+            message = (
+                f"{scope} is being read by run {run_id} ({detail}); refusing to start "
+                "another run over it"
+            )
+        super().__init__(message)
         self.run_id = run_id
+        self.scope = scope
 
 
 class UnknownRunError(StoreError):
@@ -33,3 +42,7 @@ class FlushVerificationError(StoreError):
 
 class CleanupRefusedError(StoreError):
     """The run is not a completed, flush-verified run."""
+
+
+class PlanChangedError(StoreError):
+    """An approval named a plan that is not the run's blocked plan now."""

@@ -40,9 +40,11 @@ def flush(ctx: StoreContext, run_id: str) -> FlushResult:
     """Upsert the run's staged records into ``projects`` and confirm them, in one statement.
 
     A row last seen by a newer generation is never overwritten (fencing). The counts come from
-    the upsert itself. Before the confirmations can commit, the transaction proves them: the
-    upsert wrote as many rows as the run staged, and as many rows now carry the run's
-    generation and confirmation. Otherwise (a fenced row, a write the database dropped) the
+    the upsert itself. Before the confirmations can commit, the transaction proves them: every
+    staged row was written by the upsert, and carries the run's generation and confirmation,
+    or was fenced off by a newer run that saw and confirmed it (``superseded``: runs over
+    disjoint scopes are active at once, and a project may move between their scopes).
+    Otherwise (a row fenced by an unconfirmed write, a write the database dropped) the
     confirmed upsert is rolled back to its savepoint and the rows go in unconfirmed, as before
     confirmation was folded in, and ``verify_and_confirm`` fails.
     """
@@ -54,13 +56,16 @@ def flush(ctx: StoreContext, run_id: str) -> FlushResult:
         savepoint = conn.begin_nested()
         upsert = _upsert(ctx, run_id, generation, now)
         written, added, touched, confirmed = _write(conn, upsert, run_id, generation, now)
-        if written == staged and confirmed == staged:
+        superseded = 0
+        if written != staged and confirmed == written:
+            superseded = _superseded_count(conn, run_id, generation)
+        if written + superseded == staged and confirmed == written:
             savepoint.commit()
         else:
             savepoint.rollback()
             upsert = _upsert(ctx, run_id, generation, now, confirm=False)
             written, added, touched, _ = _write(conn, upsert, run_id, generation, now)
-            confirmed = 0
+            confirmed, superseded = 0, 0
         result = FlushResult(
             run_id=run_id,
             generation=generation,
@@ -68,6 +73,7 @@ def flush(ctx: StoreContext, run_id: str) -> FlushResult:
             added=added,
             changed=touched - added,
             unchanged=staged - touched,
+            superseded=superseded,
         )
         set_run(
             conn, run_id, confirmed_count=confirmed, heartbeat_at=utcnow(), **result.run_counts()
@@ -118,6 +124,24 @@ def _write(
         )
     ).one()
     return int(written_rows), int(row[0]), int(row[1]), int(row[2])
+
+
+def _superseded_count(conn: Connection, run_id: str, generation: int) -> int:
+    """Staged keys of ``run_id`` that a newer run saw, and it or a newer one confirmed: fenced
+    from this run's flush, and rightly so (a run over another scope read the project later, a
+    repository transferred between owners, say). Only on the rare path: it joins the staging."""
+    p, s = t.projects, t.staged_projects
+    return int(
+        conn.execute(
+            sa.select(sa.func.count())
+            .select_from(s.join(p, p.c.project_key == s.c.project_key))
+            .where(
+                s.c.run_id == run_id,
+                p.c.seen_generation > generation,
+                p.c.confirmed_generation >= generation,
+            )
+        ).scalar_one()
+    )
 
 
 def _staged_count(conn: Connection, run_id: str) -> int:
@@ -182,7 +206,8 @@ def _upsert(ctx: StoreContext, run_id: str, generation: int, now: datetime, conf
 def verify_and_confirm(ctx: StoreContext, run_id: str) -> VerifyResult:
     """Prove the flush: the staging holds every row the run's batches staged (their count is
     committed with each batch), every staged key is in ``projects`` with this run's generation
-    and its confirmation, and no other row carries the generation.
+    and its confirmation, or with a newer run's that saw and confirmed it since (superseded: a
+    newer concurrent run over another scope), and no other row carries the generation.
 
     The content needs no second comparison: only this run's upsert can write its generation
     (fencing), and it writes a row's content, digest and stamps in one row version.
@@ -195,19 +220,23 @@ def verify_and_confirm(ctx: StoreContext, run_id: str) -> VerifyResult:
         run = ctx.require_active(conn, run_id)
         generation = int(run["generation"])
         staged, present, stamped = _verify_counts(conn, run_id, generation)
+        superseded = 0 if present == staged else _superseded_count(conn, run_id, generation)
         if run["staged_count"] != staged:
             raise FlushVerificationError(
                 f"run {run_id}: its batches staged {run['staged_count']} rows but its staging "
                 f"holds {staged}: staged rows went missing before the flush, so this run did "
                 "not see what it scanned"
             )
-        if staged != present or stamped != staged or run["flushed_count"] != staged:
+        if staged != present + superseded or stamped != present or run["flushed_count"] != staged:
             raise FlushVerificationError(
                 f"run {run_id}: staged {staged}, present with generation {generation}: "
-                f"{present}, rows stamped with it: {stamped}, flushed {run['flushed_count']}"
+                f"{present}, seen and confirmed by a newer run: {superseded}, rows stamped "
+                f"with it: {stamped}, flushed {run['flushed_count']}"
             )
         set_run(conn, run_id, flush_succeeded=True, confirmed_count=present, heartbeat_at=utcnow())
-    return VerifyResult(run_id, generation, int(staged), int(present), int(present), True)
+    return VerifyResult(
+        run_id, generation, int(staged), int(present), int(present), True, superseded
+    )
 
 
 def _verify_counts(conn: Connection, run_id: str, generation: int) -> tuple[int, int, int]:

@@ -17,6 +17,7 @@ from enum_pipeline.sources.base import ProjectRecord, ScopeVerdict
 from enum_pipeline.sources.witness import Witness
 from enum_pipeline.store import (
     changes,
+    claims,
     cleanup,
     flush,
     history,
@@ -32,6 +33,8 @@ from enum_pipeline.store.engine import create_inventory_engine, ensure_schema
 from enum_pipeline.store.liveness import LOCAL_HOLDERS, LeaseKeeper
 from enum_pipeline.store.policy import CleanupPolicy
 from enum_pipeline.store.records import (
+    BlockedPlan,
+    CleanupClaim,
     CleanupEntry,
     CleanupRecord,
     CleanupResult,
@@ -83,19 +86,24 @@ class InventoryStore:
         *,
         policy: CleanupPolicy | None = None,
         configured_scopes: Iterable[str] | None = None,
+        scopes: Iterable[str] | None = None,
         now: datetime | None = None,
     ) -> int:
-        """Start run ``run_id`` and return its generation; refuse while another run is active.
+        """Start run ``run_id`` over ``scopes`` (the scope keys it reads; None: the whole
+        inventory) and return its generation, the next of one inventory-wide sequence.
 
-        An active run whose holder is provably gone (its process on this host gone, or on
-        PostgreSQL its database session) is first marked ``failed`` (``abandoned``); so is one
-        whose heartbeat expired, but only when nothing else tells of its holder: a live holder
-        always vetoes an old heartbeat (``liveness.abandon_reason``).
+        Refused (``RunActiveError``, naming the run and a shared scope) while an active run
+        reads a scope of ``scopes`` (None overlaps everything); runs over disjoint scope sets
+        are active at once. An overlapping active run whose holder is provably gone (its
+        process on this host gone, or on PostgreSQL its database session) is first marked
+        ``failed`` (``abandoned``); so is one whose heartbeat expired, but only when nothing
+        else tells of its holder: a live holder always vetoes an old heartbeat
+        (``liveness.abandon_reason``).
         ``policy`` (default ``CleanupPolicy()``) is recorded with the run: its cleanup applies it,
         whoever requests it. ``configured_scopes``: the scope keys of the configuration in force
         (None when unknown, e.g. an ad hoc ``--root`` run); rows of other scopes are orphaned.
         """
-        return runs.begin(self._ctx, run_id, now, policy, configured_scopes)
+        return runs.begin(self._ctx, run_id, now, policy, configured_scopes, scopes)
 
     def heartbeat(self, run_id: str, *, now: datetime | None = None) -> bool:
         """Tell reapers the run is alive; on PostgreSQL, take the lease again if its session
@@ -118,9 +126,10 @@ class InventoryStore:
     def resume(self, run_id: str, attempt_run_id: str) -> int:
         """Re-activate a failed run whose scan is staged, so a re-execution can finish its flush.
 
-        Allowed only while no other run is active and no newer run has begun, so a re-execution
-        can never write over a newer run's view; a run still ``active`` is taken over only when
-        its holder's lease is ours or free. Returns the run's generation.
+        Allowed only while no run over a scope of it is active and none has begun after it, so
+        a re-execution can never write over a newer run's view of its scopes; a run still
+        ``active`` is taken over only when its holder's lease is ours or free. Returns the
+        run's generation.
         """
         return runs.resume(self._ctx, run_id, attempt_run_id)
 
@@ -209,10 +218,21 @@ class InventoryStore:
 
     # ------------------------------------------------------------------ cleanup / history
 
-    def approve_cleanup(self, run_id: str, approved_by: str) -> dict[str, Any]:
+    def approve_cleanup(
+        self, run_id: str, approved_by: str, plan_id: str | None = None
+    ) -> dict[str, Any]:
         """Approve the blocked cleanup of ``run_id``: exactly the removals its plan listed (a
-        later plan with more removals is blocked again)."""
-        return cleanup.approve_cleanup(self._ctx, run_id, approved_by)
+        later plan with more removals is blocked again). With ``plan_id`` only while that is
+        the run's blocked plan (``PlanChangedError`` naming both otherwise)."""
+        return cleanup.approve_cleanup(self._ctx, run_id, approved_by, plan_id)
+
+    def blocked_plan(self, run_id: str) -> BlockedPlan | None:
+        """The blocked plan of ``run_id`` (its id, how many it would remove, why), or None."""
+        return claims.blocked_plan(self._ctx, run_id)
+
+    def cleanup_claim(self, run_id: str) -> CleanupClaim | None:
+        """Who claimed the cleanup of ``run_id``'s flush, if anyone (one cleanup per flush)."""
+        return claims.cleanup_claim(self._ctx, run_id)
 
     def safe_cleanup_old_projects(
         self,
@@ -222,6 +242,7 @@ class InventoryStore:
         dry_run: bool = False,
         approved_by: str | None = None,
         witness: Witness | None = None,
+        claimant: str | None = None,
     ) -> CleanupResult:
         """Remove the projects a completed, verified run did not see and whose absence a
         witness confirmed, in one transaction.
@@ -244,9 +265,13 @@ class InventoryStore:
         owns the row's scope looks at the project directly) answered ``gone`` after the run's
         read; found rows are kept (refreshed from the answer), anything else is kept marked
         missing with the reason. Without a witness nothing is removed.
+
+        **One cleanup per flush**: with ``claimant`` (who asks: a Dagster run, the CLI) the
+        cleanup claims the run's flush first, under the inventory lock; a request that finds it
+        claimed by another does nothing and its result's ``claimed_by`` names that one.
         """
         return cleanup.safe_cleanup_old_projects(
-            self._ctx, run_id, policy, dry_run, approved_by, witness
+            self._ctx, run_id, policy, dry_run, approved_by, witness, claimant
         )
 
     def cleanup_record(self, run_id: str) -> CleanupRecord | None:
@@ -322,8 +347,12 @@ class InventoryStore:
         return reads.resolve_run_id(self._ctx, given, removals=removals)
 
     def active_run(self) -> RunInfo | None:
-        """The active run, if any."""
+        """The oldest active run, if any."""
         return reads.active_run(self._ctx)
+
+    def active_runs(self) -> list[RunInfo]:
+        """The active runs (several when their scope sets are disjoint), oldest first."""
+        return reads.active_runs(self._ctx)
 
     def scopes(self, run_id: str) -> list[ScopeReading]:
         """The scope verdicts a run recorded."""
@@ -347,9 +376,11 @@ class InventoryStore:
         """What run ``run_id`` added, changed (which columns) and removed, by project."""
         return changes.run_changes(self._ctx, run_id)
 
-    def holder(self) -> tuple[RunInfo, str | None] | None:
-        """The active run, and why a new run would take it over (None: it holds on)."""
-        return changes.holder(self._ctx)
+    def holder(self, scopes: Iterable[str] | None = None) -> changes.Holder | None:
+        """The active run a new run over ``scopes`` (None: the whole inventory) would meet,
+        preferring one that holds on: the run, why a new run would take it over (None: it
+        holds on), and the scope they share."""
+        return changes.holder(self._ctx, scopes)
 
     def restorable_cleanups(self, names: int = 5) -> list[changes.Restorable]:
         """Cleanups whose removed projects are not all restored, newest first."""

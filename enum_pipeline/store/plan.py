@@ -36,6 +36,7 @@ from enum_pipeline.store.history import move_to_history
 from enum_pipeline.store.identity import settle_trust_of
 from enum_pipeline.store.policy import CleanupPolicy
 from enum_pipeline.store.records import CleanupEntry, ScopeCleanup
+from enum_pipeline.store.runs import overlap
 
 _ROW_COLUMNS = (
     "project_key",
@@ -138,20 +139,25 @@ def _superseded(conn: Connection, scope_key: str, generation: int) -> str | None
     return f"superseded: newer completed run {newer} read this scope" if newer else None
 
 
-def _newer_staging_gone(conn: Connection, generation: int) -> str | None:
+def _newer_staging_gone(conn: Connection, scope_key: str, generation: int) -> str | None:
     """A newer run that staged projects but whose staging was pruned: what it saw is unknown,
-    so an older run's late cleanup must not judge any row stale against it (I5)."""
+    so an older run's late cleanup must not judge any row of ``scope_key`` stale against it
+    (I5). Unless it completed over other scopes only: every key a completed run staged carries
+    its generation or a newer one in ``projects``, so none of its keys can look stale."""
     rs, s = t.run_state, t.staged_projects
     has_staging = sa.select(s.c.run_id).where(s.c.run_id == rs.c.run_id).exists()
-    gone = conn.execute(
-        sa.select(rs.c.run_id)
+    rows = conn.execute(
+        sa.select(rs.c.run_id, rs.c.status, rs.c.scopes)
         .where(rs.c.generation > generation, rs.c.staged_count > 0, ~has_staging)
         .order_by(rs.c.generation)
-        .limit(1)
-    ).scalar()
-    if gone is None:
-        return None
-    return f"superseded: newer run {gone} scanned after this run and its staging was pruned"
+    ).mappings()
+    for row in rows:
+        if row["status"] != "completed" or overlap(row["scopes"], [scope_key]) is not None:
+            return (
+                f"superseded: newer run {row['run_id']} scanned after this run and its staging "
+                "was pruned"
+            )
+    return None
 
 
 def _populations_before(conn: Connection, scope_keys: list[str], generation: int) -> dict:
@@ -211,7 +217,7 @@ def _hold_reason(conn: Connection, run, scope) -> str | None:
     if not scope["complete"]:
         return f"scope read incompletely: {scope['reason']}"
     superseded = _superseded(conn, scope["scope_key"], generation) or _newer_staging_gone(
-        conn, generation
+        conn, scope["scope_key"], generation
     )
     if superseded:
         return superseded
@@ -276,7 +282,7 @@ def plan_cleanup(
         _plan_scope(conn, plan, sc, scope, stale, run, policy, witnessed)
     if newest and run["configured_scopes"] is not None:
         plan.configured = sorted(run["configured_scopes"])
-        _plan_orphans(conn, plan, set(plan.configured), run["run_id"])
+        _plan_orphans(conn, plan, set(plan.configured), run["run_id"], generation)
     return plan, plan.scopes
 
 
@@ -387,11 +393,16 @@ def _plan_due(plan, sc, row, scope, run, confirmation, witnessed, coverage, loca
     return 0
 
 
-def _plan_orphans(conn: Connection, plan: Plan, configured: set[str], run_id: str) -> None:
+def _plan_orphans(
+    conn: Connection, plan: Plan, configured: set[str], run_id: str, generation: int
+) -> None:
+    """Rows of scopes the run's configuration does not name, unless a newer run (still active,
+    begun under a newer configuration) has seen them."""
     p = t.projects
     rows = conn.execute(
         sa.select(*[p.c[c] for c in _ROW_COLUMNS])
         .where(p.c.scope_key.not_in(sorted(configured)) if configured else sa.true())
+        .where(sa.or_(p.c.seen_generation.is_(None), p.c.seen_generation <= generation))
         .order_by(p.c.project_key)
     ).mappings()
     for row in rows:

@@ -28,13 +28,20 @@ def runs(ctx: StoreContext, limit: int = 50) -> list[RunInfo]:
         return [RunInfo.from_row(r) for r in rows]
 
 
-def active_run(ctx: StoreContext) -> RunInfo | None:
-    """The active run, if any."""
+def active_runs(ctx: StoreContext) -> list[RunInfo]:
+    """The active runs (several when their scope sets are disjoint), oldest first."""
+    rs = t.run_state
     with ctx.engine.connect() as conn:
-        rid = conn.execute(
-            sa.select(t.run_state.c.run_id).where(t.run_state.c.status == RunStatus.ACTIVE)
-        ).scalar()
-    return get_run(ctx, rid) if rid else None
+        rows = conn.execute(
+            sa.select(rs).where(rs.c.status == RunStatus.ACTIVE).order_by(rs.c.generation)
+        ).mappings()
+        return [RunInfo.from_row(r) for r in rows]
+
+
+def active_run(ctx: StoreContext) -> RunInfo | None:
+    """The oldest active run, if any."""
+    active = active_runs(ctx)
+    return active[0] if active else None
 
 
 def scopes(ctx: StoreContext, run_id: str) -> list[ScopeReading]:

@@ -74,6 +74,8 @@ class RunInfo(_Row):
     #: The cleanup policy recorded at begin (JSON), and the scope keys configured then.
     policy: dict[str, Any] | None = None
     configured_scopes: list[str] | None = None
+    #: The scope keys the run reads; None: the whole inventory.
+    scopes: list[str] | None = None
 
 
 @dataclass(frozen=True)
@@ -154,6 +156,26 @@ class CleanupRecord(_Row):
 
 
 @dataclass(frozen=True)
+class CleanupClaim(_Row):
+    """One ``cleanup_claims`` row: who runs the cleanup of the run's confirmed flush."""
+
+    run_id: str
+    claimed_by: str
+    claimed_at: datetime
+
+
+@dataclass(frozen=True)
+class BlockedPlan:
+    """A cleanup the deletion guard held back, as an operator approves it: ``plan_id`` is a
+    digest of the run and the keys it would remove, so an approval names exactly this plan."""
+
+    run_id: str
+    plan_id: str
+    would_remove: int
+    reason: str | None
+
+
+@dataclass(frozen=True)
 class FlushResult:
     """Counts of one set-based upsert."""
 
@@ -163,6 +185,9 @@ class FlushResult:
     added: int
     changed: int
     unchanged: int
+    #: staged keys left as they are because a newer run (over another scope, e.g. a
+    #: repository transferred between owners) wrote them first; counted as unchanged
+    superseded: int = 0
 
     def run_counts(self) -> dict[str, int]:
         """The ``run_state`` counters this flush sets."""
@@ -187,6 +212,8 @@ class VerifyResult:
     present: int
     confirmed: int
     flush_succeeded: bool
+    #: staged keys a newer run saw and confirmed since (fenced: they carry its values)
+    superseded: int = 0
 
 
 @dataclass
@@ -266,6 +293,10 @@ class CleanupResult:
     unconfirmed: int = 0
     found_present: int = 0
     entries: list[CleanupEntry] = field(default_factory=list)
+    #: A blocked cleanup's plan, as ``approve_cleanup`` must name it (``BlockedPlan.plan_id``).
+    plan_id: str | None = None
+    #: Who claimed this flush's cleanup (``cleanup_claims``); set on every cleanup that claims.
+    claimed_by: str | None = None
 
     def as_dict(self, max_entries: int | None = 1000) -> dict[str, Any]:
         """Plain data, for metadata and JSON: at most ``max_entries`` entries (removals

@@ -29,40 +29,73 @@ def begin(
     now: datetime | None = None,
     policy: CleanupPolicy | None = None,
     configured_scopes: Iterable[str] | None = None,
+    scopes: Iterable[str] | None = None,
 ) -> int:
     """Start run ``run_id`` and return its generation; see ``InventoryStore.begin``."""
     now = now or utcnow()
+    claimed = sorted(set(scopes)) if scopes is not None else None
     leased = False
+    refusal: RunActiveError | None = None
     try:
         with ctx.engine.begin() as conn:
+            # Every begin takes the inventory lock: generations stay globally monotonic and
+            # two overlapping begins cannot both see the other absent.
             last_generation = ctx.lock_inventory(conn)
             _refuse_reused_id(conn, run_id)
-            _abandon_or_refuse_active(ctx, conn, now)
-            generation = last_generation + 1
-            conn.execute(
-                sa.update(t.inventory)
-                .where(t.inventory.c.id == 1)
-                .values(last_generation=generation)
-            )
-            # Taken before the row is visible, so nobody sees this run without its lease.
-            lease = ctx.leases.acquire(run_id, generation)
-            leased = True
-            _insert_run(conn, run_id, generation, lease, now)
-            set_run(
-                conn,
-                run_id,
-                policy=(policy or CleanupPolicy()).model_dump(mode="json"),
-                configured_scopes=(
-                    sorted(set(configured_scopes)) if configured_scopes is not None else None
-                ),
-            )
+            refusal = _abandon_or_refuse_overlapping(ctx, conn, claimed, now)
+            if refusal is None:
+                generation = last_generation + 1
+                conn.execute(
+                    sa.update(t.inventory)
+                    .where(t.inventory.c.id == 1)
+                    .values(last_generation=generation)
+                )
+                # Taken before the row is visible, so nobody sees this run without its lease.
+                lease = ctx.leases.acquire(run_id, generation)
+                leased = True
+                _insert_run(conn, run_id, generation, lease, now, claimed)
+                set_run(
+                    conn,
+                    run_id,
+                    policy=(policy or CleanupPolicy()).model_dump(mode="json"),
+                    configured_scopes=(
+                        sorted(set(configured_scopes)) if configured_scopes is not None else None
+                    ),
+                )
     except BaseException:
         if leased:
             ctx.leases.release([run_id])
         raise
-    # The new run is the only active one: any other lease this store holds is stale.
-    ctx.leases.release([r for r in ctx.leases.held() if r != run_id])
+    if refusal is not None:
+        raise refusal  # after the commit: the overlapping runs found abandoned stay failed
+    _release_finished(ctx, exclude=run_id)
     return generation
+
+
+def overlap(held: Iterable[str] | None, wanted: Iterable[str] | None) -> str | None:
+    """What two runs' scope sets share, as the refusal names it ("scope KEY" or "the whole
+    inventory"), or None when they are disjoint; None as a set is the whole inventory."""
+    if held is None and wanted is None:
+        return "the whole inventory"
+    if held is None or wanted is None:
+        named = sorted(set(wanted if held is None else held))
+        return f"scope {named[0]}" if named else None
+    shared = sorted(set(held) & set(wanted))
+    return f"scope {shared[0]}" if shared else None
+
+
+def _release_finished(ctx: StoreContext, exclude: str) -> None:
+    """Drop the leases this process still holds for runs that are no longer active (failed
+    by a sweeper, say); the leases of its other active runs stay."""
+    held = [r for r in ctx.leases.held() if r != exclude]
+    if not held:
+        return
+    rs = t.run_state
+    with ctx.engine.connect() as conn:
+        still = set(
+            conn.execute(sa.select(rs.c.run_id).where(rs.c.run_id.in_(held), _ACTIVE)).scalars()
+        )
+    ctx.leases.release([r for r in held if r not in still])
 
 
 def _refuse_reused_id(conn: Connection, run_id: str) -> None:
@@ -73,26 +106,46 @@ def _refuse_reused_id(conn: Connection, run_id: str) -> None:
         raise StoreError(f"run {run_id} already exists; a run id is used once")
 
 
-def _abandon_or_refuse_active(ctx: StoreContext, conn: Connection, now: datetime) -> None:
-    """Fail the active run if its holder provably stopped; else ``RunActiveError``."""
-    active = conn.execute(sa.select(t.run_state).where(_ACTIVE)).mappings().first()
-    if active is None:
-        return
-    reason = _abandon_reason(ctx, conn, active, now)
-    if reason is None:
-        age = (now - active["heartbeat_at"]).total_seconds()
-        raise RunActiveError(
-            active["run_id"],
-            f"heartbeat {age:.0f}s ago on {active['host']} pid {active['pid']}",
-        )
-    mark_failed(conn, active["run_id"], reason, now)
+def _abandon_or_refuse_overlapping(
+    ctx: StoreContext, conn: Connection, claimed: list[str] | None, now: datetime
+) -> RunActiveError | None:
+    """Fail every active run over a scope of ``claimed`` whose holder provably stopped; the
+    refusal naming the first one still alive, if any."""
+    refusal = None
+    for active in _active_rows(conn):
+        shared = overlap(active["scopes"], claimed)
+        if shared is None:
+            continue
+        reason = _abandon_reason(ctx, conn, active, now)
+        if reason is not None:
+            mark_failed(conn, active["run_id"], reason, now)
+        elif refusal is None:
+            refusal = _refusal(active, shared, now)
+    return refusal
 
 
-def _insert_run(conn: Connection, run_id: str, generation: int, lease, now: datetime) -> None:
+def _active_rows(conn: Connection):
+    rs = t.run_state
+    return conn.execute(sa.select(rs).where(_ACTIVE).order_by(rs.c.generation)).mappings().all()
+
+
+def _refusal(active, shared: str, now: datetime) -> RunActiveError:
+    age = (now - active["heartbeat_at"]).total_seconds()
+    return RunActiveError(
+        active["run_id"],
+        f"heartbeat {age:.0f}s ago on host {active['host']} pid {active['pid']}",
+        scope=shared,
+    )
+
+
+def _insert_run(
+    conn: Connection, run_id: str, generation: int, lease, now: datetime, scopes
+) -> None:
     conn.execute(
         sa.insert(t.run_state).values(
             run_id=run_id,
             generation=generation,
+            scopes=scopes,
             status=RunStatus.ACTIVE,
             flush_succeeded=False,
             attempt_run_id=run_id,
@@ -139,13 +192,13 @@ def resume(ctx: StoreContext, run_id: str, attempt_run_id: str) -> int:
 
 def _resume(ctx: StoreContext, run_id: str, attempt_run_id: str, now: datetime) -> int:
     with ctx.engine.begin() as conn:
-        last_generation = ctx.lock_inventory(conn)
+        ctx.lock_inventory(conn)
         row = ctx.run_row(conn, run_id, lock=True)
         generation = int(row["generation"])
         if row["status"] == RunStatus.COMPLETED:
             raise StoreError(f"run {run_id} is already completed")
         if row["status"] != RunStatus.ACTIVE:
-            _refuse_stale_resume(conn, run_id, generation, last_generation)
+            _refuse_stale_resume(conn, row, now)
         elif not ctx.leases.enabled and _abandon_reason(ctx, conn, row, now) is None:
             # On PostgreSQL taking the lease below is the test; without leases, the pid is.
             raise RunActiveError(run_id, "its holder may still be alive")
@@ -163,16 +216,26 @@ def _resume(ctx: StoreContext, run_id: str, attempt_run_id: str, now: datetime) 
         return generation
 
 
-def _refuse_stale_resume(conn: Connection, run_id: str, generation: int, last: int) -> None:
-    """A failed run resumes only if it is the newest generation and no run is active."""
-    if generation != last:
-        raise StoreError(
-            f"run {run_id} (generation {generation}) cannot resume: "
-            f"generation {last} started after it"
-        )
-    active = conn.execute(sa.select(t.run_state.c.run_id).where(_ACTIVE)).first()
-    if active is not None:
-        raise RunActiveError(active[0], "another run holds the inventory")
+def _refuse_stale_resume(conn: Connection, row, now: datetime) -> None:
+    """A failed run resumes only if no run over a scope of it is active, and none began after
+    it."""
+    rs = t.run_state
+    run_id, generation = row["run_id"], int(row["generation"])
+    for active in _active_rows(conn):
+        shared = overlap(active["scopes"], row["scopes"])
+        if shared is not None:
+            raise _refusal(active, shared, now)
+    newer = conn.execute(
+        sa.select(rs.c.generation, rs.c.scopes)
+        .where(rs.c.generation > generation)
+        .order_by(rs.c.generation.desc())
+    ).mappings()
+    for other in newer:
+        if overlap(other["scopes"], row["scopes"]) is not None:
+            raise StoreError(
+                f"run {run_id} (generation {generation}) cannot resume: "
+                f"generation {other['generation']} started after it over its scopes"
+            )
 
 
 def complete(ctx: StoreContext, run_id: str) -> str:

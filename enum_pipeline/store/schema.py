@@ -183,15 +183,10 @@ run_state = _run_table(
     # scope keys configured then (None: unknown, e.g. an ad hoc --root run).
     sa.Column("policy", JSONType),
     sa.Column("configured_scopes", JSONType),
+    # The scope keys the run reads (migration 0008); NULL: the whole inventory. I4: no two
+    # active runs' scopes overlap, checked by begin and resume under the inventory lock.
+    sa.Column("scopes", JSONType),
     sa.CheckConstraint(f"status IN {RUN_STATUSES!r}", name="ck_run_state_status"),
-    # I4: at most one active run per inventory, enforced by the database itself.
-    sa.Index(
-        "uq_run_state_one_active",
-        "status",
-        unique=True,
-        sqlite_where=sa.text("status = 'active'"),
-        postgresql_where=sa.text("status = 'active'"),
-    ),
 )
 
 run_scopes = _run_table(
@@ -263,6 +258,14 @@ cleanups = _run_table(
     sa.Column("approved_max", sa.BigInteger),
     sa.Column("updated_at", UTCDateTime(), nullable=False),
     sa.CheckConstraint(f"status IN {CLEANUP_STATUSES!r}", name="ck_cleanups_status"),
+)
+
+# Who runs the cleanup of a run's confirmed flush: one row per run, inserted under the inventory
+# lock before the cleanup looks at anything, so two requesters never both clean up one flush.
+cleanup_claims = _run_table(
+    "cleanup_claims",
+    sa.Column("claimed_by", sa.Text, nullable=False),
+    sa.Column("claimed_at", UTCDateTime(), nullable=False),
 )
 
 # The persisted cleanup plan: every project a cleanup (or an orphan prune) names, with its action
