@@ -126,6 +126,36 @@ def test_reports_are_requested_after_every_completed_enumeration(enumerated):
     assert reports_after_enumeration.job_name == "inventory_reports"
 
 
+def test_a_wave_of_scope_runs_requests_the_reports_once_the_last_one_completes(enumerated):
+    """The schedule launches one run per scope: while another enumeration run is queued or
+    running, a completed one asks for nothing; the last one does."""
+    from dagster import DagsterRunStatus
+
+    from enum_pipeline.definitions import defs
+
+    instance, result = enumerated
+    run = instance.get_run_by_id(result.run_id)
+    event = next(e for e in result.all_events if e.event_type_value == "PIPELINE_SUCCESS")
+    job = defs.resolve_job_def("enumerate_projects")
+    other = instance.create_run_for_job(job_def=job, status=DagsterRunStatus.STARTED)
+
+    def tick():
+        return reports_after_enumeration(
+            build_run_status_sensor_context(
+                sensor_name="reports_after_enumeration",
+                dagster_instance=instance,
+                dagster_run=run,
+                dagster_event=event,
+            )
+        )
+
+    waiting = tick()
+    assert not isinstance(waiting, RunRequest)
+    assert "1 enumeration runs are still queued or running" in waiting.skip_message
+    instance.report_run_canceled(instance.get_run_by_id(other.run_id))
+    assert isinstance(tick(), RunRequest)
+
+
 def test_loading_the_code_location_does_not_import_pandas():
     code = "import sys; import enum_pipeline.definitions; print('pandas' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)

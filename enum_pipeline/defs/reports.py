@@ -17,6 +17,7 @@ from dagster import (
     MetadataValue,
     Output,
     RunRequest,
+    RunsFilter,
     RunStatusSensorContext,
     SkipReason,
     TableColumn,
@@ -180,11 +181,29 @@ inventory_reports = define_asset_job(
     default_status=DefaultSensorStatus.RUNNING,
 )
 def reports_after_enumeration(context: RunStatusSensorContext):
-    """Materialize the reports after every enumeration run that completed."""
+    """Materialize the reports once a wave of enumeration runs is over: after a run that
+    completed when no other enumeration run is queued or running (the schedule launches one
+    run per scope; the last of them to finish asks, not each)."""
     run_id = context.dagster_run.run_id
     if context.dagster_run.status != DagsterRunStatus.SUCCESS:
         return SkipReason(f"run {run_id} did not succeed")
+    pending = context.instance.get_runs_count(
+        RunsFilter(job_name=enumerate_projects.name, statuses=_NOT_FINISHED)
+    )
+    if pending:
+        return SkipReason(
+            f"run {run_id} completed while {pending} enumeration runs are still queued or "
+            "running: the last of them to complete requests the reports"
+        )
     return RunRequest(run_key=f"reports-{run_id}", tags={ENUMERATION_RUN_TAG: run_id})
+
+
+_NOT_FINISHED = [
+    DagsterRunStatus.QUEUED,
+    DagsterRunStatus.NOT_STARTED,
+    DagsterRunStatus.STARTING,
+    DagsterRunStatus.STARTED,
+]
 
 
 @asset(deps=[AssetKey("run_state")], **_spec())
