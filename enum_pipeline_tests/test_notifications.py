@@ -220,3 +220,37 @@ def test_without_a_channel_nothing_is_sent_and_the_sensor_says_so(env, instance)
         "webhook",
         "msteams",
     ]
+
+
+def test_a_scope_stuck_between_runs_of_other_scopes_is_still_notified(
+    env, instance, repo_tree, webhook, tmp_path, monkeypatch
+):
+    """One run per scope: the runs of other scopes neither count in a streak nor break it."""
+    monkeypatch.setenv(
+        "ENUM_PIPELINE_CONFIG",
+        str(_config(tmp_path, repo_tree, "notify:\n  stuck_after_runs: 2\n")),
+    )
+    notifier = Notifier(webhook_url=webhook.url)
+    stuck, fine = "fs:/srv/stuck", "fs:/srv/fine"
+
+    def tick():
+        run = stand_in.execute_in_process(instance=instance)
+        notify_stuck_scopes(
+            build_run_status_sensor_context(
+                sensor_name="notify_stuck_scopes",
+                dagster_event=run.get_run_success_event(),
+                dagster_instance=instance,
+                dagster_run=instance.get_run_by_id(run.run_id),
+                resources={"inventory": InventoryResource(), "notifier": notifier},
+            )
+        )
+
+    run_once(env, {stuck: ["a"], fine: ["b"]})
+    for n in range(3):
+        run_once(env, {stuck: ["a"]}, complete={stuck: False})
+        tick()
+        run_once(env, {fine: ["b"]})
+        tick()
+        assert len(webhook.received) == (0 if n < 2 else 1), n
+    [sent] = webhook.received
+    assert sent["scope"] == stuck and sent["runs"] == 3

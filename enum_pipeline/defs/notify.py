@@ -95,34 +95,29 @@ def notify_blocked_cleanup(
 
 
 def stuck_scopes(store, threshold: int) -> list[Notice]:
-    """A notice per scope that stayed incomplete or held in more than ``threshold`` completed
-    runs in a row, up to the newest (keyed by the streak's first run: one notice a streak)."""
-    runs = [r for r in store.runs(threshold * 4 + 10) if r.status == RunStatus.COMPLETED]
-    if not runs:
+    """A notice per scope of the newest completed run that stayed incomplete or held in more
+    than ``threshold`` of its own readings in a row, up to the newest (keyed by the streak's
+    first run: one notice a streak). Each scope's readings are its own: with one run per scope,
+    the runs of other scopes neither count nor break a streak."""
+    newest = next((r for r in store.runs(20) if r.status == RunStatus.COMPLETED), None)
+    if newest is None:
         return []
-    streaks: dict[str, list[tuple[str, str]]] = {}
-    alive = {s.scope_key for s in store.scopes(runs[0].run_id)}
-    for run in runs:
-        readings = {s.scope_key: s for s in store.scopes(run.run_id)}
-        for scope in list(alive):
-            reading = readings.get(scope)
-            trouble = _trouble(reading) if reading is not None else None
-            if trouble is None:
-                alive.discard(scope)
-            else:
-                streaks.setdefault(scope, []).append((run.run_id, trouble))
-        if not alive:
-            break
     notices = []
-    for scope, streak in streaks.items():
+    for scope in sorted({s.scope_key for s in store.scopes(newest.run_id)}):
+        streak: list[tuple[str, str]] = []
+        for reading in store.scope_readings(scope, threshold + 1):
+            trouble = _trouble(reading)
+            if trouble is None:
+                break
+            streak.append((reading.run_id, trouble))
         if len(streak) <= threshold:
             continue
-        first_run, newest_trouble = streak[-1][0], streak[0][1]
         text = (
-            f"Scope {scope} has been {newest_trouble} for {len(streak)} runs in a row (more "
-            f"than notify.stuck_after_runs={threshold}); its projects are kept, unchecked, until "
-            "it is read completely again or its new identity is accepted."
+            f"Scope {scope} has been {streak[0][1]} for more than {threshold} runs in a row "
+            f"(notify.stuck_after_runs={threshold}); its projects are kept, unchecked, until it "
+            "is read completely again or its new identity is accepted."
         )
+        first_run = _streak_start(store, scope)
         notices.append(
             Notice(
                 "scope_stuck",
@@ -132,6 +127,17 @@ def stuck_scopes(store, threshold: int) -> list[Notice]:
             )
         )
     return notices
+
+
+def _streak_start(store, scope: str) -> str:
+    """The run that began a scope's current streak of trouble (its oldest troubled reading
+    since its last good one, among its newest 500)."""
+    start = None
+    for reading in store.scope_readings(scope, 500):
+        if _trouble(reading) is None:
+            break
+        start = reading.run_id
+    return start or ""
 
 
 def _trouble(reading) -> str | None:

@@ -358,6 +358,10 @@ class InventoryStore:
         """The scope verdicts a run recorded."""
         return reads.scopes(self._ctx, run_id)
 
+    def scope_readings(self, scope_key: str, limit: int = 20) -> list[ScopeReading]:
+        """The newest ``limit`` readings of one scope by completed runs, newest first."""
+        return reads.scope_readings(self._ctx, scope_key, limit)
+
     def project_keys(self, scope_key: str | None = None) -> set[str]:
         """Keys of the projects in the inventory (optionally of one scope)."""
         return reads.project_keys(self._ctx, scope_key)

@@ -55,6 +55,20 @@ def scopes(ctx: StoreContext, run_id: str) -> list[ScopeReading]:
         return [ScopeReading.from_row(r) for r in rows]
 
 
+def scope_readings(ctx: StoreContext, scope_key: str, limit: int) -> list[ScopeReading]:
+    """The newest ``limit`` readings of ``scope_key`` by completed runs, newest first."""
+    s, rs = t.run_scopes, t.run_state
+    with ctx.engine.connect() as conn:
+        rows = conn.execute(
+            sa.select(s)
+            .select_from(s.join(rs, rs.c.run_id == s.c.run_id))
+            .where(s.c.scope_key == scope_key, rs.c.status == "completed")
+            .order_by(rs.c.generation.desc())
+            .limit(limit)
+        ).mappings()
+        return [ScopeReading.from_row(r) for r in rows]
+
+
 def project_keys(ctx: StoreContext, scope_key: str | None = None) -> set[str]:
     """Keys of the projects in the inventory (optionally of one scope)."""
     stmt = sa.select(t.projects.c.project_key)
