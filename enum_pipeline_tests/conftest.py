@@ -77,3 +77,27 @@ def repo_tree(tmp_path: Path) -> Path:
     (root / "alpha" / "pyproject.toml").write_text("[project]\nname='alpha'\n")
     (root / "beta" / "package.json").write_text("{}\n")
     return root
+
+
+@pytest.fixture
+def dagster_pg_url():
+    """A fresh PostgreSQL database for Dagster's own storage (psycopg2, as deployed), dropped
+    afterwards: for the tests that run Dagster's queue daemon over PostgreSQL."""
+    import os
+    import uuid
+
+    import sqlalchemy as sa
+    from sqlalchemy.engine import make_url
+
+    admin_url = os.environ.get(
+        "ENUM_PIPELINE_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
+    )
+    admin = sa.create_engine(admin_url, isolation_level="AUTOCOMMIT")
+    name = f"enum_pipeline_dagster_{os.getpid()}_{uuid.uuid4().hex[:6]}"
+    with admin.connect() as conn:
+        conn.exec_driver_sql(f'CREATE DATABASE "{name}"')
+    url = make_url(admin_url).set(drivername="postgresql+psycopg2", database=name)
+    yield url.render_as_string(hide_password=False)
+    with admin.connect() as conn:
+        conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    admin.dispose()

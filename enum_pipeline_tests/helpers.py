@@ -86,6 +86,21 @@ class WorldWitness:
 GONE = WorldWitness()
 
 
+def run_source(store: InventoryStore, source, witness=None):
+    """One completed run of one real ``source`` through the store (begin, stage, flush,
+    verify, complete), then its cleanup with ``witness`` (default: ``GONE``); returns the
+    source's verdict and the cleanup's result."""
+    from enum_pipeline.scan import stage_sources
+
+    run_id = new_run_id()
+    summary = stage_sources(store, run_id, store.begin(run_id), [source])
+    store.flush(run_id)
+    store.verify_and_confirm(run_id)
+    assert store.complete(run_id) == "completed"
+    result = store.safe_cleanup_old_projects(run_id, witness=GONE if witness is None else witness)
+    return summary.verdicts[0], result
+
+
 def run_once(
     store: InventoryStore,
     seen: dict[str, Iterable[str]],

@@ -5,24 +5,12 @@ from __future__ import annotations
 
 import pytest
 
-from enum_pipeline.scan import stage_sources
 from enum_pipeline.sources.github import GitHubSource
-from enum_pipeline.store import InventoryStore
 from enum_pipeline_tests.fake_codehosts import FakeCodeHost, FakeSleep, GitHubApp
-from enum_pipeline_tests.helpers import GONE, new_run_id
+from enum_pipeline_tests.helpers import run_source
 
 TOKEN_ENV = "ENUM_TEST_RUNS_TOKEN"
 TOKEN = "test-only-runs-token-NOT-REAL-0010"
-
-
-def _run(store: InventoryStore, source):
-    run_id = new_run_id()
-    generation = store.begin(run_id)
-    summary = stage_sources(store, run_id, generation, [source])
-    store.flush(run_id)
-    store.verify_and_confirm(run_id)
-    assert store.complete(run_id) == "completed"
-    return summary.verdicts[0], store.safe_cleanup_old_projects(run_id, witness=GONE)
 
 
 @pytest.mark.parametrize("value", [None, ""], ids=["unset", "empty"])
@@ -39,7 +27,7 @@ def test_owner_whose_token_disappears_keeps_its_private_repositories(
             return GitHubSource("Acme", base_url=host.url, token_env=TOKEN_ENV, sleep=FakeSleep())
 
         monkeypatch.setenv(TOKEN_ENV, TOKEN)
-        verdict, _ = _run(store, source())
+        verdict, _ = run_source(store, source())
         assert verdict.complete and verdict.seen == 60
         assert {r["project_key"] for r in store.projects()} == {
             f"github:{host.host}:{r['id']}" for r in repos
@@ -50,7 +38,7 @@ def test_owner_whose_token_disappears_keeps_its_private_repositories(
                 monkeypatch.delenv(TOKEN_ENV, raising=False)
             else:
                 monkeypatch.setenv(TOKEN_ENV, value)
-            verdict, cleanup = _run(store, source())
+            verdict, cleanup = run_source(store, source())
             assert not verdict.complete and TOKEN_ENV in verdict.reason
             assert cleanup.removed == 0
             assert len(store.projects()) == 60  # the private ones too
@@ -67,12 +55,14 @@ def test_listing_narrowed_to_no_forks_or_archived_keeps_them(store, monkeypatch)
         def source(**kw) -> GitHubSource:
             return GitHubSource("Acme", base_url=host.url, token_env=TOKEN_ENV, **kw)
 
-        verdict, _ = _run(store, source())
+        verdict, _ = run_source(store, source())
         assert verdict.complete and verdict.seen == 60
         unseen = {f"github:{host.host}:{r['id']}" for r in repos if r["fork"] or r["archived"]}
         assert unseen
         for _ in range(2):
-            verdict, cleanup = _run(store, source(include_forks=False, include_archived=False))
+            verdict, cleanup = run_source(
+                store, source(include_forks=False, include_archived=False)
+            )
             assert verdict.complete and verdict.seen == 60 - len(unseen)
             assert cleanup.removed == 0 and len(store.projects()) == 60
             kept = {e.project_key: e for e in store.cleanup_entries(cleanup.run_id)}

@@ -8,14 +8,12 @@ from __future__ import annotations
 import pytest
 
 from enum_pipeline.config import ConfigError, parse_config
-from enum_pipeline.scan import stage_sources
 from enum_pipeline.sources.github import GitHubSource
 from enum_pipeline.sources.githubapp import RENEW_MARGIN_SECONDS
 from enum_pipeline.sources.witness import SourceWitness
-from enum_pipeline.store import InventoryStore
 from enum_pipeline_tests.fake_codehosts import FakeCodeHost, FakeSleep, scan
 from enum_pipeline_tests.fake_github_app import GitHubWithApp, new_key_pair
-from enum_pipeline_tests.helpers import GONE, new_run_id
+from enum_pipeline_tests.helpers import GONE, run_source
 
 APP_ID = 31337
 KEY_ENV = "ENUM_TEST_APP_KEY"
@@ -120,16 +118,6 @@ def test_a_selected_installation_is_marked_and_its_missing_rows_are_out_of_cover
     assert verdict.identity["repository_selection"] == "selected"
 
 
-def _run(store: InventoryStore, source, witness):
-    run_id = new_run_id()
-    generation = store.begin(run_id)
-    summary = stage_sources(store, run_id, generation, [source])
-    store.flush(run_id)
-    store.verify_and_confirm(run_id)
-    assert store.complete(run_id) == "completed"
-    return summary.verdicts[0], store.safe_cleanup_old_projects(run_id, witness=witness)
-
-
 @pytest.mark.parametrize("witness", ["source", "confirms-everything"])
 def test_narrowing_a_selected_installation_loses_nothing(store, app, keys, monkeypatch, witness):
     """Granted 120, then 50 of them: the 70 no longer granted are kept, out of coverage, run
@@ -144,12 +132,12 @@ def test_narrowing_a_selected_installation_loses_nothing(store, app, keys, monke
         def confirm():
             return SourceWitness([source()]) if witness == "source" else GONE
 
-        verdict, _ = _run(store, source(), confirm())
+        verdict, _ = run_source(store, source(), confirm())
         assert verdict.complete and verdict.seen == 120
         assert len(store.projects()) == 120
         app.grant({r["id"] for r in repos[:50]})
         for _ in range(2):
-            verdict, cleanup = _run(store, source(), confirm())
+            verdict, cleanup = run_source(store, source(), confirm())
             assert verdict.complete and verdict.seen == 50
             assert cleanup.removed == 0
             assert len(store.projects()) == 120
@@ -157,7 +145,7 @@ def test_narrowing_a_selected_installation_loses_nothing(store, app, keys, monke
             assert len(entries) == 70
             assert all("selected repositories only" in (e.reason or "") for e in entries)
         app.grant(None)
-        verdict, cleanup = _run(store, source(), confirm())
+        verdict, cleanup = run_source(store, source(), confirm())
         assert verdict.complete and verdict.seen == 250
         assert cleanup.removed == 0 and len(store.projects()) == 250
 

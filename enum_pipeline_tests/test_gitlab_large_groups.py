@@ -9,12 +9,10 @@ import time
 
 import pytest
 
-from enum_pipeline.scan import stage_sources
 from enum_pipeline.sources.gitlab import RANGE_SIZE, GitLabSource
 from enum_pipeline.sources.witness import SourceWitness
-from enum_pipeline.store import InventoryStore
 from enum_pipeline_tests.fake_codehosts import FakeCodeHost, FakeSleep, GitLabApp, scan
-from enum_pipeline_tests.helpers import new_run_id
+from enum_pipeline_tests.helpers import run_source
 
 TOKEN_ENV = "ENUM_TEST_BIG_GITLAB_TOKEN"
 TOKEN = "test-only-gitlab-token-NOT-REAL-2500"
@@ -85,31 +83,19 @@ def test_a_listing_cut_short_past_the_limit_says_it_cannot_be_proven(big):
     assert "no x-total" in verdict.reason and "incomplete on every run" in verdict.reason
 
 
-def _run(store: InventoryStore, source):
-    run_id = new_run_id()
-    generation = store.begin(run_id)
-    summary = stage_sources(store, run_id, generation, [source])
-    store.flush(run_id)
-    store.verify_and_confirm(run_id)
-    assert store.complete(run_id) == "completed"
-    return summary.verdicts[0], store.safe_cleanup_old_projects(
-        run_id, witness=SourceWitness([source])
-    )
-
-
 def test_two_runs_of_a_huge_group_with_deletions_between_lose_nothing_else(store, big):
     with FakeCodeHost(big) as host:
-        verdict, _ = _run(store, _source(host))
+        verdict, _ = run_source(store, _source(host), SourceWitness([_source(host)]))
         assert verdict.complete and store.count_projects() == SIZE
         gone = [p["id"] for p in big.projects[100:110]]
         for pid in gone:
             big.delete_project(pid)
         big.fail_page(200, status=500, times=None)  # a page that never answers
-        verdict, cleanup = _run(store, _source(host))
+        verdict, cleanup = run_source(store, _source(host), SourceWitness([_source(host)]))
         assert not verdict.complete and cleanup.removed == 0
         assert store.count_projects() == SIZE
         big.faults.clear()
-        verdict, cleanup = _run(store, _source(host))
+        verdict, cleanup = run_source(store, _source(host), SourceWitness([_source(host)]))
         assert verdict.complete, verdict.reason
         assert cleanup.removed == len(gone)
         assert store.count_projects() == SIZE - len(gone)

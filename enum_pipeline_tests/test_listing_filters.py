@@ -8,12 +8,10 @@ from __future__ import annotations
 import pytest
 
 from enum_pipeline.config import ConfigError, parse_config
-from enum_pipeline.scan import stage_sources
 from enum_pipeline.sources.filters import ListingFilter
 from enum_pipeline.sources.gitea import GiteaSource
 from enum_pipeline.sources.github import GitHubSource
 from enum_pipeline.sources.gitlab import GitLabSource
-from enum_pipeline.store import InventoryStore
 from enum_pipeline_tests.fake_codehosts import (
     FakeCodeHost,
     FakeSleep,
@@ -22,20 +20,10 @@ from enum_pipeline_tests.fake_codehosts import (
     GitLabApp,
     scan,
 )
-from enum_pipeline_tests.helpers import GONE, new_run_id
+from enum_pipeline_tests.helpers import run_source
 
 TOKEN_ENV = "ENUM_TEST_FILTER_TOKEN"
 TOKEN = "test-only-filter-token-NOT-REAL-0022"
-
-
-def _run(store: InventoryStore, source):
-    run_id = new_run_id()
-    generation = store.begin(run_id)
-    summary = stage_sources(store, run_id, generation, [source])
-    store.flush(run_id)
-    store.verify_and_confirm(run_id)
-    assert store.complete(run_id) == "completed"
-    return summary.verdicts[0], store.safe_cleanup_old_projects(run_id, witness=GONE)
 
 
 def _github(n: int = 40) -> GitHubApp:
@@ -69,11 +57,11 @@ def test_narrowing_then_widening_a_github_filter_loses_nothing(
                 "Acme", base_url=host.url, token_env=TOKEN_ENV, sleep=FakeSleep(), **kw
             )
 
-        verdict, _ = _run(store, source(**wide))
+        verdict, _ = run_source(store, source(**wide))
         everything = len(store.projects())
         assert verdict.complete and everything > 0
         for _ in range(2):
-            verdict, cleanup = _run(store, source(**narrow))
+            verdict, cleanup = run_source(store, source(**narrow))
             assert verdict.complete, verdict.reason
             assert verdict.coverage["filters"] == ListingFilter.of(**narrow).as_coverage()
             assert 0 < verdict.seen < everything
@@ -81,7 +69,7 @@ def test_narrowing_then_widening_a_github_filter_loses_nothing(
             kept = store.cleanup_entries(cleanup.run_id)
             assert len(kept) == everything - verdict.seen
             assert all(reason in (e.reason or "") for e in kept), kept[0].reason
-        verdict, cleanup = _run(store, source(**wide))
+        verdict, cleanup = run_source(store, source(**wide))
         assert verdict.seen == everything and cleanup.removed == 0
 
 
@@ -96,12 +84,12 @@ def test_a_filtered_repository_that_is_really_gone_is_removed_once_the_filter_wi
         def source(**kw) -> GitHubSource:
             return GitHubSource("Acme", base_url=host.url, token_env=TOKEN_ENV, **kw)
 
-        _run(store, source())
+        run_source(store, source())
         lib = next(r for r in app.owners["acme"].repos if r["name"].startswith("lib-"))
         app.delete("Acme", lib["id"])
-        _, cleanup = _run(store, source(include=["svc-*"]))
+        _, cleanup = run_source(store, source(include=["svc-*"]))
         assert cleanup.removed == 0 and len(store.projects()) == 8
-        _, cleanup = _run(store, source())
+        _, cleanup = run_source(store, source())
         assert cleanup.removed == 1 and len(store.projects()) == 7
 
 
@@ -117,17 +105,17 @@ def test_gitlab_subgroups_left_out_are_kept_and_come_back(store, monkeypatch):
         def source(**kw) -> GitLabSource:
             return GitLabSource("platform", base_url=host.url, token_env=TOKEN_ENV, **kw)
 
-        verdict, _ = _run(store, source())
+        verdict, _ = run_source(store, source())
         assert verdict.complete and verdict.seen == 14
         for _ in range(2):
-            verdict, cleanup = _run(store, source(exclude_subgroups=["legacy"]))
+            verdict, cleanup = run_source(store, source(exclude_subgroups=["legacy"]))
             assert verdict.complete, verdict.reason
             assert verdict.seen == 7 and cleanup.removed == 0
             assert len(store.projects()) == 14
             kept = store.cleanup_entries(cleanup.run_id)
             assert {e.location.split("/")[1] for e in kept} == {"legacy"}
             assert all("exclude_subgroups" in (e.reason or "") for e in kept)
-        verdict, cleanup = _run(store, source())
+        verdict, cleanup = run_source(store, source())
         assert verdict.seen == 14 and cleanup.removed == 0
 
 
@@ -140,8 +128,8 @@ def test_gitea_name_filter_keeps_what_it_hides(store, monkeypatch):
         def source(**kw) -> GiteaSource:
             return GiteaSource("infra", base_url=host.url, token_env=TOKEN_ENV, **kw)
 
-        _run(store, source())
-        verdict, cleanup = _run(store, source(exclude=["*-000[0-4]"]))
+        run_source(store, source())
+        verdict, cleanup = run_source(store, source(exclude=["*-000[0-4]"]))
         assert verdict.complete and verdict.seen == 7
         assert cleanup.removed == 0 and len(store.projects()) == 12
 

@@ -11,11 +11,9 @@ from __future__ import annotations
 import os
 import signal
 import time
-import uuid
 from pathlib import Path
 
 import pytest
-import sqlalchemy as sa
 import yaml
 from dagster import DagsterRunStatus
 from dagster._core.test_utils import create_test_daemon_workspace_context, instance_for_test
@@ -23,7 +21,6 @@ from dagster._core.workspace.load_target import ModuleTarget
 from dagster._daemon.run_coordinator.queued_run_coordinator_daemon import (
     QueuedRunCoordinatorDaemon,
 )
-from sqlalchemy.engine import make_url
 
 from enum_pipeline.config import load_config_file
 from enum_pipeline.defs.constants import ENUMERATE_JOB, SCOPES_PARTITIONS
@@ -45,20 +42,6 @@ ORGS = ["alpha", "beta", "gamma", "delta"]
 PER_ORG = 150
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture
-def dagster_pg_url():
-    """A fresh PostgreSQL database for Dagster's storage (psycopg2, as deployed)."""
-    admin = sa.create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
-    name = f"enum_pipeline_queued_{os.getpid()}_{uuid.uuid4().hex[:6]}"
-    with admin.connect() as conn:
-        conn.exec_driver_sql(f'CREATE DATABASE "{name}"')
-    url = make_url(PG_ADMIN_URL).set(drivername="postgresql+psycopg2", database=name)
-    yield url.render_as_string(hide_password=False)
-    with admin.connect() as conn:
-        conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    admin.dispose()
 
 
 class Faulty(GitHubApp):

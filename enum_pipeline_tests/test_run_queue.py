@@ -12,11 +12,9 @@ from __future__ import annotations
 import json
 import os
 import time
-import uuid
 from pathlib import Path
 
 import pytest
-import sqlalchemy as sa
 import yaml
 from dagster import DagsterRunStatus
 from dagster._core.test_utils import create_test_daemon_workspace_context, instance_for_test
@@ -24,7 +22,6 @@ from dagster._core.workspace.load_target import ModuleTarget
 from dagster._daemon.run_coordinator.queued_run_coordinator_daemon import (
     QueuedRunCoordinatorDaemon,
 )
-from sqlalchemy.engine import make_url
 
 from enum_pipeline.config import parse_config
 from enum_pipeline.defs.constants import SCOPE_TAG
@@ -39,20 +36,6 @@ LOCATION = "queue_test"
 RUN_SECONDS = 12.0
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture
-def dagster_pg_url():
-    """A fresh PostgreSQL database for Dagster's storage (psycopg2, as the deployment)."""
-    admin = sa.create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
-    name = f"enum_pipeline_queue_{os.getpid()}_{uuid.uuid4().hex[:6]}"
-    with admin.connect() as conn:
-        conn.exec_driver_sql(f'CREATE DATABASE "{name}"')
-    url = make_url(PG_ADMIN_URL).set(drivername="postgresql+psycopg2", database=name)
-    yield url.render_as_string(hide_password=False)
-    with admin.connect() as conn:
-        conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    admin.dispose()
 
 
 def _scope_tags() -> dict[str, dict[str, str]]:
