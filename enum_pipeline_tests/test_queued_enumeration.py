@@ -32,9 +32,6 @@ from enum_pipeline_tests.fake_codehosts import FakeCodeHost, GitHubApp, Reply
 from enum_pipeline_tests.helpers import pg_schema_url
 
 REPO = Path(__file__).resolve().parents[1]
-PG_ADMIN_URL = os.environ.get(
-    "ENUM_PIPELINE_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
-)
 LOCATION = "enum_pipeline"
 TOKEN_ENV = "ENUM_TEST_QUEUE_TOKEN"
 TOKEN = "test-only-queue-token-NOT-REAL-0021"

@@ -10,7 +10,6 @@ scope, three at a time per code host and token, four in all.
 from __future__ import annotations
 
 import json
-import os
 import time
 from pathlib import Path
 
@@ -28,9 +27,6 @@ from enum_pipeline.defs.constants import SCOPE_TAG
 from enum_pipeline.defs.placement import scope_run_tags
 
 REPO = Path(__file__).resolve().parents[1]
-PG_ADMIN_URL = os.environ.get(
-    "ENUM_PIPELINE_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
-)
 LOCATION = "queue_test"
 #: How long each run's op sleeps: longer than the spread of four run workers' start-up.
 RUN_SECONDS = 12.0
