@@ -83,12 +83,6 @@ def repo_tree(tmp_path: Path) -> Path:
 def dagster_pg_url():
     """A fresh PostgreSQL database for Dagster's own storage (psycopg2, as deployed), dropped
     afterwards: for the tests that run Dagster's queue daemon over PostgreSQL."""
-    import os
-    import uuid
-
-    import sqlalchemy as sa
-    from sqlalchemy.engine import make_url
-
     admin_url = os.environ.get(
         "ENUM_PIPELINE_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
     )
@@ -101,3 +95,24 @@ def dagster_pg_url():
     with admin.connect() as conn:
         conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
     admin.dispose()
+
+
+@pytest.fixture
+def env(db_url, repo_tree, monkeypatch):
+    """Point the code location at a fresh database and the test tree (``ENUM_PIPELINE_ROOTS``);
+    the inventory store on it."""
+    monkeypatch.setenv("ENUM_PIPELINE_DATABASE_URL", db_url)
+    monkeypatch.setenv("ENUM_PIPELINE_ROOTS", str(repo_tree))
+    monkeypatch.delenv("ENUM_PIPELINE_CONFIG", raising=False)
+    store = InventoryStore(db_url)
+    yield store
+    store.dispose()
+
+
+@pytest.fixture
+def instance():
+    """A Dagster instance of its own (``instance_for_test``)."""
+    from dagster._core.test_utils import instance_for_test
+
+    with instance_for_test() as inst:
+        yield inst

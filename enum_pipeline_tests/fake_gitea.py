@@ -15,6 +15,7 @@ from enum_pipeline_tests.fake_http import (
     Reply,
     _link,
     _Owner,
+    page_links,
 )
 
 
@@ -161,13 +162,7 @@ class GiteaApp(FakeApp):
                 nq["page"] = str(n)
                 return f"{root}{path}?{urlencode(nq)}"
 
-            rels: dict[str, str] = {}
-            if page < last:
-                rels["next"] = url(page + 1)
-                rels["last"] = url(last)
-            if page > 1:
-                rels["first"] = url(1)
-                rels["prev"] = url(page - 1)
+            rels = page_links(url, page, last)
             if rels:
                 headers["Link"] = _link(rels)
         return Reply.json(200, items, headers, page=page)

@@ -19,6 +19,7 @@ from enum_pipeline_tests.fake_http import (
     _iso,
     _link,
     _Owner,
+    page_links,
 )
 
 
@@ -178,13 +179,7 @@ class GitHubApp(FakeApp):
             q["page"] = str(n)
             return f"{base}?{urlencode(q)}"
 
-        rels: dict[str, str] = {}
-        if page > 1:
-            rels["prev"] = url(page - 1)
-            rels["first"] = url(1)
-        if page < last:
-            rels["next"] = url(page + 1)
-            rels["last"] = url(last)
+        rels = page_links(url, page, last)
         headers = {
             "x-ratelimit-limit": "5000",
             "x-ratelimit-remaining": "4999",

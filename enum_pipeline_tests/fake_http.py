@@ -265,6 +265,19 @@ class FakeApp:
             return self._next_id
 
 
+def page_links(url, page: int, last: int) -> dict[str, str]:
+    """The ``Link`` relations of page ``page`` of ``last`` (``url(n)``: page n's URL), as
+    GitHub and Gitea send them: prev and first past page 1, next and last before the end."""
+    rels: dict[str, str] = {}
+    if page > 1:
+        rels["prev"] = url(page - 1)
+        rels["first"] = url(1)
+    if page < last:
+        rels["next"] = url(page + 1)
+        rels["last"] = url(last)
+    return rels
+
+
 def _link(rels: dict[str, str]) -> str:
     return ", ".join(f'<{url}>; rel="{rel}"' for rel, url in rels.items())
 

@@ -47,23 +47,6 @@ from enum_pipeline_tests.helpers import (
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture
-def env(db_url, repo_tree, monkeypatch):
-    """Point the code location at a fresh database and the test tree."""
-    monkeypatch.setenv("ENUM_PIPELINE_DATABASE_URL", db_url)
-    monkeypatch.setenv("ENUM_PIPELINE_ROOTS", str(repo_tree))
-    monkeypatch.delenv("ENUM_PIPELINE_CONFIG", raising=False)
-    store = InventoryStore(db_url)
-    yield store
-    store.dispose()
-
-
-@pytest.fixture
-def instance():
-    with instance_for_test() as inst:
-        yield inst
-
-
 def _enumerate(instance: DagsterInstance):
     return enumerate_scopes(instance)
 

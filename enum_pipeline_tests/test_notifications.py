@@ -10,7 +10,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import unquote_plus
 
 import pytest
-from dagster import build_run_status_sensor_context, instance_for_test, job, op
+from dagster import build_run_status_sensor_context, job, op
 
 from enum_pipeline.config import ConfigError, load_config_file
 from enum_pipeline.definitions import defs
@@ -18,7 +18,6 @@ from enum_pipeline.defs.constants import cleanup_run_config
 from enum_pipeline.defs.notifier import Notifier
 from enum_pipeline.defs.notify import notify_blocked_cleanup, notify_stuck_scopes
 from enum_pipeline.defs.resources import InventoryResource
-from enum_pipeline.store import InventoryStore
 from enum_pipeline_tests.helpers import enumerate_scopes, run_once, run_partition_tags_of
 
 
@@ -52,22 +51,6 @@ def webhook():
     hook = Webhook()
     yield hook
     hook.close()
-
-
-@pytest.fixture
-def env(db_url, repo_tree, monkeypatch):
-    monkeypatch.setenv("ENUM_PIPELINE_DATABASE_URL", db_url)
-    monkeypatch.setenv("ENUM_PIPELINE_ROOTS", str(repo_tree))
-    monkeypatch.delenv("ENUM_PIPELINE_CONFIG", raising=False)
-    store = InventoryStore(db_url)
-    yield store
-    store.dispose()
-
-
-@pytest.fixture
-def instance():
-    with instance_for_test() as inst:
-        yield inst
 
 
 def _failure_context(instance, result, notifier):

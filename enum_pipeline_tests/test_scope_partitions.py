@@ -16,7 +16,6 @@ from dagster import (
     build_schedule_context,
     build_sensor_context,
     execute_job,
-    instance_for_test,
 )
 from dagster._core.definitions.assets.job.asset_job import IMPLICIT_ASSET_JOB_NAME
 from dagster._core.definitions.reconstruct import ReconstructableRepository
@@ -91,12 +90,6 @@ def env(db_url, config, monkeypatch):
     store = InventoryStore(db_url)
     yield store
     store.dispose()
-
-
-@pytest.fixture
-def instance():
-    with instance_for_test() as inst:
-        yield inst
 
 
 def _names(store: InventoryStore) -> set[str]:
