@@ -69,7 +69,7 @@ def test_run_delete_run_removes_the_repository_and_keeps_history(cli, inventory,
     assert "found 5, added 5" in out
     assert _names(inventory) == {"alpha", "beta", "gamma", "delta", "epsilon"}
     shutil.rmtree(repo_tree / "gamma")
-    code, out = cli("run", "--root", str(repo_tree))
+    code, out = cli("run", "--root", str(repo_tree), "--reports")
     assert code == 0, out
     assert "removed 1" in out
     assert "gamma" not in _names(inventory)
@@ -85,6 +85,45 @@ def test_run_delete_run_removes_the_repository_and_keeps_history(cli, inventory,
     code, out = cli("restore", run_id)
     assert code == 0 and "restored 1" in out
     assert "gamma" in _names(inventory)
+
+
+def test_run_leaves_the_reports_to_the_sensor_unless_asked_or_an_export_is_configured(
+    cli, repo_tree, tmp_path
+):
+    """The pandas reports are most of ``run``'s own time: by default it says who makes them
+    and makes none; ``--reports`` makes them in the process, tagged with the run; a configured
+    export file is written by the run itself (a cron job's consumer reads it)."""
+
+    def reports_runs() -> list:
+        with DagsterInstance.from_config(str(cli.home)) as instance:
+            return instance.get_runs(RunsFilter(job_name="inventory_reports"))
+
+    code, out = cli("run", "--root", str(repo_tree))
+    assert code == 0, out
+    assert "reports: left to the sensor reports_after_enumeration" in out
+    assert reports_runs() == []
+
+    code, out = cli("run", "--root", str(repo_tree), "--reports")
+    assert code == 0, out
+    [made] = reports_runs()
+    assert made.status == DagsterRunStatus.SUCCESS
+    assert made.tags["enum_pipeline/enumeration_run"] == _run_id(out)
+
+    export = tmp_path / "inventory.csv"
+    config = tmp_path / "sources.yaml"
+    config.write_text(
+        f"sources:\n  - kind: filesystem\n    roots: [{json.dumps(str(repo_tree))}]\n"
+        f"catalog:\n  export_path: {json.dumps(str(export))}\n"
+    )
+    code, out = cli("run", "--config", str(config))
+    assert code == 0, out
+    assert "reports: left" not in out
+    assert len(reports_runs()) == 2
+    assert "alpha" in export.read_text()
+
+    code, out = cli("run", "--config", str(config), "--no-reports")
+    assert code == 0, out
+    assert len(reports_runs()) == 2
 
 
 def test_failed_flush_removes_nothing_and_exits_1(cli, inventory, repo_tree, db_url):

@@ -11,12 +11,15 @@ from dagster import (
     AssetKey,
     DagsterInstance,
     RunRequest,
-    build_run_status_sensor_context,
+    RunsFilter,
+    build_sensor_context,
     instance_for_test,
 )
 
 from enum_pipeline.definitions import defs
+from enum_pipeline.defs.constants import ENUMERATION_RUN_TAG
 from enum_pipeline.defs.reports import reports_after_enumeration
+from enum_pipeline.defs.resources import InventoryResource
 from enum_pipeline.store import InventoryStore
 from enum_pipeline.store.query import OUTPUT_COLUMNS
 from enum_pipeline_tests.fake_codehosts import FakeCodeHost
@@ -41,12 +44,18 @@ def enumerated(db_url, tmp_path, monkeypatch):
     InventoryStore(db_url).dispose()
 
 
-def _materialize(instance: DagsterInstance, keys: list[str], run_config: dict | None = None):
+def _materialize(
+    instance: DagsterInstance,
+    keys: list[str],
+    run_config: dict | None = None,
+    tags: dict | None = None,
+):
     job = defs.resolve_job_def("inventory_reports")
     return job.execute_in_process(
         instance=instance,
         asset_selection=[AssetKey(k) for k in keys],
         run_config=run_config or {},
+        tags=tags,
     )
 
 
@@ -110,50 +119,60 @@ def test_export_asset_without_a_path_writes_nothing(enumerated):
     assert _meta(instance, "inventory_export")["written"] is False
 
 
-def test_reports_are_requested_after_every_completed_enumeration(enumerated):
-    instance, result = enumerated
-    run = instance.get_run_by_id(result.run_id)
-    event = next(e for e in result.all_events if e.event_type_value == "PIPELINE_SUCCESS")
-    context = build_run_status_sensor_context(
-        sensor_name="reports_after_enumeration",
-        dagster_instance=instance,
-        dagster_run=run,
-        dagster_event=event,
+def _tick(instance):
+    """One evaluation of ``reports_after_enumeration`` as the daemon makes it."""
+    return reports_after_enumeration(
+        build_sensor_context(instance=instance, resources={"inventory": InventoryResource()})
     )
-    request = reports_after_enumeration(context)
+
+
+def test_reports_are_requested_once_for_the_newest_completed_enumeration(enumerated):
+    """A completed run asks for its reports once: the request names the run; once a reports
+    run of it exists (the sensor's own, or one ``enum-pipeline run --reports`` made), the
+    sensor says which and asks nothing; a newer completed run asks again."""
+    instance, result = enumerated
+    request = _tick(instance)
     assert isinstance(request, RunRequest)
     assert request.run_key == f"reports-{result.run_id}"
+    assert request.tags[ENUMERATION_RUN_TAG] == result.run_id
     assert reports_after_enumeration.job_name == "inventory_reports"
+
+    made = _materialize(instance, REPORTS, tags=request.tags)
+    skipped = _tick(instance)
+    assert not isinstance(skipped, RunRequest)
+    assert made.run_id in skipped.skip_message and result.run_id in skipped.skip_message
+
+    newer = enumerate_scopes(instance)
+    assert newer.success
+    again = _tick(instance)
+    assert isinstance(again, RunRequest) and again.run_key == f"reports-{newer.run_id}"
+
+
+def test_a_run_made_while_no_daemon_ran_gets_its_reports_when_the_sensor_first_ticks(
+    enumerated,
+):
+    """``enum-pipeline run`` leaves the reports to this sensor, and the daemon may start long
+    after: its first tick (no cursor, no earlier tick) asks for the newest completed run's."""
+    instance, result = enumerated
+    assert not instance.get_runs(RunsFilter(job_name="inventory_reports"))
+    request = _tick(instance)
+    assert isinstance(request, RunRequest) and result.run_id in request.run_key
 
 
 def test_a_wave_of_scope_runs_requests_the_reports_once_the_last_one_completes(enumerated):
     """The schedule launches one run per scope: while another enumeration run is queued or
-    running, a completed one asks for nothing; the last one does."""
+    running, nothing is asked; once it has ended, the newest completed run's reports are."""
     from dagster import DagsterRunStatus
 
-    from enum_pipeline.definitions import defs
-
     instance, result = enumerated
-    run = instance.get_run_by_id(result.run_id)
-    event = next(e for e in result.all_events if e.event_type_value == "PIPELINE_SUCCESS")
     job = defs.resolve_job_def("enumerate_projects")
     other = instance.create_run_for_job(job_def=job, status=DagsterRunStatus.STARTED)
-
-    def tick():
-        return reports_after_enumeration(
-            build_run_status_sensor_context(
-                sensor_name="reports_after_enumeration",
-                dagster_instance=instance,
-                dagster_run=run,
-                dagster_event=event,
-            )
-        )
-
-    waiting = tick()
+    waiting = _tick(instance)
     assert not isinstance(waiting, RunRequest)
     assert "1 enumeration runs are still queued or running" in waiting.skip_message
     instance.report_run_canceled(instance.get_run_by_id(other.run_id))
-    assert isinstance(tick(), RunRequest)
+    request = _tick(instance)
+    assert isinstance(request, RunRequest) and result.run_id in request.run_key
 
 
 def test_loading_the_code_location_does_not_import_pandas():

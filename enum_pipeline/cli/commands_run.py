@@ -10,7 +10,7 @@ from datetime import UTC, datetime
 from enum_pipeline.cli import home
 from enum_pipeline.cli.errors import EXIT_BLOCKED, EXIT_FAILED, EXIT_OK, UsageError, _UnknownRun
 from enum_pipeline.cli.output import LISTED, _print_cleanup
-from enum_pipeline.config import load_config
+from enum_pipeline.config import PipelineConfig, load_config
 from enum_pipeline.output import wrong_target
 from enum_pipeline.steps import cleanup_due
 from enum_pipeline.store import UnknownRunError
@@ -145,10 +145,10 @@ def _refusal(store, scopes: list[str] | None) -> str | None:
     )
 
 
-def _checked_run_inputs(args) -> tuple[dict, object, list[str]]:
-    """The scan's run config, the store and the scope keys the run reads, once every input is
-    checked and no live run reads one of those scopes; a UsageError (exit 2, nothing begun)
-    otherwise."""
+def _checked_run_inputs(args) -> tuple[dict, object, list[str], PipelineConfig]:
+    """The scan's run config, the store, the scope keys the run reads and the configuration,
+    once every input is checked and no live run reads one of those scopes; a UsageError (exit
+    2, nothing begun) otherwise."""
     if args.root is not None and any(not r.strip() for r in args.root):
         raise UsageError("--root needs a folder, not an empty string")
     roots = [os.path.abspath(os.path.expanduser(r)) for r in args.root or []] or None
@@ -158,7 +158,8 @@ def _checked_run_inputs(args) -> tuple[dict, object, list[str]]:
             raise UsageError(f"--root {root} {what}; nothing was begun")
     config_path = os.path.abspath(args.config) if args.config else None
     # Every source is built (and so checked) before anything begins.
-    sources = load_config(config_path, roots).build_sources()
+    pipeline = load_config(config_path, roots)
+    sources = pipeline.build_sources()
     scopes = [k for source in sources for k in source.scope_keys()]
     store = home._store()
     refusal = _refusal(store, scopes)
@@ -169,7 +170,7 @@ def _checked_run_inputs(args) -> tuple[dict, object, list[str]]:
         scan["roots"] = roots
     if config_path:
         scan["config_path"] = config_path
-    return scan, store, scopes
+    return scan, store, scopes, pipeline
 
 
 def _print_run(store, run_id: str, elapsed: float, scopes: list[str]):
@@ -198,7 +199,7 @@ def _print_run(store, run_id: str, elapsed: float, scopes: list[str]):
 def cmd_run(args) -> int:
     """One enumeration run of every scope through Dagster (one run over their partitions, see
     ``_one_run_over``), then the cleanup the sensor would request."""
-    scan, store, scopes = _checked_run_inputs(args)
+    scan, store, scopes, pipeline = _checked_run_inputs(args)
     instance = home._instance()
     started = time.monotonic()
     tags = _one_run_over(instance, scopes, ad_hoc=bool(args.root))
@@ -217,9 +218,25 @@ def cmd_run(args) -> int:
     code = EXIT_OK
     if not args.no_cleanup:
         code, _ = _cleanup(instance, store, result.run_id, args)
-    if not args.no_reports:
-        _reports(instance, result.run_id, args)
+    if _reports_here(args, pipeline):
+        _reports(instance, result.run_id, args, pipeline)
+    elif not args.no_reports:
+        print(
+            "reports: left to the sensor reports_after_enumeration (enum-pipeline ui, or the "
+            "daemon); --reports makes them now"
+        )
     return code
+
+
+def _reports_here(args, pipeline: PipelineConfig) -> bool:
+    """Whether ``enum-pipeline run`` materializes the reports itself: asked with ``--reports``,
+    or a configured export file to write. Otherwise the daemon's sensor makes them (pandas and a
+    third Dagster run would be most of this command's own time)."""
+    if args.no_reports:
+        return False
+    if args.reports:
+        return True
+    return bool(pipeline.catalog.export_path)
 
 
 def _cleanable(store, given: str) -> str:
@@ -234,12 +251,17 @@ def _cleanable(store, given: str) -> str:
     return run_id
 
 
-def _reports(instance, run_id: str, args) -> bool:
-    """Materialize the report assets after a completed run (a failure is shown, not fatal)."""
+def _reports(instance, run_id: str, args, pipeline: PipelineConfig) -> bool:
+    """Materialize the report assets after a completed run (a failure is shown, not fatal);
+    the export goes where the run's configuration (``--config`` too) says."""
     job = home._job("inventory_reports")
+    run_config: dict = {"loggers": {"console": {"config": {"log_level": args.log_level}}}}
+    if pipeline.catalog.export_path:
+        export = {"path": pipeline.catalog.export_path, "format": pipeline.catalog.export_format}
+        run_config["ops"] = {"inventory_export": {"config": export}}
     result = job.execute_in_process(
         instance=instance,
-        run_config={"loggers": {"console": {"config": {"log_level": args.log_level}}}},
+        run_config=run_config,
         raise_on_error=False,
         tags={home._constants().ENUMERATION_RUN_TAG: run_id},
     )

@@ -98,8 +98,16 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--config", help="YAML configuration (default: ENUM_PIPELINE_CONFIG)")
     run.add_argument("--root", action="append", help="scan this folder (repeatable)")
     run.add_argument("--no-cleanup", action="store_true", help="skip the cleanup")
-    run.add_argument(
-        "--no-reports", action="store_true", help="skip the report assets after the run"
+    reports = run.add_mutually_exclusive_group()
+    reports.add_argument(
+        "--reports",
+        action="store_true",
+        help="materialize the report assets in this process after the run (default: only when "
+        "catalog.export_path is set; otherwise the daemon's sensor reports_after_enumeration "
+        "makes them)",
+    )
+    reports.add_argument(
+        "--no-reports", action="store_true", help="never materialize the report assets here"
     )
     run.set_defaults(func=cmd_run)
 

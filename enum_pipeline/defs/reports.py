@@ -18,7 +18,7 @@ from dagster import (
     Output,
     RunRequest,
     RunsFilter,
-    RunStatusSensorContext,
+    SensorEvaluationContext,
     SkipReason,
     TableColumn,
     TableRecord,
@@ -26,7 +26,7 @@ from dagster import (
     asset,
     define_asset_job,
     in_process_executor,
-    run_status_sensor,
+    sensor,
 )
 from pydantic import Field
 
@@ -174,26 +174,40 @@ inventory_reports = define_asset_job(
 )
 
 
-@run_status_sensor(
-    run_status=DagsterRunStatus.SUCCESS,
-    monitored_jobs=[enumerate_projects],
-    request_job=inventory_reports,
+@sensor(
+    job=inventory_reports,
+    minimum_interval_seconds=30,
     default_status=DefaultSensorStatus.RUNNING,
 )
-def reports_after_enumeration(context: RunStatusSensorContext):
-    """Materialize the reports once a wave of enumeration runs is over: after a run that
-    completed when no other enumeration run is queued or running (the schedule launches one
-    run per scope; the last of them to finish asks, not each)."""
-    run_id = context.dagster_run.run_id
-    if context.dagster_run.status != DagsterRunStatus.SUCCESS:
-        return SkipReason(f"run {run_id} did not succeed")
+def reports_after_enumeration(context: SensorEvaluationContext, inventory: InventoryResource):
+    """Materialize the reports of the newest completed enumeration, once, when no enumeration
+    run is queued or running: after a wave of scope runs (the schedule launches one run per
+    scope; the reports come once the last has ended), and after runs this daemon did not see
+    end (``enum-pipeline run`` leaves its reports to this sensor; so does a run made while no
+    daemon ran)."""
+    from enum_pipeline.store import latest_completed_run
+
+    try:
+        run_id = latest_completed_run(inventory.store())
+    except Exception as err:  # noqa: BLE001 - a database down is this tick's skip, not an error
+        return SkipReason(f"the inventory cannot be read: {err}")
+    if run_id is None:
+        return SkipReason("no enumeration has completed yet")
+    made = context.instance.get_runs(
+        RunsFilter(job_name=inventory_reports.name, tags={ENUMERATION_RUN_TAG: run_id}), limit=1
+    )
+    if made:
+        return SkipReason(
+            f"the reports of run {run_id} (the newest completed) are Dagster run "
+            f"{made[0].run_id} ({made[0].status.value.lower()})"
+        )
     pending = context.instance.get_runs_count(
         RunsFilter(job_name=enumerate_projects.name, statuses=_NOT_FINISHED)
     )
     if pending:
         return SkipReason(
             f"run {run_id} completed while {pending} enumeration runs are still queued or "
-            "running: the last of them to complete requests the reports"
+            "running: the reports come once they have ended"
         )
     return RunRequest(run_key=f"reports-{run_id}", tags={ENUMERATION_RUN_TAG: run_id})
 
