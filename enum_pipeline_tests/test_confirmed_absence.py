@@ -211,6 +211,29 @@ def test_the_filesystem_witness_rules(tmp_path) -> None:
     assert under_file.answer == Absence.UNKNOWN
 
 
+def test_an_unreadable_configuration_keeps_code_host_rows_and_says_so_once(tmp_path) -> None:
+    """With no configuration (an ad hoc ``--root`` run's cleanup), a checkout is still looked
+    at and nothing is said; a code-host row is kept with the configuration's error, said once
+    however many rows need a witness."""
+    said: list[str] = []
+    witness = SourceWitness(config_error="no sources configured", warn=said.append)
+    dev = os.stat(tmp_path).st_dev
+    gone = Candidate(
+        f"fs:{tmp_path}/gone", f"fs:{tmp_path}", "filesystem", "gone", str(tmp_path / "gone"),
+        attributes={"device": dev},
+    )  # fmt: skip
+    assert [c.answer for c in witness.confirm([gone])] == [Absence.GONE]
+    assert said == []
+    hosted = [
+        Candidate(f"github:h:acme/{n}", "github:h:acme", "github", n, f"https://h/acme/{n}")
+        for n in ("a", "b")
+    ]
+    answers = list(witness.confirm(hosted))
+    assert [a.answer for a in answers] == [Absence.UNKNOWN, Absence.UNKNOWN]
+    assert all("no sources configured" in a.evidence for a in answers)
+    assert len(said) == 1 and "their rows are kept" in said[0]
+
+
 def test_confirmations_are_bounded_and_the_rest_wait(store, tmp_path) -> None:
     root = _tree(tmp_path, names=("a", "b", "c", "d"))
     source = FilesystemSource([str(root)])

@@ -60,11 +60,24 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _main(argv: list[str] | None) -> int:
+    _quiet_dagster_notices()
     try:
         return _dispatch(argv)
     except BrokenPipeError:  # e.g. `enum-pipeline projects | head -1`: stop quietly
         _quiet_stdout()
         return EXIT_PIPE
+
+
+def _quiet_dagster_notices() -> None:
+    """No beta/preview notices of Dagster's own APIs on a user's terminal (the code location
+    uses ``backfill_policy`` and partitioned checks on purpose; ``dagster dev`` still shows
+    them)."""
+    import warnings
+
+    from dagster import BetaWarning, PreviewWarning
+
+    for category in (BetaWarning, PreviewWarning):
+        warnings.filterwarnings("ignore", category=category)
 
 
 def _dispatch(argv: list[str] | None) -> int:

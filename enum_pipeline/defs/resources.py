@@ -60,12 +60,9 @@ class InventoryResource(ConfigurableResource):
         candidates (a filesystem checkout needs no configuration). A configuration that cannot
         be read leaves the code-host scopes without a witness, so they keep their rows."""
         try:
-            sources = self.pipeline_config().build_sources()
-        except ConfigError as err:
-            if log is not None:
-                log(f"no code-host witness for this cleanup (their rows are kept): {err}")
-            sources = []
-        return SourceWitness(sources)
+            return SourceWitness(self.pipeline_config().build_sources())
+        except ConfigError as err:  # said (once) when a code-host row asks for its witness
+            return SourceWitness(config_error=str(err), warn=log)
 
     def store(self) -> InventoryStore:
         """A store shared by every step of this process (one engine per URL)."""

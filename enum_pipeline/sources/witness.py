@@ -20,7 +20,7 @@ from __future__ import annotations
 import logging
 import os
 import stat
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -214,11 +214,19 @@ class SourceWitness:
     confirmation, keeps its candidates (default deny).
     """
 
-    def __init__(self, sources: Iterable[Any] = ()) -> None:
+    def __init__(
+        self,
+        sources: Iterable[Any] = (),
+        *,
+        config_error: str | None = None,
+        warn: Callable[[str], None] | None = None,
+    ) -> None:
         self.by_scope: dict[str, Any] = {}
         for source in sources:
             for scope_key in source.scope_keys():
                 self.by_scope.setdefault(scope_key, source)
+        self.config_error = config_error  # why no source could be built, if none could
+        self._warn = warn
 
     def confirm(self, candidates: Sequence[Candidate]) -> Iterator[Confirmation]:
         """One confirmation per candidate, scope by scope."""
@@ -250,6 +258,15 @@ class SourceWitness:
         if source is None and kind == "filesystem":
             # a checkout's path needs no configuration to be looked at
             return lambda group: (filesystem_absence(c) for c in group)
+        if source is None and self.config_error is not None:
+            if self._warn is not None:  # once, and only when a code-host row needs a witness
+                self._warn(f"no code-host witness for this cleanup (their rows are kept): "
+                           f"{self.config_error}")  # fmt: skip
+                self._warn = None
+            return (
+                f"no {kind} source can look the project up (the configuration cannot be read: "
+                f"{self.config_error}), so its absence cannot be confirmed"
+            )
         if source is None:
             return (
                 f"scope {scope_key} is not configured now: no {kind} source can look the "
