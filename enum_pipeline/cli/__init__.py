@@ -74,10 +74,8 @@ def _quiet_dagster_notices() -> None:
     them)."""
     import warnings
 
-    from dagster import BetaWarning, PreviewWarning
-
-    for category in (BetaWarning, PreviewWarning):
-        warnings.filterwarnings("ignore", category=category)
+    # by message: importing dagster here would cost every read command its start-up
+    warnings.filterwarnings("ignore", message=r".* is currently in (beta|preview)")
 
 
 def _dispatch(argv: list[str] | None) -> int:
