@@ -305,8 +305,9 @@ CLI_PHASES = (
     "import dagster",
     "instance",
     "job build",
-    "enumerate_projects",
-    "cleanup_projects",
+    "enumerate_projects",  # older CLIs, and --no-cleanup
+    "cleanup_projects",  # older CLIs: the cleanup's own Dagster run
+    "enumerate_and_clean_up",  # the enumeration and its cleanup in one Dagster run
     "inventory_reports",
     "other",  # argument parsing, config, the store's start-up and the lines printed
     "exit",  # after the command returned until the parent saw the process end
@@ -398,7 +399,7 @@ def _cli_instrumented(root: str, cwd: str) -> dict:
     phases = {name: marks.get(name, 0.0) for name in CLI_PHASES}
     phases["start-up"] = marks["in_process"] - started
     phases["exit"] = ended - marks["done"]
-    inside = sum(marks.get(n, 0.0) for n in CLI_PHASES[2:7])
+    inside = sum(marks.get(n, 0.0) for n in CLI_PHASES[2:8])
     phases["other"] = marks["command"] - inside
     return {"wall": ended - started, "phases": phases, "store": marks["store"],
             "scan": marks["scan"]}  # fmt: skip

@@ -460,7 +460,11 @@ STORE_NOTES = [
 def _cli_note(s: dict) -> str:
     """Where the cold CLI's time goes (the *again* phases): what is Dagster's, what is ours."""
     ph = {name: v["median"] for name, v in s["again_phases"].items()}
-    runs = ph["enumerate_projects"] + ph["cleanup_projects"] + ph["inventory_reports"]
+    runs = sum(
+        ph.get(n, 0.0)
+        for n in ("enumerate_projects", "cleanup_projects", "enumerate_and_clean_up",
+                  "inventory_reports")
+    )  # fmt: skip
     ours = s["again_scan_store"]["median"]
     fixed = ph["import dagster"] + ph["instance"] + ph["job build"]
     return (

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import sys
 import time
+import uuid
 from datetime import UTC, datetime
 
 from enum_pipeline.cli import home
@@ -87,6 +88,7 @@ def _step_errors(result) -> list[str]:
 def _cleanup(
     instance, store, run_id: str, args, *, approve=False, dry_run=False, plan_id=None
 ) -> tuple[int, dict]:
+    """The cleanup of ``run_id`` as its own Dagster run (``cleanup``, ``approve``)."""
     from enum_pipeline.defs.cleanup_notice import REQUESTED_BY_TAG
 
     extra = {"approve": approve, "dry_run": dry_run}
@@ -107,6 +109,11 @@ def _cleanup(
             REQUESTED_BY_TAG: f"enum-pipeline {args.command}",
         },
     )
+    return _cleanup_outcome(result, run_id)
+
+
+def _cleanup_outcome(result, run_id: str) -> tuple[int, dict]:
+    """Print what the cleanup step of Dagster run ``result`` did; its exit code and data."""
     try:
         data = result.output_for_node("stale_projects_cleanup")
     except Exception:  # noqa: BLE001 - the step failed before its output: report its error
@@ -198,17 +205,29 @@ def _print_run(store, run_id: str, elapsed: float, scopes: list[str]):
 
 def cmd_run(args) -> int:
     """One enumeration run of every scope through Dagster (one run over their partitions, see
-    ``_one_run_over``), then the cleanup the sensor would request."""
+    ``_one_run_over``), and the cleanup of its flush in the same Dagster run
+    (``enumerate_and_clean_up``; ``--no-cleanup``: ``enumerate_projects`` alone)."""
+    from enum_pipeline.defs.cleanup_notice import REQUESTED_BY_TAG
+
     scan, store, scopes, pipeline = _checked_run_inputs(args)
     instance = home._instance()
     started = time.monotonic()
     tags = _one_run_over(instance, scopes, ad_hoc=bool(args.root))
-    job = home._job("enumerate_projects")
+    run_config = _run_config(args, scan)
+    constants = home._constants()
+    run_id = str(uuid.uuid4())  # known before the run: its cleanup's run_id is its own
+    if args.no_cleanup:
+        job = home._job(constants.ENUMERATE_JOB)
+    else:
+        job = home._job(constants.RUN_AND_CLEAN_JOB)
+        ops = constants.cleanup_run_config(run_id)["ops"]
+        run_config["ops"] = {**run_config.get("ops", {}), **ops}
+        tags |= {constants.ENUMERATION_RUN_TAG: run_id, REQUESTED_BY_TAG: "enum-pipeline run"}
     result = job.execute_in_process(
-        instance=instance, run_config=_run_config(args, scan), raise_on_error=False, tags=tags
+        instance=instance, run_config=run_config, raise_on_error=False, tags=tags, run_id=run_id
     )
-    info = _print_run(store, result.run_id, time.monotonic() - started, scopes)
-    if not result.success or not cleanup_due(store, result.run_id).due:
+    info = _print_run(store, run_id, time.monotonic() - started, scopes)
+    if not cleanup_due(store, run_id).due:
         for error in _step_errors(result):
             print(f"enum-pipeline: {error}", file=sys.stderr)
         if info is not None and info.error:
@@ -217,9 +236,9 @@ def cmd_run(args) -> int:
         return EXIT_FAILED
     code = EXIT_OK
     if not args.no_cleanup:
-        code, _ = _cleanup(instance, store, result.run_id, args)
+        code, _ = _cleanup_outcome(result, run_id)
     if _reports_here(args, pipeline):
-        _reports(instance, result.run_id, args, pipeline)
+        _reports(instance, run_id, args, pipeline)
     elif not args.no_reports:
         print(
             "reports: left to the sensor reports_after_enumeration (enum-pipeline ui, or the "

@@ -33,7 +33,13 @@ WORKSPACE = """load_from:
 """
 
 # The jobs the CLI executes, and the defs modules that hold their assets and checks.
-CLI_JOBS = ("enumerate_projects", "cleanup_projects", "inventory_reports", "restore_projects")
+CLI_JOBS = (
+    "enumerate_projects",
+    "enumerate_and_clean_up",
+    "cleanup_projects",
+    "inventory_reports",
+    "restore_projects",
+)
 
 _OPENED: list = []  # Dagster instances and stores the command opened, closed before exit
 

@@ -85,7 +85,7 @@ def cleanup_entries(store, run_id: str, result) -> list:
 @asset(
     group_name=GROUP,
     kinds=DB_KINDS,
-    deps=[AssetKey("projects")],
+    deps=[AssetKey("projects"), AssetKey("run_state")],  # the cleanup of a run that ended
     pool=CLEANUP_POOL,
     partitions_def=SCOPES,
     backfill_policy=BackfillPolicy.single_run(),

@@ -22,6 +22,8 @@ CLEANUP_POOL = "enum_pipeline/cleanup"
 
 ENUMERATE_JOB = "enumerate_projects"
 CLEANUP_JOB = "cleanup_projects"
+#: ``enum-pipeline run``: the enumeration and the cleanup of its own flush in one Dagster run.
+RUN_AND_CLEAN_JOB = "enumerate_and_clean_up"
 APPROVE_JOB = "approve_cleanup"
 #: The ops whose config names the enumeration run: the cleanup asset, the restore op.
 CLEANUP_OP = "stale_projects_cleanup"

@@ -20,6 +20,7 @@ from enum_pipeline.defs.constants import (
     CLEANUP_POOL,
     CLEANUP_TAGS,
     ENUMERATE_JOB,
+    RUN_AND_CLEAN_JOB,
     cleanup_run_config,
     dagster_run_lookup,
 )
@@ -38,6 +39,19 @@ enumerate_projects = define_asset_job(
     description=(
         "Scan the run's scopes (its partitions: one, or a range), flush and verify, then "
         "complete the run (the delta, by project, is in the metadata of projects)."
+    ),
+)
+
+
+enumerate_and_clean_up = define_asset_job(
+    RUN_AND_CLEAN_JOB,
+    selection=AssetSelection.assets(enumeration, stale_projects_cleanup),
+    executor_def=in_process_executor,
+    partitions_def=SCOPES,
+    description=(
+        "What enum-pipeline run executes: the enumeration of its scopes, then the cleanup of "
+        "its own confirmed flush (run_id: this run's), in one Dagster run. The cleanup claims "
+        "the flush as any cleanup does; a blocked one fails its check and this run."
     ),
 )
 

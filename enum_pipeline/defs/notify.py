@@ -23,7 +23,12 @@ from dagster import (
 from enum_pipeline.config import ConfigError
 from enum_pipeline.defs.cleanup_notice import approve_link
 from enum_pipeline.defs.constants import ENUMERATION_RUN_TAG
-from enum_pipeline.defs.jobs import approve_cleanup, cleanup_projects, enumerate_projects
+from enum_pipeline.defs.jobs import (
+    approve_cleanup,
+    cleanup_projects,
+    enumerate_and_clean_up,
+    enumerate_projects,
+)
 from enum_pipeline.defs.notifier import WEBHOOK_ENV, Notice, Notifier
 from enum_pipeline.defs.resources import InventoryResource
 from enum_pipeline.defs.scopes import partition_tags_of
@@ -74,7 +79,7 @@ def blocked_notice(
 
 @run_failure_sensor(
     name="notify_blocked_cleanup",
-    monitored_jobs=[cleanup_projects, approve_cleanup],
+    monitored_jobs=[cleanup_projects, approve_cleanup, enumerate_and_clean_up],
     default_status=DefaultSensorStatus.RUNNING,
     description="Sends one notification per blocked cleanup plan (the notifier resource).",
 )
@@ -151,7 +156,7 @@ def _trouble(reading) -> str | None:
 @run_status_sensor(
     name="notify_stuck_scopes",
     run_status=DagsterRunStatus.SUCCESS,
-    monitored_jobs=[enumerate_projects],
+    monitored_jobs=[enumerate_projects, enumerate_and_clean_up],
     default_status=DefaultSensorStatus.RUNNING,
     description="Sends one notification when a scope stays incomplete or held for more than "
     "notify.stuck_after_runs runs.",

@@ -32,7 +32,7 @@ from pydantic import Field
 
 from enum_pipeline.defs.catalog import catalog
 from enum_pipeline.defs.constants import ENUMERATION_RUN_TAG
-from enum_pipeline.defs.jobs import enumerate_projects
+from enum_pipeline.defs.jobs import enumerate_and_clean_up, enumerate_projects
 from enum_pipeline.defs.resources import InventoryResource
 from enum_pipeline.store import CHANGE_KINDS
 
@@ -201,8 +201,9 @@ def reports_after_enumeration(context: SensorEvaluationContext, inventory: Inven
             f"the reports of run {run_id} (the newest completed) are Dagster run "
             f"{made[0].run_id} ({made[0].status.value.lower()})"
         )
-    pending = context.instance.get_runs_count(
-        RunsFilter(job_name=enumerate_projects.name, statuses=_NOT_FINISHED)
+    pending = sum(
+        context.instance.get_runs_count(RunsFilter(job_name=job.name, statuses=_NOT_FINISHED))
+        for job in (enumerate_projects, enumerate_and_clean_up)
     )
     if pending:
         return SkipReason(
