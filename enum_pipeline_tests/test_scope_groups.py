@@ -4,6 +4,7 @@ requests for a configuration on a loopback GitHub, and one grouped request execu
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from pathlib import Path
 
 import pytest
 import yaml
@@ -255,3 +256,13 @@ def test_a_grouped_request_reads_all_its_scopes_in_one_run(github, instance):
     result = job.execute_in_process(instance=instance, tags=second.tags, raise_on_error=False)
     assert result.success
     assert store.count_projects() == sum(PER_ORG.values())
+
+
+def test_the_default_launchers_queue_launches_dequeued_runs_in_threads():
+    """The default launcher waits for each run's process to start: dequeued one after the
+    other, four runs begin seconds apart (bench/bench_queue.py)."""
+    repo = Path(__file__).resolve().parents[1]
+    for name in ("dagster.yaml", "deploy/dagster.postgres.yaml"):
+        section = yaml.safe_load((repo / name).read_text())["run_coordinator"]
+        assert section["class"] == "QueuedRunCoordinator", name
+        assert section["config"] == {"dequeue_use_threads": True, "dequeue_num_workers": 4}, name
