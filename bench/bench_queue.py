@@ -250,6 +250,7 @@ class Bench:
             )
             instance.submit_run(run.run_id, request_context)
             run_ids.append(run.run_id)
+        self.submitted_s = time.time() - start  # the runs created (with their plans), queued
         deadline = time.monotonic() + timeout
         while True:
             list(daemon.run_iteration(workspace))
@@ -281,7 +282,7 @@ class Bench:
         ok = complete == expected and store.count_projects() == expected * self.args.repos
         ok = ok and all(r.dagster_run.status.value == "SUCCESS" for r in records.values())
         store.dispose()
-        phases = _phases(instance, records, start)
+        phases = _phases(instance, records, start, self.submitted_s)
         note = f"{len(requests)} runs, {complete}/{len(read)} complete; {phases}"
         return Result(name, wall, ok, note), {
             "start": start,
@@ -317,9 +318,10 @@ class Bench:
         return Result(name, wall, ok, f"the run alone {child['run_s']:.1f} s, process start incl.")
 
 
-def _phases(instance, records, start: float) -> str:
-    """Where the queued runs' time went: submit to launch (the queue), launch to the worker's
-    start (a process: start-up, imports, the instance), the worker's start to its end."""
+def _phases(instance, records, start: float, submitted: float) -> str:
+    """Where the queued runs' time went: creating and queueing them (``submitted`` seconds),
+    submit to launch (the queue), launch to the worker's start (a process: start-up, imports,
+    the instance), the worker's start to its end."""
     stats = [instance.get_run_stats(run_id) for run_id in records]
     launched = sorted(s.launch_time - start for s in stats)
     started = sorted(s.start_time - s.launch_time for s in stats)
@@ -329,8 +331,8 @@ def _phases(instance, records, start: float) -> str:
         return f"{values[0]:.1f}" if len(values) == 1 else f"{values[0]:.1f}–{values[-1]:.1f}"
 
     return (
-        f"launched {spread(launched)} s after submit, workers up {spread(started)} s "
-        f"after launch, ran {spread(ran)} s"
+        f"queued in {submitted:.1f} s, launched {spread(launched)} s after submit, "
+        f"workers up {spread(started)} s after launch, ran {spread(ran)} s"
     )
 
 
@@ -428,7 +430,7 @@ def run(args) -> list[Result]:
         for i in picks:
             wall, start, records = bench.through_queue(instance, workspace, [all_single[i]])
             ok = all(r.dagster_run.status.value == "SUCCESS" for r in records.values())
-            singles[orgs[i]] = (wall, ok, _phases(instance, records, start))
+            singles[orgs[i]] = (wall, ok, _phases(instance, records, start, bench.submitted_s))
             say(f"  single {orgs[i]}: {wall:.2f} s ({singles[orgs[i]][2]})")
         store.dispose()
         slowest = max(singles, key=lambda o: singles[o][0])
