@@ -103,7 +103,8 @@ def scope_run_tags(source: Source, scope_key: str) -> dict[str, str]:
 def scope_run_groups(
     sources: Iterable[Source], partition_order: Sequence[str], scopes_per_run: int = 1
 ) -> list[tuple[list[str], dict[str, str]]]:
-    """The schedule's runs: ``(partition keys, run tags)`` each, in configuration order.
+    """The schedule's runs, in configuration order: ``(partition keys, run tags)`` each, the
+    keys in ``partition_order``.
 
     Scopes share a run only when they have the same source kind, ``host_token_value`` and
     Kubernetes placement, at most ``scopes_per_run`` of them, and their partitions are
@@ -121,9 +122,8 @@ def scope_run_groups(
     kinds: dict[tuple[str, str, str | None], list[str]] = {}
     for key, (source, scope) in scopes.items():
         tags = scope_run_tags(source, scope)
-        kinds.setdefault((source.kind, tags[HOST_TOKEN_TAG], tags.get(K8S_CONFIG_TAG)), []).append(
-            key
-        )
+        kind = (source.kind, tags[HOST_TOKEN_TAG], tags.get(K8S_CONFIG_TAG))
+        kinds.setdefault(kind, []).append(key)
     chunks: list[list[str]] = []
     for keys in kinds.values():
         placed = sorted((k for k in keys if k in position), key=position.__getitem__)
