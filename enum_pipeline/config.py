@@ -133,7 +133,20 @@ class PipelineConfig(_Strict):
     notify: NotifyConfig = NotifyConfig()
     batch_size: int = Field(1000, ge=1, le=100_000)
     parallel_sources: int = Field(
-        1, ge=1, le=64, description="Sources (and filesystem roots) scanned at the same time."
+        1,
+        ge=1,
+        le=64,
+        description="Sources (and filesystem roots) scanned at the same time within one run "
+        "(a grouped schedule run reads its scopes with this many threads).",
+    )
+    scopes_per_run: int = Field(
+        1,
+        ge=1,
+        le=1000,
+        description="Scopes the schedule puts in one run: up to this many of one source kind, "
+        "host and token and placement whose partitions are contiguous (a range). Each queued "
+        "run is a process of its own (a few seconds to start): set it, with parallel_sources, "
+        "for many short scopes on one machine.",
     )
 
     _origin: str = PrivateAttr("the configuration")

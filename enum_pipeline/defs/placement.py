@@ -1,7 +1,8 @@
 """Where and under which queue limits a scope's run goes: the run tags of one scope.
 
 One function answers it for the schedule, backfills, the CLI and the deployment docs:
-``scope_run_tags``. The run queue limits runs per unique value of ``SCOPE_TAG`` (one at a
+``scope_run_tags``; ``scope_run_groups`` puts several scopes in one run (``scopes_per_run``).
+The run queue limits runs per unique value of ``SCOPE_TAG`` (one at a
 time) and of ``HOST_TOKEN_TAG`` (a code host and the token it is read with, or the host whose
 disk a filesystem scope is on). A source's ``placement:`` (``sources.hostconfig.Placement``)
 adds the ``dagster-k8s/config`` tag that ``K8sRunLauncher`` reads: the pod is pinned to the
@@ -21,10 +22,11 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 from enum_pipeline.defs.constants import HOST_TOKEN_TAG, SCOPE_TAG
+from enum_pipeline.defs.scopes import partition_key, run_partition_tags
 from enum_pipeline.sources.base import Source
 
 #: The run tag dagster-k8s reads a run's user-defined Kubernetes configuration from.
@@ -96,6 +98,53 @@ def scope_run_tags(source: Source, scope_key: str) -> dict[str, str]:
     if k8s is not None:
         tags[K8S_CONFIG_TAG] = json.dumps(k8s, sort_keys=True, separators=(",", ":"))
     return tags
+
+
+def scope_run_groups(
+    sources: Iterable[Source], partition_order: Sequence[str], scopes_per_run: int = 1
+) -> list[tuple[list[str], dict[str, str]]]:
+    """The schedule's runs, in configuration order: ``(partition keys, run tags)`` each, the
+    keys in ``partition_order``.
+
+    Scopes share a run only when they have the same source kind, ``host_token_value`` and
+    Kubernetes placement, at most ``scopes_per_run`` of them, and their partitions are
+    contiguous in ``partition_order`` (a run over several is a range, and a range covers every
+    partition between its ends). A run of one scope has its partition tag and
+    ``scope_run_tags``, as before; a run of several has the range's tags, the group's
+    ``HOST_TOKEN_TAG`` (and ``dagster-k8s/config``), and ``SCOPE_TAG`` "<first scope key> +N
+    more": stable from tick to tick, so the queue holds a group to one run at a time."""
+    scopes: dict[str, tuple[Source, str]] = {}  # partition key -> (source, scope key)
+    for source in sources:
+        for key in source.scope_keys():
+            scopes.setdefault(partition_key(key), (source, key))
+    config_index = {key: i for i, key in enumerate(scopes)}
+    position = {key: i for i, key in enumerate(partition_order)}
+    kinds: dict[tuple[str, str, str | None], list[str]] = {}
+    for key, (source, scope) in scopes.items():
+        tags = scope_run_tags(source, scope)
+        kind = (source.kind, tags[HOST_TOKEN_TAG], tags.get(K8S_CONFIG_TAG))
+        kinds.setdefault(kind, []).append(key)
+    chunks: list[list[str]] = []
+    for keys in kinds.values():
+        placed = sorted((k for k in keys if k in position), key=position.__getitem__)
+        chunks.extend([k] for k in keys if k not in position)  # not a partition: alone
+        run: list[str] = []
+        for key in placed:
+            if run and (len(run) >= scopes_per_run or position[key] != position[run[-1]] + 1):
+                chunks.append(run)
+                run = []
+            run.append(key)
+        if run:
+            chunks.append(run)
+    chunks.sort(key=lambda chunk: min(config_index[k] for k in chunk))
+    groups = []
+    for chunk in chunks:
+        source, scope = scopes[chunk[0]]
+        tags = scope_run_tags(source, scope)
+        if len(chunk) > 1:
+            tags[SCOPE_TAG] = f"{scope} +{len(chunk) - 1} more"
+        groups.append((chunk, {**tags, **run_partition_tags(chunk)}))
+    return groups
 
 
 def docker_container_context(
