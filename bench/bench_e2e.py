@@ -317,6 +317,9 @@ CLI_PHASES = (
 def cli_child_main(spec: dict) -> int:
     """``enum-pipeline run`` in this process, its phases timed; the marks go to spec["out"]."""
     marks = {"in_process": time.time()}
+    import gc
+
+    gc.disable()  # as the console script does (enum_pipeline.console)
     import enum_pipeline.cli as cli
 
     t = time.perf_counter()

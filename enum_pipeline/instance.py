@@ -165,19 +165,36 @@ class ReusingSqliteRunStorage(SqliteRunStorage):
         self._reused.dispose()
 
 
-def storage_overrides(home: str) -> dict:
-    """The instance configuration that puts the reusing storages on ``home``'s default SQLite
-    files, or ``{}`` when ``home``'s ``dagster.yaml`` chooses a storage itself (read as plain
-    YAML: Dagster validates the file when it opens the instance, and a file it refuses is left
-    to it to report)."""
+#: What a CLI command's runs capture of their steps' stdout and stderr: nothing. Dagster's
+#: default manager mirrors each step's streams through ``tail`` processes (started, then waited
+#: for: 40-50 ms of a run's time here); a command's output is on its terminal already. A home
+#: whose ``dagster.yaml`` configures ``compute_logs`` keeps its choice.
+NO_COMPUTE_LOG_CAPTURE = {
+    "module": "dagster._core.storage.noop_compute_log_manager",
+    "class": "NoOpComputeLogManager",
+    "config": {},
+}
+
+
+def _home_config(home: str) -> dict | None:
+    """``home``'s ``dagster.yaml`` as plain YAML (``{}`` when there is none), or None when it
+    cannot be read: Dagster validates the file when it opens the instance, and a file it
+    refuses is left to it to report."""
     try:
         with open(os.path.join(home, "dagster.yaml"), encoding="utf-8") as file:
             config = yaml.safe_load(file)
     except FileNotFoundError:
-        config = None
-    except (OSError, yaml.YAMLError):
         return {}
-    if isinstance(config, dict) and any(config.get(key) for key in STORAGE_KEYS):
+    except (OSError, yaml.YAMLError):
+        return None
+    return config if isinstance(config, dict) else {}
+
+
+def storage_overrides(home: str) -> dict:
+    """The instance configuration that puts the reusing storages on ``home``'s default SQLite
+    files, or ``{}`` when ``home``'s ``dagster.yaml`` chooses a storage itself."""
+    config = _home_config(home)
+    if config is None or any(config.get(key) for key in STORAGE_KEYS):
         return {}
     module = __name__
     return {
@@ -195,7 +212,12 @@ def storage_overrides(home: str) -> dict:
 
 
 def open_instance(home: str) -> DagsterInstance:
-    """The Dagster instance of ``home`` (a ``DAGSTER_HOME``), its SQLite storages reusing their
-    connections when ``home`` is on the embedded default."""
-    ref = InstanceRef.from_dir(home, overrides=storage_overrides(home))
+    """The Dagster instance of ``home`` (a ``DAGSTER_HOME``) for a CLI command: its SQLite
+    storages reusing their connections when ``home`` is on the embedded default, and no
+    capture of the steps' stdout and stderr unless ``home`` configures ``compute_logs``."""
+    overrides = storage_overrides(home)
+    config = _home_config(home)
+    if config is not None and not config.get("compute_logs"):
+        overrides["compute_logs"] = NO_COMPUTE_LOG_CAPTURE
+    ref = InstanceRef.from_dir(home, overrides=overrides)
     return DagsterInstance.from_ref(ref)

@@ -151,3 +151,39 @@ def test_a_run_file_the_cli_instance_makes_is_the_one_dagster_makes(home, tmp_pa
     assert expected[1] and expected[2] == "wal"
     for run_id in ours:
         assert _shard_facts(runs / f"{run_id}.db") == expected
+
+
+@asset
+def talks() -> int:
+    print("stdout of a step")
+    return 1
+
+
+def test_cli_runs_capture_no_compute_logs_unless_the_home_configures_them(home, tmp_path):
+    """A command's output is on its terminal: the CLI's instance starts no ``tail`` mirrors
+    (nothing is written under the compute-log folder); a home that configures ``compute_logs``
+    keeps them."""
+    from dagster._core.storage.local_compute_log_manager import LocalComputeLogManager
+    from dagster._core.storage.noop_compute_log_manager import NoOpComputeLogManager
+
+    instance = open_instance(str(home))
+    try:
+        assert isinstance(instance.compute_log_manager, NoOpComputeLogManager)
+        assert materialize([talks], instance=instance).success
+    finally:
+        instance.dispose()
+    assert not any((home / "storage").rglob("*.out"))  # where Dagster's default would write
+
+    logs = tmp_path / "logs"
+    (home / "dagster.yaml").write_text(
+        "telemetry:\n  enabled: false\n"
+        "compute_logs:\n  module: dagster.core.storage.local_compute_log_manager\n"
+        f"  class: LocalComputeLogManager\n  config:\n    base_dir: {logs}\n"
+    )
+    instance = open_instance(str(home))
+    try:
+        assert isinstance(instance.compute_log_manager, LocalComputeLogManager)
+        assert materialize([talks], instance=instance).success
+    finally:
+        instance.dispose()
+    assert any("stdout of a step" in p.read_text() for p in logs.rglob("*.out"))

@@ -22,7 +22,7 @@ from enum_pipeline.cli.errors import (
     EXIT_USAGE,
     UsageError,
 )
-from enum_pipeline.cli.home import CLI_JOBS, _close_opened, _instance, _job, _store
+from enum_pipeline.cli.home import CLI_JOBS, _close_opened, _instance, _job, _store, start_work
 from enum_pipeline.cli.output import _exit_now, _quiet_stdout
 from enum_pipeline.cli.parser import build_parser
 from enum_pipeline.config import ConfigError
@@ -84,6 +84,8 @@ def _dispatch(argv: list[str] | None) -> int:
         args = parser.parse_args(argv)
     except SystemExit as exit_:
         return EXIT_USAGE if exit_.code else EXIT_OK
+    if args.command != "run":  # run says when its start-up is over (before its Dagster run)
+        start_work()
     try:
         return args.func(args)
     except (UsageError, ConfigError) as err:

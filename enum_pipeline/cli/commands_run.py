@@ -223,6 +223,7 @@ def cmd_run(args) -> int:
         ops = constants.cleanup_run_config(run_id)["ops"]
         run_config["ops"] = {**run_config.get("ops", {}), **ops}
         tags |= {constants.ENUMERATION_RUN_TAG: run_id, REQUESTED_BY_TAG: "enum-pipeline run"}
+    home.start_work()
     result = job.execute_in_process(
         instance=instance, run_config=run_config, raise_on_error=False, tags=tags, run_id=run_id
     )

@@ -8,6 +8,7 @@ are imported here only, and only when a command needs them: the read commands ne
 from __future__ import annotations
 
 import functools
+import gc
 import os
 import shutil
 from pathlib import Path
@@ -42,6 +43,14 @@ CLI_JOBS = (
 )
 
 _OPENED: list = []  # Dagster instances and stores the command opened, closed before exit
+
+
+def start_work() -> None:
+    """The command's start-up is over: the garbage collector, off since the console script
+    began (``enum_pipeline.console``), comes back with every object made so far frozen."""
+    if not gc.isenabled():
+        gc.freeze()
+        gc.enable()
 
 
 def _store():
