@@ -8,6 +8,9 @@ it, so a request ends by its deadline whatever the server does.
 
 from __future__ import annotations
 
+import functools
+import os
+import ssl
 import threading
 import time
 from typing import Any
@@ -93,10 +96,22 @@ class _DeadlineBackend(httpcore.NetworkBackend):
         self._backend.sleep(seconds)
 
 
+@functools.lru_cache(maxsize=4)
+def _ssl_context(cert_file: str | None, cert_dir: str | None) -> ssl.SSLContext:
+    return httpx.create_ssl_context()  # reads SSL_CERT_FILE / SSL_CERT_DIR as httpx does
+
+
+def shared_ssl_context() -> ssl.SSLContext:
+    """One TLS context for every client of the process: building one loads the CA bundle
+    (~25 ms of CPU), once per source and run before. Contexts are safe to share across
+    threads; a changed ``SSL_CERT_FILE`` / ``SSL_CERT_DIR`` gets its own."""
+    return _ssl_context(os.environ.get("SSL_CERT_FILE"), os.environ.get("SSL_CERT_DIR"))
+
+
 def _deadline_transport(deadline: _Deadline) -> httpx.HTTPTransport:
     """An httpx transport whose sockets obey ``deadline`` (httpx has no public hook for a
     network backend; without the attribute the body's clock checks still bound the request)."""
-    transport = httpx.HTTPTransport()
+    transport = httpx.HTTPTransport(verify=shared_ssl_context())
     pool = getattr(transport, "_pool", None)
     backend = getattr(pool, "_network_backend", None)
     if backend is not None:
