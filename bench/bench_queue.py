@@ -274,8 +274,15 @@ class Bench:
             for s in store.scopes(run_id)
         }
 
-    def queued_mode(self, instance, workspace, name: str, **top) -> tuple[Result, dict]:
-        store = self.fresh_inventory()
+    def queued_mode(
+        self, instance, workspace, name: str, *, fresh: bool = True, **top
+    ) -> tuple[Result, dict]:
+        if fresh:
+            store = self.fresh_inventory()
+        else:  # the inventory of the mode before: the next tick of the same schedule
+            from enum_pipeline.store import InventoryStore
+
+            store = InventoryStore(self.inventory_url)
         requests = self.schedule_requests(instance, **top)
         wall, start, records = self.through_queue(instance, workspace, requests)
         read = self.scopes_read(store, records)
@@ -519,6 +526,35 @@ def run(args) -> list[Result]:
             )
         )
         say(f"  {failed.mode}: {failed.wall:.2f} s")
+
+        # (f) the next tick: the org whose last reading failed runs alone
+        app.failing = {failing}
+        nxt, detail = bench.queued_mode(
+            instance,
+            workspace,
+            f"(b) the next tick, {failing} still failing: it runs alone — every run ended",
+            fresh=False,
+            scopes_per_run=per_run,
+            parallel_sources=per_run,
+        )
+        app.failing = set()
+        read, records = detail["read"], detail["records"]
+        failing_run = read[failing_scope][2]
+        others = {k: v for k, v in read.items() if k != failing_scope}
+        ends = {run_id: r.end_time - detail["start"] for run_id, r in records.items()}
+        nxt.ok = all(ok for ok, _, _ in others.values()) and not read[failing_scope][0]
+        alone = [k for k, v in read.items() if v[2] == failing_run] == [failing_scope]
+        nxt.note = f"{len(records)} runs; {failing} alone in its run: {alone}"
+        results.append(nxt)
+        results.append(
+            Result(
+                f"(b) the next tick — all {len(orgs) - 1} other orgs in",
+                max(t for r, t in ends.items() if r != failing_run),
+                all(ok for ok, _, _ in others.values()) and alone,
+                f"{sum(1 for ok, _, _ in others.values() if ok)}/{len(orgs) - 1} complete",
+            )
+        )
+        say(f"  {nxt.mode}: {nxt.wall:.2f} s")
     return results
 
 

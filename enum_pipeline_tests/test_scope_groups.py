@@ -146,6 +146,20 @@ def test_a_group_is_split_where_its_partitions_are_not_contiguous():
     assert _grouped(sources, [o1, o2, o4], 5) == [[o1, o2, o4], [o3]]
 
 
+def test_a_scope_whose_last_reading_failed_runs_alone_and_splits_its_group():
+    sources = _sources(_github(["o1", "o2", "o3", "o4", "o5"]))
+    o1, o2, o3, o4, o5 = keys = _keys(sources)
+    failed = sources[2].scope_keys()[0]
+    assert [k for k, _ in scope_run_groups(sources, keys, 5, alone={failed})] == [
+        [o1, o2],
+        [o3],
+        [o4, o5],
+    ]
+    (_, tags) = scope_run_groups(sources, keys, 5, alone={failed})[1]
+    assert tags[SCOPE_TAG] == failed and tags[PARTITION_TAG] == o3
+    assert _grouped(sources, keys, 5) == [keys]  # read completely again: one group
+
+
 # --- the schedule, and a grouped run, on a loopback GitHub ------------------------------------
 
 TOKENS = {
@@ -181,6 +195,7 @@ def github(tmp_path, db_url, monkeypatch):
             path.write_text(yaml.safe_dump({"sources": sources, **top}))
 
         configure()
+        configure.app = app
         monkeypatch.setenv("ENUM_PIPELINE_CONFIG", str(path))
         monkeypatch.setenv("ENUM_PIPELINE_DATABASE_URL", db_url)
         monkeypatch.delenv("ENUM_PIPELINE_ROOTS", raising=False)
@@ -256,6 +271,35 @@ def test_a_grouped_request_reads_all_its_scopes_in_one_run(github, instance):
     result = job.execute_in_process(instance=instance, tags=second.tags, raise_on_error=False)
     assert result.success
     assert store.count_projects() == sum(PER_ORG.values())
+
+
+def test_an_org_whose_listing_failed_runs_alone_until_it_is_read_again(github, instance):
+    """A grouped run is flushed once every scope of it is read: an org whose last reading
+    failed gets a run of its own at the next tick, so its retries hold no run-mates back; read
+    completely again, it rejoins its group."""
+    configure, store = github
+    configure(scopes_per_run=3, parallel_sources=3)
+    _, scopes = _configured()
+    keys = [partition_key(k) for k in scopes]
+    first, _ = _tick(instance)
+    job = defs.resolve_job_def("enumerate_projects")
+    beta = configure.app.owners.pop("beta")  # its listing now answers 404
+    assert job.execute_in_process(instance=instance, tags=first.tags, raise_on_error=False)
+    read = {s.scope_key: s for s in store.scopes(store.runs()[0].run_id)}
+    assert not read[scopes[1]].complete and read[scopes[0]].complete
+
+    alpha, alone, gamma, pair = _tick(instance)
+    assert [r.partition_key for r in (alpha, alone, gamma)] == keys[0:3]
+    assert alone.tags[SCOPE_TAG] == scopes[1]
+    assert pair.tags.items() >= run_partition_tags(keys[3:5]).items()
+
+    configure.app.owners["beta"] = beta
+    result = job.execute_in_process(instance=instance, tags=alone.tags, raise_on_error=False)
+    assert result.success
+    assert all(s.complete for s in store.scopes(result.run_id))
+    regrouped = _tick(instance)
+    assert [r.partition_key for r in regrouped] == [None, None]
+    assert regrouped[0].tags.items() >= run_partition_tags(keys[0:3]).items()
 
 
 def test_the_default_launchers_queue_launches_dequeued_runs_in_threads():

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from typing import Any
 
 from enum_pipeline.defs.constants import HOST_TOKEN_TAG, SCOPE_TAG
@@ -101,7 +101,10 @@ def scope_run_tags(source: Source, scope_key: str) -> dict[str, str]:
 
 
 def scope_run_groups(
-    sources: Iterable[Source], partition_order: Sequence[str], scopes_per_run: int = 1
+    sources: Iterable[Source],
+    partition_order: Sequence[str],
+    scopes_per_run: int = 1,
+    alone: Collection[str] = (),
 ) -> list[tuple[list[str], dict[str, str]]]:
     """The schedule's runs, in configuration order: ``(partition keys, run tags)`` each, the
     keys in ``partition_order``.
@@ -112,7 +115,11 @@ def scope_run_groups(
     partition between its ends). A run of one scope has its partition tag and
     ``scope_run_tags``, as before; a run of several has the range's tags, the group's
     ``HOST_TOKEN_TAG`` (and ``dagster-k8s/config``), and ``SCOPE_TAG`` "<first scope key> +N
-    more": stable from tick to tick, so the queue holds a group to one run at a time."""
+    more": stable from tick to tick, so the queue holds a group to one run at a time.
+
+    A scope in ``alone`` (scope keys: those whose last reading was incomplete) gets a run of
+    its own: a run is flushed once all its scopes are read, so a failing host's retries would
+    hold its run-mates back every tick until it recovers."""
     scopes: dict[str, tuple[Source, str]] = {}  # partition key -> (source, scope key)
     for source in sources:
         for key in source.scope_keys():
@@ -128,8 +135,14 @@ def scope_run_groups(
     for keys in kinds.values():
         placed = sorted((k for k in keys if k in position), key=position.__getitem__)
         chunks.extend([k] for k in keys if k not in position)  # not a partition: alone
+        chunks.extend([k] for k in placed if scopes[k][1] in alone)
         run: list[str] = []
         for key in placed:
+            if scopes[key][1] in alone:  # its run-mates on either side are two ranges
+                if run:
+                    chunks.append(run)
+                run = []
+                continue
             if run and (len(run) >= scopes_per_run or position[key] != position[run[-1]] + 1):
                 chunks.append(run)
                 run = []

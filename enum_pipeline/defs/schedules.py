@@ -41,8 +41,12 @@ def enumerate_projects_schedule(context: ScheduleEvaluationContext, inventory: I
     if missing:
         context.instance.add_dynamic_partitions(SCOPES_PARTITIONS, missing)
     order = context.instance.get_dynamic_partitions(SCOPES_PARTITIONS)
+    alone: set[str] = set()
+    if pipeline.scopes_per_run > 1:  # a scope whose last reading failed holds no run-mates
+        readings = inventory.store().latest_scope_readings()
+        alone = {scope for scope, reading in readings.items() if not reading.complete}
     requests = []
-    for keys, tags in scope_run_groups(sources, order, pipeline.scopes_per_run):
+    for keys, tags in scope_run_groups(sources, order, pipeline.scopes_per_run, alone):
         if len(keys) == 1:
             requests.append(RunRequest(run_key=keys[0], partition_key=keys[0], tags=tags))
         else:  # a range: its tags are the partitions (a RunRequest names one key at most)

@@ -362,6 +362,10 @@ class InventoryStore:
         """The newest ``limit`` readings of one scope by completed runs, newest first."""
         return reads.scope_readings(self._ctx, scope_key, limit)
 
+    def latest_scope_readings(self) -> dict[str, ScopeReading]:
+        """Every scope's newest reading by a completed run, by scope key."""
+        return reads.latest_scope_readings(self._ctx)
+
     def project_keys(self, scope_key: str | None = None) -> set[str]:
         """Keys of the projects in the inventory (optionally of one scope)."""
         return reads.project_keys(self._ctx, scope_key)

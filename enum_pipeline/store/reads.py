@@ -69,6 +69,26 @@ def scope_readings(ctx: StoreContext, scope_key: str, limit: int) -> list[ScopeR
         return [ScopeReading.from_row(r) for r in rows]
 
 
+def latest_scope_readings(ctx: StoreContext) -> dict[str, ScopeReading]:
+    """Every scope's newest reading by a completed run, by scope key (one statement)."""
+    s, rs = t.run_scopes, t.run_state
+    newest = (
+        sa.select(
+            s,
+            sa.func.row_number()
+            .over(partition_by=s.c.scope_key, order_by=rs.c.generation.desc())
+            .label("newest"),
+        )
+        .select_from(s.join(rs, rs.c.run_id == s.c.run_id))
+        .where(rs.c.status == "completed")
+        .subquery()
+    )
+    columns = [newest.c[c.name] for c in s.columns]
+    with ctx.engine.connect() as conn:
+        rows = conn.execute(sa.select(*columns).where(newest.c.newest == 1)).mappings()
+        return {r["scope_key"]: ScopeReading.from_row(r) for r in rows}
+
+
 def project_keys(ctx: StoreContext, scope_key: str | None = None) -> set[str]:
     """Keys of the projects in the inventory (optionally of one scope)."""
     stmt = sa.select(t.projects.c.project_key)
