@@ -522,7 +522,38 @@ def notes(results: dict[str, dict]) -> list[str]:
     return out
 
 
-def render(results: dict[str, dict], command: str, info: dict, started: datetime, load) -> str:
+#: A hand-written section of BENCHMARKS.md (a benchmark bench/run does not run, e.g.
+#: bench_queue.py) carries this line; bench/run keeps such sections when it writes the file.
+KEPT = "<!-- kept by bench/run: written by hand from its own command -->"
+
+
+def kept_sections(path: str | None) -> list[str]:
+    """The sections of the file at ``path`` marked ``KEPT`` (heading to the next heading)."""
+    if not path or not os.path.exists(path):
+        return []
+    with open(path, encoding="utf-8") as f:
+        text = f.read()
+    sections, current = [], None
+    for line in text.splitlines():
+        if line.startswith("## "):
+            if current is not None:
+                sections.append(current)
+            current = [line]
+        elif current is not None:
+            current.append(line)
+    if current is not None:
+        sections.append(current)
+    return ["\n".join(sec).rstrip() for sec in sections if KEPT in sec]
+
+
+def render(
+    results: dict[str, dict],
+    command: str,
+    info: dict,
+    started: datetime,
+    load,
+    kept: list[str] = (),
+) -> str:
     total = sum(r["seconds"] for r in results.values())
     out = [
         "# Benchmarks",
@@ -547,6 +578,8 @@ def render(results: dict[str, dict], command: str, info: dict, started: datetime
     ):
         if name in results:
             out += section(results[name]) + [""]
+    for section in kept:
+        out += [section, ""]
     out += ["## Targets (issues #6, #13)", "", *targets(results), ""]
     out += notes(results)
     return "\n".join(out)
@@ -591,7 +624,8 @@ def main(argv: list[str] | None = None) -> int:
         print(line)
     if output:
         command = "bench/run" + "".join(f" {shlex.quote(a)}" for a in (argv or sys.argv[1:]))
-        text = render(results, command, info, started, (load_start, os.getloadavg()))
+        load = (load_start, os.getloadavg())
+        text = render(results, command, info, started, load, kept_sections(output))
         with open(output, "w") as f:
             f.write(text)
         print(f"wrote {output}")

@@ -60,3 +60,24 @@ def test_e2e_table_printed(quick_run):
     assert "=== e2e:" in out
     assert "enumerate #2" in out and "cleanup #2" in out
     assert "Dagster share" in out
+
+
+def test_bench_run_keeps_the_sections_written_by_hand(tmp_path, monkeypatch):
+    """bench/run rewrites BENCHMARKS.md from its own results; a section it does not measure
+    (bench_queue.py, the CLI's own cost) carries the KEPT line and survives the rewrite."""
+    from datetime import UTC, datetime
+
+    monkeypatch.syspath_prepend(str(ROOT / "bench"))
+    import run_all
+
+    old = tmp_path / "BENCHMARKS.md"
+    old.write_text(
+        "# Benchmarks\n\n## Scanner\nold scanner table\n\n"
+        f"## Queue\n{run_all.KEPT}\nqueue figures\n\n## Targets\n- old\n"
+    )
+    kept = run_all.kept_sections(str(old))
+    assert kept == [f"## Queue\n{run_all.KEPT}\nqueue figures"]
+    load = ((0.0, 0.0, 0.0), (0.0, 0.0, 0.0))
+    text = run_all.render({}, "bench/run", {}, datetime.now(UTC), load, kept)
+    assert "queue figures" in text and "old scanner table" not in text
+    assert text.index("## Queue") < text.index("## Targets")

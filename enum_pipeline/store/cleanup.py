@@ -154,7 +154,9 @@ def gather_confirmations(
         ):
             return Witnessed()  # refused, or carried out already: nothing to look at
         policy = run_policy(run, requested)
-        plan, _ = plan_cleanup(conn, run, policy, newest=_newest(conn, int(run["generation"])))
+        plan, _ = plan_cleanup(
+            conn, run, policy, newest=_newest(conn, int(run["generation"])), candidates_only=True
+        )
         conn.rollback()
     if witness is None:
         return Witnessed(

@@ -245,12 +245,15 @@ def plan_cleanup(
     *,
     newest: bool,
     witnessed: Witnessed | None = None,
+    candidates_only: bool = False,
 ) -> tuple[Plan, list[ScopeCleanup]]:
     """The plan of the cleanup of ``run`` (a completed ``run_state`` row) under ``policy``.
 
     ``newest``: no newer run has completed (only then does the run's configuration decide
     which rows are orphaned). ``witnessed``: the confirmations of absence gathered for it
     (none: nothing is removed; ``Plan.awaiting`` lists what a witness should look at).
+    ``candidates_only``: the look before the cleanup's transaction, for ``Plan.awaiting``
+    alone: no population count for the deletion guard (the transaction counts it), no orphans.
     """
     plan = Plan()
     witnessed = witnessed or Witnessed()
@@ -263,7 +266,7 @@ def plan_cleanup(
     )
     keys = [scope["scope_key"] for scope in scopes]
     stale_of = _stale_rows(conn, keys, generation)
-    population = _populations_before(conn, keys, generation)
+    population = {} if candidates_only else _populations_before(conn, keys, generation)
     for scope in scopes:
         sc = ScopeCleanup(scope["scope_key"], bool(scope["complete"]))
         plan.scopes.append(sc)
@@ -280,7 +283,7 @@ def plan_cleanup(
             plan.entries += [_entry(r, "keep", hold) for r in stale]
             continue
         _plan_scope(conn, plan, sc, scope, stale, run, policy, witnessed)
-    if newest and run["configured_scopes"] is not None:
+    if newest and run["configured_scopes"] is not None and not candidates_only:
         plan.configured = sorted(run["configured_scopes"])
         _plan_orphans(conn, plan, set(plan.configured), run["run_id"], generation)
     return plan, plan.scopes
