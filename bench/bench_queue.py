@@ -487,15 +487,24 @@ def run(args) -> list[Result]:
 
         # (e) grouped, one org's listing failing
         failing = orgs[per_run + per_run // 2]  # in the middle of the second token's orgs
-        app.failing = {failing}
-        failed, detail = bench.queued_mode(
-            instance,
-            workspace,
-            f"(b) with {failing}'s listing failing (502 every page) — every run ended",
-            scopes_per_run=per_run,
-            parallel_sources=per_run,
+
+        def with_failing(name: str, *, fresh: bool = True):
+            app.failing = {failing}
+            try:
+                return bench.queued_mode(
+                    instance,
+                    workspace,
+                    name,
+                    fresh=fresh,
+                    scopes_per_run=per_run,
+                    parallel_sources=per_run,
+                )
+            finally:
+                app.failing = set()
+
+        failed, detail = with_failing(
+            f"(b) with {failing}'s listing failing (502 every page) — every run ended"
         )
-        app.failing = set()
         read, records = detail["read"], detail["records"]
         failing_scope = next(k for k in read if k.endswith(f"/{failing}"))
         failing_ok, failing_reason, failing_run = read[failing_scope]
@@ -528,16 +537,10 @@ def run(args) -> list[Result]:
         say(f"  {failed.mode}: {failed.wall:.2f} s")
 
         # (f) the next tick: the org whose last reading failed runs alone
-        app.failing = {failing}
-        nxt, detail = bench.queued_mode(
-            instance,
-            workspace,
+        nxt, detail = with_failing(
             f"(b) the next tick, {failing} still failing: it runs alone — every run ended",
             fresh=False,
-            scopes_per_run=per_run,
-            parallel_sources=per_run,
         )
-        app.failing = set()
         read, records = detail["read"], detail["records"]
         failing_run = read[failing_scope][2]
         others = {k: v for k, v in read.items() if k != failing_scope}

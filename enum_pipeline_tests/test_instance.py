@@ -166,12 +166,15 @@ def test_cli_runs_capture_no_compute_logs_unless_the_home_configures_them(home, 
     from dagster._core.storage.local_compute_log_manager import LocalComputeLogManager
     from dagster._core.storage.noop_compute_log_manager import NoOpComputeLogManager
 
-    instance = open_instance(str(home))
-    try:
-        assert isinstance(instance.compute_log_manager, NoOpComputeLogManager)
-        assert materialize([talks], instance=instance).success
-    finally:
-        instance.dispose()
+    def talk_with(manager: type) -> None:
+        instance = open_instance(str(home))
+        try:
+            assert isinstance(instance.compute_log_manager, manager)
+            assert materialize([talks], instance=instance).success
+        finally:
+            instance.dispose()
+
+    talk_with(NoOpComputeLogManager)
     assert not any((home / "storage").rglob("*.out"))  # where Dagster's default would write
 
     logs = tmp_path / "logs"
@@ -180,10 +183,5 @@ def test_cli_runs_capture_no_compute_logs_unless_the_home_configures_them(home, 
         "compute_logs:\n  module: dagster.core.storage.local_compute_log_manager\n"
         f"  class: LocalComputeLogManager\n  config:\n    base_dir: {logs}\n"
     )
-    instance = open_instance(str(home))
-    try:
-        assert isinstance(instance.compute_log_manager, LocalComputeLogManager)
-        assert materialize([talks], instance=instance).success
-    finally:
-        instance.dispose()
+    talk_with(LocalComputeLogManager)
     assert any("stdout of a step" in p.read_text() for p in logs.rglob("*.out"))
