@@ -302,8 +302,9 @@ class Model:
         )
 
     def may_resume(self, run: MRun) -> bool:
-        """A failed run resumes while no run over a scope of it is active or began after it."""
-        return not any(
+        """A failed run resumes while no run over a scope of it is active or began after it,
+        and its staging is still there (not pruned, or it staged nothing)."""
+        return (run.staging_kept or not run.staged) and not any(
             overlap(r.scopes, run.scopes)
             for r in self.runs.values()
             if r.status == "active" or r.gen > run.gen

@@ -252,6 +252,24 @@ def test_resume_is_refused_once_a_newer_run_began(store):
         store.resume(old, "re-execution")
 
 
+def test_resume_is_refused_once_its_staging_was_pruned(store):
+    """A failed run over one scope may resume past newer runs over others, but not once
+    pruning dropped its staging: what it scanned is gone, and the refusal says so (before, the
+    resume was taken and its flush failed on the missing rows)."""
+    other = "fs:/srv/other"
+    old = new_run_id()
+    store.begin(old, scopes=[SCOPE])
+    store.stage(old, [rec("a"), rec("b")])
+    store.end_scope(old, ScopeVerdict(SCOPE, "filesystem", True, 2))
+    store.fail(old, "test")
+    for _ in range(4):  # newer runs over another scope: the old staging is pruned after them
+        run_once(store, {other: ["x"]}, cleanup=False)
+    store.prune_staging(keep_runs=3)
+    with pytest.raises(StoreError, match="its staging was pruned .0 of the 2 rows"):
+        store.resume(old, "re-execution")
+    assert store.get_run(old).status == "failed"
+
+
 # --------------------------------------------------------------- fencing (I5)
 
 

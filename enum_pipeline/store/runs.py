@@ -236,6 +236,16 @@ def _refuse_stale_resume(conn: Connection, row, now: datetime) -> None:
                 f"run {run_id} (generation {generation}) cannot resume: "
                 f"generation {other['generation']} started after it over its scopes"
             )
+    s = t.staged_projects
+    left = conn.execute(
+        sa.select(sa.func.count()).select_from(s).where(s.c.run_id == run_id)
+    ).scalar_one()
+    if int(left) != int(row["staged_count"] or 0):
+        raise StoreError(
+            f"run {run_id} (generation {generation}) cannot resume: its staging was pruned "
+            f"({left} of the {row['staged_count']} rows it staged are left), so what it scanned "
+            "is gone; begin a new run"
+        )
 
 
 def complete(ctx: StoreContext, run_id: str) -> str:
