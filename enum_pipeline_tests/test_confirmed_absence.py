@@ -264,6 +264,36 @@ class _Stale:
             )
 
 
+class _StalePresent:
+    """An old look that found the project, with the facts it had then."""
+
+    def confirm(self, candidates):
+        for c in candidates:
+            yield Confirmation(
+                c.project_key,
+                Absence.PRESENT,
+                "an old look found it",
+                datetime(2001, 1, 1, tzinfo=UTC),
+                updates={"name": "renamed-long-ago"},
+            )
+
+
+def test_an_old_look_that_found_the_project_is_no_answer_either(store, tmp_path) -> None:
+    """A confirmation older than the run's read says nothing of what the read missed, either
+    way: the row is kept marked missing (as with no answer), and the old look's facts are not
+    written over the row (the model test found the store taking it as found present)."""
+    root = _tree(tmp_path)
+    source = FilesystemSource([str(root)])
+    _run(store, [source])
+    shutil.rmtree(root / "b")
+    run_id = _run(store, [source])
+    result = store.safe_cleanup_old_projects(run_id, witness=_StalePresent())
+    assert (result.removed, result.unconfirmed, result.found_present) == (0, 1, 0)
+    [entry] = [e for e in result.entries if e.action == "mark_missing"]
+    assert "before the run's read ended" in entry.reason
+    assert "renamed-long-ago" not in {r["name"] for r in store.projects()}
+
+
 @pytest.mark.parametrize("witness", [_Raising(), _Stale()], ids=["raises", "stale"])
 def test_a_failing_or_stale_witness_removes_nothing(store, tmp_path, witness) -> None:
     root = _tree(tmp_path)

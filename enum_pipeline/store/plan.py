@@ -360,7 +360,11 @@ def _plan_due(plan, sc, row, scope, run, confirmation, witnessed, coverage, loca
     not_seen = f"not seen by run {run['run_id']} (missed {row['missed_runs'] + 1} runs)"
     finished = run["finished_at"]
     answer = confirmation.answer if confirmation is not None else None
-    if answer == Absence.GONE and (finished is None or confirmation.checked_at <= finished):
+    if answer in (Absence.GONE, Absence.PRESENT) and (
+        finished is None or confirmation.checked_at <= finished
+    ):
+        # a look older than the run's read says nothing of what the read missed, either way:
+        # gone is not proven, and "it exists" (with its facts) may be what the read replaced
         answer, why = None, "its confirmation was taken before the run's read ended"
     elif confirmation is None:
         plan.awaiting.append(_candidate(row, scope))
