@@ -15,7 +15,6 @@ Chromium is Debian's (``scripts/test`` installs it); the screenshots are kept un
 from __future__ import annotations
 
 import contextlib
-import os
 import shutil
 import time
 from collections.abc import Iterator
@@ -31,20 +30,17 @@ from enum_pipeline_tests.conftest import make_repo
 from enum_pipeline_tests.test_deployment_graphql import (
     FINISHED,
     GraphQL,
-    _dump_logs,
-    _free_port,
-    _process_group,
     _runs,
     _wait,
 )
 from enum_pipeline_tests.test_operator_surface import (
     ARTIFACTS,
     CHROMIUM,
-    CLI,
     NAMES,
     TIMEOUT,
     _browser,
     sync_api_timeout,
+    ui_over,
 )
 
 ASSET_JOB = "__ASSET_JOB"
@@ -87,32 +83,8 @@ def two_roots_ui(tmp_path: Path, db_url: str) -> Iterator[tuple[GraphQL, Path, P
     good, bad = tmp_path / "good", tmp_path / "bad"
     for name in NAMES:
         make_repo(good / name)
-    home = tmp_path / "dagster_home"  # absent: the ui command creates and seeds it
-    env = {
-        **os.environ,
-        "DAGSTER_HOME": str(home),
-        "ENUM_PIPELINE_ROOTS": os.pathsep.join([str(good), str(bad)]),
-        "ENUM_PIPELINE_DATABASE_URL": db_url,
-        "PYTHONUNBUFFERED": "1",
-    }
-    env.pop("ENUM_PIPELINE_CONFIG", None)
-    port = _free_port()
-    log = tmp_path / "enum-pipeline-ui.log"
-    gql = GraphQL(f"http://127.0.0.1:{port}")
-    try:
-        with _process_group([CLI, "ui", "--port", str(port)], env, log) as proc:
-            _wait(
-                "for the UI",
-                TIMEOUT,
-                lambda: gql.http.get("/server_info").status_code == 200,
-                (proc,),
-            )
-            yield gql, good, bad, port, (proc,)
-    except BaseException:
-        _dump_logs([log])
-        raise
-    finally:
-        gql.close()
+    with ui_over(tmp_path, db_url, [good, bad]) as (gql, port, procs):
+        yield gql, good, bad, port, procs
 
 
 def scope_partition(root: Path) -> str:

@@ -100,16 +100,14 @@ query {
 
 
 @contextlib.contextmanager
-def ui_server(tmp_path: Path, db_url: str) -> Iterator[tuple[GraphQL, Path, int, tuple]]:
-    """``enum-pipeline ui`` on a free port with a fresh ``DAGSTER_HOME`` it seeds itself."""
-    src = tmp_path / "src"
-    for name in NAMES:
-        make_repo(src / name)
+def ui_over(tmp_path: Path, db_url: str, roots: list[Path]) -> Iterator[tuple[GraphQL, int, tuple]]:
+    """``enum-pipeline ui`` over ``roots`` (``ENUM_PIPELINE_ROOTS``) on a free port, with a
+    fresh ``DAGSTER_HOME`` it seeds itself: the GraphQL client, the port, the processes."""
     home = tmp_path / "dagster_home"  # absent: the ui command creates and seeds it
     env = {
         **os.environ,
         "DAGSTER_HOME": str(home),
-        "ENUM_PIPELINE_ROOTS": str(src),
+        "ENUM_PIPELINE_ROOTS": os.pathsep.join(str(r) for r in roots),
         "ENUM_PIPELINE_DATABASE_URL": db_url,
         "PYTHONUNBUFFERED": "1",
     }
@@ -126,12 +124,22 @@ def ui_server(tmp_path: Path, db_url: str) -> Iterator[tuple[GraphQL, Path, int,
                 (proc,),
             )
             assert "QueuedRunCoordinator" in (home / "dagster.yaml").read_text()
-            yield gql, src, port, (proc,)
+            yield gql, port, (proc,)
     except BaseException:
         _dump_logs([log])
         raise
     finally:
         gql.close()
+
+
+@contextlib.contextmanager
+def ui_server(tmp_path: Path, db_url: str) -> Iterator[tuple[GraphQL, Path, int, tuple]]:
+    """``ui_over`` one root of ``NAMES``."""
+    src = tmp_path / "src"
+    for name in NAMES:
+        make_repo(src / name)
+    with ui_over(tmp_path, db_url, [src]) as (gql, port, procs):
+        yield gql, src, port, procs
 
 
 def add_scope_partition(gql: GraphQL, src: Path) -> str:
